@@ -1,0 +1,391 @@
+"""The combining rule (SPEC §3): one FIFO queue per feed, emitted by ``(pitr, rank)``.
+
+Pure: no I/O, no threads, the clock is injected. Everything that reads Kafka or files
+drives a `Combiner` from the outside.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from ._errors import FeedOrderError
+
+_NO_MARKER: Final = -(2**63)
+
+
+class Mode(enum.Enum):
+    """How a candidate is judged: by its age against the real-time threshold."""
+
+    REALTIME = "realtime"
+    CATCHUP = "catchup"
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """One input of a `Combiner`.
+
+    ``capacity`` bounds the queue: once it holds that many messages, `Combiner.push`
+    returns False and the reader should pause until `Combiner.room` is positive again.
+    """
+
+    name: str
+    required_realtime: bool = True
+    required_catchup: bool = True
+    capacity: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("Feed name must not be empty")
+        if self.capacity < 1:
+            raise ValueError("capacity must be >= 1")
+
+
+class Emitted(msgspec.Struct, frozen=True, gc=False):
+    """One message leaving the combiner: its feed, its ``pitr`` and the item pushed with it."""
+
+    feed: str
+    pitr: int
+    item: Any
+
+
+class FeedStats(msgspec.Struct, frozen=True, gc=False):
+    name: str
+    queued: int
+    pushed: int
+    marker: int | None
+    closed: bool
+    caught_up: bool
+
+
+class CombinerStats(msgspec.Struct, frozen=True, gc=False):
+    """A snapshot of a combiner's counters."""
+
+    emitted: int
+    late: int
+    feeds: tuple[FeedStats, ...]
+
+
+class _FeedState:
+    __slots__ = (
+        "capacity",
+        "caught_up",
+        "closed",
+        "marker",
+        "name",
+        "pushed",
+        "queue",
+        "rank",
+        "req_catchup",
+        "req_realtime",
+    )
+
+    def __init__(self, feed: Feed, rank: int) -> None:
+        self.name = feed.name
+        self.rank = rank
+        self.req_realtime = feed.required_realtime
+        self.req_catchup = feed.required_catchup
+        self.capacity = feed.capacity
+        self.queue: deque[Emitted] = deque()
+        # Every future message of this feed has pitr >= marker (max of pushes and advances).
+        self.marker = _NO_MARKER
+        self.closed = False
+        self.caught_up = False
+        self.pushed = 0
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Combiner:
+    """Merge feeds into one stream ordered by ``(pitr, feed rank)``, live and in catch-up alike.
+
+    Rank is the order in which the feeds are declared. A candidate (the smallest queued
+    head) is emitted once every feed required in its mode is *settled* for it: it has a
+    queued message, is closed, has a progress marker past the candidate, or (catch-up
+    only) its reader has reported the end of its log.
+
+    >>> c = Combiner([Feed("a"), Feed("b")], clock=lambda: 10**12)
+    >>> c.push("a", 5, "a5"); c.push("b", 3, "b3"); c.push("a", 7, "a7")
+    True
+    True
+    True
+    >>> [e.item for e in c.drain()]    # a5 waits: b may still send something before it
+    ['b3']
+    >>> c.close("b")
+    >>> [e.item for e in c.drain()]
+    ['a5', 'a7']
+    """
+
+    def __init__(
+        self,
+        feeds: Sequence[Feed],
+        *,
+        realtime_threshold_ms: int = 30_000,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        if not feeds:
+            raise ValueError("a Combiner needs at least one Feed")
+        names = [f.name for f in feeds]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feed names must be unique, got {names}")
+        if realtime_threshold_ms < 0:
+            raise ValueError("realtime_threshold_ms must be >= 0")
+        self._feeds = [_FeedState(f, rank) for rank, f in enumerate(feeds)]
+        self._by_name = {st.name: st for st in self._feeds}
+        self._threshold = realtime_threshold_ms
+        self._clock = clock if clock is not None else _wall_clock_ms
+        self._last_key: tuple[int, int] = (_NO_MARKER, -1)
+        self._emitted = 0
+        self._late = 0
+        self.last_mode: Mode | None = None
+
+    # -- inputs -------------------------------------------------------------
+
+    def _state(self, feed: str) -> _FeedState:
+        try:
+            return self._by_name[feed]
+        except KeyError:
+            raise KeyError(f"unknown feed {feed!r}; declared: {list(self._by_name)}") from None
+
+    def push(self, feed: str, pitr: int, item: Any) -> bool:
+        """Queue one message; return False when the queue is full (the reader should pause).
+
+        Raises `FeedOrderError`, leaving the queue untouched, when ``pitr`` is below the
+        feed's previous ``pitr`` or its last `advance` marker.
+        Runtime complexity: O(1).
+        """
+        st = self._state(feed)
+        if st.closed:
+            raise ValueError(f"feed {feed!r} is closed; nothing can be pushed to it")
+        if pitr < st.marker:
+            raise FeedOrderError(feed, pitr, st.marker, "the feed's progress")
+        if (pitr, st.rank) < self._last_key:
+            self._late += 1
+        st.marker = pitr
+        st.caught_up = False
+        st.pushed += 1
+        st.queue.append(Emitted(feed, pitr, item))
+        return len(st.queue) < st.capacity
+
+    def push_many(self, feed: str, pitrs: Sequence[int], items: Sequence[Any]) -> bool:
+        """Queue a batch (all or nothing); same rules and return value as `push`.
+
+        Runtime complexity: O(len(batch)).
+        """
+        st = self._state(feed)
+        if len(pitrs) != len(items):
+            raise ValueError("pitrs and items must have the same length")
+        if not pitrs:
+            return len(st.queue) < st.capacity
+        if st.closed:
+            raise ValueError(f"feed {feed!r} is closed; nothing can be pushed to it")
+        prev = st.marker
+        for p in pitrs:
+            if p < prev:
+                why = "the feed's progress" if prev == st.marker else "the batch's previous pitr"
+                raise FeedOrderError(feed, p, prev, why)
+            prev = p
+        last_pitr, last_rank = self._last_key
+        if pitrs[0] < last_pitr or (pitrs[0] == last_pitr and st.rank < last_rank):
+            bound = last_pitr if st.rank < last_rank else last_pitr - 1
+            self._late += bisect_left(pitrs, bound + 1) if bound >= pitrs[0] else 0
+        st.marker = prev
+        st.caught_up = False
+        st.pushed += len(pitrs)
+        st.queue.extend(map(Emitted, [feed] * len(pitrs), pitrs, items))
+        return len(st.queue) < st.capacity
+
+    def advance(self, feed: str, pitr: int) -> None:
+        """Progress marker: nothing earlier than ``pitr`` will come from ``feed``.
+
+        A marker below the current one is ignored. Runtime complexity: O(1).
+        """
+        st = self._state(feed)
+        if pitr > st.marker:
+            st.marker = pitr
+
+    def caught_up(self, feed: str, at_end: bool = True) -> None:
+        """The feed's reader has reached the end of its log (cleared by its next push)."""
+        self._state(feed).caught_up = at_end
+
+    def close(self, feed: str) -> None:
+        """The feed has ended (finite input): it never holds back another feed again."""
+        self._state(feed).closed = True
+
+    # -- queries ------------------------------------------------------------
+
+    def room(self, feed: str) -> int:
+        """How many more messages ``feed``'s queue takes before it is full (may be negative)."""
+        st = self._state(feed)
+        return st.capacity - len(st.queue)
+
+    def queued(self, feed: str) -> int:
+        return len(self._state(feed).queue)
+
+    def progress(self, feed: str) -> int | None:
+        """Lower bound of every ``pitr`` ``feed`` can still emit: its queue head, else its
+        marker; None when nothing is known (no push, no advance)."""
+        st = self._state(feed)
+        if st.queue:
+            return st.queue[0].pitr
+        return None if st.marker == _NO_MARKER else st.marker
+
+    def is_closed(self, feed: str) -> bool:
+        return self._state(feed).closed
+
+    def exhausted(self) -> bool:
+        """Every feed is closed and every queue is empty."""
+        return all(st.closed and not st.queue for st in self._feeds)
+
+    @property
+    def late(self) -> int:
+        """Messages that arrived after a later message had already been emitted."""
+        return self._late
+
+    def stats(self) -> CombinerStats:
+        return CombinerStats(
+            emitted=self._emitted,
+            late=self._late,
+            feeds=tuple(
+                FeedStats(
+                    name=st.name,
+                    queued=len(st.queue),
+                    pushed=st.pushed,
+                    marker=None if st.marker == _NO_MARKER else st.marker,
+                    closed=st.closed,
+                    caught_up=st.caught_up,
+                )
+                for st in self._feeds
+            ),
+        )
+
+    # -- outputs ------------------------------------------------------------
+
+    def _blocked(self, cand: _FeedState, pitr: int, now: int) -> bool:
+        """True when a feed required in the candidate's mode is not settled for it."""
+        rank = cand.rank
+        if now - pitr <= self._threshold:
+            self.last_mode = Mode.REALTIME
+            for st in self._feeds:
+                if st is cand or not st.req_realtime or st.queue or st.closed:
+                    continue
+                m = st.marker
+                if m > pitr or (m == pitr and st.rank > rank):
+                    continue
+                return True
+        else:
+            self.last_mode = Mode.CATCHUP
+            for st in self._feeds:
+                if st is cand or not st.req_catchup or st.queue or st.closed or st.caught_up:
+                    continue
+                m = st.marker
+                if m > pitr or (m == pitr and st.rank > rank):
+                    continue
+                return True
+        return False
+
+    def _candidate(self) -> _FeedState | None:
+        best: _FeedState | None = None
+        best_pitr = 0
+        for st in self._feeds:
+            q = st.queue
+            if q:
+                p = q[0].pitr
+                if best is None or p < best_pitr:
+                    best = st
+                    best_pitr = p
+        return best
+
+    def _emit(self, st: _FeedState) -> Emitted:
+        e = st.queue.popleft()
+        self._last_key = (e.pitr, st.rank)
+        self._emitted += 1
+        return e
+
+    def pop(self) -> Emitted | None:
+        """The next message if it can be emitted now, else None. Runtime: O(feeds)."""
+        cand = self._candidate()
+        if cand is None or self._blocked(cand, cand.queue[0].pitr, self._clock()):
+            return None
+        return self._emit(cand)
+
+    def drain(self) -> Iterator[Emitted]:
+        """Everything emittable now, in order (reads the clock once)."""
+        return iter(self.drain_list())
+
+    def drain_list(self) -> list[Emitted]:
+        """Like `drain`, as a list: the hot loop of every pipeline."""
+        out: list[Emitted] = []
+        append = out.append
+        feeds = self._feeds
+        now = self._clock()
+        emitted = 0
+        while True:
+            if len(feeds) == 2:
+                # Fast path: while both queues hold messages every candidate is settled.
+                qa = feeds[0].queue
+                qb = feeds[1].queue
+                if qa and qb:
+                    pa = qa.popleft
+                    pb = qb.popleft
+                    ha = qa[0]
+                    hb = qb[0]
+                    n = 0
+                    while True:
+                        if ha.pitr <= hb.pitr:
+                            append(pa())
+                            n += 1
+                            if not qa:
+                                break
+                            ha = qa[0]
+                        else:
+                            append(pb())
+                            n += 1
+                            if not qb:
+                                break
+                            hb = qb[0]
+                    emitted += n
+                    last = out[-1]
+                    self._last_key = (last.pitr, 0 if last.feed == feeds[0].name else 1)
+            cand = self._candidate()
+            if cand is None or self._blocked(cand, cand.queue[0].pitr, now):
+                break
+            append(self._emit(cand))
+        self._emitted += emitted
+        return out
+
+    # -- checking -----------------------------------------------------------
+
+    def _check(self) -> None:
+        """Assert every invariant (tests call it after each operation)."""
+        for st in self._feeds:
+            prev = _NO_MARKER
+            for e in st.queue:
+                assert e.feed == st.name, (e.feed, st.name)
+                assert e.pitr >= prev, f"{st.name}: queue goes backwards at {e.pitr} < {prev}"
+                prev = e.pitr
+            assert st.marker >= prev, f"{st.name}: marker {st.marker} below last queued {prev}"
+            assert st.pushed >= len(st.queue)
+            if st.queue:
+                assert not st.caught_up or st.queue, "caught_up is cleared by a push"
+        assert self._emitted >= 0 and self._late >= 0
+
+
+def merge_sorted(feeds: Iterable[tuple[str, Iterable[tuple[int, Any]]]]) -> list[Emitted]:
+    """The reference stable merge by ``(pitr, rank)`` of complete feeds (used by tests)."""
+    rows = [
+        (pitr, rank, seq, name, item)
+        for rank, (name, entries) in enumerate(feeds)
+        for seq, (pitr, item) in enumerate(entries)
+    ]
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return [Emitted(name, pitr, item) for pitr, _, _, name, item in rows]

@@ -1,0 +1,79 @@
+"""The error hierarchy: one root, a few subclasses named by whose fault it was."""
+
+from __future__ import annotations
+
+
+class UnifeedError(Exception):
+    """Root of every error unifeed raises on purpose."""
+
+    #: Process exit code the CLI uses when this error ends a command.
+    exit_code: int = 1
+
+
+class BadRecordError(UnifeedError):
+    """Raised when one input message is not a valid record (the outside world's fault).
+
+    The runtime never lets it stop a run: the record goes to the dead-letter sink.
+    ``reason`` is a sentence a person understands; ``feed`` names the feed.
+    """
+
+    exit_code = 4
+
+    def __init__(self, feed: str, reason: str) -> None:
+        super().__init__(f"{feed}: {reason}")
+        self.feed = feed
+        self.reason = reason
+
+
+class FeedOrderError(UnifeedError):
+    """Raised by ``Combiner.push`` when a message's ``pitr`` is below what its feed promised.
+
+    The queue is left exactly as it was before the call.
+    """
+
+    exit_code = 4
+
+    def __init__(self, feed: str, pitr: int, floor: int, why: str) -> None:
+        super().__init__(
+            f"{feed}: pitr {pitr} is below {why} {floor}; a feed's pitr must never decrease"
+        )
+        self.feed = feed
+        self.pitr = pitr
+        self.floor = floor
+
+
+class ConfigError(UnifeedError):
+    """Raised when settings or command-line arguments are wrong (the caller's fault)."""
+
+    exit_code = 2
+
+
+class BrokerUnreachableError(UnifeedError):
+    """Raised when no Kafka broker answers within the configured time."""
+
+    exit_code = 3
+
+
+class KafkaRuntimeError(UnifeedError):
+    """Raised when the broker answers with an error unifeed cannot recover from.
+
+    ``code`` keeps the librdkafka error name when there is one.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message if code is None else f"{message} [{code}]")
+        self.code = code
+
+
+class CheckpointError(UnifeedError):
+    """Raised when a checkpoint record cannot be read or does not match the output."""
+
+    exit_code = 1
+
+
+class DeadLetterLimitError(UnifeedError):
+    """Raised when bad input exceeds the dead-letter policy (exit code 4)."""
+
+    exit_code = 4

@@ -1,0 +1,276 @@
+"""Feed records (SPEC §2) as msgspec structs.
+
+Each feed has one tagged union, decoded once per message. A struct declares only
+the fields unifeed needs or must check are present; every other field is skipped
+by the decoder and kept untouched in the raw bytes, which are what flows on.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from ._errors import BadRecordError
+
+CONTROLSTREAM: Final = "controlstream"
+SURFACESTREAM: Final = "surfacestream"
+MAPPINGSTREAM: Final = "mappingstream"
+FEED_NAMES: Final = (CONTROLSTREAM, SURFACESTREAM, MAPPINGSTREAM)
+
+Access = Literal["public", "restricted", "blocked"]
+#: Access levels, weakest first.
+ACCESS_LEVELS: Final[tuple[str, ...]] = ("public", "restricted", "blocked")
+ACCESS_RANK: Final[dict[str, int]] = {name: rank for rank, name in enumerate(ACCESS_LEVELS)}
+
+Pitr = Annotated[int, msgspec.Meta(ge=0)]
+# Flight and surface track identifiers: strings in every feed we know; integers are
+# accepted so that numeric track IDs of some surface sources pass.
+Ident = str | int
+Number = float  # msgspec accepts JSON integers for float fields
+
+
+class Head(msgspec.Struct, frozen=True, gc=False):
+    """Just ``type`` and ``pitr``: what a reader needs to order a message."""
+
+    type: str
+    pitr: Pitr
+
+
+# --- controlstream ---------------------------------------------------------
+
+
+class Position(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="position"):
+    pitr: Pitr
+    id: Ident
+    clock: Number
+    lat: Number
+    lon: Number
+
+
+class FlightPlan(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="flightplan"):
+    pitr: Pitr
+    id: Ident
+    ident: str
+    access: Access = "public"
+
+
+class Departure(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="departure"):
+    pitr: Pitr
+    id: Ident
+
+
+class Arrival(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="arrival"):
+    pitr: Pitr
+    id: Ident
+
+
+class Cancellation(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="cancellation"):
+    pitr: Pitr
+    id: Ident
+
+
+class PowerOn(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="power_on"):
+    pitr: Pitr
+    id: Ident
+    surface_id: Ident
+    facility: str
+
+
+class SurfaceOffblock(
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="surface_offblock"
+):
+    pitr: Pitr
+    id: Ident
+    surface_id: Ident
+    facility: str
+
+
+class SurfaceOnblock(
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="surface_onblock"
+):
+    pitr: Pitr
+    id: Ident
+    surface_id: Ident
+    facility: str
+
+
+class PowerOff(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="power_off"):
+    pitr: Pitr
+    id: Ident
+    surface_id: Ident
+    facility: str
+
+
+class Keepalive(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="keepalive"):
+    pitr: Pitr
+
+
+ControlRecord = (
+    Position
+    | FlightPlan
+    | Departure
+    | Arrival
+    | Cancellation
+    | PowerOn
+    | SurfaceOffblock
+    | SurfaceOnblock
+    | PowerOff
+    | Keepalive
+)
+#: controlstream events that link a surface track to a flight.
+LinkEvent = PowerOn | SurfaceOffblock | SurfaceOnblock
+
+# --- surfacestream ---------------------------------------------------------
+
+
+class GroundPosition(
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="ground_position"
+):
+    pitr: Pitr
+    surface_id: Ident
+    facility: str
+    clock: Number
+    lat: Number
+    lon: Number
+
+
+class VehiclePosition(
+    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="vehicle_position"
+):
+    pitr: Pitr
+    surface_id: Ident
+    facility: str
+    clock: Number
+    lat: Number
+    lon: Number
+
+
+class LocationEntry(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="location_entry"):
+    pitr: Pitr
+    surface_id: Ident
+    facility: str
+    location: str
+
+
+class LocationExit(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="location_exit"):
+    pitr: Pitr
+    surface_id: Ident
+    facility: str
+    location: str
+
+
+SurfaceRecord = GroundPosition | VehiclePosition | LocationEntry | LocationExit | Keepalive
+
+# --- mappingstream ---------------------------------------------------------
+
+
+class Mapping(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="mapping"):
+    """One link or unlink of a surface track to a flight (field order is the wire order)."""
+
+    pitr: Pitr
+    surface_id: Ident
+    id: Ident
+    action: Literal["link", "unlink"]
+    access: Access
+    facility: str
+
+
+MappingRecord = Mapping | Keepalive
+AnyRecord = ControlRecord | SurfaceRecord | MappingRecord
+
+_TYPES: Final[dict[str, frozenset[str]]] = {
+    CONTROLSTREAM: frozenset(
+        {
+            "position",
+            "flightplan",
+            "departure",
+            "arrival",
+            "cancellation",
+            "power_on",
+            "surface_offblock",
+            "surface_onblock",
+            "power_off",
+            "keepalive",
+        }
+    ),
+    SURFACESTREAM: frozenset(
+        {"ground_position", "vehicle_position", "location_entry", "location_exit", "keepalive"}
+    ),
+    MAPPINGSTREAM: frozenset({"mapping", "keepalive"}),
+}
+
+_UNIONS: Final[dict[str, object]] = {
+    CONTROLSTREAM: ControlRecord,
+    SURFACESTREAM: SurfaceRecord,
+    MAPPINGSTREAM: MappingRecord,
+}
+
+_probe: Final = msgspec.json.Decoder()
+
+
+def message_types(feed: str) -> frozenset[str]:
+    """The ``type`` values a feed may carry."""
+    return _TYPES[feed]
+
+
+class RecordDecoder:
+    """Decodes and checks the messages of one feed; built once, reused for every message.
+
+    >>> d = RecordDecoder("controlstream")
+    >>> d.decode(b'{"type":"departure","pitr":5,"id":"UAL1-1"}')
+    Departure(pitr=5, id='UAL1-1')
+    """
+
+    __slots__ = ("_decoder", "feed")
+
+    def __init__(self, feed: str) -> None:
+        if feed not in _UNIONS:
+            raise ValueError(f"feed must be one of {', '.join(FEED_NAMES)}, not {feed!r}")
+        self.feed = feed
+        self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(
+            _UNIONS[feed]
+        )
+
+    def decode(self, raw: bytes) -> AnyRecord:
+        """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
+        try:
+            return self._decoder.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise BadRecordError(self.feed, self._explain(raw, exc)) from None
+
+    def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> str:
+        """Turn msgspec's message into a sentence that says what was expected and what came."""
+        try:
+            value = _probe.decode(raw)
+        except msgspec.DecodeError as inner:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return "message is not valid UTF-8"
+            return f"message is not valid JSON ({inner})"
+        if not isinstance(value, dict):
+            return f"message must be a JSON object, got {type(value).__name__}"
+        kind = value.get("type")
+        if kind is None:
+            return "message has no `type` field"
+        if not isinstance(kind, str) or kind not in _TYPES[self.feed]:
+            allowed = ", ".join(sorted(_TYPES[self.feed]))
+            return f"unknown message type {kind!r} for {self.feed} (expected one of {allowed})"
+        pitr = value.get("pitr")
+        if "pitr" not in value:
+            return f"{kind} message has no `pitr` field"
+        if type(pitr) is not int:
+            return f"`pitr` must be an integer (epoch milliseconds), got {pitr!r}"
+        if pitr < 0:
+            return f"`pitr` must not be negative, got {pitr}"
+        return f"invalid {kind} message: {exc}"
+
+
+def dead_letter_raw(raw: bytes) -> dict[str, str]:
+    """The ``raw`` (or ``raw_b64`` when not UTF-8) part of a dead-letter record."""
+    try:
+        return {"raw": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"raw_b64": base64.b64encode(raw).decode("ascii")}
