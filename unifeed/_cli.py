@@ -17,7 +17,7 @@ from ._errors import UnifeedError
 
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
-    "unifeed._cli_files",
+    "unifeed._cli_pipeline",
     "unifeed._simulate",
     "unifeed._cli_kafka",
     "unifeed._demo",

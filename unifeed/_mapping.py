@@ -1,0 +1,215 @@
+"""Mapping derivation: controlstream surface events → mappingstream (SPEC §2).
+
+Pure: feed it controlstream records in order, it returns the mappingstream lines they
+cause. State (each flight's access level, the active links) is rebuilt after a restart
+by replaying controlstream from ``pitr - lookback``.
+"""
+
+from __future__ import annotations
+
+from typing import Final, assert_never
+
+import msgspec
+
+from ._records import (
+    Access,
+    Arrival,
+    Cancellation,
+    ControlRecord,
+    Departure,
+    FlightPlan,
+    Ident,
+    Keepalive,
+    Mapping,
+    Position,
+    PowerOff,
+    PowerOn,
+    SurfaceOffblock,
+    SurfaceOnblock,
+)
+
+_encode: Final = msgspec.json.Encoder().encode
+
+#: A flight unseen for this long (pitr time) is forgotten: two days covers any flight.
+DEFAULT_FLIGHT_TTL_MS: Final = 48 * 3600 * 1000
+#: A link with no link event for this long is treated as stale and dropped.
+DEFAULT_LINK_TTL_MS: Final = 24 * 3600 * 1000
+_PRUNE_EVERY_MS: Final = 60_000
+
+
+MappingOut = Mapping | Keepalive
+
+
+def encode_mapping(m: MappingOut) -> bytes:
+    """The mappingstream line of a mapping or keepalive (field order is fixed)."""
+    return _encode(m)
+
+
+class DeriverStats(msgspec.Struct, frozen=True, gc=False):
+    links: int
+    unlinks: int
+    access_changes: int
+    keepalives: int
+    active_links: int
+    known_flights: int
+    expired_links: int
+    unmatched_unlinks: int
+
+
+class MappingDeriver:
+    """Turns controlstream records into mappingstream records (`Mapping` or `Keepalive`).
+
+    * ``power_on``, ``surface_offblock``, ``surface_onblock`` link ``surface_id`` to ``id``,
+      with the access level of that flight's latest ``flightplan`` (``public`` if none);
+    * ``power_off`` unlinks it (when it is linked to that flight);
+    * a ``flightplan`` that changes the access of a linked flight emits a fresh ``link``
+      for each of its surface tracks at that ``pitr``;
+    * a ``keepalive`` is written at least once per ``keepalive_interval_ms`` of
+      controlstream ``pitr``, and for every controlstream keepalive.
+
+    >>> d = MappingDeriver()
+    >>> from unifeed._records import PowerOn
+    >>> out = d.process(PowerOn(pitr=5, id="F1", surface_id="S1", facility="KSFO"))
+    >>> for m in out: print(encode_mapping(m).decode())
+    {"type":"mapping","pitr":5,"surface_id":"S1","id":"F1","action":"link","access":"public","facility":"KSFO"}
+    {"type":"keepalive","pitr":5}
+    """
+
+    def __init__(
+        self,
+        *,
+        keepalive_interval_ms: int = 1000,
+        flight_ttl_ms: int = DEFAULT_FLIGHT_TTL_MS,
+        link_ttl_ms: int = DEFAULT_LINK_TTL_MS,
+    ) -> None:
+        if keepalive_interval_ms < 1:
+            raise ValueError("keepalive_interval_ms must be >= 1")
+        self._interval = keepalive_interval_ms
+        self._flight_ttl = flight_ttl_ms
+        self._link_ttl = link_ttl_ms
+        # flight id -> (access, last pitr seen)
+        self._access: dict[Ident, tuple[Access, int]] = {}
+        # surface_id -> (flight id, facility, pitr of the link event)
+        self._links: dict[Ident, tuple[Ident, str, int]] = {}
+        # flight id -> its linked surface tracks, in link order
+        self._tracks: dict[Ident, dict[Ident, None]] = {}
+        self._last_keepalive = -(2**63)
+        self._next_prune = -(2**63)
+        self._n_links = 0
+        self._n_unlinks = 0
+        self._n_access = 0
+        self._n_keepalives = 0
+        self._n_expired = 0
+        self._n_unmatched = 0
+
+    def access_of(self, flight: Ident, pitr: int | None = None) -> Access:
+        """The flight's access level (``public`` when unknown or forgotten at ``pitr``)."""
+        entry = self._access.get(flight)
+        if entry is None or (pitr is not None and pitr - entry[1] > self._flight_ttl):
+            return "public"
+        return entry[0]
+
+    def _linked(self, surface_id: Ident, pitr: int) -> tuple[Ident, str, int] | None:
+        # Staleness is judged from pitr alone, so pruning (which only frees memory) never
+        # changes the output, whenever it runs.
+        linked = self._links.get(surface_id)
+        if linked is None or pitr - linked[2] > self._link_ttl:
+            return None
+        return linked
+
+    def _mapping(
+        self, pitr: int, surface_id: Ident, flight: Ident, action: str, facility: str
+    ) -> Mapping:
+        return Mapping(
+            pitr=pitr,
+            surface_id=surface_id,
+            id=flight,
+            action=action,  # type: ignore[arg-type]
+            access=self.access_of(flight, pitr),
+            facility=facility,
+        )
+
+    def _link(self, pitr: int, flight: Ident, surface_id: Ident, facility: str) -> Mapping:
+        old = self._links.get(surface_id)
+        if old is not None and old[0] != flight:
+            self._tracks.get(old[0], {}).pop(surface_id, None)
+        self._links[surface_id] = (flight, facility, pitr)
+        self._tracks.setdefault(flight, {})[surface_id] = None
+        self._touch(flight, pitr)
+        self._n_links += 1
+        return self._mapping(pitr, surface_id, flight, "link", facility)
+
+    def _touch(self, flight: Ident, pitr: int) -> None:
+        self._access[flight] = (self.access_of(flight, pitr), pitr)
+
+    def process(self, rec: ControlRecord) -> list[MappingOut]:
+        """The mappingstream records caused by one controlstream record, in order.
+
+        Runtime complexity: O(1), or O(tracks of the flight) on an access change.
+        """
+        out: list[MappingOut] = []
+        pitr = rec.pitr
+        if pitr >= self._next_prune:
+            self._prune(pitr)
+        match rec:
+            case Position() | Departure() | Arrival() | Cancellation():
+                pass
+            case FlightPlan(id=flight, access=access):
+                old_access = self.access_of(flight, pitr)
+                self._access[flight] = (access, pitr)
+                if access != old_access:
+                    tracks = [s for s in self._tracks.get(flight, ()) if self._linked(s, pitr)]
+                    if tracks:
+                        self._n_access += 1
+                    for surface_id in tracks:
+                        facility = self._links[surface_id][1]
+                        out.append(self._link(pitr, flight, surface_id, facility))
+            case PowerOn() | SurfaceOffblock() | SurfaceOnblock():
+                out.append(self._link(pitr, rec.id, rec.surface_id, rec.facility))
+            case PowerOff(id=flight, surface_id=surface_id, facility=facility):
+                linked = self._linked(surface_id, pitr)
+                if linked is not None and linked[0] == flight:
+                    del self._links[surface_id]
+                    self._tracks.get(flight, {}).pop(surface_id, None)
+                    self._n_unlinks += 1
+                    out.append(self._mapping(pitr, surface_id, flight, "unlink", facility))
+                else:
+                    self._n_unmatched += 1
+            case Keepalive():
+                self._last_keepalive = pitr
+                self._n_keepalives += 1
+                out.append(Keepalive(pitr=pitr))
+                return out
+            case _:
+                assert_never(rec)
+        if pitr - self._last_keepalive >= self._interval:
+            self._last_keepalive = pitr
+            self._n_keepalives += 1
+            out.append(Keepalive(pitr=pitr))
+        return out
+
+    def _prune(self, pitr: int) -> None:
+        """Forget flights and links nobody has mentioned for their TTL (pitr time)."""
+        self._next_prune = pitr + _PRUNE_EVERY_MS
+        link_cut = pitr - self._link_ttl
+        for surface_id in [s for s, (_, _, t) in self._links.items() if t < link_cut]:
+            flight = self._links.pop(surface_id)[0]
+            self._tracks.get(flight, {}).pop(surface_id, None)
+            self._n_expired += 1
+        flight_cut = pitr - self._flight_ttl
+        for flight in [f for f, (_, t) in self._access.items() if t < flight_cut]:
+            del self._access[flight]
+            if not self._tracks.get(flight):
+                self._tracks.pop(flight, None)
+
+    def stats(self) -> DeriverStats:
+        return DeriverStats(
+            links=self._n_links,
+            unlinks=self._n_unlinks,
+            access_changes=self._n_access,
+            keepalives=self._n_keepalives,
+            active_links=len(self._links),
+            known_flights=len(self._access),
+            expired_links=self._n_expired,
+            unmatched_unlinks=self._n_unmatched,
+        )

@@ -1,0 +1,263 @@
+"""The unified-feed pipeline as pure stages, shared by the file pipeline and the Kafka runtime.
+
+    controlstream ──► ControlIntake ──(control)────────────────────────► WriterStage ──► unified
+                          │ MappingDeriver                                   ▲
+                          └──(mappings)──► AnnotateStage ──(annotated)───────┘
+    surfacestream ──► FeedIntake ─────────────▲
+
+Each stage owns its state and is driven from outside: the file pipeline calls them in
+one thread, the Kafka runtime gives each its own thread and passes batches between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import msgspec
+
+from ._annotate import DEFAULT_LINK_TTL_MS, Annotator
+from ._combine import Combiner, Emitted, Feed
+from ._errors import BadRecordError
+from ._mapping import MappingDeriver
+from ._records import (
+    CONTROLSTREAM,
+    MAPPINGSTREAM,
+    SURFACESTREAM,
+    AnyRecord,
+    GroundPosition,
+    Keepalive,
+    Mapping,
+    RecordDecoder,
+    dead_letter_raw,
+)
+
+ANNOTATED: Final = "surfacestream"
+_dl_encode: Final = msgspec.json.Encoder().encode
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One refused input message (binding fields: feed, line or offset, reason, raw/raw_b64)."""
+
+    feed: str
+    line: int | None = None
+    offset: int | None = None
+    reason: str
+    raw: str | None = None
+    raw_b64: str | None = None
+
+    def encode(self) -> bytes:
+        return _dl_encode(self)
+
+
+def make_dead_letter(feed: str, where: str, loc: int, reason: str, raw: bytes) -> DeadLetter:
+    """``where`` is ``"line"`` (file input) or ``"offset"`` (Kafka input)."""
+    kw: dict[str, Any] = dead_letter_raw(raw)
+    kw[where] = loc
+    return DeadLetter(feed=feed, reason=reason, **kw)
+
+
+class Accepted(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """A valid, in-order message: where it came from, its raw bytes and its record."""
+
+    loc: int
+    raw: bytes
+    rec: Any
+
+
+class FeedIntake:
+    """Validates one feed's messages (SPEC §2) and keeps its ``pitr`` order.
+
+    A message that is invalid, or whose ``pitr`` is below the previous one or the last
+    keepalive, becomes a `DeadLetter`; the feed carries on as if it had not been there.
+    """
+
+    def __init__(self, feed: str, *, where: str = "line") -> None:
+        if where not in ("line", "offset"):
+            raise ValueError("where must be 'line' or 'offset'")
+        self.feed = feed
+        self.where = where
+        self._decoder = RecordDecoder(feed)
+        self.floor = -1  # highest pitr seen (message or keepalive)
+        self.accepted = 0
+        self.dead = 0
+
+    def check(self, loc: int, raw: bytes) -> AnyRecord | DeadLetter:
+        try:
+            rec = self._decoder.decode(raw)
+        except BadRecordError as exc:
+            self.dead += 1
+            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw)
+        if rec.pitr < self.floor:
+            self.dead += 1
+            reason = (
+                f"pitr {rec.pitr} is lower than {self.floor}, the feed's previous pitr or "
+                "keepalive; a feed's pitr must never decrease"
+            )
+            return make_dead_letter(self.feed, self.where, loc, reason, raw)
+        self.floor = rec.pitr
+        self.accepted += 1
+        return rec
+
+    def process(
+        self, batch: Iterable[tuple[int, bytes]]
+    ) -> tuple[list[Accepted], list[DeadLetter]]:
+        """Split a batch of ``(line or offset, raw)`` into accepted messages and dead letters.
+
+        Keepalives are accepted (as `Keepalive` records) so that callers can advance.
+        """
+        good: list[Accepted] = []
+        dead: list[DeadLetter] = []
+        check = self.check
+        for loc, raw in batch:
+            r = check(loc, raw)
+            if type(r) is DeadLetter:
+                dead.append(r)
+            else:
+                good.append(Accepted(loc, raw, r))
+        return good, dead
+
+
+class AnnotateStage:
+    """The combining rule over (mappingstream, surfacestream), then annotation.
+
+    Mappings win ties. mappingstream is required in both modes; surfacestream in
+    catch-up only (in both with ``strict_order``).
+    """
+
+    def __init__(
+        self,
+        *,
+        realtime_threshold_ms: int = 30_000,
+        clock: Callable[[], int] | None = None,
+        strict_order: bool = False,
+        link_ttl_ms: int = DEFAULT_LINK_TTL_MS,
+        capacity: int = 100_000,
+    ) -> None:
+        self.combiner = Combiner(
+            [
+                Feed(MAPPINGSTREAM, True, True, capacity),
+                Feed(SURFACESTREAM, strict_order, True, capacity),
+            ],
+            realtime_threshold_ms=realtime_threshold_ms,
+            clock=clock,
+        )
+        self.annotator = Annotator(link_ttl_ms=link_ttl_ms)
+
+    def push_mappings(self, batch: Iterable[Mapping | Keepalive]) -> bool:
+        """Queue mappingstream records; a keepalive advances the feed."""
+        c = self.combiner
+        room = True
+        for m in batch:
+            if type(m) is Mapping:
+                room = c.push(MAPPINGSTREAM, m.pitr, m)
+            else:
+                c.advance(MAPPINGSTREAM, m.pitr)
+        return room
+
+    def push_surface(self, batch: Iterable[Accepted]) -> bool:
+        c = self.combiner
+        pitrs: list[int] = []
+        items: list[Accepted] = []
+        for a in batch:
+            if type(a.rec) is Keepalive:
+                if pitrs:
+                    c.push_many(SURFACESTREAM, pitrs, items)
+                    pitrs, items = [], []
+                c.advance(SURFACESTREAM, a.rec.pitr)
+            else:
+                pitrs.append(a.rec.pitr)
+                items.append(a)
+        return c.push_many(SURFACESTREAM, pitrs, items)
+
+    def drain(self) -> list[Emitted]:
+        """Apply every emittable mapping; return the annotated surface messages.
+
+        Each returned `Emitted` holds the output bytes as ``item``.
+        """
+        out: list[Emitted] = []
+        ann = self.annotator
+        apply = ann.apply
+        annotate = ann.annotate_ground
+        for e in self.combiner.drain_list():
+            if e.feed is MAPPINGSTREAM or e.feed == MAPPINGSTREAM:
+                apply(e.item)
+                continue
+            a: Accepted = e.item
+            rec = a.rec
+            if type(rec) is GroundPosition:
+                out.append(Emitted(ANNOTATED, e.pitr, annotate(a.raw, rec.surface_id, e.pitr)))
+            else:
+                ann.pass_through()
+                out.append(Emitted(ANNOTATED, e.pitr, a.raw))
+        return out
+
+    def progress(self) -> int | None:
+        """Lower bound of the pitr of every annotated message still to come."""
+        return self.combiner.progress(SURFACESTREAM)
+
+    def finished(self) -> bool:
+        """surfacestream is closed and everything from it has been annotated."""
+        c = self.combiner
+        return c.is_closed(SURFACESTREAM) and c.queued(SURFACESTREAM) == 0
+
+
+class WriterStage:
+    """The combining rule over (controlstream, annotated surfacestream): the unified feed."""
+
+    def __init__(
+        self,
+        *,
+        realtime_threshold_ms: int = 30_000,
+        clock: Callable[[], int] | None = None,
+        strict_order: bool = False,
+        capacity: int = 100_000,
+    ) -> None:
+        self.combiner = Combiner(
+            [
+                Feed(CONTROLSTREAM, True, True, capacity),
+                Feed(ANNOTATED, strict_order, True, capacity),
+            ],
+            realtime_threshold_ms=realtime_threshold_ms,
+            clock=clock,
+        )
+
+    def push_control(self, batch: Iterable[Accepted]) -> bool:
+        c = self.combiner
+        pitrs: list[int] = []
+        raws: list[bytes] = []
+        for a in batch:
+            if type(a.rec) is Keepalive:
+                if pitrs:
+                    c.push_many(CONTROLSTREAM, pitrs, raws)
+                    pitrs, raws = [], []
+                c.advance(CONTROLSTREAM, a.rec.pitr)
+            else:
+                pitrs.append(a.rec.pitr)
+                raws.append(a.raw)
+        return c.push_many(CONTROLSTREAM, pitrs, raws)
+
+    def push_annotated(self, batch: list[Emitted]) -> bool:
+        return self.combiner.push_many(ANNOTATED, [e.pitr for e in batch], [e.item for e in batch])
+
+    def drain(self) -> list[Emitted]:
+        return self.combiner.drain_list()
+
+
+class ControlIntake(FeedIntake):
+    """controlstream intake that also derives mappings (when no mapping feed is given)."""
+
+    def __init__(self, *, where: str = "line", derive: bool = True) -> None:
+        super().__init__(CONTROLSTREAM, where=where)
+        self.deriver = MappingDeriver() if derive else None
+
+    def derive(self, good: Iterable[Accepted]) -> list[Mapping | Keepalive]:
+        """The mappingstream records caused by accepted control messages, in order."""
+        deriver = self.deriver
+        if deriver is None:
+            return []
+        out: list[Mapping | Keepalive] = []
+        process = deriver.process
+        for a in good:
+            out.extend(process(a.rec))
+        return out

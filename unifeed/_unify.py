@@ -1,0 +1,264 @@
+"""The whole pipeline in one thread: the library entry point and the file pipeline.
+
+File inputs are complete, so the file pipeline always applies the catch-up rule; its
+output is the reference every other way of running unifeed must reproduce.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final
+
+from ._combine import Emitted
+from ._errors import ConfigError
+from ._mapping import encode_mapping
+from ._pipeline import (
+    ANNOTATED,
+    AnnotateStage,
+    ControlIntake,
+    DeadLetter,
+    FeedIntake,
+    WriterStage,
+)
+from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
+
+#: A clock for complete inputs: every candidate is in catch-up, whatever the wall clock.
+CATCHUP_CLOCK: Final = (lambda: 2**62)  # noqa: E731
+_CHUNK: Final = 4096
+
+
+@dataclass
+class UnifyStats:
+    """Counters of one run (per feed: accepted, dead letters)."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    output: int = 0
+    annotated: int = 0
+    unmapped: int = 0
+    late: int = 0
+    mappings: int = 0
+
+
+class Unifier:
+    """Every stage of the pipeline, driven by one caller (no threads, no I/O).
+
+    >>> u = Unifier(clock=CATCHUP_CLOCK)
+    >>> u.feed(CONTROLSTREAM, [(1, b'{"type":"power_on","pitr":10,"id":"F1",'
+    ...                          b'"surface_id":"S1","facility":"KSFO"}')])
+    >>> u.feed(SURFACESTREAM, [(1, b'{"type":"ground_position","pitr":10,"surface_id":"S1",'
+    ...                          b'"facility":"KSFO","clock":9,"lat":1,"lon":2}')])
+    >>> u.close(CONTROLSTREAM); u.close(SURFACESTREAM)
+    >>> for line in u.drain(): print(line.decode())
+    {"type":"power_on","pitr":10,"id":"F1","surface_id":"S1","facility":"KSFO"}
+    {"type":"ground_position","pitr":10,"surface_id":"S1","facility":"KSFO","clock":9,"lat":1,"lon":2,"id":"F1","access":"public"}
+    """
+
+    def __init__(
+        self,
+        *,
+        derive_mappings: bool = True,
+        where: str = "line",
+        realtime_threshold_ms: int = 30_000,
+        clock: Callable[[], int] | None = None,
+        strict_order: bool = False,
+        link_ttl_ms: int | None = None,
+        capacity: int = 1_000_000,
+    ) -> None:
+        kw = {} if link_ttl_ms is None else {"link_ttl_ms": link_ttl_ms}
+        self.control = ControlIntake(where=where, derive=derive_mappings)
+        self.surface = FeedIntake(SURFACESTREAM, where=where)
+        self.mapping = None if derive_mappings else FeedIntake(MAPPINGSTREAM, where=where)
+        self.annotate = AnnotateStage(
+            realtime_threshold_ms=realtime_threshold_ms,
+            clock=clock,
+            strict_order=strict_order,
+            capacity=capacity,
+            **kw,
+        )
+        self.writer = WriterStage(
+            realtime_threshold_ms=realtime_threshold_ms,
+            clock=clock,
+            strict_order=strict_order,
+            capacity=capacity,
+        )
+        self.dead_letters: list[DeadLetter] = []
+        self.mappings_out: list[Mapping | Keepalive] | None = None
+        self.output_count = 0
+
+    def intake(self, feed: str) -> FeedIntake:
+        if feed == CONTROLSTREAM:
+            return self.control
+        if feed == SURFACESTREAM:
+            return self.surface
+        if feed == MAPPINGSTREAM and self.mapping is not None:
+            return self.mapping
+        raise ValueError(f"no {feed} input in this pipeline")
+
+    def feed(self, feed: str, batch: Iterable[tuple[int, bytes]]) -> None:
+        """Give the pipeline a batch of ``(line or offset, raw message)`` of one feed."""
+        good, dead = self.intake(feed).process(batch)
+        self.dead_letters.extend(dead)
+        if feed == CONTROLSTREAM:
+            self.writer.push_control(good)
+            mappings = self.control.derive(good)
+            if self.mappings_out is not None:
+                self.mappings_out.extend(mappings)
+            self.annotate.push_mappings(mappings)
+        elif feed == SURFACESTREAM:
+            self.annotate.push_surface(good)
+        else:
+            self.annotate.push_mappings([a.rec for a in good])
+
+    def close(self, feed: str) -> None:
+        """The feed has ended."""
+        if feed == CONTROLSTREAM:
+            self.writer.combiner.close(CONTROLSTREAM)
+            if self.mapping is None:
+                self.annotate.combiner.close(MAPPINGSTREAM)
+        elif feed == SURFACESTREAM:
+            self.annotate.combiner.close(SURFACESTREAM)
+        else:
+            self.annotate.combiner.close(MAPPINGSTREAM)
+
+    def drain_emitted(self) -> list[Emitted]:
+        annotated = self.annotate.drain()
+        writer = self.writer.combiner
+        if annotated:
+            self.writer.push_annotated(annotated)
+        progress = self.annotate.progress()
+        if progress is not None:
+            writer.advance(ANNOTATED, progress)
+        if self.annotate.finished() and not writer.is_closed(ANNOTATED):
+            writer.close(ANNOTATED)
+        out = self.writer.drain()
+        self.output_count += len(out)
+        return out
+
+    def drain(self) -> list[bytes]:
+        """Every unified-feed message that can be emitted now, in order."""
+        return [e.item for e in self.drain_emitted()]
+
+    def stats(self) -> UnifyStats:
+        feeds = [self.control, self.surface] + ([self.mapping] if self.mapping else [])
+        ann = self.annotate.annotator
+        derived = self.control.deriver
+        return UnifyStats(
+            accepted={i.feed: i.accepted for i in feeds},
+            dead_letters={i.feed: i.dead for i in feeds},
+            output=self.output_count,
+            annotated=ann.annotated,
+            unmapped=ann.unmapped,
+            late=self.writer.combiner.late,
+            mappings=0 if derived is None else derived.stats().links + derived.stats().unlinks,
+        )
+
+
+def numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line)`` for the non-blank lines of a JSON-lines input."""
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped:
+            yield number, stripped
+
+
+def _chunks(lines: Iterator[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for item in lines:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_unifier(
+    unifier: Unifier,
+    inputs: dict[str, Iterable[bytes]],
+    emit: Callable[[list[bytes]], None],
+    *,
+    chunk: int = _CHUNK,
+) -> None:
+    """Drive ``unifier`` over complete inputs, reading next from the feed that lags most.
+
+    Memory stays bounded by the chunk size and the feeds' skew, not by their length.
+    """
+    readers = {feed: _chunks(numbered(lines), chunk) for feed, lines in inputs.items()}
+    while readers:
+        feed = min(readers, key=lambda f: (unifier.intake(f).floor, f != CONTROLSTREAM))
+        batch = next(readers[feed], None)
+        if batch is None:
+            del readers[feed]
+            unifier.close(feed)
+        else:
+            unifier.feed(feed, batch)
+        out = unifier.drain()
+        if out:
+            emit(out)
+    out = unifier.drain()
+    if out:
+        emit(out)
+
+
+def unify_lines(
+    control: Iterable[bytes],
+    surface: Iterable[bytes],
+    mapping: Iterable[bytes] | None = None,
+    **options: object,
+) -> tuple[list[bytes], Unifier]:
+    """The unified feed of complete JSON-lines inputs, and the unifier (for its stats and
+    dead letters)."""
+    unifier = Unifier(derive_mappings=mapping is None, clock=CATCHUP_CLOCK, **options)  # type: ignore[arg-type]
+    inputs: dict[str, Iterable[bytes]] = {CONTROLSTREAM: control, SURFACESTREAM: surface}
+    if mapping is not None:
+        inputs[MAPPINGSTREAM] = mapping
+    output: list[bytes] = []
+    run_unifier(unifier, inputs, output.extend)
+    return output, unifier
+
+
+def derive_mapping_lines(control: Iterable[bytes]) -> tuple[list[bytes], list[DeadLetter]]:
+    """mappingstream of a complete controlstream, and its dead letters."""
+    intake = ControlIntake()
+    out: list[bytes] = []
+    dead: list[DeadLetter] = []
+    for batch in _chunks(numbered(control), _CHUNK):
+        good, bad = intake.process(batch)
+        dead.extend(bad)
+        out.extend(encode_mapping(m) for m in intake.derive(good))
+    return out, dead
+
+
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[Iterable[bytes]]:
+    """A JSON-lines input path (``-`` = stdin), read as bytes."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def open_output(path: str) -> Iterator[IO[bytes]]:
+    """A JSON-lines output path (``-`` = stdout), written as bytes."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    try:
+        f = open(target, "wb")  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    with f:
+        yield f
