@@ -1,1 +1,68 @@
-"""unifeed."""
+"""unifeed: one unified flight-tracking feed from controlstream and surfacestream.
+
+A short tour (it runs as a doctest):
+
+>>> from unifeed import Combiner, Feed
+>>> c = Combiner([Feed("controlstream", required_realtime=True, required_catchup=True),
+...               Feed("surfacestream", required_realtime=False, required_catchup=True)],
+...              realtime_threshold_ms=30_000, clock=lambda: 1_700_000_100_000)
+>>> c.push("controlstream", 1_700_000_000_000, b"c1")
+True
+>>> c.push("surfacestream", 1_700_000_000_500, b"s1")
+True
+>>> [e.item for e in c.drain()]   # catch-up: s1 waits for controlstream to pass it
+[b'c1']
+>>> c.advance("controlstream", 1_700_000_001_000)   # a keepalive
+>>> [(e.feed, e.item) for e in c.drain()]
+[('surfacestream', b's1')]
+
+The whole pipeline over complete JSON-lines inputs:
+
+>>> from unifeed import unify_lines
+>>> control = [b'{"type":"flightplan","pitr":1,"id":"F1","ident":"UAL1","access":"restricted"}',
+...            b'{"type":"power_on","pitr":2,"id":"F1","surface_id":"S9","facility":"KSFO"}']
+>>> surface = [b'{"type":"ground_position","pitr":3,"surface_id":"S9","facility":"KSFO",'
+...            b'"clock":3,"lat":37.6,"lon":-122.4}']
+>>> out, run = unify_lines(control, surface)
+>>> print(out[-1].decode())
+{"type":"ground_position","pitr":3,"surface_id":"S9","facility":"KSFO","clock":3,"lat":37.6,"lon":-122.4,"id":"F1","access":"restricted"}
+"""
+
+from ._annotate import Annotator as Annotator
+from ._combine import Combiner as Combiner
+from ._combine import CombinerStats as CombinerStats
+from ._combine import Emitted as Emitted
+from ._combine import Feed as Feed
+from ._combine import Mode as Mode
+from ._errors import BadRecordError as BadRecordError
+from ._errors import BrokerUnreachableError as BrokerUnreachableError
+from ._errors import CheckpointError as CheckpointError
+from ._errors import ConfigError as ConfigError
+from ._errors import FeedOrderError as FeedOrderError
+from ._errors import KafkaRuntimeError as KafkaRuntimeError
+from ._errors import UnifeedError as UnifeedError
+from ._mapping import MappingDeriver as MappingDeriver
+from ._pipeline import DeadLetter as DeadLetter
+from ._unify import Unifier as Unifier
+from ._unify import unify_lines as unify_lines
+
+__all__ = [
+    "Annotator",
+    "BadRecordError",
+    "BrokerUnreachableError",
+    "CheckpointError",
+    "Combiner",
+    "CombinerStats",
+    "ConfigError",
+    "DeadLetter",
+    "Emitted",
+    "Feed",
+    "FeedOrderError",
+    "KafkaRuntimeError",
+    "MappingDeriver",
+    "Mode",
+    "UnifeedError",
+    "Unifier",
+    "unify_lines",
+]
+__version__ = "0.1.0"
