@@ -262,7 +262,8 @@ class RecordDecoder:
         if "pitr" not in value:
             return f"{kind} message has no `pitr` field"
         if type(pitr) is not int:
-            return f"`pitr` must be an integer (epoch milliseconds), got {pitr!r}"
+            shown = msgspec.json.encode(pitr).decode()[:40]
+            return f"`pitr` must be an integer (epoch milliseconds), got {shown}"
         if pitr < 0:
             return f"`pitr` must not be negative, got {pitr}"
         return f"invalid {kind} message: {exc}"

@@ -7,6 +7,7 @@ output is the reference every other way of running unifeed must reproduce.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -236,12 +237,12 @@ def derive_mapping_lines(control: Iterable[bytes]) -> tuple[list[bytes], list[De
 
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[Iterable[bytes]]:
-    """A JSON-lines input path (``-`` = stdin), read as bytes."""
+    """A JSON-lines input path (``-`` = stdin; ``.gz`` is decompressed), read as bytes."""
     if path == "-":
         yield sys.stdin.buffer
         return
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        f: IO[bytes] = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     with f:
