@@ -64,8 +64,9 @@ class MappingDeriver:
     * ``power_off`` unlinks it (when it is linked to that flight);
     * a ``flightplan`` that changes the access of a linked flight emits a fresh ``link``
       for each of its surface tracks at that ``pitr``;
-    * a ``keepalive`` is written at least once per ``keepalive_interval_ms`` of
-      controlstream ``pitr``, and for every controlstream keepalive.
+    * a ``keepalive`` is written with the first controlstream message of every
+      ``keepalive_interval_ms`` of ``pitr`` (so at least once a second of controlstream
+      time), and for every controlstream keepalive.
 
     >>> d = MappingDeriver()
     >>> from unifeed._records import PowerOn
@@ -182,7 +183,9 @@ class MappingDeriver:
                 return out
             case _:
                 assert_never(rec)
-        if pitr - self._last_keepalive >= self._interval:
+        # Keepalives fall on a fixed grid of pitr (the first message of each interval), so
+        # a deriver rebuilt by replaying from any earlier point writes the same ones.
+        if pitr // self._interval != self._last_keepalive // self._interval:
             self._last_keepalive = pitr
             self._n_keepalives += 1
             out.append(Keepalive(pitr=pitr))

@@ -242,7 +242,9 @@ def open_input(path: str) -> Iterator[Iterable[bytes]]:
         yield sys.stdin.buffer
         return
     try:
-        f: IO[bytes] = gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
+        f: IO[bytes] = (
+            gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        )
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     with f:

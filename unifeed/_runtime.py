@@ -1,0 +1,1256 @@
+"""The Kafka runtime (SPEC §4): reader threads, the annotator thread, the writer thread.
+
+    control reader ──(control batches)──────────────────────────────► writer ──► output topic
+        │ MappingDeriver (in-process) or mapping reader                   ▲     + checkpoints
+        └──(mapping batches)──► annotator ──(annotated batches)───────────┘
+    surface reader ──(surface batches)──┘
+
+Each thread owns its state and its Kafka client; they talk only through `Inbox` lanes
+that carry batches. The pure stages of ``_pipeline`` do the work; this module moves
+bytes and keeps the promises: exact resume from per-feed pitr checkpoints, output and
+checkpoint in one transaction, and the output-tail reconciliation that makes a restart
+exact even where ``read_committed`` is not honoured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Final
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from ._checkpoint import Checkpoint, CheckpointStore, encode_record
+from ._checkpoint import FeedCheckpoint as FeedPosition
+from ._checkpoint import OutputCheckpoint as OutputPosition
+from ._errors import CheckpointError, ConfigError, KafkaRuntimeError, UnifeedError
+from ._inbox import Batch, Inbox
+from ._kafkautil import (
+    Target,
+    consume_batch,
+    consumer_config,
+    ensure_reachable,
+    find_offset_for_pitr,
+    kafka_error,
+    parse_target,
+    producer_config,
+    read_properties,
+    resolve_bootstrap,
+    watermarks,
+)
+from ._mapping import MappingDeriver, encode_mapping
+from ._pipeline import (
+    ANNOTATED,
+    Accepted,
+    AnnotateStage,
+    DeadLetter,
+    FeedIntake,
+    WriterStage,
+)
+from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
+
+log = logging.getLogger("unifeed")
+
+_READ_BATCH: Final = 5000
+_LANE_BATCHES: Final = 8
+_STAGE_CAPACITY: Final = 50_000
+_JOIN_TIMEOUT_S: Final = 30.0
+_IDLE_S: Final = 0.05
+
+
+# --- options ---------------------------------------------------------------
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch milliseconds or ISO-8601 (naive times are UTC)."""
+    from datetime import UTC, datetime
+
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"expected epoch milliseconds or an ISO-8601 time, got {text!r}"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@dataclass
+class RuntimeOptions:
+    bootstrap: str
+    instance: str = "unifeed"
+    checkpoint_topic: str = "unifeed.checkpoints"
+    start: str = "earliest"
+    stop_at: int | None = None
+    exit_at_end: bool = False
+    delivery: str = "exactly-once"
+    realtime_threshold_ms: int = 30_000
+    strict_order: bool = False
+    lookback_ms: int = 6 * 3_600_000
+    commit_interval_ms: int = 100
+    commit_max_records: int = 10_000
+    dead_letter: str | None = None
+    kafka_extra: dict[str, Any] = field(default_factory=dict)
+    status_interval_s: float = 2.0
+    metrics_port: int | None = None
+    connect_timeout_s: float = 10.0
+    clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RuntimeOptions:
+        extra: dict[str, Any] = {}
+        if getattr(args, "kafka_config", None):
+            extra.update(read_properties(args.kafka_config))
+        if args.start not in ("earliest", "latest"):
+            parse_time_ms(args.start)  # checked now: a typo is a usage error
+        return cls(
+            bootstrap=resolve_bootstrap(args.bootstrap_servers),
+            instance=args.instance,
+            checkpoint_topic=args.checkpoint_topic,
+            start=args.start,
+            stop_at=None if args.stop_at is None else parse_time_ms(args.stop_at),
+            exit_at_end=args.exit_at_end,
+            delivery=args.delivery,
+            realtime_threshold_ms=getattr(args, "realtime_threshold", 30_000),
+            strict_order=getattr(args, "strict_order", False),
+            lookback_ms=args.lookback,
+            commit_interval_ms=args.commit_interval,
+            dead_letter=args.dead_letter,
+            kafka_extra=extra,
+            status_interval_s=args.status_interval if not args.quiet else 0.0,
+            metrics_port=args.metrics_port,
+        )
+
+
+# --- shared run state ------------------------------------------------------
+
+
+class RunState:
+    """What every thread of one run shares: the stop event, the first failure, counters."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = {}
+        self.lag_pitr: dict[str, int] = {}
+        self.mode = "starting"
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.failure is None:
+                self.failure = exc
+        self.stop.set()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+
+class Worker(threading.Thread):
+    """A thread that reports its failure to the run instead of dying quietly."""
+
+    def __init__(self, name: str, state: RunState) -> None:
+        super().__init__(name=name, daemon=True)
+        self.state = state
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exc:
+            log.debug("%s failed", self.name, exc_info=True)
+            self.state.fail(exc)
+
+    def work(self) -> None:
+        raise NotImplementedError
+
+
+# --- readers ---------------------------------------------------------------
+
+
+@dataclass
+class ReadPlan:
+    """Where a reader starts and which messages it only replays (state, no output)."""
+
+    offset: int
+    resume_after: FeedPosition | None = None
+
+
+class FeedReader(Worker):
+    """Reads one feed's partition; validates; hands batches on; reports end of log."""
+
+    def __init__(
+        self,
+        *,
+        state: RunState,
+        feed: str,
+        target: Target,
+        config: dict[str, Any],
+        plan: ReadPlan,
+        deliver: Callable[[list[Accepted], list[Accepted], list[DeadLetter], bool, bool], bool],
+        stop_at: int | None,
+        exit_at_end: bool,
+        count_keepalives: bool = False,
+    ) -> None:
+        super().__init__(f"reader-{feed}", state)
+        self.feed = feed
+        self.target = target
+        self.config = config
+        self.plan = plan
+        self.deliver = deliver
+        self.stop_at = stop_at
+        self.exit_at_end = exit_at_end
+        self.count_keepalives = count_keepalives
+        self.intake = FeedIntake(feed, where="offset")
+        self.next_offset = plan.offset
+        self.high = -1
+
+    def work(self) -> None:
+        consumer = Consumer(self.config)
+        try:
+            self._loop(consumer)
+        finally:
+            consumer.close()
+
+    def _loop(self, consumer: Consumer) -> None:
+        tp = self.target.topic_partition(self.plan.offset)
+        consumer.assign([tp])
+        resume = self.plan.resume_after
+        replaying = resume is not None
+        at_resume_pitr = 0
+        stop = self.state.stop
+        closed = False
+        while not stop.is_set() and not closed:
+            messages = consume_batch(consumer, _READ_BATCH, 0.1)
+            eof = False
+            raw: list[tuple[int, bytes]] = []
+            for m in messages:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        eof = True
+                        continue
+                    raise kafka_error(f"reading {self.feed} from {self.target}", err)
+                raw.append((m.offset() or 0, m.value() or b""))
+            if raw:
+                self.next_offset = raw[-1][0] + 1
+            good, dead = self.intake.process(raw)
+            replay: list[Accepted] = []
+            if replaying and resume is not None:
+                k = 0
+                for a in good:
+                    p = a.rec.pitr
+                    counted = self.count_keepalives or type(a.rec) is not Keepalive
+                    if p < resume.pitr:
+                        k += 1
+                        continue
+                    if p == resume.pitr and counted and at_resume_pitr < resume.skip:
+                        at_resume_pitr += 1
+                        k += 1
+                        continue
+                    if p == resume.pitr and not counted:
+                        k += 1
+                        continue
+                    replaying = False
+                    break
+                replay, good = good[:k], good[k:]
+            if self.stop_at is not None and good and good[-1].rec.pitr > self.stop_at:
+                good = [a for a in good if a.rec.pitr <= self.stop_at]
+                closed = True
+            if eof and self.exit_at_end:
+                closed = True
+            if raw or eof or closed:
+                self.state.add(f"in.{self.feed}", len(raw))
+                if good:
+                    self.state.lag_pitr[self.feed] = good[-1].rec.pitr
+                # The end-of-log flag goes with the batch that reached it: records first,
+                # then the flag (librdkafka reports the end only once until more arrive).
+                if not self._hand_on(consumer, tp, replay, good, dead, eof, closed):
+                    return
+
+    def _hand_on(
+        self,
+        consumer: Consumer,
+        tp: TopicPartition,
+        replay: list[Accepted],
+        good: list[Accepted],
+        dead: list[DeadLetter],
+        caught_up: bool,
+        closed: bool,
+    ) -> bool:
+        """Deliver, pausing the partition while the next stage is full."""
+        paused = False
+        try:
+            while not self.deliver(replay, good, dead, caught_up, closed):
+                if self.state.stop.is_set():
+                    return False
+                if not paused:
+                    consumer.pause([tp])
+                    paused = True
+                replay = good = []  # already delivered: deliver() retries only what is left
+                dead = []
+        finally:
+            if paused and not self.state.stop.is_set():
+                consumer.resume([tp])
+        return True
+
+
+class _Delivery:
+    """Hands one reader's output to its lanes, retrying only what is still undelivered."""
+
+    def __init__(self, steps: list[tuple[Inbox, str, Callable[..., Batch | None]]]) -> None:
+        self.steps = steps
+        self.pending: list[tuple[Inbox, str, Batch]] = []
+
+    def __call__(
+        self,
+        replay: list[Accepted],
+        good: list[Accepted],
+        dead: list[DeadLetter],
+        caught_up: bool,
+        closed: bool,
+    ) -> bool:
+        if not self.pending and (replay or good or dead or caught_up or closed):
+            for inbox, lane, make in self.steps:
+                batch = make(replay, good, dead, caught_up, closed)
+                if batch is not None:
+                    self.pending.append((inbox, lane, batch))
+        while self.pending:
+            inbox, lane, batch = self.pending[0]
+            if not inbox.put(lane, batch, 0.1):
+                return False
+            self.pending.pop(0)
+        return True
+
+
+# --- the output side -------------------------------------------------------
+
+
+class Committer:
+    """Owns the output producer: transactions, checkpoints, output-tail reconciliation.
+
+    Output records are produced with timestamp = pitr. Every commit: flush the output,
+    produce the checkpoint (per-feed positions and the output's ``next_offset``), commit
+    the transaction. Records found after the checkpoint's ``next_offset`` at start-up were
+    written by an earlier incarnation; they must equal what this run writes first, and
+    are skipped instead of written twice.
+    """
+
+    def __init__(
+        self,
+        *,
+        options: RuntimeOptions,
+        output: Target,
+        dead_target: Target | None,
+        store: CheckpointStore,
+        feeds: tuple[str, ...],
+        state: RunState,
+    ) -> None:
+        self.options = options
+        self.output = output
+        self.dead_target = dead_target
+        self.store = store
+        self.state = state
+        self.transactional = options.delivery == "exactly-once"
+        config = producer_config(
+            options.bootstrap,
+            options.kafka_extra,
+            transactional_id=f"unifeed-{options.instance}" if self.transactional else None,
+        )
+        config.setdefault("queue.buffering.max.messages", 500_000)
+        config.setdefault("queue.buffering.max.kbytes", 262_144)
+        config["error_cb"] = self._on_error
+        self.producer = Producer(config)
+        self._error: KafkaError | None = None
+        self.positions: dict[str, FeedPosition] = {}
+        self.feeds = feeds
+        self.next_offset = 0
+        self._delivered_next = -1
+        self._tail: list[tuple[int, bytes]] = []
+        self._tail_pos = 0
+        self.uncommitted = 0
+        self.last_commit = time.monotonic()
+        self.commits = 0
+        self.checkpoint: Checkpoint | None = None
+        self._dirty = False
+        self._in_txn = False
+
+    # start-up ----------------------------------------------------------------
+
+    def start(self) -> Checkpoint | None:
+        """``init_transactions`` → find the checkpoint → read the output tail."""
+        if self.transactional:
+            try:
+                self.producer.init_transactions(30)
+            except KafkaException as exc:
+                raise _wrap(
+                    "cannot initialise transactions (use --delivery at-least-once "
+                    "for brokers without them)",
+                    exc,
+                ) from None
+        self.store.ensure_topic()
+        cp, cp_offset = self.store.load(self.options.instance)
+        self.checkpoint = cp
+        low, high = _watermarks_or_empty(self.options, self.output)
+        if cp is None:
+            self.next_offset = high
+        else:
+            if cp.output is not None and (
+                cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
+            ):
+                raise CheckpointError(
+                    f"instance {self.options.instance!r} wrote to {cp.output.topic}:"
+                    f"{cp.output.partition}, not {self.output}; use another --instance, or "
+                    f"`unifeed checkpoint reset --instance {self.options.instance}`"
+                )
+            self.positions = dict(cp.feeds)
+            self.next_offset = cp.output.next_offset if cp.output is not None else high
+            if self.next_offset < low:
+                raise CheckpointError(
+                    f"the checkpoint of {self.options.instance!r} (offset {cp_offset}) points "
+                    f"at output offset {self.next_offset}, below the first stored offset {low}"
+                )
+            self._tail = _read_tail(self.options, self.output, self.next_offset, high)
+            if self._tail:
+                log.info(
+                    "%s: %d output records after the checkpoint, written by an earlier "
+                    "run: they will be checked and not written again",
+                    self.options.instance,
+                    len(self._tail),
+                )
+        return cp
+
+    def first_checkpoint(self, positions: dict[str, FeedPosition]) -> None:
+        """Written before any output when the instance has no checkpoint yet."""
+        self.positions = dict(positions)
+        self._dirty = True
+        self.commit(force=True)
+
+    # hot path ----------------------------------------------------------------
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._error = error
+            self.state.fail(kafka_error("the output producer failed", error))
+        else:
+            log.debug("producer: %s", error.str())
+
+    def _on_last_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._error = error
+            self.state.fail(kafka_error(f"writing to {self.output} failed", error))
+        else:
+            self._delivered_next = (message.offset() or 0) + 1
+
+    def write(
+        self,
+        feed_items: list[tuple[str, int, bytes]],
+        positions: dict[str, FeedPosition] | None = None,
+    ) -> None:
+        """Produce ``(feed, pitr, value)`` in order and advance the per-feed positions.
+
+        Without ``positions``, each item is one input message of its feed (the unified
+        feed); with it, the caller says how far its inputs got (the mapping deriver).
+        """
+        if positions is not None:
+            self.positions.update(positions)
+            self._dirty = True
+        if not feed_items:
+            return
+        produce = self.producer.produce
+        topic = self.output.topic
+        partition = self.output.partition
+        tail = self._tail
+        start = 0
+        if self._tail_pos < len(tail):
+            start = self._reconcile(feed_items)
+        positions = self.positions
+        n = len(feed_items)
+        for i in range(start, n):
+            feed, pitr, value = feed_items[i]
+            while True:
+                try:
+                    if i == n - 1:
+                        produce(
+                            topic,
+                            value,
+                            partition=partition,
+                            timestamp=pitr,
+                            on_delivery=self._on_last_delivery,
+                        )
+                    else:
+                        produce(topic, value, partition=partition, timestamp=pitr)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        # Positions: the last pitr of each feed and how many messages had it.
+        for feed in () if positions is not None else self.feeds:
+            last = None
+            count = 0
+            for f, pitr, _ in reversed(feed_items):
+                if f != feed:
+                    continue
+                if last is None:
+                    last = pitr
+                if pitr != last:
+                    break
+                count += 1
+            if last is None:
+                continue
+            if count == sum(1 for f, _, _ in feed_items if f == feed):
+                prev = positions.get(feed)
+                if prev is not None and prev.pitr == last:
+                    count += prev.skip
+            positions[feed] = FeedPosition(pitr=last, skip=count)
+        self.producer.poll(0)
+        self.uncommitted += n - start
+        self._dirty = True
+        self.state.add("out", n)
+
+    def _reconcile(self, feed_items: list[tuple[str, int, bytes]]) -> int:
+        i = 0
+        tail = self._tail
+        while i < len(feed_items) and self._tail_pos < len(tail):
+            offset, old = tail[self._tail_pos]
+            new = feed_items[i][2]
+            if old != new:
+                raise CheckpointError(
+                    f"output {self.output} offset {offset} holds a record that differs from what "
+                    f"this run writes next (its {self._tail_pos + 1}th message after the "
+                    f"checkpoint's next_offset {self.tail_start}): the inputs or options changed "
+                    "since that record was written. Use a new output topic, or "
+                    f"`unifeed checkpoint reset --instance {self.options.instance}` and --start"
+                )
+            self._tail_pos += 1
+            self.next_offset = offset + 1
+            i += 1
+        self.state.add("reconciled", i)
+        return i
+
+    @property
+    def tail_start(self) -> int:
+        return self._tail[0][0] if self._tail else self.next_offset
+
+    def write_dead(self, letters: list[DeadLetter]) -> None:
+        if not letters or self.dead_target is None:
+            return
+        for d in letters:
+            while True:
+                try:
+                    self.producer.produce(
+                        self.dead_target.topic, d.encode(), partition=self.dead_target.partition
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        self.state.add("dead_letters", len(letters))
+        self._dirty = True
+
+    def due(self) -> bool:
+        return self._dirty and (
+            self.uncommitted >= self.options.commit_max_records
+            or (time.monotonic() - self.last_commit) * 1000 >= self.options.commit_interval_ms
+        )
+
+    def commit(self, force: bool = False, reopen: bool = True) -> None:
+        """Flush output, write the checkpoint, commit (one transaction)."""
+        if not self._dirty and not force:
+            return
+        producer = self.producer
+        self.begin()
+        remaining = producer.flush(30)
+        if remaining:
+            raise KafkaRuntimeError(f"{remaining} output records not delivered after 30 s")
+        if self._error is not None:
+            raise kafka_error("output delivery failed", self._error)
+        if self._delivered_next >= 0:
+            self.next_offset = max(self.next_offset, self._delivered_next)
+        cp = Checkpoint(
+            version=1,
+            instance=self.options.instance,
+            feeds={f: self.positions[f] for f in self.feeds if f in self.positions},
+            output=OutputPosition(
+                topic=self.output.topic,
+                partition=self.output.partition,
+                next_offset=self.next_offset,
+            ),
+            written_ms=self.options.clock(),
+        )
+        key, value = encode_record(cp)
+        producer.produce(self.store.topic, value, key=key, partition=0)
+        if self.transactional:
+            try:
+                producer.commit_transaction(30)
+            except KafkaException as exc:
+                raise _wrap("committing the output transaction failed", exc) from None
+            self._in_txn = False
+            if reopen:
+                self.begin()
+        else:
+            if producer.flush(30):
+                raise KafkaRuntimeError("checkpoint not delivered after 30 s")
+        self.checkpoint = cp
+        self.commits += 1
+        self.uncommitted = 0
+        self._dirty = False
+        self.last_commit = time.monotonic()
+        self.state.add("commits")
+
+    def begin(self) -> None:
+        """Open a transaction unless one is open (exactly-once only)."""
+        if self.transactional and not self._in_txn:
+            self.producer.begin_transaction()
+            self._in_txn = True
+
+    def close(self) -> None:
+        """Abort an open transaction (nothing of it becomes visible) and flush."""
+        if self._in_txn:
+            try:
+                self.producer.abort_transaction(5)
+            except KafkaException as exc:
+                log.warning(
+                    "%s: aborting the open transaction failed: %s", self.options.instance, exc
+                )
+            self._in_txn = False
+        self.producer.flush(5)
+
+
+def _wrap(message: str, exc: KafkaException) -> KafkaRuntimeError:
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return kafka_error(message, error)
+    return KafkaRuntimeError(f"{message}: {exc}")
+
+
+def _watermarks_or_empty(options: RuntimeOptions, target: Target) -> tuple[int, int]:
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    try:
+        try:
+            return watermarks(consumer, target)
+        except KafkaRuntimeError as exc:
+            if exc.code in {"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"}:
+                return 0, 0
+            raise
+    finally:
+        consumer.close()
+
+
+def _read_tail(
+    options: RuntimeOptions, target: Target, start: int, high: int
+) -> list[tuple[int, bytes]]:
+    """Records of ``target`` from ``start`` to ``high`` (read_committed), bounded in time."""
+    if start >= high:
+        return []
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    out: list[tuple[int, bytes]] = []
+    try:
+        consumer.assign([target.topic_partition(start)])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            batch = consume_batch(consumer, 10_000, 0.5)
+            done = False
+            for m in batch:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    raise kafka_error(f"reading the output tail of {target}", err)
+                offset = m.offset() or 0
+                out.append((offset, m.value() or b""))
+                if offset >= high - 1:
+                    done = True
+            if done:
+                return out
+        raise KafkaRuntimeError(f"reading the output tail of {target} took more than 60 s")
+    finally:
+        consumer.close()
+
+
+# --- stages as threads -----------------------------------------------------
+
+
+class AnnotatorThread(Worker):
+    def __init__(
+        self, state: RunState, inbox: Inbox, writer_inbox: Inbox, options: RuntimeOptions
+    ) -> None:
+        super().__init__("annotator", state)
+        self.inbox = inbox
+        self.writer_inbox = writer_inbox
+        self.stage = AnnotateStage(
+            realtime_threshold_ms=options.realtime_threshold_ms,
+            clock=options.clock,
+            strict_order=options.strict_order,
+            capacity=_STAGE_CAPACITY,
+        )
+        self.surface_caught_up = False
+        self._sent_marker: int | None = None
+        self._sent_caught_up = False
+
+    def work(self) -> None:
+        stage = self.stage
+        c = stage.combiner
+        closed_sent = False
+        while not self.state.stop.is_set():
+            lanes = [lane for lane in (MAPPINGSTREAM, SURFACESTREAM) if c.room(lane) > 0]
+            dead: list[DeadLetter] = []
+            for lane, batch in self.inbox.take(lanes, _IDLE_S):
+                dead.extend(batch.dead)
+                if lane == MAPPINGSTREAM:
+                    stage.push_mappings(batch.records)
+                    if batch.marker is not None:
+                        c.advance(MAPPINGSTREAM, batch.marker)
+                    c.caught_up(MAPPINGSTREAM, batch.caught_up)
+                    if batch.closed:
+                        c.close(MAPPINGSTREAM)
+                else:
+                    stage.push_surface(batch.records)
+                    if batch.records or batch.caught_up:
+                        self.surface_caught_up = batch.caught_up
+                    c.caught_up(SURFACESTREAM, batch.caught_up)
+                    if batch.closed:
+                        c.close(SURFACESTREAM)
+            out = stage.drain()
+            marker = stage.progress()
+            finished = stage.finished()
+            caught_up = self.surface_caught_up and c.queued(SURFACESTREAM) == 0
+            if (
+                out
+                or dead
+                or marker != self._sent_marker
+                or finished
+                or caught_up != self._sent_caught_up
+            ):
+                batch = Batch(out, dead, marker, caught_up, finished)
+                if not self.writer_inbox.put_blocking(ANNOTATED, batch):
+                    return
+                self._sent_marker = marker
+                self._sent_caught_up = caught_up
+                self.state.counters["annotated"] = stage.annotator.annotated
+                self.state.counters["unmapped"] = stage.annotator.unmapped
+                if finished:
+                    closed_sent = True
+            if closed_sent:
+                return
+
+
+class WriterThread(Worker):
+    def __init__(
+        self, state: RunState, inbox: Inbox, committer: Committer, options: RuntimeOptions
+    ) -> None:
+        super().__init__("writer", state)
+        self.inbox = inbox
+        self.committer = committer
+        self.stage = WriterStage(
+            realtime_threshold_ms=options.realtime_threshold_ms,
+            clock=options.clock,
+            strict_order=options.strict_order,
+            capacity=_STAGE_CAPACITY,
+        )
+        self.finished = False
+
+    def work(self) -> None:
+        stage = self.stage
+        c = stage.combiner
+        committer = self.committer
+        try:
+            while True:
+                stopping = self.state.stop.is_set()
+                lanes = [lane for lane in (CONTROLSTREAM, ANNOTATED) if c.room(lane) > 0]
+                for lane, batch in self.inbox.take(lanes, 0 if stopping else _IDLE_S):
+                    committer.write_dead(batch.dead)
+                    if lane == CONTROLSTREAM:
+                        stage.push_control(batch.records)
+                    else:
+                        stage.push_annotated(batch.records)
+                    if batch.marker is not None:
+                        c.advance(lane, batch.marker)
+                    c.caught_up(lane, batch.caught_up)
+                    if batch.closed:
+                        c.close(lane)
+                out = stage.drain()
+                if out:
+                    committer.write([(e.feed, e.pitr, e.item) for e in out])
+                    self.state.counters["late"] = c.late
+                if c.last_mode is not None:
+                    self.state.mode = c.last_mode.value
+                if c.exhausted():
+                    committer.commit(reopen=False)
+                    self.finished = True
+                    return
+                if stopping:
+                    if not isinstance(self.state.failure, CheckpointError):
+                        committer.commit(reopen=False)
+                    return
+                if committer.due():
+                    committer.commit()
+        finally:
+            committer.close()
+
+
+# --- start-up planning -----------------------------------------------------
+
+
+def _seek(options: RuntimeOptions, target: Target, pitr: int) -> int:
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra, fetch_wait_ms=10))
+    try:
+        return find_offset_for_pitr(consumer, target, max(pitr, 0)).offset
+    finally:
+        consumer.close()
+
+
+def _start_positions(
+    options: RuntimeOptions, targets: dict[str, Target]
+) -> dict[str, tuple[int, FeedPosition]]:
+    """Offsets and checkpoint positions for a first start (no checkpoint)."""
+    out: dict[str, tuple[int, FeedPosition]] = {}
+    for feed, target in targets.items():
+        low, high = _watermarks_or_empty(options, target)
+        if options.start == "earliest":
+            out[feed] = (low, FeedPosition(pitr=0, skip=0))
+        elif options.start == "latest":
+            last = _last_pitr(options, target, low, high)
+            out[feed] = (high, FeedPosition(pitr=0 if last is None else last + 1, skip=0))
+        else:
+            t = parse_time_ms(options.start)
+            out[feed] = (_seek(options, target, t), FeedPosition(pitr=t, skip=0))
+    return out
+
+
+def _last_pitr(options: RuntimeOptions, target: Target, low: int, high: int) -> int | None:
+    from ._kafkautil import last_record_before, record_pitr
+
+    if high <= low:
+        return None
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra, fetch_wait_ms=10))
+    try:
+        m = last_record_before(
+            consumer, target, high, lambda r: record_pitr(r) is not None, low=low
+        )
+        return None if m is None else record_pitr(m)
+    finally:
+        consumer.close()
+
+
+# --- the combine run -------------------------------------------------------
+
+
+class CombineRun:
+    """One run of `unifeed combine` against Kafka."""
+
+    def __init__(
+        self,
+        options: RuntimeOptions,
+        control: Target,
+        surface: Target,
+        output: Target,
+        mapping: Target | None = None,
+    ) -> None:
+        self.options = options
+        self.control = control
+        self.surface = surface
+        self.mapping = mapping
+        self.output = output
+        self.state = RunState()
+        self.threads: list[Worker] = []
+        self.writer: WriterThread | None = None
+
+    def setup(self) -> None:
+        o = self.options
+        ensure_reachable(o.bootstrap, o.connect_timeout_s, o.kafka_extra)
+        dead_target = (
+            parse_target(o.dead_letter)
+            if o.dead_letter
+            else Target(topic=f"{self.output.topic}.dead-letter", partition=0)
+        )
+        store = CheckpointStore(o.bootstrap, o.checkpoint_topic, o.kafka_extra)
+        committer = Committer(
+            options=o,
+            output=self.output,
+            dead_target=dead_target,
+            store=store,
+            feeds=(CONTROLSTREAM, SURFACESTREAM),
+            state=self.state,
+        )
+        cp = committer.start()
+        targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        plans: dict[str, ReadPlan] = {}
+        if cp is not None and all(f in cp.feeds for f in targets):
+            pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
+            replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
+            plans[CONTROLSTREAM] = ReadPlan(_seek(o, self.control, replay_from), pc)
+            plans[SURFACESTREAM] = ReadPlan(_seek(o, self.surface, ps.pitr), ps)
+            mapping_from = ps.pitr - o.lookback_ms
+            log.info("%s: resuming from checkpoint %s", o.instance, cp)
+        else:
+            starts = _start_positions(o, targets)
+            positions = {f: pos for f, (_, pos) in starts.items()}
+            if o.start == "earliest":
+                plans = {f: ReadPlan(off) for f, (off, _) in starts.items()}
+                mapping_from = 0
+            else:
+                pc, ps = positions[CONTROLSTREAM], positions[SURFACESTREAM]
+                plans[CONTROLSTREAM] = ReadPlan(
+                    _seek(o, self.control, min(pc.pitr, ps.pitr) - o.lookback_ms), pc
+                )
+                plans[SURFACESTREAM] = ReadPlan(starts[SURFACESTREAM][0], ps)
+                mapping_from = ps.pitr - o.lookback_ms
+            committer.begin()
+            committer.first_checkpoint(positions)
+        if committer.commits == 0:
+            committer.begin()
+        self._build_threads(committer, plans, mapping_from)
+
+    def _build_threads(
+        self, committer: Committer, plans: dict[str, ReadPlan], mapping_from: int
+    ) -> None:
+        o = self.options
+        st = self.state
+        writer_inbox = Inbox([CONTROLSTREAM, ANNOTATED], _LANE_BATCHES, st.stop)
+        annot_inbox = Inbox([MAPPINGSTREAM, SURFACESTREAM], _LANE_BATCHES, st.stop)
+        rconf = consumer_config(o.bootstrap, o.kafka_extra)
+        rconf.setdefault("queued.max.messages.kbytes", 16_384)
+        rconf.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
+        derive = self.mapping is None
+        deriver = MappingDeriver() if derive else None
+
+        def control_to_writer(
+            replay: list[Accepted],
+            good: list[Accepted],
+            dead: list[DeadLetter],
+            caught_up: bool,
+            closed: bool,
+        ) -> Batch | None:
+            marker = good[-1].rec.pitr if good else None
+            return Batch(good, dead, marker, caught_up, closed)
+
+        def control_to_annotator(
+            replay: list[Accepted],
+            good: list[Accepted],
+            dead: list[DeadLetter],
+            caught_up: bool,
+            closed: bool,
+        ) -> Batch | None:
+            assert deriver is not None
+            records: list[Mapping | Keepalive] = []
+            for a in replay:
+                records.extend(deriver.process(a.rec))
+            for a in good:
+                records.extend(deriver.process(a.rec))
+            maps = [m for m in records if type(m) is Mapping]
+            last = (replay or good)[-1].rec.pitr if (good or replay) else None
+            if good:
+                last = good[-1].rec.pitr
+            return Batch(maps, [], last, caught_up, closed)
+
+        control_steps: list[tuple[Inbox, str, Callable[..., Batch | None]]] = []
+        if derive:
+            control_steps.append((annot_inbox, MAPPINGSTREAM, control_to_annotator))
+        control_steps.append((writer_inbox, CONTROLSTREAM, control_to_writer))
+
+        def surface_to_annotator(
+            replay: list[Accepted],
+            good: list[Accepted],
+            dead: list[DeadLetter],
+            caught_up: bool,
+            closed: bool,
+        ) -> Batch | None:
+            return Batch(good, dead, None, caught_up, closed)
+
+        self.threads.append(
+            FeedReader(
+                state=st,
+                feed=CONTROLSTREAM,
+                target=self.control,
+                config=rconf,
+                plan=plans[CONTROLSTREAM],
+                deliver=_Delivery(control_steps),
+                stop_at=o.stop_at,
+                exit_at_end=o.exit_at_end,
+            )
+        )
+        self.threads.append(
+            FeedReader(
+                state=st,
+                feed=SURFACESTREAM,
+                target=self.surface,
+                config=rconf,
+                plan=plans[SURFACESTREAM],
+                deliver=_Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
+                stop_at=o.stop_at,
+                exit_at_end=o.exit_at_end,
+            )
+        )
+        if self.mapping is not None:
+
+            def mapping_to_annotator(
+                replay: list[Accepted],
+                good: list[Accepted],
+                dead: list[DeadLetter],
+                caught_up: bool,
+                closed: bool,
+            ) -> Batch | None:
+                records = [a.rec for a in good]
+                return Batch(
+                    [r for r in records if type(r) is Mapping],
+                    dead,
+                    records[-1].pitr if records else None,
+                    caught_up,
+                    closed,
+                )
+
+            self.threads.append(
+                FeedReader(
+                    state=st,
+                    feed=MAPPINGSTREAM,
+                    target=self.mapping,
+                    config=rconf,
+                    plan=ReadPlan(_seek(o, self.mapping, mapping_from)),
+                    deliver=_Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
+                    stop_at=None if o.stop_at is None else o.stop_at,
+                    exit_at_end=o.exit_at_end,
+                )
+            )
+        self.threads.append(AnnotatorThread(st, annot_inbox, writer_inbox, o))
+        self.writer = WriterThread(st, writer_inbox, committer, o)
+        self.threads.append(self.writer)
+        self.annot_inbox = annot_inbox
+        self.writer_inbox = writer_inbox
+
+    def run(self) -> int:
+        """Start the threads, watch them, stop them; the exit code."""
+        for t in self.threads:
+            t.start()
+        status = StatusLine(self, self.options.status_interval_s)
+        # Everything alive now lives for the whole run: keep the collector off it, and
+        # collect young objects rarely (the hot loop allocates no cycles).
+        gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, 50, 1000)
+        try:
+            while True:
+                writer = self.writer
+                assert writer is not None
+                if not writer.is_alive():
+                    break
+                writer.join(0.2)
+                status.maybe_print()
+        finally:
+            self.state.stop.set()
+            for t in self.threads:
+                t.join(_JOIN_TIMEOUT_S)
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
+            status.maybe_print(final=True)
+        if self.state.failure is not None:
+            raise self.state.failure
+        return 0
+
+
+class StatusLine:
+    """A progress line on stderr: rate, mode, per-feed lag, queue depths."""
+
+    def __init__(self, run: CombineRun, interval_s: float) -> None:
+        self.run = run
+        self.interval = interval_s
+        self.started = time.monotonic()
+        self.last = self.started
+        self.last_out = 0
+
+    def maybe_print(self, final: bool = False) -> None:
+        if self.interval <= 0:
+            return
+        now = time.monotonic()
+        if not final and now - self.last < self.interval:
+            return
+        st = self.run.state
+        out = st.counters.get("out", 0)
+        rate = (out - self.last_out) / max(now - self.last, 1e-9)
+        if final:
+            rate = out / max(now - self.started, 1e-9)
+        wall = self.run.options.clock()
+        lags = " ".join(f"{f}-lag={_fmt_lag(wall - p)}" for f, p in sorted(st.lag_pitr.items()))
+        depths = (
+            f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
+            f"{self.run.writer_inbox.depth(ANNOTATED)} "
+            f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
+            f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
+        )
+        print(
+            f"unifeed combine [{self.run.options.instance}] {'done' if final else st.mode}: "
+            f"out={out} rate={rate:,.0f}/s {lags} {depths} late={st.counters.get('late', 0)} "
+            f"dead={st.counters.get('dead_letters', 0)} commits={st.counters.get('commits', 0)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.last = now
+        self.last_out = out
+
+
+def _fmt_lag(ms: int) -> str:
+    s = ms / 1000
+    if s < 120:
+        return f"{s:.1f}s"
+    if s < 7200:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _install_signals(state: RunState) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing the open transaction", signum)
+        state.stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+
+def combine_command(args: argparse.Namespace) -> int:
+    options = RuntimeOptions.from_args(args)
+    if args.reorder:
+        raise ConfigError("--reorder is available for file inputs only")
+    run = CombineRun(
+        options,
+        control=parse_target(args.control),
+        surface=parse_target(args.surface),
+        output=parse_target(args.output),
+        mapping=parse_target(args.mapping) if args.mapping else None,
+    )
+    _install_signals(run.state)
+    try:
+        run.setup()
+    except KafkaException as exc:
+        raise _wrap("start-up failed", exc) from None
+    return run.run()
+
+
+# --- unifeed mappings against Kafka -----------------------------------------
+
+
+def mappings_command(args: argparse.Namespace) -> int:
+    o = RuntimeOptions.from_args(args)
+    ensure_reachable(o.bootstrap, o.connect_timeout_s, o.kafka_extra)
+    control = parse_target(args.control)
+    output = parse_target(args.output)
+    state = RunState()
+    _install_signals(state)
+    dead_target = (
+        parse_target(o.dead_letter)
+        if o.dead_letter
+        else Target(topic=f"{output.topic}.dead-letter", partition=0)
+    )
+    store = CheckpointStore(o.bootstrap, o.checkpoint_topic, o.kafka_extra)
+    committer = Committer(
+        options=o,
+        output=output,
+        dead_target=dead_target,
+        store=store,
+        feeds=(CONTROLSTREAM,),
+        state=state,
+    )
+    cp = committer.start()
+    if cp is not None and CONTROLSTREAM in cp.feeds:
+        pos = cp.feeds[CONTROLSTREAM]
+        plan = ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos)
+    else:
+        off, pos = _start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
+        plan = (
+            ReadPlan(off)
+            if o.start == "earliest"
+            else ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos)
+        )
+        committer.begin()
+        committer.first_checkpoint({CONTROLSTREAM: pos})
+    if committer.commits == 0:
+        committer.begin()
+    deriver = MappingDeriver()
+    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
+    tracker: dict[str, int] = {}
+    if plan.resume_after is not None:
+        tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
+
+    def hand_on(
+        replay: list[Accepted],
+        good: list[Accepted],
+        dead: list[DeadLetter],
+        caught_up: bool,
+        closed: bool,
+    ) -> Batch | None:
+        for a in replay:
+            deriver.process(a.rec)
+        out: list[tuple[str, int, bytes]] = []
+        for a in good:
+            for m in deriver.process(a.rec):
+                out.append((MAPPINGSTREAM, m.pitr, encode_mapping(m)))
+        # The checkpoint counts controlstream messages (keepalives too: they cause output).
+        position = None
+        if good:
+            last = good[-1].rec.pitr
+            count = sum(1 for a in good if a.rec.pitr == last)
+            if count == len(good) and tracker.get("pitr") == last:
+                count += tracker["skip"]
+            tracker.update(pitr=last, skip=count)
+            position = FeedPosition(pitr=last, skip=count)
+        return Batch(out, dead, None, caught_up, closed, position)
+
+    rconf = consumer_config(o.bootstrap, o.kafka_extra)
+    reader = FeedReader(
+        state=state,
+        feed=CONTROLSTREAM,
+        target=control,
+        config=rconf,
+        plan=plan,
+        deliver=_Delivery([(inbox, CONTROLSTREAM, hand_on)]),
+        stop_at=o.stop_at,
+        exit_at_end=o.exit_at_end,
+        count_keepalives=True,
+    )
+    reader.start()
+    finished = False
+    try:
+        while True:
+            stopping = state.stop.is_set()
+            for _, batch in inbox.take([CONTROLSTREAM], 0 if stopping else _IDLE_S):
+                committer.write_dead(batch.dead)
+                position = batch.position
+                committer.write(
+                    batch.records, None if position is None else {CONTROLSTREAM: position}
+                )
+                if batch.closed:
+                    finished = True
+            if finished or stopping:
+                if not isinstance(state.failure, CheckpointError):
+                    committer.commit(reopen=False)
+                break
+            if committer.due():
+                committer.commit()
+    finally:
+        state.stop.set()
+        reader.join(_JOIN_TIMEOUT_S)
+        committer.close()
+    if state.failure is not None:
+        raise state.failure
+    if not args.quiet:
+        s = deriver.stats()
+        print(
+            f"unifeed mappings [{o.instance}]: {s.links} links, {s.unlinks} unlinks, "
+            f"{s.keepalives} keepalives, {state.counters.get('dead_letters', 0)} dead letters",
+            file=sys.stderr,
+        )
+    return 0
+
+
+__all__ = ["CombineRun", "RuntimeOptions", "UnifeedError", "combine_command", "mappings_command"]
