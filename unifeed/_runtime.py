@@ -110,7 +110,7 @@ class RuntimeOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RuntimeOptions:
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(getattr(args, "kafka_properties", None) or {})
         if getattr(args, "kafka_config", None):
             extra.update(read_properties(args.kafka_config))
         if args.start not in ("earliest", "latest"):
