@@ -4,16 +4,27 @@ Each module that offers a subcommand exposes ``register(subparsers)``; the handl
 sets with ``set_defaults(handler=...)`` takes the parsed namespace and returns the exit
 code. Errors derived from `UnifeedError` end the command with one line on stderr and
 the error's exit code (SPEC §5: 0 ok, 2 usage, 3 broker unreachable, 4 bad data, 1 other).
+
+Before the command line is parsed, the configuration file (``--config``) and the
+``UNIFEED_*`` environment variables become the options' defaults (``unifeed._config``),
+so the command line wins over the environment, which wins over the file. Handlers also
+get ``args.kafka_properties``, the file's ``[kafka]`` table, and logging is set up from
+``--log-format`` / ``--log-level`` (``unifeed._logging``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from ._config import Configuration, add_global_options, config_path_from_argv
 from ._errors import UnifeedError
+from ._logging import setup_logging
 
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
@@ -21,18 +32,76 @@ _COMMAND_MODULES = (
     "unifeed._simulate",
     "unifeed._cli_kafka",
     "unifeed._demo",
+    "unifeed._config",
 )
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 class _Parser(argparse.ArgumentParser):
+    """Exits 2 on usage errors, and remembers its options (`recorded_options`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before super().__init__, which adds --help through add_argument.
+        self.recorded_options: list[argparse.Action] = []
+        self.subcommand_actions: list[argparse.Action] = []
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.recorded_options.append(action)
+        return action
 
-def build_parser() -> argparse.ArgumentParser:
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        group = super().add_argument_group(*args, **kwargs)
+        self._record_through(group)
+        return group
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        group = super().add_mutually_exclusive_group(**kwargs)
+        self._record_through(group)
+        return group
+
+    def _record_through(self, group: Any) -> None:
+        add = group.add_argument
+        recorded = self.recorded_options
+
+        def add_and_record(*args: Any, **kwargs: Any) -> argparse.Action:
+            action: argparse.Action = add(*args, **kwargs)
+            recorded.append(action)
+            return action
+
+        group.add_argument = add_and_record
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.subcommand_actions.append(action)
+        return action
+
+
+@dataclass
+class CommandLine:
+    """The parser and every command's own parser, by path (``"combine"``, ``"checkpoint show"``)."""
+
+    parser: _Parser
+    commands: dict[str, _Parser] = field(default_factory=dict)
+
+
+def _collect_commands(parser: _Parser, prefix: str, into: dict[str, _Parser]) -> None:
+    for action in parser.subcommand_actions:
+        choices: dict[str, Any] = dict(action.choices or {})
+        for name, sub in choices.items():
+            path = f"{prefix}{name}"
+            if isinstance(sub, _Parser) and sub not in into.values():
+                into[path] = sub
+                _collect_commands(sub, f"{path} ", into)
+
+
+def build_command_line() -> CommandLine:
     parser = _Parser(
         prog="unifeed",
         description=(
@@ -41,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
             "with its flight ID."
         ),
     )
+    add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:
@@ -50,17 +120,45 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-    return parser
+    cli = CommandLine(parser)
+    _collect_commands(parser, "", cli.commands)
+    for command in cli.commands.values():
+        if not command.subcommand_actions:
+            add_global_options(command, suppress=True)
+    return cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_command_line().parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    cli = build_command_line()
+    try:
+        configuration = Configuration(
+            cli.commands,
+            path=config_path_from_argv(arguments) or os.environ.get("UNIFEED_CONFIG") or None,
+            environ=os.environ,
+        )
+        configuration.apply()
+    except UnifeedError as exc:
+        print(f"unifeed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    args = cli.parser.parse_args(arguments)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
-        parser.print_help(sys.stderr)
+        cli.parser.print_help(sys.stderr)
         return 2
+    args.kafka_properties = dict(configuration.kafka_properties)
+    args.configuration = configuration
     try:
+        setup_logging(
+            configuration.global_setting("log_format", args.log_format).value,
+            configuration.global_setting("log_level", args.log_level).value,
+            instance=getattr(args, "instance", None),
+        )
+        configuration.log_summary()
         return handler(args)
     except UnifeedError as exc:
         print(f"unifeed {args.command}: {exc}", file=sys.stderr)

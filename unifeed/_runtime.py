@@ -106,6 +106,7 @@ class RuntimeOptions:
     status_interval_s: float = 2.0
     metrics_port: int | None = None
     connect_timeout_s: float = 10.0
+    end_of_log_grace_s: float = 2.0
     clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
 
     @classmethod
@@ -131,6 +132,7 @@ class RuntimeOptions:
             kafka_extra=extra,
             status_interval_s=args.status_interval if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
+            end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
         )
 
 
@@ -203,8 +205,10 @@ class FeedReader(Worker):
         stop_at: int | None,
         exit_at_end: bool,
         count_keepalives: bool = False,
+        end_of_log_grace_s: float = 2.0,
     ) -> None:
         super().__init__(f"reader-{feed}", state)
+        self.end_of_log_grace_s = end_of_log_grace_s
         self.feed = feed
         self.target = target
         self.config = config
@@ -232,6 +236,9 @@ class FeedReader(Worker):
         at_resume_pitr = 0
         stop = self.state.stop
         closed = False
+        grace = self.end_of_log_grace_s
+        at_end_since: float | None = None
+        reported_end = False
         while not stop.is_set() and not closed:
             messages = consume_batch(consumer, _READ_BATCH, 0.1)
             eof = False
@@ -271,13 +278,26 @@ class FeedReader(Worker):
                 closed = True
             if eof and self.exit_at_end:
                 closed = True
-            if raw or eof or closed:
+            # End of log counts as progress only once the reader has stayed there for the
+            # grace period: a source that is merely slow to top up an old backlog must not
+            # let catch-up run ahead of it (which would emit its next messages as late).
+            if raw:
+                at_end_since = None
+                reported_end = False
+            if eof and at_end_since is None:
+                at_end_since = time.monotonic()
+            caught_up = (
+                at_end_since is not None
+                and not reported_end
+                and time.monotonic() - at_end_since >= grace
+            )
+            if caught_up:
+                reported_end = True
+            if raw or caught_up or closed:
                 self.state.add(f"in.{self.feed}", len(raw))
                 if good:
                     self.state.lag_pitr[self.feed] = good[-1].rec.pitr
-                # The end-of-log flag goes with the batch that reached it: records first,
-                # then the flag (librdkafka reports the end only once until more arrive).
-                if not self._hand_on(consumer, tp, replay, good, dead, eof, closed):
+                if not self._hand_on(consumer, tp, replay, good, dead, caught_up, closed):
                     return
 
     def _hand_on(
@@ -476,6 +496,7 @@ class Committer:
         start = 0
         if self._tail_pos < len(tail):
             start = self._reconcile(feed_items)
+        given = positions is not None
         positions = self.positions
         n = len(feed_items)
         for i in range(start, n):
@@ -496,7 +517,7 @@ class Committer:
                 except BufferError:
                     self.producer.poll(0.05)
         # Positions: the last pitr of each feed and how many messages had it.
-        for feed in () if positions is not None else self.feeds:
+        for feed in () if given else self.feeds:
             last = None
             count = 0
             for f, pitr, _ in reversed(feed_items):
@@ -979,6 +1000,7 @@ class CombineRun:
                 deliver=_Delivery(control_steps),
                 stop_at=o.stop_at,
                 exit_at_end=o.exit_at_end,
+                end_of_log_grace_s=o.end_of_log_grace_s,
             )
         )
         self.threads.append(
@@ -991,6 +1013,7 @@ class CombineRun:
                 deliver=_Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
                 stop_at=o.stop_at,
                 exit_at_end=o.exit_at_end,
+                end_of_log_grace_s=o.end_of_log_grace_s,
             )
         )
         if self.mapping is not None:
@@ -1021,6 +1044,7 @@ class CombineRun:
                     deliver=_Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
                     stop_at=None if o.stop_at is None else o.stop_at,
                     exit_at_end=o.exit_at_end,
+                    end_of_log_grace_s=o.end_of_log_grace_s,
                 )
             )
         self.threads.append(AnnotatorThread(st, annot_inbox, writer_inbox, o))
@@ -1216,6 +1240,7 @@ def mappings_command(args: argparse.Namespace) -> int:
         deliver=_Delivery([(inbox, CONTROLSTREAM, hand_on)]),
         stop_at=o.stop_at,
         exit_at_end=o.exit_at_end,
+        end_of_log_grace_s=o.end_of_log_grace_s,
         count_keepalives=True,
     )
     reader.start()

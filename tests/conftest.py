@@ -1,0 +1,177 @@
+"""Shared fixtures: a Kafka-protocol broker for the whole session, topic names, golden flag.
+
+The broker comes from, in this order (SPEC §4):
+
+1. ``UNIFEED_TEST_BOOTSTRAP`` - an existing cluster (``external``);
+2. testcontainers' Kafka module, when a Docker engine answers a quick ping (``container``);
+   set ``UNIFEED_TEST_NO_DOCKER=1`` to skip the probe;
+3. the embedded broker, librdkafka's mock cluster in this process (``embedded``).
+
+The same tests must pass on all three. Tests share the broker, so every test makes its
+own topics with `unique_topic`. No test relies on a pytest timeout: helpers wait with
+explicit bounds.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from unifeed._broker import EmbeddedBroker
+from unifeed._kafkautil import consumer_config, producer_config
+
+_DOCKER_PROBE_S = 3.0
+
+
+class BrokerChoice(msgspec.Struct, frozen=True):
+    kind: str  # "external" | "container" | "embedded"
+    bootstrap: str
+    note: str
+
+
+_notes: list[str] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files in golden/ from the current output (review the diff)",
+    )
+
+
+@pytest.fixture(scope="session")
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """Whether ``--update-golden`` was given."""
+    return bool(request.config.getoption("--update-golden"))
+
+
+def _docker_answers() -> tuple[bool, str]:
+    """Whether a Docker engine answers a ping within a few seconds, and why not."""
+    if os.environ.get("UNIFEED_TEST_NO_DOCKER"):
+        return False, "UNIFEED_TEST_NO_DOCKER is set"
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host and not os.path.exists("/var/run/docker.sock"):
+        return False, "no DOCKER_HOST and no /var/run/docker.sock"
+    try:
+        import docker  # testcontainers' own dependency
+
+        client = docker.from_env(timeout=int(_DOCKER_PROBE_S))
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # any failure means: no usable engine
+        return False, f"Docker engine did not answer ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def _kafka_broker() -> Iterator[BrokerChoice]:
+    external = os.environ.get("UNIFEED_TEST_BOOTSTRAP", "").strip()
+    if external:
+        choice = BrokerChoice("external", external, "UNIFEED_TEST_BOOTSTRAP")
+        _notes.append(f"Kafka tests ran against an existing cluster at {external}")
+        yield choice
+        return
+    usable, why_not = _docker_answers()
+    if usable:
+        from testcontainers.community.kafka import KafkaContainer
+
+        container: Any = KafkaContainer()
+        container.start()
+        try:
+            bootstrap = container.get_bootstrap_server()
+            _notes.append(f"Kafka tests ran against a testcontainers Kafka at {bootstrap}")
+            yield BrokerChoice("container", bootstrap, "testcontainers")
+        finally:
+            container.stop()
+        return
+    _notes.append(
+        f"Kafka tests ran against the embedded broker (container path skipped: {why_not})"
+    )
+    with EmbeddedBroker() as broker:
+        yield BrokerChoice("embedded", broker.bootstrap_servers, why_not)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_kafka_broker: BrokerChoice) -> str:
+    """``HOST:PORT`` of the session's broker."""
+    return _kafka_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_kind(_kafka_broker: BrokerChoice) -> str:
+    """``external``, ``container`` or ``embedded``: tests of broker quirks branch on it."""
+    return _kafka_broker.kind
+
+
+@pytest.fixture
+def unique_topic() -> Callable[..., str]:
+    """A factory of topic names no other test uses: ``unique_topic("control")``."""
+
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    return make
+
+
+Record = tuple[bytes | None, int]  # (value, timestamp ms)
+
+
+@pytest.fixture
+def produce(kafka_bootstrap: str) -> Callable[..., list[int]]:
+    """``produce(topic, [(value, timestamp), ...], key=None, partition=0)`` -> offsets.
+
+    Waits (bounded) for every acknowledgement and fails the test on any delivery error.
+    """
+
+    def send(
+        topic: str, records: list[Record], *, key: bytes | None = None, partition: int = 0
+    ) -> list[int]:
+        producer = Producer(producer_config(kafka_bootstrap, linger_ms=0))
+        offsets: list[int] = []
+        errors: list[object] = []
+
+        def delivered(error: object, message: Any) -> None:
+            if error is not None:
+                errors.append(error)
+            else:
+                offsets.append(message.offset())
+
+        for value, timestamp in records:
+            producer.produce(
+                topic, value, key, partition, on_delivery=delivered, timestamp=timestamp
+            )
+        left = producer.flush(30)
+        assert left == 0 and not errors, (left, errors)
+        return sorted(offsets)
+
+    return send
+
+
+@pytest.fixture
+def make_consumer(kafka_bootstrap: str) -> Iterator[Callable[..., Consumer]]:
+    """A factory of reader consumers (`consumer_config`), all closed after the test."""
+    made: list[Consumer] = []
+
+    def make(**kwargs: Any) -> Consumer:
+        consumer = Consumer(consumer_config(kafka_bootstrap, **kwargs))
+        made.append(consumer)
+        return consumer
+
+    yield make
+    for consumer in made:
+        consumer.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for note in _notes:
+        terminalreporter.write_line(note)

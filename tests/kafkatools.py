@@ -1,0 +1,202 @@
+"""Small, bounded helpers for integration tests: load lines, read a partition, run the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+CLI = [sys.executable, "-m", "unifeed._cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pitr_of(line: bytes) -> int:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return 0
+    pitr = value.get("pitr") if isinstance(value, dict) else None
+    return pitr if type(pitr) is int and pitr > 0 else 0
+
+
+def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0) -> int:
+    """Produce ``lines`` (blank ones skipped) with timestamp = pitr; return how many."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+        }
+    )
+    n = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        while True:
+            try:
+                producer.produce(topic, line, partition=partition, timestamp=pitr_of(line))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+    remaining = producer.flush(60)
+    assert remaining == 0, f"{remaining} records not delivered to {topic}"
+    return n
+
+
+def high_watermark(bootstrap: str, topic: str, partition: int = 0) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests"})
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return int(high)
+    except Exception:  # noqa: BLE001 - a topic that does not exist yet is empty
+        return 0
+    finally:
+        consumer.close()
+
+
+def read_all(bootstrap: str, topic: str, partition: int = 0, timeout_s: float = 60) -> list[bytes]:
+    """Every record value of a partition up to its current end (read_committed)."""
+    end = high_watermark(bootstrap, topic, partition)
+    if end == 0:
+        return []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "unifeed-tests",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    out: list[bytes] = []
+    try:
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for m in consumer.consume(5000, 0.2):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return out
+                    raise RuntimeError(err.str())
+                out.append(m.value() or b"")
+        raise TimeoutError(f"reading {topic} took more than {timeout_s}s")
+    finally:
+        consumer.close()
+
+
+def run_cli(
+    args: Sequence[str], timeout_s: float = 120, **kw: Any
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        timeout=timeout_s,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **kw,
+    )
+
+
+def start_cli(args: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CLI, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        **kw,
+    )
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"waited {timeout_s}s for {what}")
+
+
+class PacedLoader(threading.Thread):
+    """Produces feeds as a live source would: in merged pitr order, each message when the
+    wall clock reaches it. ``entries`` are ``(topic, pitr, line)`` with pitr near now."""
+
+    def __init__(self, bootstrap: str, entries: list[tuple[str, int, bytes]]) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.entries = sorted(entries, key=lambda e: e[1])
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 1})
+            for topic, pitr, line in self.entries:
+                delay = pitr / 1000 - time.time()
+                if delay > 0:
+                    producer.flush(delay)
+                    time.sleep(max(0.0, pitr / 1000 - time.time()))
+                producer.produce(topic, line, partition=0, timestamp=pitr)
+                producer.poll(0)
+            producer.flush(30)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            self.error = exc
+
+
+def keepalive(pitr: int) -> bytes:
+    return b'{"type":"keepalive","pitr":%d}' % pitr
+
+
+class Follower(threading.Thread):
+    """Reads a partition as it grows (for outputs larger than the broker's retention)."""
+
+    def __init__(self, bootstrap: str, topic: str, partition: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.partition = partition
+        self.values: list[bytes] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "unifeed-tests",
+                             "isolation.level": "read_committed",
+                             "auto.offset.reset": "error",
+                             "topic.metadata.refresh.interval.ms": 200})
+        try:
+            consumer.assign([TopicPartition(self.topic, self.partition, 0)])
+            while not self.stop.is_set():
+                for m in consumer.consume(5000, 0.05):
+                    err = m.error()
+                    if err is not None:
+                        if err.code() in (KafkaError._PARTITION_EOF,
+                                          KafkaError.UNKNOWN_TOPIC_OR_PART):
+                            continue
+                        raise RuntimeError(err.str())
+                    self.values.append(m.value() or b"")
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the test
+            self.error = exc
+        finally:
+            consumer.close()
+
+    def finish(self, expected: int, timeout_s: float = 60) -> list[bytes]:
+        wait_for(lambda: len(self.values) >= expected or self.error is not None, timeout_s,
+                 f"{expected} records in {self.topic}")
+        time.sleep(0.3)  # anything beyond the expected count would show up now
+        self.stop.set()
+        self.join(10)
+        if self.error is not None:
+            raise self.error
+        return self.values

@@ -1,0 +1,290 @@
+"""`unifeed combine` against the fixture broker, driven as a user would: real subprocesses.
+
+Every test compares Kafka output with the file pipeline's (the golden files), record for
+record: catch-up, paced real time, SIGKILL and restart, two instances, a silent feed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.golden_scenarios import SCENARIOS
+from tests.kafkatools import (
+    Follower,
+    PacedLoader,
+    high_watermark,
+    keepalive,
+    load,
+    pitr_of,
+    read_all,
+    run_cli,
+    start_cli,
+    wait_for,
+)
+from tests.test_golden import golden_path, read_lines
+from unifeed import unify_lines
+
+pytestmark = pytest.mark.kafka
+
+SMALL = ["basic", "catchup-desync", "access-change", "bad-input"]
+
+
+def combine_args(bootstrap: str, ctl: str, srf: str, out: str, instance: str, *extra: str) -> list[str]:
+    return ["combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
+            "--output", f"kafka:{out}", "--bootstrap-servers", bootstrap, "--instance", instance,
+            "--checkpoint-topic", f"{out}.checkpoints", "--status-interval", "0", *extra]
+
+
+def golden_inputs(name: str) -> tuple[list[bytes], list[bytes]]:
+    return (read_lines(golden_path(name, "controlstream")),
+            read_lines(golden_path(name, "surfacestream")))
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_golden_scenario_in_catchup(name: str, kafka_bootstrap: str,
+                                    unique_topic: Callable[..., str]) -> None:
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = golden_inputs(name)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"golden-{out}", "--exit-at-end"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == read_lines(golden_path(name, "expected.unified"))
+    # Dead letters go to <output>.dead-letter with the Kafka offset instead of the line.
+    expected_dead = [json.loads(x) for x in read_lines(golden_path(name, "expected.dead-letters"))]
+    got_dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("line", "offset")}  # noqa: E731
+    assert [strip(d) for d in got_dead] == [strip(d) for d in expected_dead]
+    assert all("offset" in d and "line" not in d for d in got_dead)
+
+
+def test_busy_airport_larger_than_retention_loaded_while_combining(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """The loader stays a bounded distance ahead of combine, so the broker's retention
+    (5 MB a partition on the embedded broker) never drops an unread record."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = golden_inputs("busy-airport")
+    expected = read_lines(golden_path("busy-airport", "expected.unified"))
+    last = max(pitr_of(control[-1]), pitr_of(surface[-1]))
+    control = [*control, keepalive(last + 1000)]
+    surface = [*surface, keepalive(last + 1000)]
+    follower = Follower(kafka_bootstrap, out)
+    follower.start()
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"busy-{out}",
+                                  "--stop-at", str(last)))
+    ahead = 8000  # messages a feed may be ahead of the output: ~2 MB, well under retention
+    try:
+        cursors = {ctl: 0, srf: 0}
+        lines = {ctl: control, srf: surface}
+        deadline = time.monotonic() + 240
+        while any(cursors[t] < len(lines[t]) for t in lines):
+            assert time.monotonic() < deadline, "loading took too long"
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert follower.error is None, follower.error
+            done_out = len(follower.values)
+            progressed = False
+            for t in lines:
+                # Input consumed ~ output written: stay at most `ahead` past it.
+                limit = min(len(lines[t]), done_out // 2 + ahead)
+                if cursors[t] < limit:
+                    load(kafka_bootstrap, t, lines[t][cursors[t]:limit])
+                    cursors[t] = limit
+                    progressed = True
+            if not progressed:
+                time.sleep(0.05)
+        rc = proc.wait(timeout=180)
+        assert rc == 0, proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    got = follower.finish(len(expected))
+    assert len(got) == len(expected)
+    assert got == expected
+
+
+def _shift_to_now(lines: list[bytes], t0: int, now: int, speed: float) -> list[bytes]:
+    """Rewrite pitr so that the feed plays from ``now``, ``speed`` times faster."""
+    out = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            out.append(line)
+            continue
+        if isinstance(obj, dict) and type(obj.get("pitr")) is int:
+            obj["pitr"] = now + int((obj["pitr"] - t0) / speed)
+            out.append(json.dumps(obj, separators=(",", ":")).encode())
+        else:
+            out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("name", ["basic", "access-change", "catchup-desync"])
+def test_paced_realtime_gives_the_same_output(name: str, kafka_bootstrap: str,
+                                              unique_topic: Callable[..., str]) -> None:
+    """Inputs produced live (pitr near now, time-compressed) give the file pipeline's output.
+    ``--strict-order`` makes that exact whatever the threads' timing; the default rule
+    may differ only by messages it counts as late."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = golden_inputs(name)
+    t0 = min(pitr_of(control[0]), pitr_of(surface[0]))
+    span = max(pitr_of(control[-1]), pitr_of(surface[-1])) - t0
+    speed = max(1.0, span / 4000)  # play the scenario in about four seconds
+    now = int(time.time() * 1000) + 1500
+    control = _shift_to_now(control, t0, now, speed)
+    surface = _shift_to_now(surface, t0, now, speed)
+    end = now + int(span / speed) + 1
+    control.append(keepalive(end + 1))
+    surface.append(keepalive(end + 1))
+    expected, _ = unify_lines(control, surface)
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"live-{out}", "--strict-order",
+                                  "--stop-at", str(end)))
+    loader = PacedLoader(kafka_bootstrap, [(ctl, pitr_of(x), x) for x in control if pitr_of(x)]
+                         + [(srf, pitr_of(x), x) for x in surface if pitr_of(x)])
+    loader.start()
+    try:
+        loader.join(60)
+        assert loader.error is None
+        rc = proc.wait(timeout=60)
+        assert rc == 0, proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert read_all(kafka_bootstrap, out) == expected
+
+
+def _long_scenario(minutes: int = 60) -> tuple[list[bytes], list[bytes]]:
+    """Small messages, many of them: control every 100 ms, surface every 250 ms, flights
+    linking and unlinking every few minutes (so a restart must rebuild links)."""
+    t0 = 1_700_000_000_000
+    control: list[bytes] = []
+    surface: list[bytes] = []
+    for k in range(minutes * 600):
+        t = t0 + k * 100
+        flight = b"F%d" % (k // 3000)
+        if k % 3000 == 0:
+            control.append(b'{"type":"flightplan","pitr":%d,"id":"%s","ident":"X","access":"%s"}'
+                           % (t, flight, [b"public", b"restricted"][k // 3000 % 2]))
+            control.append(b'{"type":"power_on","pitr":%d,"id":"%s","surface_id":"S%d",'
+                           b'"facility":"KSFO"}' % (t, flight, k // 3000))
+        elif k % 3000 == 2500:
+            control.append(b'{"type":"power_off","pitr":%d,"id":"%s","surface_id":"S%d",'
+                           b'"facility":"KSFO"}' % (t, flight, k // 3000))
+        else:
+            control.append(b'{"type":"position","pitr":%d,"id":"%s","clock":%d,"lat":1,"lon":2}'
+                           % (t, flight, t - 50))
+        if k % 5 in (0, 2):
+            surface.append(b'{"type":"ground_position","pitr":%d,"surface_id":"S%d",'
+                           b'"facility":"KSFO","clock":%d,"lat":1,"lon":2}' % (t, k // 3000, t))
+    return control, surface
+
+
+def test_sigkill_at_seeded_moments_then_restart_gives_exact_output(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario()
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    rng = random.Random(20261122)
+    kill_points = sorted(rng.sample(range(1000, len(expected) - 1000), 6))
+    args = combine_args(kafka_bootstrap, ctl, srf, out, f"kill-{out}", "--exit-at-end",
+                        "--commit-interval", "20ms")
+    kills = 0
+    for point in kill_points:
+        proc = start_cli(args)
+        try:
+            wait_for(lambda p=point: high_watermark(kafka_bootstrap, out) >= p  # type: ignore[misc]
+                     or proc.poll() is not None, 60, f"output to reach {point}", 0.002)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(10)
+    assert kills >= 5, "combine finished before it could be killed: make the scenario longer"
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr.decode()
+    got = read_all(kafka_bootstrap, out)
+    assert len(got) == len(expected), "lost or duplicated records"
+    assert got == expected
+
+
+def test_two_instances_write_identical_outputs(kafka_bootstrap: str,
+                                               unique_topic: Callable[..., str]) -> None:
+    ctl, srf = unique_topic("ctl"), unique_topic("srf")
+    out_a, out_b = unique_topic("out-a"), unique_topic("out-b")
+    control, surface = golden_inputs("access-change")
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    results = {}
+
+    def run(out: str, name: str) -> None:
+        results[name] = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))
+
+    threads = [threading.Thread(target=run, args=(o, n)) for o, n in ((out_a, "uf-a"), (out_b, "uf-b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(r.returncode == 0 for r in results.values()), {
+        n: r.stderr.decode() for n, r in results.items()
+    }
+    a, b = read_all(kafka_bootstrap, out_a), read_all(kafka_bootstrap, out_b)
+    assert a == b == read_lines(golden_path("access-change", "expected.unified"))
+
+
+def test_silent_surfacestream_does_not_stall_catchup(kafka_bootstrap: str,
+                                                     unique_topic: Callable[..., str]) -> None:
+    """surfacestream goes silent for three hours inside the backlog and has nothing at
+    its end: catch-up goes on (the reader reports end of log), with no --exit-at-end."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    t0 = int(time.time() * 1000) - 8 * 3_600_000  # eight hours ago: all of it is catch-up
+    hour = 3_600_000
+    control = [b'{"type":"position","pitr":%d,"id":"F1","clock":%d,"lat":1,"lon":2}' % (t, t)
+               for t in range(t0, t0 + 5 * hour, 60_000)]
+    surface = [b'{"type":"vehicle_position","pitr":%d,"surface_id":"V","facility":"K",'
+               b'"clock":%d,"lat":1,"lon":2}' % (t, t)
+               for t in [*range(t0, t0 + hour, 300_000), *range(t0 + 4 * hour, t0 + int(4.5 * hour), 300_000)]]
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    expected, _ = unify_lines(control, surface)
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"silent-{out}"))
+    try:
+        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= len(expected)
+                 or proc.poll() is not None, 60, "catch-up to pass the silent stretch", 0.5)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert read_all(kafka_bootstrap, out) == expected
+
+
+def test_unreachable_broker_exits_3_with_one_line_reason(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    done = run_cli(["combine", "--control", "kafka:a", "--surface", "kafka:b", "--output",
+                    "kafka:c", "--bootstrap-servers", f"127.0.0.1:{port}"], timeout_s=60)
+    took = time.monotonic() - started
+    assert done.returncode == 3, done.stderr.decode()
+    lines = [x for x in done.stderr.decode().splitlines() if x.strip()]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], lines
+    assert took < 30

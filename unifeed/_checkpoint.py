@@ -1,0 +1,496 @@
+"""Checkpoints (SPEC §4): per-feed progress of one instance, kept in a Kafka partition.
+
+The topic (``unifeed.checkpoints`` by default) is used at **partition 0 only**, keyed by
+instance name. A record's value is one JSON object, keys always in this order::
+
+    {"version":1,"instance":"uf-a",
+     "feeds":{"controlstream":{"pitr":1700000000000,"skip":2},"surfacestream":{...}},
+     "output":{"topic":"unified","partition":0,"next_offset":1234},
+     "generation":3,"written_ms":1700000000123}
+
+* ``feeds``: for each input, the ``pitr`` of the last processed message and ``skip``, how
+  many messages with exactly that pitr were processed (a resume seeks to ``pitr`` and
+  skips that many). Feeds keep the order the writer gave them.
+* ``output``: the output partition and ``next_offset``, the offset after the last output
+  record this checkpoint covers (output-tail reconciliation); null before any output.
+* ``generation``: incarnation counter; a run resuming from generation g writes g + 1.
+  Lets logs and ``unifeed checkpoint show`` tell runs apart. 0 when unknown.
+* ``written_ms``: wall-clock epoch ms when the record was made; for people only, never
+  used to decide anything.
+
+A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
+None, and on a compacted topic the broker eventually drops the key altogether.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from ._errors import CheckpointError, ConfigError, KafkaRuntimeError
+from ._kafkautil import (
+    BOOTSTRAP_ENV,
+    Target,
+    client_config,
+    consumer_config,
+    ensure_reachable,
+    is_unknown_partition,
+    kafka_error,
+    last_record_before,
+    producer_config,
+    read_properties,
+    resolve_bootstrap,
+    watermarks,
+)
+
+__all__ = [
+    "CHECKPOINT_PARTITION",
+    "CHECKPOINT_TOPIC",
+    "CHECKPOINT_VERSION",
+    "Checkpoint",
+    "CheckpointStore",
+    "FeedCheckpoint",
+    "OutputCheckpoint",
+    "decode_checkpoint",
+    "encode_checkpoint",
+    "encode_record",
+    "register",
+]
+
+log = logging.getLogger("unifeed.checkpoint")
+
+CHECKPOINT_TOPIC: Final = "unifeed.checkpoints"
+CHECKPOINT_PARTITION: Final = 0
+CHECKPOINT_VERSION: Final = 1
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+InstanceName = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class FeedCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Progress of one input feed: last processed ``pitr`` and how many at it were done."""
+
+    pitr: NonNegative
+    skip: NonNegative = 0
+
+
+class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The output partition and the offset after the last record this checkpoint covers."""
+
+    topic: str
+    partition: NonNegative
+    next_offset: NonNegative
+
+
+class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One checkpoint value (see the module docstring for the wire form)."""
+
+    version: Literal[1] = 1
+    instance: InstanceName
+    feeds: dict[str, FeedCheckpoint]
+    output: OutputCheckpoint | None = None
+    generation: NonNegative = 0
+    written_ms: NonNegative = 0
+
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(Checkpoint)
+
+
+class _Versioned(msgspec.Struct, gc=False):
+    version: Any = None
+
+
+_version_probe: Final = msgspec.json.Decoder(_Versioned)
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """The JSON value of a checkpoint record (stable key order)."""
+    return _encoder.encode(checkpoint)
+
+
+def encode_record(checkpoint: Checkpoint) -> tuple[bytes, bytes]:
+    """``(key, value)`` of the record that stores ``checkpoint``.
+
+    For a writer that produces its checkpoints itself, inside its own transaction, to
+    partition `CHECKPOINT_PARTITION` of the checkpoint topic.
+    """
+    return checkpoint.instance.encode("utf-8"), encode_checkpoint(checkpoint)
+
+
+def decode_checkpoint(
+    value: bytes, *, topic: str, offset: int, instance: str, partition: int = 0
+) -> Checkpoint:
+    """Decode a checkpoint value; `CheckpointError` naming topic, offset and instance if bad."""
+    where = f"checkpoint record of instance {instance!r} at {topic}:{partition} offset {offset}"
+    fix = (
+        f"inspect it with `unifeed checkpoint show --instance {instance}` or start over "
+        f"with `unifeed checkpoint reset --instance {instance}`"
+    )
+    try:
+        checkpoint = _decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        try:
+            version = _version_probe.decode(value).version
+        except msgspec.DecodeError:
+            version = None
+        if version is not None and version != CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{where} has version {version!r}, this unifeed reads version "
+                f"{CHECKPOINT_VERSION} only; upgrade unifeed or {fix}"
+            ) from None
+        raise CheckpointError(f"{where} is not a valid checkpoint ({exc}); {fix}") from None
+    except msgspec.DecodeError as exc:
+        raise CheckpointError(f"{where} is corrupt ({exc}); {fix}") from None
+    if checkpoint.instance != instance:
+        raise CheckpointError(f"{where} names instance {checkpoint.instance!r} in its value; {fix}")
+    return checkpoint
+
+
+EnsureOutcome = Literal["exists", "created", "auto"]
+
+
+class CheckpointStore:
+    """Reads and writes the checkpoints of any instance in one checkpoint topic.
+
+    Creates its consumer and producer lazily and closes them in `close` (or ``with``).
+    Not thread-safe: one thread owns a store (the runtime uses it at start-up, and the
+    writer thread produces its checkpoints inside its own transaction via `encode_record`).
+    """
+
+    partition: Final = CHECKPOINT_PARTITION
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str = CHECKPOINT_TOPIC,
+        extra_config: Mapping[str, object] | None = None,
+        *,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if not topic:
+            raise ValueError("topic must not be empty")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.target = Target(topic, CHECKPOINT_PARTITION)
+        self.timeout_s = timeout_s
+        self._extra = dict(extra_config or {})
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- clients --
+
+    def _reader(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                consumer_config(self.bootstrap, self._extra, fetch_wait_ms=10)
+            )
+        return self._consumer
+
+    def _writer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(producer_config(self.bootstrap, self._extra, linger_ms=0))
+        return self._producer
+
+    def close(self) -> None:
+        """Close the clients (flushing nothing: `write` and `reset` flush themselves)."""
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        if consumer is not None:
+            consumer.close()
+        if producer is not None:
+            producer.flush(self.timeout_s)
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- topic --
+
+    def ensure_topic(self) -> EnsureOutcome:
+        """Make sure the topic exists: one partition, ``cleanup.policy=compact``.
+
+        Returns ``exists``, ``created``, or ``auto`` when the broker does not answer
+        CreateTopics (the embedded broker): then the topic is auto-created on first write,
+        with several partitions, of which unifeed uses partition 0 only. Logged either way.
+        """
+        admin = AdminClient(client_config(self.bootstrap, self._extra))
+        try:
+            # All topics: asking for this one by name makes some brokers auto-create it.
+            metadata = admin.list_topics(timeout=self.timeout_s)
+        except KafkaException as exc:
+            raise KafkaRuntimeError(f"cannot list topic {self.topic!r}: {exc}") from None
+        found = metadata.topics.get(self.topic)
+        if found is not None and found.error is None and found.partitions:
+            if len(found.partitions) > 1:
+                log.info(
+                    "checkpoint topic %s has %d partitions; only partition 0 is used",
+                    self.topic,
+                    len(found.partitions),
+                )
+            return "exists"
+        # The embedded broker's metadata names a controller that is not among its brokers;
+        # an AdminClient would wait for it until the request times out.
+        if metadata.controller_id not in metadata.brokers:
+            log.info(
+                "the broker does not answer CreateTopics (embedded broker?); checkpoint topic "
+                "%s will be auto-created on first write and partition 0 used",
+                self.topic,
+            )
+            return "auto"
+        futures = admin.create_topics(
+            [NewTopic(self.topic, num_partitions=1, config={"cleanup.policy": "compact"})],
+            operation_timeout=min(self.timeout_s, 10.0),
+            request_timeout=min(self.timeout_s, 10.0),
+        )
+        try:
+            futures[self.topic].result(timeout=self.timeout_s)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                return "exists"
+            log.warning(
+                "could not create checkpoint topic %s (%s); relying on auto-creation and "
+                "partition 0",
+                self.topic,
+                exc,
+            )
+            return "auto"
+        log.info("created checkpoint topic %s (1 partition, compacted)", self.topic)
+        return "created"
+
+    # -- records --
+
+    def load(self, instance: str) -> tuple[Checkpoint | None, int]:
+        """The latest checkpoint of ``instance`` and its offset.
+
+        Scans back from the end of partition 0 in growing windows, never waiting for
+        offset ``high - 1`` (after transactional writes it is a commit marker). Returns
+        ``(None, offset)`` after a reset (the tombstone's offset) and ``(None, -1)`` when the
+        instance never wrote one (or the topic does not exist). A corrupt latest record
+        raises `CheckpointError` naming topic, offset and instance.
+        """
+        consumer = self._reader()
+        try:
+            low, high = watermarks(consumer, self.target, self.timeout_s)
+        except KafkaRuntimeError as exc:
+            if is_unknown_partition(exc):
+                return None, -1
+            raise
+        if low >= high:
+            return None, -1
+        key = instance.encode("utf-8")
+        found = last_record_before(
+            consumer,
+            self.target,
+            high,
+            lambda message: message.key() == key,
+            low=low,
+            timeout_s=self.timeout_s,
+        )
+        if found is None:
+            return None, -1
+        offset = found.offset()
+        assert offset is not None
+        value = found.value()
+        if value is None:
+            return None, offset
+        return (
+            decode_checkpoint(value, topic=self.topic, offset=offset, instance=instance),
+            offset,
+        )
+
+    def write(self, instance: str, checkpoint: Checkpoint) -> int:
+        """Store ``checkpoint`` (non-transactional) and return its offset once acknowledged."""
+        if checkpoint.instance != instance:
+            raise ValueError(
+                f"checkpoint.instance is {checkpoint.instance!r}, expected {instance!r}"
+            )
+        key, value = encode_record(checkpoint)
+        return self._produce(key, value)
+
+    def reset(self, instance: str) -> int:
+        """Write a tombstone for ``instance``; `load` returns None afterwards. Its offset."""
+        if not instance:
+            raise ValueError("instance must not be empty")
+        return self._produce(instance.encode("utf-8"), None)
+
+    def _produce(self, key: bytes, value: bytes | None) -> int:
+        producer = self._writer()
+        outcome: list[tuple[KafkaError | None, Message]] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            outcome.append((error, message))
+
+        producer.produce(
+            self.topic,
+            value=value,
+            key=key,
+            partition=CHECKPOINT_PARTITION,
+            on_delivery=delivered,
+        )
+        deadline = time.monotonic() + self.timeout_s
+        for _attempt in range(int(self.timeout_s / 0.05) + 2):
+            if outcome:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            producer.flush(min(0.1, remaining))
+        if not outcome:
+            raise KafkaRuntimeError(
+                f"checkpoint write to {self.target} not acknowledged within {self.timeout_s:g} s",
+                "_MSG_TIMED_OUT",
+            )
+        error, message = outcome[0]
+        if error is not None:
+            raise kafka_error(f"checkpoint write to {self.target} failed", error)
+        offset = message.offset()
+        assert offset is not None
+        return offset
+
+
+# --- CLI -------------------------------------------------------------------
+
+
+def add_kafka_options(parser: argparse.ArgumentParser) -> None:
+    """``--bootstrap-servers``, ``--kafka-config`` and ``--connect-timeout``."""
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help=f"Kafka brokers (default: ${BOOTSTRAP_ENV})",
+    )
+    parser.add_argument(
+        "--kafka-config",
+        metavar="FILE",
+        help="extra librdkafka settings, one key=value per line (security, timeouts, ...)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up (exit 3) when no broker answers within this time (default 10)",
+    )
+
+
+def kafka_settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """Bootstrap servers and extra settings from `add_kafka_options` arguments, checked.
+
+    Extra settings: ``args.kafka_properties`` (the configuration file's ``[kafka]`` table,
+    when the command line set it) updated with the ``--kafka-config`` file.
+
+    Raises `ConfigError` (exit 2) without brokers, `BrokerUnreachableError` (exit 3) when
+    none answers within ``--connect-timeout``.
+    """
+    bootstrap = resolve_bootstrap(args.bootstrap_servers)
+    # The configuration file's [kafka] table first, then --kafka-config on top.
+    extra: dict[str, str] = dict(getattr(args, "kafka_properties", None) or {})
+    if args.kafka_config:
+        extra.update(read_properties(args.kafka_config))
+    if args.connect_timeout <= 0:
+        raise ConfigError("--connect-timeout must be > 0")
+    ensure_reachable(bootstrap, args.connect_timeout, extra)
+    return bootstrap, extra
+
+
+def register(subparsers: Any) -> None:
+    """Add ``unifeed checkpoint show|reset``."""
+    parser = subparsers.add_parser(
+        "checkpoint",
+        help="inspect or reset an instance's checkpoint",
+        description=(
+            "Inspect or reset the checkpoint of a combine or mappings instance. `show` prints "
+            "the stored JSON value on stdout and where it is on stderr; with no checkpoint it "
+            "prints nothing on stdout, says so on stderr and exits 0. `reset` writes a "
+            "tombstone: the instance's next run starts from --start."
+        ),
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, help_text, handler in (
+        ("show", "print the latest checkpoint of an instance", _show),
+        ("reset", "forget an instance's checkpoint (its next run starts from --start)", _reset),
+    ):
+        action = actions.add_parser(name, help=help_text, description=help_text)
+        action.add_argument("--instance", required=True, help="instance name")
+        action.add_argument(
+            "--checkpoint-topic",
+            default=CHECKPOINT_TOPIC,
+            metavar="TOPIC",
+            help=f"checkpoint topic (default {CHECKPOINT_TOPIC}); partition 0 is used",
+        )
+        add_kafka_options(action)
+        action.set_defaults(handler=handler)
+
+
+def _show(args: argparse.Namespace) -> int:
+    bootstrap, extra = kafka_settings(args)
+    with CheckpointStore(bootstrap, args.checkpoint_topic, extra) as store:
+        checkpoint, offset = store.load(args.instance)
+    where = f"kafka:{args.checkpoint_topic}:{CHECKPOINT_PARTITION}"
+    if checkpoint is None:
+        if offset >= 0:
+            print(
+                f"no checkpoint for instance {args.instance!r} in {where}: it was reset "
+                f"(tombstone at offset {offset})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"no checkpoint for instance {args.instance!r} in {where}", file=sys.stderr)
+        return 0
+    sys.stdout.write(encode_checkpoint(checkpoint).decode("utf-8") + "\n")
+    sys.stdout.flush()
+    written = (
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(checkpoint.written_ms / 1000))
+        if checkpoint.written_ms
+        else "unknown"
+    )
+    print(
+        f"checkpoint of instance {args.instance!r} at {where} offset {offset} "
+        f"(generation {checkpoint.generation}, written {written})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    bootstrap, extra = kafka_settings(args)
+    with CheckpointStore(bootstrap, args.checkpoint_topic, extra) as store:
+        try:
+            before, _offset = store.load(args.instance)
+        except CheckpointError:
+            before, previous = None, " (the previous one was unreadable)"
+        else:
+            previous = (
+                "; feeds were at "
+                + json.dumps({name: feed.pitr for name, feed in before.feeds.items()})
+                if before is not None
+                else " (there was none)"
+            )
+        offset = store.reset(args.instance)
+    print(
+        f"checkpoint of instance {args.instance!r} reset: tombstone at "
+        f"kafka:{args.checkpoint_topic}:{CHECKPOINT_PARTITION} offset {offset}{previous}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,528 @@
+"""Commands that move data in and out of Kafka: ``broker``, ``load``, ``dump``, ``checkpoint``.
+
+``unifeed load FILE --topic kafka:T``
+    Each non-blank line of a JSON-lines file (``-``: stdin) becomes one record: value =
+    the line's bytes (without its line ending), no key, record timestamp (CreateTime) =
+    its ``pitr``. lz4-compressed by default. A line must be a JSON object with an integer
+    ``pitr`` >= 0; otherwise nothing is loaded and the command exits 4 naming the bad
+    lines. ``--allow-invalid`` loads such lines as they are (to test dead-letter handling
+    through Kafka), stamped with the previous line's pitr. Blank lines are skipped.
+    Prints the count on stdout.
+
+``unifeed dump kafka:T [--from T] [--to T] [--audience A]``
+    Writes the partition's records, one per line, to stdout: from the start of the
+    partition to its end as it was when the command started (read_committed).
+    ``--from``/``--to`` keep records with ``from <= pitr < to`` (epoch ms or ISO-8601; a
+    record without a pitr is judged by its record timestamp). ``--audience`` hides every
+    message whose access is stronger than the audience. A message's access is its own
+    ``access`` field if it has one (an unknown level counts as ``blocked``), else that of
+    its flight ``id`` as last seen in a ``flightplan`` earlier in the partition (a
+    flightplan without ``access`` is ``public``), else ``public``. A record that is not a
+    JSON object cannot be judged and is hidden whenever ``--audience`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Final
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from . import _checkpoint
+from ._broker import run_broker_foreground
+from ._errors import BadRecordError, ConfigError, KafkaRuntimeError
+from ._kafkautil import (
+    COMPRESSIONS,
+    Target,
+    consume_batch,
+    consumer_config,
+    kafka_error,
+    parse_target,
+    producer_config,
+    watermarks,
+)
+from ._records import ACCESS_LEVELS, ACCESS_RANK
+
+__all__ = [
+    "DumpReport",
+    "LoadReport",
+    "dump_partition",
+    "load_lines",
+    "parse_time_ms",
+    "register",
+]
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_BLOCKED_RANK: Final = ACCESS_RANK["blocked"]
+#: At most this many bad lines are named in the error message.
+_NAMED_BAD_LINES: Final = 5
+#: ``dump`` gives up when the broker sends nothing for this long.
+_STALL_S: Final = 30.0
+
+
+def parse_time_ms(text: str, option: str = "time") -> int:
+    """Epoch milliseconds from ``text``: an integer, or ISO-8601 (no zone = UTC).
+
+    >>> parse_time_ms("1700000000000")
+    1700000000000
+    >>> parse_time_ms("2023-11-14T22:13:20Z")
+    1700000000000
+    >>> parse_time_ms("2023-11-14T23:13:20.5+01:00")
+    1700000000500
+    """
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit() and stripped.isascii():
+        return int(stripped)
+    try:
+        moment = dt.datetime.fromisoformat(stripped)
+    except ValueError:
+        raise ConfigError(
+            f"{option} must be epoch milliseconds or ISO-8601 "
+            f"(e.g. 2024-05-01T12:00:00Z), got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
+
+
+# --- load ------------------------------------------------------------------
+
+
+class _Stamp(msgspec.Struct, gc=False):
+    pitr: int
+
+
+_stamp_decoder: Final = msgspec.json.Decoder(_Stamp)
+
+
+class LoadReport(msgspec.Struct, frozen=True, gc=False):
+    """What `load_lines` did: records produced, blank lines skipped, invalid lines loaded."""
+
+    records: int
+    blank: int
+    invalid: int
+
+
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line without its line ending)`` for every line."""
+    for number, raw in enumerate(stream, start=1):
+        if raw.endswith(b"\n"):
+            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        yield number, raw
+
+
+def _pitr_of_line(line: bytes) -> tuple[int | None, str]:
+    """``(pitr, "")`` for a valid line, ``(None, reason)`` otherwise."""
+    try:
+        pitr = _stamp_decoder.decode(line).pitr
+    except msgspec.DecodeError as exc:
+        return None, str(exc)
+    if pitr < 0:
+        return None, f"`pitr` must not be negative, got {pitr}"
+    return pitr, ""
+
+
+def _check_lines(stream: IO[bytes], source: str) -> None:
+    bad: list[str] = []
+    count = 0
+    for number, line in _lines(stream):
+        if not line.strip():
+            continue
+        pitr, reason = _pitr_of_line(line)
+        if pitr is None:
+            count += 1
+            if len(bad) < _NAMED_BAD_LINES:
+                bad.append(f"line {number}: {reason}")
+    if count:
+        more = f" (and {count - len(bad)} more)" if count > len(bad) else ""
+        raise BadRecordError(
+            source,
+            f"{count} line(s) are not JSON objects with an integer pitr >= 0: "
+            f"{'; '.join(bad)}{more}; nothing was loaded (fix them, or pass "
+            "--allow-invalid to load them as they are)",
+        )
+
+
+def load_lines(
+    stream: IO[bytes],
+    target: Target,
+    bootstrap: str,
+    *,
+    extra_config: Mapping[str, object] | None = None,
+    compression: str = "lz4",
+    rate: float | None = None,
+    allow_invalid: bool = False,
+    source: str = "input",
+    timeout_s: float = 60.0,
+    progress: IO[str] | None = None,
+) -> LoadReport:
+    """Produce every non-blank line of ``stream`` to ``target`` (record timestamp = pitr).
+
+    Without ``allow_invalid`` the stream must be seekable: it is checked first and nothing
+    is produced if a line is invalid (`BadRecordError`, exit code 4). ``rate`` paces the
+    records per second. Waits up to ``timeout_s`` for the last acknowledgements; a record
+    the broker refused raises `KafkaRuntimeError`.
+    """
+    if rate is not None and rate <= 0:
+        raise ConfigError("--rate must be > 0")
+    if not allow_invalid:
+        _check_lines(stream, source)
+        stream.seek(0)
+    failures: list[KafkaError] = []
+
+    def on_failure(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            failures.append(error)
+
+    config = producer_config(bootstrap, extra_config, compression=compression, linger_ms=20)
+    config.update({"delivery.report.only.error": True, "on_delivery": on_failure})
+    producer = Producer(config)
+    records = blank = invalid = 0
+    last_pitr = 0
+    started = last_note = time.monotonic()
+    produce = producer.produce
+    topic, partition = target.topic, target.partition
+    for _number, line in _lines(stream):
+        if not line.strip():
+            blank += 1
+            continue
+        pitr, _reason = _pitr_of_line(line)
+        if pitr is None:
+            invalid += 1
+            pitr = last_pitr
+        last_pitr = pitr
+        # timestamp 0 would mean "now" to librdkafka; pitr 0 is 1970 anyway.
+        for _attempt in range(10_000):
+            try:
+                produce(topic, line, None, partition, timestamp=pitr)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        else:
+            raise KafkaRuntimeError(f"{target}: the producer queue stayed full", "_QUEUE_FULL")
+        records += 1
+        if failures:
+            raise kafka_error(f"loading into {target} failed", failures[0])
+        if rate is not None:
+            ahead = started + records / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+                producer.poll(0)
+        if progress is not None and records % 1024 == 0:
+            now = time.monotonic()
+            if now - last_note >= 1.0:
+                last_note = now
+                speed = records / max(now - started, 1e-9)
+                progress.write(f"\rloaded {records} records ({speed:,.0f}/s)")
+                progress.flush()
+    deadline = time.monotonic() + timeout_s
+    remaining = len(producer)
+    for _attempt in range(int(timeout_s / 0.1) + 2):
+        remaining = producer.flush(min(0.1, max(deadline - time.monotonic(), 0)))
+        if remaining == 0 or time.monotonic() >= deadline:
+            break
+    if progress is not None and records >= 1024:
+        progress.write("\n")
+    if failures:
+        raise kafka_error(f"loading into {target} failed", failures[0])
+    if remaining:
+        raise KafkaRuntimeError(
+            f"{remaining} records to {target} not acknowledged within {timeout_s:g} s",
+            "_MSG_TIMED_OUT",
+        )
+    return LoadReport(records=records, blank=blank, invalid=invalid)
+
+
+# --- dump ------------------------------------------------------------------
+
+
+class _View(msgspec.Struct, gc=False):
+    """The fields dump looks at; any type, checked by hand (a bad field must not hide others)."""
+
+    type: Any = None
+    pitr: Any = None
+    id: Any = None
+    access: Any = None
+
+
+_view_decoder: Final = msgspec.json.Decoder(_View)
+
+
+class DumpReport(msgspec.Struct, frozen=True, gc=False):
+    """What `dump_partition` did: records read, written, hidden by audience, outside the range."""
+
+    read: int
+    written: int
+    hidden: int
+    out_of_range: int
+
+
+def _access_rank(value: object) -> int:
+    if isinstance(value, str):
+        return ACCESS_RANK.get(value, _BLOCKED_RANK)
+    return _BLOCKED_RANK
+
+
+def dump_partition(
+    target: Target,
+    bootstrap: str,
+    out: IO[bytes],
+    *,
+    extra_config: Mapping[str, object] | None = None,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    audience: str | None = None,
+    stall_s: float = _STALL_S,
+) -> DumpReport:
+    """Write the committed records of ``target`` to ``out``, one per line (see module doc).
+
+    Reads from the low watermark to the high watermark taken at the start. Raises
+    `KafkaRuntimeError` when the broker sends nothing for ``stall_s`` or the records
+    are deleted while being read.
+    """
+    if audience is not None and audience not in ACCESS_RANK:
+        raise ConfigError(f"--audience must be one of {', '.join(ACCESS_LEVELS)}, got {audience!r}")
+    audience_rank = ACCESS_RANK[audience] if audience is not None else None
+    filtering = from_ms is not None or to_ms is not None or audience is not None
+    low_bound = from_ms if from_ms is not None else -(2**63)
+    high_bound = to_ms if to_ms is not None else 2**63
+    flight_access: dict[object, int] = {}
+    read = written = hidden = out_of_range = 0
+    consumer = Consumer(consumer_config(bootstrap, extra_config))
+    try:
+        low, end = watermarks(consumer, target)
+        if low >= end:
+            return DumpReport(0, 0, 0, 0)
+        consumer.assign([target.topic_partition(low)])
+        last_data = time.monotonic()
+        finished = False
+        max_idle = int(stall_s / 0.1) + 2
+        idle = 0
+        # Bounded: every pass brings records (at most end - low of them) or is idle.
+        for _pass in range(end - low + max_idle + 1):
+            if finished:
+                break
+            messages = consume_batch(consumer, 1024, 0.1)
+            if not messages:
+                idle += 1
+                if time.monotonic() - last_data > stall_s or idle > max_idle:
+                    raise KafkaRuntimeError(
+                        f"dump of {target}: no data from the broker for {stall_s:g} s "
+                        f"(stuck before offset {end})",
+                        "_TIMED_OUT",
+                    )
+                continue
+            idle = 0
+            last_data = time.monotonic()
+            chunk: list[bytes] = []
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        finished = True
+                        break
+                    raise kafka_error(f"dump of {target}", error)
+                offset = message.offset()
+                if offset is None or offset >= end:
+                    finished = True
+                    break
+                value = message.value()
+                if value is None:
+                    continue  # a tombstone has nothing to print
+                read += 1
+                if filtering:
+                    verdict = _judge(
+                        message, value, flight_access, low_bound, high_bound, audience_rank
+                    )
+                    if verdict == "range":
+                        out_of_range += 1
+                        continue
+                    if verdict == "hidden":
+                        hidden += 1
+                        continue
+                chunk.append(value)
+                written += 1
+                if offset >= end - 1:
+                    finished = True
+                    break
+            if chunk:
+                chunk.append(b"")
+                out.write(b"\n".join(chunk))
+        else:
+            raise KafkaRuntimeError(f"dump of {target}: did not reach offset {end}", "_TIMED_OUT")
+    finally:
+        consumer.close()
+    out.flush()
+    return DumpReport(read=read, written=written, hidden=hidden, out_of_range=out_of_range)
+
+
+def _judge(
+    message: Message,
+    value: bytes,
+    flight_access: dict[object, int],
+    low_bound: int,
+    high_bound: int,
+    audience_rank: int | None,
+) -> str:
+    """``keep``, ``range`` (outside --from/--to) or ``hidden`` (stronger than the audience)."""
+    try:
+        view: _View | None = _view_decoder.decode(value)
+    except msgspec.DecodeError:
+        view = None
+    flight = None
+    own_access: object = None
+    if view is not None:
+        if isinstance(view.id, str | int) and not isinstance(view.id, bool):
+            flight = view.id
+        own_access = view.access
+        if view.type == "flightplan" and flight is not None:
+            flight_access[flight] = (
+                ACCESS_RANK["public"] if own_access is None else _access_rank(own_access)
+            )
+    pitr = view.pitr if view is not None else None
+    if type(pitr) is not int:
+        kind, stamp = message.timestamp()
+        pitr = stamp if kind != 0 else None
+    if pitr is None:
+        if low_bound > -(2**63) or high_bound < 2**63:
+            return "range"
+    elif not low_bound <= pitr < high_bound:
+        return "range"
+    if audience_rank is None:
+        return "keep"
+    if view is None:
+        return "hidden"
+    if own_access is not None:
+        rank = _access_rank(own_access)
+    elif flight is not None:
+        rank = flight_access.get(flight, ACCESS_RANK["public"])
+    else:
+        rank = ACCESS_RANK["public"]
+    return "hidden" if rank > audience_rank else "keep"
+
+
+# --- CLI -------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``unifeed broker``, ``load``, ``dump`` and ``checkpoint``."""
+    broker = subparsers.add_parser(
+        "broker",
+        help="run an embedded Kafka-protocol broker (for tests and demos)",
+        description=(
+            "Run librdkafka's embedded mock cluster on 127.0.0.1 until Ctrl-C or SIGTERM. "
+            "The first line on stdout is its address (HOST:PORT). In memory, at most 5 MB "
+            "per partition; not for production."
+        ),
+    )
+    broker.set_defaults(handler=lambda args: run_broker_foreground())
+
+    load = subparsers.add_parser(
+        "load",
+        help="produce a JSON-lines file into a topic (record timestamp = pitr)",
+        description=(
+            "Produce each non-blank line of FILE as one record (value = the line, "
+            "timestamp = its pitr). Lines that are not JSON objects with an integer pitr "
+            "make the command exit 4 without loading anything, unless --allow-invalid."
+        ),
+    )
+    load.add_argument("file", metavar="FILE", help="JSON-lines file, - for stdin")
+    load.add_argument("--topic", required=True, metavar="kafka:TOPIC[:N]", help="destination")
+    load.add_argument("--compression", choices=COMPRESSIONS, default="lz4", help="default lz4")
+    load.add_argument("--rate", type=float, metavar="R", help="pace to R records per second")
+    load.add_argument(
+        "--allow-invalid",
+        action="store_true",
+        help="load lines without a valid pitr as they are (stamped with the previous pitr)",
+    )
+    _checkpoint.add_kafka_options(load)
+    load.set_defaults(handler=_load)
+
+    dump = subparsers.add_parser(
+        "dump",
+        help="print a topic partition's committed records as JSON lines",
+        description=(
+            "Print the records of a partition, from its start to its end as of now, one "
+            "per line. --from/--to keep from <= pitr < to. --audience hides messages whose "
+            "access (own `access` field, else their flight's from its last flightplan, "
+            "else public) is stronger than the audience."
+        ),
+    )
+    dump.add_argument("topic", metavar="kafka:TOPIC[:N]", help="partition to print")
+    dump.add_argument("--from", dest="from_time", metavar="T", help="first pitr (inclusive)")
+    dump.add_argument("--to", dest="to_time", metavar="T", help="end pitr (exclusive)")
+    dump.add_argument(
+        "--audience", choices=ACCESS_LEVELS, help="hide messages with stronger access"
+    )
+    _checkpoint.add_kafka_options(dump)
+    dump.set_defaults(handler=_dump)
+
+    _checkpoint.register(subparsers)
+
+
+def _load(args: argparse.Namespace) -> int:
+    target = parse_target(args.topic)
+    if args.rate is not None and args.rate <= 0:
+        raise ConfigError("--rate must be > 0")
+    source = "stdin" if args.file == "-" else args.file
+    bootstrap, extra = _checkpoint.kafka_settings(args)
+    with contextlib.ExitStack() as stack:
+        if args.file == "-":
+            # Spooled so that it can be checked before anything is produced.
+            stream: IO[bytes] = stack.enter_context(
+                tempfile.SpooledTemporaryFile(max_size=64 << 20)
+            )
+            for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+                stream.write(block)
+            stream.seek(0)
+        else:
+            try:
+                stream = stack.enter_context(Path(args.file).open("rb"))
+            except OSError as exc:
+                raise ConfigError(f"cannot read {args.file!r}: {exc.strerror}") from None
+        report = load_lines(
+            stream,
+            target,
+            bootstrap,
+            extra_config=extra,
+            compression=args.compression,
+            rate=args.rate,
+            allow_invalid=args.allow_invalid,
+            source=source,
+            progress=sys.stderr if sys.stderr.isatty() else None,
+        )
+    notes = [f"{_lines_word(report.blank)} blank skipped"] if report.blank else []
+    if report.invalid:
+        notes.append(f"{_lines_word(report.invalid)} invalid loaded as they are")
+    suffix = f" ({', '.join(notes)})" if notes else ""
+    print(f"loaded {report.records} records into {target}{suffix}")
+    return 0
+
+
+def _lines_word(count: int) -> str:
+    return f"{count} line" if count == 1 else f"{count} lines"
+
+
+def _dump(args: argparse.Namespace) -> int:
+    target = parse_target(args.topic)
+    from_ms = parse_time_ms(args.from_time, "--from") if args.from_time is not None else None
+    to_ms = parse_time_ms(args.to_time, "--to") if args.to_time is not None else None
+    bootstrap, extra = _checkpoint.kafka_settings(args)
+    dump_partition(
+        target,
+        bootstrap,
+        sys.stdout.buffer,
+        extra_config=extra,
+        from_ms=from_ms,
+        to_ms=to_ms,
+        audience=args.audience,
+    )
+    return 0

@@ -1,0 +1,813 @@
+"""Kafka plumbing shared by every command: targets, client settings, bounded reads, seek by pitr.
+
+Everything here works on one topic partition at a time (a feed is one partition, SPEC §4)
+and never waits without a bound: each call takes a timeout and counts its iterations.
+Errors from confluent-kafka are re-raised as `KafkaRuntimeError` (keeping the librdkafka
+error name) or `BrokerUnreachableError`.
+
+The helpers take any object with the few `confluent_kafka.Consumer` methods they use
+(`PartitionConsumer`), so tests can hand them an in-memory fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import msgspec
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from ._errors import BrokerUnreachableError, ConfigError, KafkaRuntimeError
+
+__all__ = [
+    "ASSIGN_ONLY_GROUP_ID",
+    "BOOTSTRAP_ENV",
+    "BrokerInfo",
+    "PartitionConsumer",
+    "PitrSeek",
+    "RdkafkaLog",
+    "Target",
+    "client_config",
+    "consume_batch",
+    "consumer_config",
+    "ensure_reachable",
+    "find_offset_for_pitr",
+    "last_record_before",
+    "parse_target",
+    "producer_config",
+    "read_at",
+    "read_properties",
+    "read_range",
+    "record_pitr",
+    "resolve_bootstrap",
+    "seek_offset_for_pitr",
+    "watermarks",
+]
+
+log = logging.getLogger("unifeed.kafka")
+
+#: Environment variable naming the brokers when ``--bootstrap-servers`` is not given.
+BOOTSTRAP_ENV: Final = "UNIFEED_BOOTSTRAP_SERVERS"
+
+#: librdkafka insists on a ``group.id`` even for ``assign()``-only consumers (the embedded
+#: broker refuses the fetch without one). unifeed never joins or commits to this group:
+#: its progress lives in the checkpoint topic.
+ASSIGN_ONLY_GROUP_ID: Final = "unifeed-assign-only"
+
+# Consumer settings unifeed's guarantees depend on: an extra config must not change them.
+_CONSUMER_FIXED: Final = frozenset(
+    {"enable.auto.commit", "isolation.level", "auto.offset.reset", "enable.partition.eof"}
+)
+_TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_TARGET_FORMS: Final = "kafka:TOPIC or kafka:TOPIC:PARTITION"
+
+# librdkafka error codes, looked up once.
+_EOF: Final = KafkaError._PARTITION_EOF
+_OUT_OF_RANGE: Final = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+_UNKNOWN_PARTITION: Final = frozenset(
+    {KafkaError._UNKNOWN_PARTITION, KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
+_TRANSIENT: Final = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.REQUEST_TIMED_OUT,
+    }
+)
+
+#: How long one blocking wait inside a bounded loop may take, in seconds.
+_SLICE_S: Final = 0.1
+
+
+# --- targets ---------------------------------------------------------------
+
+
+class Target(msgspec.Struct, frozen=True, gc=False):
+    """One feed: a topic partition, written ``kafka:TOPIC`` (partition 0) or ``kafka:TOPIC:N``.
+
+    >>> parse_target("kafka:controlstream:2")
+    Target(topic='controlstream', partition=2)
+    >>> str(Target("controlstream"))
+    'kafka:controlstream:0'
+    """
+
+    topic: str
+    partition: int = 0
+
+    def __str__(self) -> str:
+        return f"kafka:{self.topic}:{self.partition}"
+
+    def topic_partition(self, offset: int = -1001) -> TopicPartition:
+        """The confluent-kafka handle, positioned at ``offset`` (default: no position)."""
+        return TopicPartition(self.topic, self.partition, offset)
+
+
+def is_kafka_target(text: str) -> bool:
+    """Whether a feed argument names Kafka (``kafka:...``) rather than a file."""
+    return text.startswith("kafka:")
+
+
+def parse_target(text: str) -> Target:
+    """Parse ``kafka:TOPIC[:PARTITION]``; raise `ConfigError` saying what is wrong.
+
+    >>> parse_target("kafka:surfacestream")
+    Target(topic='surfacestream', partition=0)
+    >>> parse_target("surfacestream")
+    Traceback (most recent call last):
+    ...
+    unifeed._errors.ConfigError: a Kafka feed must be written kafka:TOPIC or \
+kafka:TOPIC:PARTITION, got 'surfacestream'
+    """
+    if not text.startswith("kafka:"):
+        raise ConfigError(f"a Kafka feed must be written {_TARGET_FORMS}, got {text!r}")
+    rest = text[len("kafka:") :]
+    topic, sep, partition_text = rest.partition(":")
+    if not topic:
+        raise ConfigError(f"the topic name is empty in {text!r} (expected {_TARGET_FORMS})")
+    if not _TOPIC_NAME.fullmatch(topic):
+        raise ConfigError(
+            f"topic name {topic!r} in {text!r} is not a Kafka topic name: use 1 to 249 "
+            "ASCII letters, digits, '.', '_' or '-'"
+        )
+    if not sep:
+        return Target(topic, 0)
+    if not partition_text.isdigit() or not partition_text.isascii():
+        raise ConfigError(
+            f"the partition in {text!r} must be an integer >= 0, got {partition_text!r}"
+        )
+    return Target(topic, int(partition_text))
+
+
+# --- settings --------------------------------------------------------------
+
+
+def resolve_bootstrap(argument: str | None) -> str:
+    """The brokers to use: the argument, else ``$UNIFEED_BOOTSTRAP_SERVERS``, else `ConfigError`."""
+    value = argument if argument else os.environ.get(BOOTSTRAP_ENV, "")
+    value = value.strip()
+    if not value:
+        raise ConfigError(
+            f"no Kafka broker given: pass --bootstrap-servers HOST:PORT or set {BOOTSTRAP_ENV} "
+            "(for a local broker, run `unifeed broker` and use the address it prints)"
+        )
+    return value
+
+
+def read_properties(path: str | Path) -> dict[str, str]:
+    """Read librdkafka settings from a Java-style properties file (``key=value`` lines).
+
+    Blank lines and lines starting with ``#`` or ``!`` are ignored. Raises `ConfigError`
+    naming the file and line for anything else that has no ``=``.
+    """
+    settings: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read Kafka settings file {str(path)!r}: {exc.strerror}"
+        ) from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#!":
+            continue
+        key, sep, value = stripped.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{path}:{number}: expected key=value, got {stripped!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+class RdkafkaLog:
+    """Routes librdkafka's log lines to Python logging, folding repeats.
+
+    A client that loses its broker logs the same connection failure many times a second;
+    this passes the first one on and then one summary line per ``window_s`` with the count.
+    Used as the ``logger`` setting of every client unifeed creates. Thread-safe.
+    """
+
+    _VOLATILE = re.compile(r"\(after \d+ms in state \w+\)|\d+/\d+ brokers")
+
+    def __init__(self, logger: logging.Logger, window_s: float = 10.0) -> None:
+        self._logger = logger
+        self._window_s = window_s
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """The method librdkafka calls (via confluent-kafka) for every log line."""
+        text = msg % args if args else msg
+        key = self._VOLATILE.sub("", text)
+        now = time.monotonic()
+        with self._lock:
+            first, repeats = self._seen.get(key, (0.0, -1))
+            if repeats >= 0 and now - first < self._window_s:
+                self._seen[key] = (first, repeats + 1)
+                return
+            if len(self._seen) > 512:
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if repeats > 0:
+            text = f"{text} (and {repeats} more like it in {self._window_s:g} s)"
+        self._logger.log(level, "%s", text)
+
+
+_RDKAFKA_LOG: Final = RdkafkaLog(logging.getLogger("unifeed.rdkafka"))
+
+
+def client_config(bootstrap: str, extra: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """Settings every client gets: the brokers, log routing, then ``extra`` on top."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": _RDKAFKA_LOG,
+        # Idle connections are closed by brokers all the time; that is not news.
+        "log.connection.close": False,
+    }
+    if extra:
+        config.update(extra)
+    return config
+
+
+def consumer_config(
+    bootstrap: str,
+    extra: Mapping[str, object] | None = None,
+    *,
+    partition_eof: bool = True,
+    fetch_wait_ms: int = 100,
+) -> dict[str, Any]:
+    """Settings of an ``assign()``-only reader.
+
+    Fixed: a dummy ``group.id`` (`ASSIGN_ONLY_GROUP_ID`), no auto-commit,
+    ``isolation.level=read_committed``, ``auto.offset.reset=error`` (a deleted offset
+    fails loudly instead of jumping), ``enable.partition.eof`` as asked. ``extra`` may
+    change anything else; ``fetch_wait_ms`` bounds how long the broker holds an empty fetch
+    (10 makes single-record probes take ~2 ms on the embedded broker instead of ~50 ms).
+    """
+    if extra:
+        clash = sorted(_CONSUMER_FIXED & extra.keys())
+        if clash:
+            raise ConfigError(
+                f"the Kafka setting {clash[0]!r} is fixed by unifeed and cannot be overridden"
+            )
+    config = client_config(bootstrap)
+    config.update(
+        {
+            "group.id": ASSIGN_ONLY_GROUP_ID,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": partition_eof,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "error",
+            "fetch.wait.max.ms": fetch_wait_ms,
+        }
+    )
+    if extra:
+        config.update(extra)
+    return config
+
+
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+COMPRESSIONS: Final[tuple[str, ...]] = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def producer_config(
+    bootstrap: str,
+    extra: Mapping[str, object] | None = None,
+    *,
+    compression: str = "lz4",
+    transactional_id: str | None = None,
+    linger_ms: int = 5,
+) -> dict[str, Any]:
+    """Settings of a producer: idempotent, compressed (lz4 by default), optionally transactional."""
+    if compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}"
+        )
+    config = client_config(bootstrap)
+    config.update(
+        {
+            "enable.idempotence": True,
+            "compression.type": compression,
+            "linger.ms": linger_ms,
+        }
+    )
+    if transactional_id is not None:
+        config["transactional.id"] = transactional_id
+    if extra:
+        config.update(extra)
+    return config
+
+
+# --- reachability ----------------------------------------------------------
+
+
+class BrokerInfo(msgspec.Struct, frozen=True, gc=False):
+    """What `ensure_reachable` learnt about the cluster.
+
+    ``answers_admin`` is False when the metadata names no live controller, which is how
+    librdkafka's embedded mock cluster looks: such a broker never answers CreateTopics.
+    """
+
+    cluster_id: str | None
+    brokers: int
+    controller_id: int
+    answers_admin: bool
+    embedded: bool
+
+
+class _ErrorTrap:
+    """Keeps the last errors a probing client reports instead of printing them."""
+
+    def __init__(self) -> None:
+        self.errors: list[KafkaError] = []
+
+    def on_error(self, error: KafkaError) -> None:
+        self.errors.append(error)
+        del self.errors[:-8]
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Swallow librdkafka log lines: the reason is reported once, by the caller."""
+
+
+def ensure_reachable(
+    bootstrap: str, timeout_s: float = 10.0, extra: Mapping[str, object] | None = None
+) -> BrokerInfo:
+    """Check that a broker at ``bootstrap`` answers a metadata request within ``timeout_s``.
+
+    Raises `BrokerUnreachableError` with a one-line reason (the last connection error
+    librdkafka reported) when none does. Returns at most ``timeout_s`` + ~0.1 s later.
+    """
+    if timeout_s <= 0:
+        raise ValueError("timeout_s must be > 0")
+    trap = _ErrorTrap()
+    config = client_config(bootstrap, extra)
+    config.update(
+        {
+            "logger": trap,
+            "error_cb": trap.on_error,
+            "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000)),
+        }
+    )
+    try:
+        admin = AdminClient(config)
+    except KafkaException as exc:
+        raise ConfigError(f"bad Kafka settings: {_describe(exc)}") from None
+    deadline = time.monotonic() + timeout_s
+    metadata: Any = None
+    failure = "no answer"
+    for _attempt in range(1000):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            metadata = admin.list_topics(timeout=min(1.0, remaining))
+            break
+        except KafkaException as exc:
+            failure = _describe(exc)
+        admin.poll(0)  # serves error_cb
+    admin.poll(0)
+    del admin
+    if metadata is None:
+        reason = trap.errors[-1].str() if trap.errors else failure
+        raise BrokerUnreachableError(
+            f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s ({reason}); "
+            f"check --bootstrap-servers / {BOOTSTRAP_ENV}, or start one with `unifeed broker`"
+        )
+    brokers: dict[int, Any] = metadata.brokers
+    cluster_id: str | None = metadata.cluster_id
+    return BrokerInfo(
+        cluster_id=cluster_id,
+        brokers=len(brokers),
+        controller_id=metadata.controller_id,
+        answers_admin=metadata.controller_id in brokers,
+        embedded=bool(cluster_id and cluster_id.startswith("mockCluster")),
+    )
+
+
+def _describe(exc: KafkaException) -> str:
+    first = exc.args[0] if exc.args else exc
+    return first.str() if isinstance(first, KafkaError) else str(first)
+
+
+def kafka_error(message: str, error: KafkaError) -> KafkaRuntimeError:
+    """Wrap a librdkafka error, keeping its name as the code."""
+    return KafkaRuntimeError(f"{message}: {error.str()}", error.name())
+
+
+# --- bounded reads ---------------------------------------------------------
+
+
+class PartitionConsumer(Protocol):
+    """The part of `confluent_kafka.Consumer` these helpers use."""
+
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+
+    def poll(self, timeout: float = -1) -> Message | None: ...
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]: ...
+
+    def offsets_for_times(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]: ...
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+
+
+def watermarks(
+    consumer: PartitionConsumer, target: Target, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """``(low, high)``: the first offset still stored and the offset the next record gets.
+
+    Raises `KafkaRuntimeError` (code ``_UNKNOWN_PARTITION`` or ``UNKNOWN_TOPIC_OR_PART`` when
+    the topic or partition does not exist).
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                target.topic_partition(), timeout=timeout_s, cached=False
+            )
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, KafkaError) or error.code() not in _UNKNOWN_PARTITION:
+                raise
+            # The client's metadata may predate the topic: refresh it (asking for every
+            # topic, since asking for this one by name auto-creates it on some brokers).
+            consumer.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+            low, high = consumer.get_watermark_offsets(
+                target.topic_partition(),
+                timeout=max(0.1, deadline - time.monotonic()),
+                cached=False,
+            )
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError):
+            if error.code() in _UNKNOWN_PARTITION:
+                raise KafkaRuntimeError(
+                    f"{target} does not exist (no such topic or partition)", error.name()
+                ) from None
+            raise kafka_error(f"cannot read the offsets of {target}", error) from None
+        raise KafkaRuntimeError(f"cannot read the offsets of {target}: {exc}") from None
+    return int(low), int(high)
+
+
+def is_unknown_partition(error: KafkaRuntimeError) -> bool:
+    """Whether `watermarks` failed because the topic or partition does not exist."""
+    return error.code in {"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"}
+
+
+def consume_batch(
+    consumer: PartitionConsumer, max_messages: int, timeout_s: float
+) -> list[Message]:
+    """Up to ``max_messages``, returning as soon as one is there (or after ``timeout_s``).
+
+    ``Consumer.consume(n, timeout)`` waits the whole timeout whenever fewer than ``n``
+    records remain (the tail of a partition); this blocks only for the first message and
+    then takes what is already queued without waiting.
+    """
+    first = consumer.poll(timeout_s)
+    if first is None:
+        return []
+    if max_messages <= 1:
+        return [first]
+    rest = consumer.consume(max_messages - 1, 0)
+    rest.insert(0, first)
+    return rest
+
+
+class _Reader:
+    """Positioned reads of one partition within one deadline; counts what it does."""
+
+    def __init__(self, consumer: PartitionConsumer, target: Target, deadline: float) -> None:
+        self.consumer = consumer
+        self.target = target
+        self.deadline = deadline
+        self.reads = 0
+        self.records = 0
+
+    def scan(self, start: int, end: int | None, batch: int = 64) -> Iterator[Message]:
+        """Records from ``start`` on, stopping before ``end`` or at the end of the partition."""
+        self.reads += 1
+        self.consumer.assign([self.target.topic_partition(start)])
+        last_error: KafkaError | None = None
+        # A pass either brings a record (at most end - start of those before we stop), or
+        # waits up to _SLICE_S; the deadline bounds the time, this the count.
+        idle_passes = int((self.deadline - time.monotonic()) / _SLICE_S) + 100
+        max_passes = idle_passes + (end - start if end is not None else 1)
+        for _pass in range(max_passes):
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            messages = consume_batch(self.consumer, batch, min(_SLICE_S, remaining))
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    code = error.code()
+                    if code == _EOF:
+                        return
+                    if code in _OUT_OF_RANGE:
+                        raise KafkaRuntimeError(
+                            f"offset {start} of {self.target} is out of range: the records "
+                            "there were deleted (retention) or never existed; refusing to "
+                            "skip them silently",
+                            error.name(),
+                        )
+                    if code in _TRANSIENT and not error.fatal():
+                        last_error = error
+                        continue
+                    raise kafka_error(f"reading {self.target} from offset {start}", error)
+                offset = message.offset()
+                if offset is None or offset < start:
+                    continue
+                if end is not None and offset >= end:
+                    return
+                self.records += 1
+                yield message
+        why = f" (last error: {last_error.str()})" if last_error is not None else ""
+        raise KafkaRuntimeError(
+            f"reading {self.target} from offset {start}: no answer from the broker in time{why}",
+            "_TIMED_OUT",
+        )
+
+    def first_from(
+        self, start: int, end: int, pitr_of: Callable[[Message], int | None]
+    ) -> tuple[int | None, int]:
+        """``(pitr, offset)`` of the first record in ``[start, end)`` with a readable pitr.
+
+        ``(None, end)`` when there is none. Records whose pitr cannot be read are stepped over.
+        """
+        for message in self.scan(start, end, batch=16):
+            pitr = pitr_of(message)
+            if pitr is not None:
+                return pitr, _offset(message)
+        return None, end
+
+    def last_before(
+        self, end: int, low: int, pitr_of: Callable[[Message], int | None]
+    ) -> tuple[int | None, int]:
+        """``(pitr, offset)`` of the last record in ``[low, end)`` with a readable pitr.
+
+        Scans back in doubling windows; ``(None, low)`` when there is none.
+        """
+        window = 8
+        upper = end
+        while upper > low:
+            start = max(low, upper - window)
+            found: tuple[int | None, int] = (None, low)
+            for message in self.scan(start, upper):
+                pitr = pitr_of(message)
+                if pitr is not None:
+                    found = (pitr, _offset(message))
+            if found[0] is not None:
+                return found
+            upper = start
+            window = min(window * 4, 65536)
+        return None, low
+
+
+def _offset(message: Message) -> int:
+    offset = message.offset()
+    if offset is None:
+        raise KafkaRuntimeError("a record arrived without an offset")
+    return offset
+
+
+def read_at(
+    consumer: PartitionConsumer, target: Target, offset: int, timeout_s: float = 10.0
+) -> Message | None:
+    """The first record at or after ``offset``, or None at the end of the partition.
+
+    Offsets that hold no record (transaction markers, compacted gaps) lead to the next
+    real record. ``offset`` below the low watermark raises `KafkaRuntimeError`
+    (``_AUTO_OFFSET_RESET``): the records there were deleted.
+    Needs a consumer made with ``enable.partition.eof`` (`consumer_config`).
+    """
+    reader = _Reader(consumer, target, time.monotonic() + timeout_s)
+    for message in reader.scan(offset, None, batch=1):
+        return message
+    return None
+
+
+def read_range(
+    consumer: PartitionConsumer,
+    target: Target,
+    start: int,
+    end: int,
+    timeout_s: float = 10.0,
+) -> Iterator[Message]:
+    """Every record with ``start <= offset < end``, in order.
+
+    Stops at ``end`` or at the end of the partition, whichever comes first, without
+    waiting for offset ``end - 1`` to arrive (it may be a transaction marker).
+    ``timeout_s`` bounds the whole iteration.
+    """
+    reader = _Reader(consumer, target, time.monotonic() + timeout_s)
+    yield from reader.scan(start, end, batch=512)
+
+
+def last_record_before(
+    consumer: PartitionConsumer,
+    target: Target,
+    end: int,
+    accept: Callable[[Message], bool],
+    *,
+    low: int | None = None,
+    timeout_s: float = 10.0,
+) -> Message | None:
+    """The last record below ``end`` that ``accept`` takes, scanning back in doubling windows.
+
+    Used to find the latest checkpoint of one instance; ``low`` defaults to the low watermark.
+    """
+    deadline = time.monotonic() + timeout_s
+    if low is None:
+        low, _high = watermarks(consumer, target, timeout_s)
+    reader = _Reader(consumer, target, deadline)
+    window = 256
+    upper = end
+    while upper > low:
+        start = max(low, upper - window)
+        found: Message | None = None
+        for message in reader.scan(start, upper, batch=512):
+            if accept(message):
+                found = message
+        if found is not None:
+            return found
+        upper = start
+        window = min(window * 4, 1 << 20)
+    return None
+
+
+# --- seek by pitr ----------------------------------------------------------
+
+
+class _PitrOnly(msgspec.Struct, gc=False):
+    pitr: int
+
+
+_pitr_decoder: Final = msgspec.json.Decoder(_PitrOnly)
+
+
+def record_pitr(message: Message) -> int | None:
+    """The ``pitr`` of a record's JSON value, or None if it has none (or is not JSON).
+
+    >>> from confluent_kafka import Message
+    >>> record_pitr(Message(value=b'{"type":"keepalive","pitr":1700000000000}'))
+    1700000000000
+    >>> record_pitr(Message(value=b'not json')) is None
+    True
+    """
+    value = message.value()
+    if value is None:
+        return None
+    try:
+        pitr = _pitr_decoder.decode(value).pitr
+    except msgspec.DecodeError:
+        return None
+    return pitr if pitr >= 0 else None
+
+
+SeekMethod = Literal["empty", "offsets_for_times", "after_last", "bisection"]
+
+
+class PitrSeek(msgspec.Struct, frozen=True, gc=False):
+    """Where `find_offset_for_pitr` landed and how.
+
+    ``offset``: offset of the first readable record whose ``pitr >=`` the asked one (the
+    high watermark when there is none). ``method``: ``offsets_for_times`` (broker's answer,
+    verified), ``after_last`` (every record is older), ``bisection`` or ``empty``.
+    ``broker_answer``: what ``offsets_for_times`` said (-1: unknown/none; None: not asked).
+    ``reads``: positioned reads done; ``records``: records looked at.
+    """
+
+    offset: int
+    method: SeekMethod
+    reads: int
+    records: int
+    broker_answer: int | None
+    low: int
+    high: int
+
+
+def find_offset_for_pitr(
+    consumer: PartitionConsumer,
+    target: Target,
+    pitr: int,
+    pitr_of: Callable[[Message], int | None] = record_pitr,
+    *,
+    timeout_s: float = 30.0,
+    use_offsets_for_times: bool = True,
+) -> PitrSeek:
+    """Find the offset of the first record of ``target`` whose pitr is ``>= pitr``.
+
+    Records are assumed in non-decreasing pitr order (a feed's contract); records whose
+    pitr ``pitr_of`` cannot read (None) and offsets without a record (transaction
+    markers) are stepped over, so the offset found always holds a readable record, or is
+    the high watermark when no record is that late. Among equal pitrs the first one is
+    found, so a checkpoint's ``skip`` can be applied from there.
+
+    First asks the broker (``offsets_for_times``, by record timestamp = pitr) and verifies
+    the answer by reading the record it points at and the readable record before it; a
+    broker that answers -1 (the embedded broker always does; a real one when every record
+    is older) is checked against the last record's pitr. Anything unverified falls back to
+    a bisection over offsets, reading pitrs from the records: O(log n) positioned reads.
+    An offset deleted under our feet raises `KafkaRuntimeError`.
+    """
+    deadline = time.monotonic() + timeout_s
+    low, high = watermarks(consumer, target, timeout_s)
+    if low >= high:
+        return PitrSeek(high, "empty", 0, 0, None, low, high)
+    reader = _Reader(consumer, target, deadline)
+
+    def done(offset: int, method: SeekMethod, answer: int | None) -> PitrSeek:
+        return PitrSeek(offset, method, reader.reads, reader.records, answer, low, high)
+
+    # Invariant: the answer lies in [lo, hi]; hi_record is the offset of the first
+    # readable record at or after hi (high when there is none).
+    lo, hi, hi_record = low, high, high
+    answer: int | None = None
+    if use_offsets_for_times:
+        answer = _broker_offset_for_time(consumer, target, pitr, deadline)
+        if 0 <= answer <= high:
+            # Verify: the record at the answer is new enough, the one before it is older.
+            start = max(answer, low)
+            after, after_offset = (
+                reader.first_from(start, high, pitr_of) if start < high else (None, high)
+            )
+            before, before_offset = reader.last_before(start, low, pitr_of)
+            after_ok = after is None or after >= pitr
+            before_ok = before is None or before < pitr
+            if after_ok and before_ok:
+                return done(after_offset, "offsets_for_times", answer)
+            log.info(
+                "%s: the broker's offset %d for pitr %d does not match the records' pitr "
+                "(record timestamps differ from pitr?); bisecting",
+                target,
+                answer,
+                pitr,
+            )
+            if not after_ok:
+                lo = after_offset + 1
+            if not before_ok:
+                hi = hi_record = before_offset
+        else:
+            # -1: "unknown" on brokers that cannot answer, "nothing that late" on the rest.
+            last, last_offset = reader.last_before(high, low, pitr_of)
+            if last is None or last < pitr:
+                return done(high, "after_last", answer)
+            hi = hi_record = last_offset
+    for _step in range(128):  # 2**128 offsets is more than any partition holds
+        if lo >= hi:
+            break
+        mid = (lo + hi) // 2
+        found, found_offset = reader.first_from(mid, hi, pitr_of)
+        if found is None:
+            hi = mid  # nothing readable in [mid, hi): the first match is still hi_record
+        elif found >= pitr:
+            hi, hi_record = mid, found_offset
+        else:
+            lo = found_offset + 1
+    return done(hi_record, "bisection", answer)
+
+
+def seek_offset_for_pitr(
+    consumer: PartitionConsumer,
+    target: Target,
+    pitr: int,
+    pitr_of: Callable[[Message], int | None] = record_pitr,
+    *,
+    timeout_s: float = 30.0,
+) -> int:
+    """The offset `find_offset_for_pitr` finds (without the statistics)."""
+    return find_offset_for_pitr(consumer, target, pitr, pitr_of, timeout_s=timeout_s).offset
+
+
+def _broker_offset_for_time(
+    consumer: PartitionConsumer, target: Target, pitr: int, deadline: float
+) -> int:
+    """``offsets_for_times`` for one partition; -1 when the broker cannot tell."""
+    timeout = max(0.1, deadline - time.monotonic())
+    try:
+        answers = consumer.offsets_for_times([target.topic_partition(pitr)], timeout=timeout)
+    except KafkaException as exc:
+        log.info("%s: offsets_for_times failed (%s); bisecting", target, _describe(exc))
+        return -1
+    for answer in answers:
+        if answer.error is not None:
+            log.info("%s: offsets_for_times failed (%s); bisecting", target, answer.error.str())
+            return -1
+        return int(answer.offset)
+    return -1
