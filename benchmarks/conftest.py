@@ -1,8 +1,8 @@
 """Benchmark session set-up: markers, shared inputs, and a place to compare peers.
 
-Every benchmark that asserts a target measures its peer in the same session (same machine,
-same load) and asserts the *ratio* of the two medians, never a wall-clock time. The
-medians are collected in `PeerResults` as each benchmark finishes.
+Every benchmark that asserts a target measures its peer in the same session, interleaved
+with its own rounds (`benchmarks._peers.Interleaved`), and asserts the *ratio* of the two
+medians, never a wall-clock time.
 
 Sizes can be lowered for a quick look (the targets are asserted at any size):
 
@@ -14,15 +14,20 @@ Sizes can be lowered for a quick look (the targets are asserted at any size):
 
 from __future__ import annotations
 
-import os
-import statistics
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from benchmarks._data import KafkaTraffic, busy_airport_dir
+from benchmarks._peers import SUMMARY, env_int
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SUMMARY:
+        terminalreporter.section("unifeed: subject vs peer (same session)")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -30,37 +35,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "kafka_bench: end-to-end runs on the embedded broker (long; select with -m kafka_bench)",
     )
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip().replace("_", "")
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-class PeerResults:
-    """Per-round seconds of each contender, by name, for the ratio checks."""
-
-    def __init__(self) -> None:
-        self.rounds: dict[str, list[float]] = {}
-
-    def record(self, name: str, benchmark: Any) -> float:
-        """Keep a finished benchmark's rounds; return its median in seconds."""
-        data = list(benchmark.stats.stats.data)
-        self.rounds[name] = data
-        return statistics.median(data)
-
-    def median(self, name: str) -> float | None:
-        data = self.rounds.get(name)
-        return None if not data else statistics.median(data)
-
-
-@pytest.fixture(scope="session")
-def peers() -> PeerResults:
-    return PeerResults()
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from typing import IO, Any
 import pytest
 
 from benchmarks._data import FAR_FUTURE_MS, TwoFeedInput, decode_pitr, two_feed_merge_input
-from benchmarks.conftest import PeerResults, env_int
+from benchmarks._peers import Interleaved, env_int
 from unifeed import Combiner, Feed
 from unifeed._cli import main as unifeed_main
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
@@ -77,36 +77,17 @@ def combiner_merge(data: TwoFeedInput) -> list[Any]:
     return out
 
 
-def _ratio(peers: PeerResults, subject: str, peer: str) -> float:
-    """Throughput of ``subject`` over that of ``peer`` (same work: inverse time ratio)."""
-    s = peers.median(subject)
-    p = peers.median(peer)
-    if s is None or p is None:
-        pytest.fail(f"{peer} and {subject} must run in the same session to compare them")
-    return p / s
-
-
 @pytest.mark.benchmark(group="merge-1M")
-def test_heapq_merge(benchmark: Any, merge_input: TwoFeedInput, peers: PeerResults) -> None:
-    out = benchmark.pedantic(heapq_merge, args=(merge_input,), rounds=7, warmup_rounds=2)
-    assert len(out) == merge_input.count
-    median = peers.record(f"heapq.merge/{merge_input.batch}", benchmark)
-    benchmark.extra_info["msgs_per_s"] = round(merge_input.count / median)
-
-
-@pytest.mark.benchmark(group="merge-1M")
-def test_combiner(benchmark: Any, merge_input: TwoFeedInput, peers: PeerResults) -> None:
-    out = benchmark.pedantic(combiner_merge, args=(merge_input,), rounds=7, warmup_rounds=2)
-    median = peers.record(f"Combiner/{merge_input.batch}", benchmark)
-    # Same order as the peer: the stable merge by (pitr, feed rank).
+def test_combiner_vs_heapq_merge(benchmark: Any, merge_input: TwoFeedInput) -> None:
+    runs = Interleaved(heapq_merge, combiner_merge, (merge_input,), warmup_rounds=2, rounds=9)
+    out = runs.run(benchmark)
+    # Same order as the peer's: the stable merge by (pitr, feed rank).
     expected = heapq_merge(merge_input)
     assert [(e.pitr, e.feed == SURFACESTREAM) for e in out] == [(p, r == 1) for p, r, _ in expected]
-    ratio = _ratio(peers, f"Combiner/{merge_input.batch}", f"heapq.merge/{merge_input.batch}")
-    benchmark.extra_info.update(
-        msgs_per_s=round(merge_input.count / median),
-        ratio_vs_heapq_merge=round(ratio, 3),
-        target=MERGE_TARGET,
+    ratio = runs.compare(
+        benchmark, merge_input.count, f"Combiner (batch {merge_input.batch})", "heapq.merge"
     )
+    benchmark.extra_info.update(batch=merge_input.batch, target=MERGE_TARGET)
     assert ratio >= MERGE_TARGET, (
         f"Combiner throughput is {ratio:.2f}x heapq.merge's (target >= {MERGE_TARGET}x)"
     )
@@ -148,49 +129,29 @@ def pipeline_input(busy_airport: tuple[Path, Path, str]) -> tuple[Path, Path, st
 
 
 @pytest.mark.benchmark(group="file-pipeline")
-def test_pitr_merge_baseline(
-    benchmark: Any,
-    pipeline_input: tuple[Path, Path, str, int],
-    peers: PeerResults,
-    tmp_path: Path,
+def test_file_pipeline_vs_pitr_merge(
+    benchmark: Any, pipeline_input: tuple[Path, Path, str, int], tmp_path: Path
 ) -> None:
     control, surface, source, count = pipeline_input
-    output = tmp_path / "baseline.jsonl"
-    benchmark.pedantic(
-        pitr_merge_baseline, args=(control, surface, output), rounds=5, warmup_rounds=1
+    # Same inputs, separate outputs: both write a file in the same directory.
+    baseline_out = tmp_path / "baseline.jsonl"
+    unified_out = tmp_path / "unified.jsonl"
+    runs = Interleaved(
+        lambda: pitr_merge_baseline(control, surface, baseline_out),
+        lambda: unifeed_file_pipeline(control, surface, unified_out),
+        (),
+        warmup_rounds=1,
+        rounds=7,
     )
-    assert _count_lines(output) == count
-    median = peers.record("pitr-merge-baseline", benchmark)
-    benchmark.extra_info.update(input=source, messages=count, msgs_per_s=round(count / median))
-
-
-@pytest.mark.benchmark(group="file-pipeline")
-def test_file_pipeline(
-    benchmark: Any,
-    pipeline_input: tuple[Path, Path, str, int],
-    peers: PeerResults,
-    tmp_path: Path,
-) -> None:
-    control, surface, source, count = pipeline_input
-    output = tmp_path / "unified.jsonl"
-    benchmark.pedantic(
-        unifeed_file_pipeline, args=(control, surface, output), rounds=5, warmup_rounds=1
-    )
-    with output.open("rb") as f:
+    runs.run(benchmark)
+    assert _count_lines(baseline_out) == count
+    with unified_out.open("rb") as f:
         annotated = sum(
             1 for line in f if line.startswith(b'{"type":"ground_position"') and b',"id":' in line
         )
     assert annotated > 0
-    median = peers.record("file-pipeline", benchmark)
-    ratio = _ratio(peers, "file-pipeline", "pitr-merge-baseline")
-    benchmark.extra_info.update(
-        input=source,
-        messages=count,
-        msgs_per_s=round(count / median),
-        annotated=annotated,
-        ratio_vs_baseline=round(ratio, 3),
-        target=PIPELINE_TARGET,
-    )
+    ratio = runs.compare(benchmark, count, "file pipeline", "pitr-merge baseline")
+    benchmark.extra_info.update(input=source, annotated=annotated, target=PIPELINE_TARGET)
     assert ratio >= PIPELINE_TARGET, (
         f"the file pipeline's throughput is {ratio:.2f}x the pitr-merge baseline's "
         f"(target >= {PIPELINE_TARGET}x)"

@@ -76,11 +76,10 @@ def _valid_shape(feed: str, obj: Any) -> bool:
             return False
     if obj["type"] == "flightplan" and obj.get("access", "public") not in ACCESS:
         return False
-    if obj["type"] == "mapping" and (
+    bad_mapping = obj["type"] == "mapping" and (
         obj["action"] not in ("link", "unlink") or obj["access"] not in ACCESS
-    ):
-        return False
-    return True
+    )
+    return not bad_mapping
 
 
 def valid_messages(feed: str, lines: Iterable[bytes]) -> list[tuple[bytes, dict[str, Any]]]:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from unifeed._cli import build_command_line
+from unifeed._cli import build_command_line, main
 from unifeed._config import Configuration, config_path_from_argv, mask_secrets
+from unifeed._logging import teardown_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,10 +48,37 @@ def run(
     )
 
 
-def show(*args: str, env: dict[str, str] | None = None) -> dict[str, object]:
-    done = run(*args, "config", "show", env=env)
-    assert done.returncode == 0, done.stderr
-    return tomllib.loads(done.stdout)
+class InProcess:
+    """``unifeed`` through `main` in this process (fast), with a clean UNIFEED_* environment."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+        self.monkeypatch = monkeypatch
+        self.capsys = capsys
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        with self.monkeypatch.context() as m:
+            for name in os.environ:
+                if name.startswith("UNIFEED_"):
+                    m.delenv(name)
+            for name, value in (env or {}).items():
+                m.setenv(name, value)
+            self.capsys.readouterr()
+            code = main(list(args))
+            teardown_logging()
+        captured = self.capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    def show(self, *args: str, env: dict[str, str] | None = None) -> dict[str, object]:
+        done = self(*args, "config", "show", env=env)
+        assert done.returncode == 0, done.stderr
+        return tomllib.loads(done.stdout)
+
+
+@pytest.fixture
+def unifeed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> InProcess:
+    return InProcess(monkeypatch, capsys)
 
 
 @pytest.fixture
@@ -60,7 +88,7 @@ def feeds(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
+def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path, unifeed: InProcess) -> None:
     config = tmp_path / "unifeed.toml"
     config.write_text(
         'instance = "file-top"\n'
@@ -69,6 +97,7 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
         'instance = "file-combine"\n'
         'realtime_threshold = "10s"\n'
     )
+    show = unifeed.show
     defaults = show()
     assert defaults["log_level"] == "info"
     combine = defaults["combine"]
@@ -138,19 +167,50 @@ def test_precedence_decides_what_a_command_does(feeds: Path) -> None:
     ],
 )
 def test_bad_file_is_a_usage_error_naming_key_and_file(
-    tmp_path: Path, toml: str, needle: str
+    tmp_path: Path, unifeed: InProcess, toml: str, needle: str
 ) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(toml)
-    done = run("--config", str(config), "config", "show")
+    done = unifeed("--config", str(config), "config", "show")
     assert done.returncode == 2
     assert needle in done.stderr
     assert str(config) in done.stderr
     assert done.stdout == ""
 
 
-def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
-    done = run("--config", str(tmp_path / "nope.toml"), "config", "show")
+def test_unknown_key_stops_a_real_command(feeds: Path) -> None:
+    (feeds / "unifeed.toml").write_text('[mappings]\ncontroll = "control.jsonl"\n')
+    done = run(
+        "--config",
+        "unifeed.toml",
+        "mappings",
+        "--control",
+        "control.jsonl",
+        "--output",
+        "m.jsonl",
+        cwd=feeds,
+    )
+    assert done.returncode == 2
+    assert "unifeed.toml: unknown key 'controll' in [mappings]" in done.stderr
+    assert "did you mean 'control'" in done.stderr
+    assert not (feeds / "m.jsonl").exists()
+
+    done = run(
+        "mappings",
+        "--control",
+        "control.jsonl",
+        "--output",
+        "m.jsonl",
+        env={"UNIFEED_CONTROLL": "x"},
+        cwd=feeds,
+    )
+    assert done.returncode == 2
+    assert "environment variable UNIFEED_CONTROLL names no unifeed option" in done.stderr
+    assert not (feeds / "m.jsonl").exists()
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path, unifeed: InProcess) -> None:
+    done = unifeed("--config", str(tmp_path / "nope.toml"), "config", "show")
     assert done.returncode == 2
     assert "nope.toml" in done.stderr and "does not exist" in done.stderr
 
@@ -165,14 +225,16 @@ def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
         ({"UNIFEED_LOG_LEVEL": "loud"}, "UNIFEED_LOG_LEVEL"),
     ],
 )
-def test_bad_environment_is_a_usage_error(env: dict[str, str], needle: str) -> None:
-    done = run("config", "show", env=env)
+def test_bad_environment_is_a_usage_error(
+    unifeed: InProcess, env: dict[str, str], needle: str
+) -> None:
+    done = unifeed("config", "show", env=env)
     assert done.returncode == 2
     assert needle in done.stderr
 
 
-def test_test_suite_variables_are_not_options() -> None:
-    done = run("config", "show", env={"UNIFEED_TEST_NO_DOCKER": "1", "UNIFEED_TEST_X": "y"})
+def test_test_suite_variables_are_not_options(unifeed: InProcess) -> None:
+    done = unifeed("config", "show", env={"UNIFEED_TEST_NO_DOCKER": "1", "UNIFEED_TEST_X": "y"})
     assert done.returncode == 0, done.stderr
 
 
@@ -208,12 +270,12 @@ def test_show_masks_secrets_and_is_valid_toml(tmp_path: Path) -> None:
     assert "# file " in done.stdout  # every value says where it came from
 
 
-def test_show_output_is_itself_a_valid_config(tmp_path: Path) -> None:
-    first = run("config", "show", env={"UNIFEED_INSTANCE": "uf-b"})
+def test_show_output_is_itself_a_valid_config(tmp_path: Path, unifeed: InProcess) -> None:
+    first = unifeed("config", "show", env={"UNIFEED_INSTANCE": "uf-b"})
     assert first.returncode == 0, first.stderr
     config = tmp_path / "effective.toml"
     config.write_text(first.stdout)
-    again = run("--config", str(config), "config", "show")
+    again = unifeed("--config", str(config), "config", "show")
     assert again.returncode == 0, again.stderr
     assert tomllib.loads(again.stdout) == tomllib.loads(first.stdout)
 
@@ -221,8 +283,9 @@ def test_show_output_is_itself_a_valid_config(tmp_path: Path) -> None:
 def test_json_log_format_from_the_command_line(tmp_path: Path) -> None:
     config = tmp_path / "unifeed.toml"
     config.write_text('instance = "uf-a"\n')
-    done = run("--log-format", "json", "--log-level", "debug", "config", "show",
-               "--config", str(config))  # --config may follow the command too
+    done = run(
+        "--log-format", "json", "--log-level", "debug", "config", "show", "--config", str(config)
+    )  # --config may follow the command too
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     assert lines, "expected a debug line about the configuration file"

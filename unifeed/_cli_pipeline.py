@@ -174,6 +174,21 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         help="how often output and checkpoint are committed (default 100ms)",
     )
     g.add_argument(
+        "--end-of-log-grace",
+        type=parse_duration_ms,
+        default=2000,
+        metavar="DURATION",
+        help="a reader that has stayed at the end of its partition this long lets catch-up "
+        "pass its feed (default 2s); raise it when an old backlog is loaded slowly",
+    )
+    g.add_argument(
+        "--broker-timeout",
+        type=parse_duration_ms,
+        default=30_000,
+        metavar="DURATION",
+        help="give up (exit 3) when the broker has not answered for this long (default 30s)",
+    )
+    g.add_argument(
         "--kafka-config", metavar="FILE", help="extra librdkafka properties, one key=value per line"
     )
     g.add_argument(

@@ -77,3 +77,13 @@ class DeadLetterLimitError(UnifeedError):
     """Raised when bad input exceeds the dead-letter policy (exit code 4)."""
 
     exit_code = 4
+
+
+class InstanceFencedError(UnifeedError):
+    """Raised when a newer incarnation of the same instance name has taken over.
+
+    The older one stops without committing again; the newer one carries on from the
+    checkpoint.
+    """
+
+    exit_code = 1

@@ -31,7 +31,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from ._checkpoint import Checkpoint, CheckpointStore, encode_record
 from ._checkpoint import FeedCheckpoint as FeedPosition
 from ._checkpoint import OutputCheckpoint as OutputPosition
-from ._errors import CheckpointError, ConfigError, KafkaRuntimeError, UnifeedError
+from ._errors import (
+    BrokerUnreachableError,
+    CheckpointError,
+    ConfigError,
+    InstanceFencedError,
+    KafkaRuntimeError,
+    UnifeedError,
+)
 from ._inbox import Batch, Inbox
 from ._kafkautil import (
     Target,
@@ -64,6 +71,14 @@ _LANE_BATCHES: Final = 8
 _STAGE_CAPACITY: Final = 50_000
 _JOIN_TIMEOUT_S: Final = 30.0
 _IDLE_S: Final = 0.05
+_TRANSIENT: Final = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+    }
+)
 
 
 # --- options ---------------------------------------------------------------
@@ -106,6 +121,8 @@ class RuntimeOptions:
     status_interval_s: float = 2.0
     metrics_port: int | None = None
     connect_timeout_s: float = 10.0
+    broker_timeout_s: float = 30.0
+    claim_grace_s: float = 1.0
     end_of_log_grace_s: float = 2.0
     clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
 
@@ -133,6 +150,7 @@ class RuntimeOptions:
             status_interval_s=args.status_interval if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
             end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
+            broker_timeout_s=getattr(args, "broker_timeout", 30_000) / 1000,
         )
 
 
@@ -248,6 +266,10 @@ class FeedReader(Worker):
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
                         eof = True
+                        continue
+                    if not err.fatal() and (err.retriable() or err.code() in _TRANSIENT):
+                        # The client reconnects by itself; BrokerHealth gives up in time.
+                        log.debug("%s: %s", self.feed, err.str())
                         continue
                     raise kafka_error(f"reading {self.feed} from {self.target}", err)
                 raw.append((m.offset() or 0, m.value() or b""))
@@ -406,6 +428,7 @@ class Committer:
         self.checkpoint: Checkpoint | None = None
         self._dirty = False
         self._in_txn = False
+        self.generation = 1
 
     # start-up ----------------------------------------------------------------
 
@@ -422,6 +445,9 @@ class Committer:
                 ) from None
         self.store.ensure_topic()
         cp, cp_offset = self.store.load(self.options.instance)
+        self.generation = (cp.generation if cp is not None else 0) + 1
+        if cp is not None:
+            cp, cp_offset = self._claim(cp)
         self.checkpoint = cp
         low, high = _watermarks_or_empty(self.options, self.output)
         if cp is None:
@@ -451,6 +477,53 @@ class Committer:
                     len(self._tail),
                 )
         return cp
+
+    def _claim(self, cp: Checkpoint) -> tuple[Checkpoint, int]:
+        """Tell an older incarnation of this instance name to stop, then give it time to.
+
+        The claim is the current checkpoint with the next generation. An incarnation
+        that sees a higher generation for its name stops before its next commit (brokers
+        that fence transactional producers stop it too). Afterwards the latest checkpoint
+        is read again: the older incarnation may have committed once more meanwhile.
+        """
+        instance = self.options.instance
+        claim = Checkpoint(
+            version=1,
+            instance=instance,
+            feeds=cp.feeds,
+            output=cp.output,
+            generation=self.generation,
+            written_ms=self.options.clock(),
+        )
+        key, value = encode_record(claim)
+        self.begin()
+        self.producer.produce(self.store.topic, value, key=key, partition=0)
+        self._commit_or_flush()
+        time.sleep(self.options.claim_grace_s)
+        latest, offset = self.store.load(instance)
+        if latest is None:
+            raise CheckpointError(
+                f"the checkpoint of instance {instance!r} was reset while this run started; "
+                "start it again"
+            )
+        if latest.generation > self.generation:
+            raise InstanceFencedError(
+                f"another incarnation of instance {instance!r} (generation {latest.generation}) "
+                f"started at the same time as this one (generation {self.generation}); "
+                "this one stops"
+            )
+        log.info("%s: generation %d claimed", instance, self.generation)
+        return latest, offset
+
+    def _commit_or_flush(self) -> None:
+        if self.transactional:
+            try:
+                self.producer.commit_transaction(30)
+            except KafkaException as exc:
+                raise _wrap("committing a transaction failed", exc) from None
+            self._in_txn = False
+        elif self.producer.flush(30):
+            raise KafkaRuntimeError("a checkpoint record was not delivered within 30 s")
 
     def first_checkpoint(self, positions: dict[str, FeedPosition]) -> None:
         """Written before any output when the instance has no checkpoint yet."""
@@ -607,21 +680,16 @@ class Committer:
                 partition=self.output.partition,
                 next_offset=self.next_offset,
             ),
+            generation=self.generation,
             written_ms=self.options.clock(),
         )
         key, value = encode_record(cp)
+        if isinstance(self.state.failure, InstanceFencedError):
+            raise self.state.failure
         producer.produce(self.store.topic, value, key=key, partition=0)
-        if self.transactional:
-            try:
-                producer.commit_transaction(30)
-            except KafkaException as exc:
-                raise _wrap("committing the output transaction failed", exc) from None
-            self._in_txn = False
-            if reopen:
-                self.begin()
-        else:
-            if producer.flush(30):
-                raise KafkaRuntimeError("checkpoint not delivered after 30 s")
+        self._commit_or_flush()
+        if reopen:
+            self.begin()
         self.checkpoint = cp
         self.commits += 1
         self.uncommitted = 0
@@ -812,13 +880,100 @@ class WriterThread(Worker):
                     self.finished = True
                     return
                 if stopping:
-                    if not isinstance(self.state.failure, CheckpointError):
+                    # After a failure the open transaction is aborted, not committed: the
+                    # restart redoes it from the last checkpoint.
+                    if self.state.failure is None:
                         committer.commit(reopen=False)
                     return
                 if committer.due():
                     committer.commit()
         finally:
             committer.close()
+
+
+class ClaimWatcher(Worker):
+    """Follows the checkpoint partition; stops the run when a newer incarnation of this
+    instance name claims it (a checkpoint record with a higher generation)."""
+
+    def __init__(self, state: RunState, options: RuntimeOptions, committer: Committer) -> None:
+        super().__init__("claim-watcher", state)
+        self.options = options
+        self.committer = committer
+        self.target = Target(options.checkpoint_topic, 0)
+
+    def work(self) -> None:
+        from ._checkpoint import decode_checkpoint
+
+        consumer = Consumer(
+            consumer_config(self.options.bootstrap, self.options.kafka_extra, fetch_wait_ms=100)
+        )
+        key = self.options.instance.encode("utf-8")
+        try:
+            _, high = watermarks(consumer, self.target)
+            consumer.assign([self.target.topic_partition(high)])
+            while not self.state.stop.is_set():
+                for m in consume_batch(consumer, 500, 0.2):
+                    if m.error() is not None or m.key() != key or not m.value():
+                        continue
+                    try:
+                        cp = decode_checkpoint(
+                            m.value() or b"",
+                            topic=self.target.topic,
+                            offset=m.offset() or 0,
+                            instance=self.options.instance,
+                        )
+                    except CheckpointError:
+                        continue
+                    if cp.generation > self.committer.generation:
+                        raise InstanceFencedError(
+                            f"another incarnation of instance {self.options.instance!r} "
+                            f"(generation {cp.generation}) took over at checkpoint offset "
+                            f"{m.offset()}; this one (generation {self.committer.generation}) "
+                            "stops without committing again"
+                        )
+        finally:
+            consumer.close()
+
+
+class BrokerHealth:
+    """Asks the broker for metadata now and then; raises when it has not answered for
+    ``broker_timeout_s`` (the readers and the producer retry quietly meanwhile)."""
+
+    def __init__(self, options: RuntimeOptions, every_s: float = 1.0) -> None:
+        self.options = options
+        self.every_s = every_s
+        self.last_ok = time.monotonic()
+        self.last_check = 0.0
+        self.last_error = ""
+        self._client = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self.last_check < self.every_s:
+            return
+        self.last_check = now
+        try:
+            self._client.list_topics(timeout=min(2.0, self.options.broker_timeout_s))
+            self.last_ok = time.monotonic()
+        except KafkaException as exc:
+            self.last_error = str(exc.args[0] if exc.args else exc)
+            silent = time.monotonic() - self.last_ok
+            log.warning(
+                "%s: the broker does not answer (%.0f s): %s",
+                self.options.instance,
+                silent,
+                self.last_error,
+            )
+            if silent >= self.options.broker_timeout_s:
+                raise BrokerUnreachableError(
+                    f"lost the broker at {self.options.bootstrap}: no answer for "
+                    f"{silent:.0f} s ({self.last_error}); the open transaction is aborted, "
+                    "nothing after the last checkpoint is committed; run again when the "
+                    "broker is back"
+                ) from None
+
+    def close(self) -> None:
+        self._client.close()
 
 
 # --- start-up planning -----------------------------------------------------
@@ -1050,6 +1205,7 @@ class CombineRun:
         self.threads.append(AnnotatorThread(st, annot_inbox, writer_inbox, o))
         self.writer = WriterThread(st, writer_inbox, committer, o)
         self.threads.append(self.writer)
+        self.threads.append(ClaimWatcher(st, o, committer))
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 
@@ -1063,6 +1219,7 @@ class CombineRun:
         gc.freeze()
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 50, 1000)
+        health = BrokerHealth(self.options)
         try:
             while True:
                 writer = self.writer
@@ -1071,10 +1228,15 @@ class CombineRun:
                     break
                 writer.join(0.2)
                 status.maybe_print()
+                try:
+                    health.check()
+                except BrokerUnreachableError as exc:
+                    self.state.fail(exc)
         finally:
             self.state.stop.set()
             for t in self.threads:
                 t.join(_JOIN_TIMEOUT_S)
+            health.close()
             gc.set_threshold(*thresholds)
             gc.unfreeze()
             status.maybe_print(final=True)
@@ -1257,7 +1419,7 @@ def mappings_command(args: argparse.Namespace) -> int:
                 if batch.closed:
                     finished = True
             if finished or stopping:
-                if not isinstance(state.failure, CheckpointError):
+                if state.failure is None:
                     committer.commit(reopen=False)
                 break
             if committer.due():

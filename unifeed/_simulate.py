@@ -50,7 +50,6 @@ import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
@@ -61,7 +60,7 @@ import msgspec
 from ._errors import ConfigError
 from ._records import CONTROLSTREAM, SURFACESTREAM
 
-__all__ = ["Simulation", "iter_traffic", "parse_time_ms", "simulate", "write_simulation"]
+__all__ = ["Simulation", "iter_traffic", "simulate", "write_simulation"]
 
 _SECOND: Final = 1000
 _MINUTE: Final = 60 * _SECOND
@@ -913,8 +912,8 @@ def _segments(keys: list[_Key]) -> tuple[list[int], list[int]]:
 
 
 def _check_arguments(minutes: float, airports: int, rate: float, start_ms: int) -> None:
-    if not minutes > 0:
-        raise ValueError(f"minutes must be > 0, got {minutes}")
+    if not (minutes > 0 and math.isfinite(minutes)):
+        raise ValueError(f"minutes must be a positive number, got {minutes}")
     if not 2 <= airports <= MAX_AIRPORTS:
         raise ValueError(f"airports must be between 2 and {MAX_AIRPORTS}, got {airports}")
     if not (rate > 0 and math.isfinite(rate)):
@@ -966,19 +965,16 @@ def simulate(
     """
     control: list[bytes] = []
     surface: list[bytes] = []
-    counts: dict[str, dict[str, int]] = {CONTROLSTREAM: {}, SURFACESTREAM: {}}
     for feed, _, line in iter_traffic(
         seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
     ):
         (control if feed == CONTROLSTREAM else surface).append(line)
-    for feed, lines in ((CONTROLSTREAM, control), (SURFACESTREAM, surface)):
-        counts[feed] = _count_types(lines)
     return Simulation(
         start_ms=start_ms,
         end_ms=start_ms + round(minutes * _MINUTE),
         controlstream=control,
         surfacestream=surface,
-        counts=counts,
+        counts={CONTROLSTREAM: _count_types(control), SURFACESTREAM: _count_types(surface)},
     )
 
 
@@ -1019,27 +1015,6 @@ def write_simulation(
 # -- command line -----------------------------------------------------------
 
 
-def parse_time_ms(text: str) -> int:
-    """Epoch milliseconds from epoch milliseconds or an ISO-8601 time (UTC when no zone).
-
-    >>> parse_time_ms("1700000000000"), parse_time_ms("2023-11-14T22:13:20Z")
-    (1700000000000, 1700000000000)
-    """
-    t = text.strip()
-    if t.isdigit():
-        return int(t)
-    try:
-        when = datetime.fromisoformat(t)
-    except ValueError:
-        raise ValueError(
-            f"expected epoch milliseconds or an ISO-8601 time like 2024-05-01T12:00:00Z, "
-            f"got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-
-
 def _write_streaming(
     out_dir: Path, *, seed: int, minutes: float, airports: int, rate: float, start_ms: int
 ) -> dict[str, tuple[int, int]]:
@@ -1075,22 +1050,27 @@ def _write_streaming(
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ._cli_kafka import parse_time_ms  # the CLI's one reading of times
+
+    start_ms = parse_time_ms(args.start, "--start")
     try:
-        start_ms = parse_time_ms(args.start)
         _check_arguments(args.minutes, args.airports, args.rate, start_ms)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
-    stats = _write_streaming(
-        out_dir,
-        seed=args.seed,
-        minutes=args.minutes,
-        airports=args.airports,
-        rate=args.rate,
-        start_ms=start_ms,
-    )
+    try:
+        stats = _write_streaming(
+            out_dir,
+            seed=args.seed,
+            minutes=args.minutes,
+            airports=args.airports,
+            rate=args.rate,
+            start_ms=start_ms,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
     seconds = args.minutes * 60
     for feed, (lines, size) in stats.items():
         print(

@@ -1,0 +1,240 @@
+"""The process under measurement in the Kafka benchmarks (one run, then exit).
+
+    python -m benchmarks._kafka_driver unifeed     --bootstrap B --control T --surface T \\
+        --output T --stop-at PITR --instance I --checkpoint-topic C
+    python -m benchmarks._kafka_driver passthrough --bootstrap B --control T --surface T \\
+        --output T --expect-control N --expect-surface N
+
+``unifeed`` runs `CombineRun` (exactly-once, the defaults of ``unifeed combine``) until its
+readers pass ``--stop-at``; ``passthrough`` is the peer: one thread, one consumer per input,
+``consume(num_messages=...)`` and one ``produce`` per record, no decoding.
+
+Stdout carries, for the loader in the parent: ``H <pid>`` first, then ``P <control next
+offset> <surface next offset> <output count>`` every few milliseconds, then one ``R <json>`` line with the
+result: timings, counters, CPU per thread, peak RSS. A small reporter thread writes the
+``P`` lines and samples per-thread CPU from ``/proc``; it wakes every 5 ms and holds the
+GIL for a few microseconds each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from unifeed._kafkautil import Target, consumer_config, producer_config
+from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+from unifeed._runtime import CombineRun, FeedReader, RuntimeOptions
+
+_REPORT_S = 0.005
+_CPU_SAMPLE_S = 0.1
+_TICK = os.sysconf("SC_CLK_TCK")
+_READ_BATCH = 5000  # as unifeed's readers
+_DEADLINE_S = 1800.0
+
+
+class Reporter(threading.Thread):
+    """Writes progress lines and keeps the CPU seconds of every thread seen."""
+
+    def __init__(self, progress: Callable[[], tuple[int, int, int]]) -> None:
+        super().__init__(name="bench-reporter", daemon=True)
+        self.progress = progress
+        self.stop = threading.Event()
+        self.cpu: dict[int, tuple[str, float]] = {}
+
+    def run(self) -> None:
+        next_cpu = 0.0
+        while not self.stop.wait(_REPORT_S):
+            c, s, out = self.progress()
+            os.write(1, b"P %d %d %d\n" % (c, s, out))
+            now = time.monotonic()
+            if now >= next_cpu:
+                self.sample_cpu()
+                next_cpu = now + _CPU_SAMPLE_S
+
+    def sample_cpu(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid_text in os.listdir("/proc/self/task"):
+            tid = int(tid_text)
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # the thread ended
+            comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+            self.cpu[tid] = (names.get(tid, self.cpu.get(tid, ("", 0.0))[0]) or comm, seconds)
+
+    def cpu_by_thread(self) -> dict[str, float]:
+        """CPU seconds by thread name; librdkafka's threads (``rdk:*``) summed by name."""
+        self.sample_cpu()
+        out: dict[str, float] = {}
+        for name, seconds in self.cpu.values():
+            out[name] = round(out.get(name, 0.0) + seconds, 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _peak_rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
+    options = RuntimeOptions(
+        bootstrap=args.bootstrap,
+        instance=args.instance,
+        checkpoint_topic=args.checkpoint_topic,
+        stop_at=args.stop_at,
+        status_interval_s=0.0,
+    )
+    run = CombineRun(
+        options,
+        control=Target(args.control),
+        surface=Target(args.surface),
+        output=Target(args.output),
+    )
+    started = time.perf_counter()
+    run.setup()
+    readers = {t.feed: t for t in run.threads if isinstance(t, FeedReader)}
+    control, surface = readers[CONTROLSTREAM], readers[SURFACESTREAM]
+    counters = run.state.counters
+
+    def progress() -> tuple[int, int, int]:
+        return control.next_offset, surface.next_offset, counters.get("out", 0)
+
+    reporter = Reporter(progress)
+    reporter.start()
+    running = time.perf_counter()
+    code = run.run()
+    finished = time.perf_counter()
+    reporter.stop.set()
+    reporter.join(5)
+    return {
+        "exit_code": code,
+        "setup_s": running - started,
+        "run_s": finished - running,
+        "consumed": {CONTROLSTREAM: control.next_offset, SURFACESTREAM: surface.next_offset},
+        "out": counters.get("out", 0),
+        "counters": dict(counters),
+        "cpu_by_thread": reporter.cpu_by_thread(),
+    }
+
+
+def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
+    config = consumer_config(args.bootstrap)
+    # The same fetch settings as unifeed's readers.
+    config.setdefault("queued.max.messages.kbytes", 16_384)
+    config.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
+    producer_settings = producer_config(args.bootstrap)
+    producer_settings.setdefault("queue.buffering.max.messages", 500_000)
+    producer_settings.setdefault("queue.buffering.max.kbytes", 262_144)
+    started = time.perf_counter()
+    inputs = []
+    for topic, expect in ((args.control, args.expect_control), (args.surface, args.expect_surface)):
+        consumer = Consumer(config)
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        inputs.append([consumer, expect, 0])  # consumer, records expected, next offset
+    producer = Producer(producer_settings)
+    produce = producer.produce
+    output = args.output
+    out = 0
+    reporter = Reporter(lambda: (inputs[0][2], inputs[1][2], out))
+    reporter.start()
+    running = time.perf_counter()
+    deadline = running + _DEADLINE_S
+    try:
+        while any(state[2] < state[1] for state in inputs):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"passthrough: not done after {_DEADLINE_S:g} s")
+            idle = True
+            for state in inputs:
+                if state[2] >= state[1]:
+                    continue
+                messages = state[0].consume(num_messages=_READ_BATCH, timeout=0)
+                records = 0
+                for m in messages:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise RuntimeError(f"passthrough: {err.str()}")
+                    try:
+                        produce(output, m.value(), partition=0)
+                    except BufferError:
+                        producer.poll(0.05)
+                        produce(output, m.value(), partition=0)
+                    records += 1
+                # The inputs are fresh topics without transactions: offsets are contiguous.
+                state[2] += records
+                out += records
+                if records:
+                    idle = False
+            producer.poll(0)
+            if idle:
+                time.sleep(0.0005)
+        left = producer.flush(60)
+        if left:
+            raise RuntimeError(f"passthrough: {left} records not delivered after 60 s")
+    finally:
+        for state in inputs:
+            state[0].close()
+    finished = time.perf_counter()
+    reporter.stop.set()
+    reporter.join(5)
+    return {
+        "exit_code": 0,
+        "setup_s": running - started,
+        "run_s": finished - running,
+        "consumed": {CONTROLSTREAM: inputs[0][2], SURFACESTREAM: inputs[1][2]},
+        "out": out,
+        "counters": {},
+        "cpu_by_thread": reporter.cpu_by_thread(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._kafka_driver")
+    parser.add_argument("kind", choices=("unifeed", "passthrough"))
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--control", required=True)
+    parser.add_argument("--surface", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--stop-at", type=int)
+    parser.add_argument("--instance", default="bench")
+    parser.add_argument("--checkpoint-topic", default="bench.checkpoints")
+    parser.add_argument("--expect-control", type=int, default=0)
+    parser.add_argument("--expect-surface", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.write(1, b"H %d\n" % os.getpid())  # the pid to watch (a profiler may sit between)
+    if args.kind == "unifeed":
+        if args.stop_at is None:
+            parser.error("unifeed needs --stop-at")
+        result = run_unifeed(args)
+    else:
+        result = run_passthrough(args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(
+        kind=args.kind,
+        cpu_user_s=usage.ru_utime,
+        cpu_sys_s=usage.ru_stime,
+        peak_rss_kb=_peak_rss_kb(),
+    )
+    sys.stdout.flush()
+    os.write(1, b"R " + msgspec.json.encode(result) + b"\n")
+    return int(result["exit_code"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

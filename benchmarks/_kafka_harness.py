@@ -1,0 +1,344 @@
+"""Runs one measured process against the embedded broker while a loader keeps its inputs fed.
+
+The embedded broker keeps only 5 MB per partition (older records are dropped), so a
+backlog of a million records cannot be loaded up front. The `Loader` runs in the test
+process and produces each input a bounded distance ahead of the measured process's
+readers: it reads their positions (next offset per input) from the ``P`` lines the driver
+writes every 5 ms, and tops each input up while less than ``budget_bytes`` of record values
+(uncompressed; lz4 on the wire makes them 3-4x smaller) are waiting there. The loader
+produces with ``produce_batch`` (no per-record timestamps, so CreateTime is the load time;
+nothing in a run that starts from the earliest offset reads it), which keeps its own CPU
+use low on a 2-core machine where it competes with the process under measurement.
+
+Profiling: with ``UNIFEED_BENCH_PYSPY`` set to a py-spy binary, each measured process runs
+under ``py-spy record`` (raw collapsed stacks, one file per run, in
+``UNIFEED_BENCH_PROFILE_DIR`` or the temporary directory); ``UNIFEED_BENCH_PYSPY_ARGS``
+adds options (e.g. ``--gil`` to sample only the thread holding the GIL, or ``--idle``).
+Numbers measured that way are slowed by the sampling and are not results.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from confluent_kafka import Producer
+
+from benchmarks._data import FEEDS, REPO, FeedSource
+from unifeed._kafkautil import producer_config
+from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+
+#: Record values waiting in an input ahead of its reader, at most (SPEC: broker keeps 5 MB).
+BUDGET_BYTES = 3 * 1024 * 1024
+_POLL_S = 0.002
+_RSS_SAMPLE_S = 0.1
+
+
+@dataclass
+class FeedState:
+    topic: str
+    source: FeedSource
+    produced: int = 0  # records produced (= next offset the loader writes)
+    produced_bytes: int = 0
+    consumed: int = 0  # the reader's next offset, as last reported
+    consumed_bytes: int = 0  # bytes of the chunks the reader has finished (a lower bound)
+    marks: deque[tuple[int, int]] = field(default_factory=deque)  # (chunk end, bytes to it)
+    pending: list[bytes] | None = None
+    exhausted: bool = False
+    starved_reports: int = 0  # progress reports that found the reader at the loader's end
+    max_ahead_bytes: int = 0
+
+    @property
+    def ahead_bytes(self) -> int:
+        return self.produced_bytes - self.consumed_bytes
+
+
+@dataclass
+class RunResult:
+    """One measured run: the driver's own report plus what the loader saw."""
+
+    kind: str
+    messages: int  # input records read (both feeds, keepalives included)
+    out: int
+    setup_s: float
+    run_s: float
+    peak_rss_mb: float
+    cpu_user_s: float
+    cpu_sys_s: float
+    cpu_by_thread: dict[str, float]
+    counters: dict[str, int]
+    rss_samples: list[tuple[float, int, float]]  # (s since start, records read, RSS MB)
+    starved_reports: dict[str, int]
+    max_ahead_mb: dict[str, float]
+    wall_s: float
+    loader_cpu_s: float  # the test process: loader and the embedded broker's threads
+    machine_busy: float  # share of all CPUs busy during the run (every process)
+
+    @property
+    def msgs_per_s(self) -> float:
+        return self.messages / self.run_s
+
+    def summary(self) -> dict[str, Any]:
+        """What goes into pytest-benchmark's ``extra_info`` (small, JSON)."""
+        return {
+            "kind": self.kind,
+            "messages": self.messages,
+            "out": self.out,
+            "msgs_per_s": round(self.msgs_per_s),
+            "run_s": round(self.run_s, 3),
+            "setup_s": round(self.setup_s, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "cpu_s": round(self.cpu_user_s + self.cpu_sys_s, 2),
+            "cpu_per_msg_us": round((self.cpu_user_s + self.cpu_sys_s) / self.messages * 1e6, 2),
+            "cpu_by_thread_s": self.cpu_by_thread,
+            "starved_reports": self.starved_reports,
+            "max_ahead_mb": self.max_ahead_mb,
+            "loader_and_broker_cpu_s": round(self.loader_cpu_s, 2),
+            "machine_busy": round(self.machine_busy, 3),
+        }
+
+
+class Loader:
+    """Produces the inputs of one run, keeping each at most ``budget_bytes`` ahead."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: dict[str, str],
+        sources: dict[str, FeedSource],
+        budget_bytes: int = BUDGET_BYTES,
+    ) -> None:
+        config = producer_config(bootstrap)
+        config.setdefault("queue.buffering.max.kbytes", 65_536)
+        self.producer = Producer(config)
+        self.budget = budget_bytes
+        self.feeds = {feed: FeedState(topics[feed], sources[feed]) for feed in FEEDS}
+
+    def top_up(self) -> None:
+        for st in self.feeds.values():
+            while not st.exhausted:
+                chunk = st.pending if st.pending is not None else st.source.next_chunk()
+                if chunk is None:
+                    st.exhausted = True
+                    break
+                size = sum(map(len, chunk))
+                if st.ahead_bytes + size > self.budget and st.produced > st.consumed:
+                    st.pending = chunk
+                    break
+                st.pending = None
+                self._produce(st.topic, chunk)
+                st.produced += len(chunk)
+                st.produced_bytes += size
+                st.marks.append((st.produced, st.produced_bytes))
+                st.max_ahead_bytes = max(st.max_ahead_bytes, st.ahead_bytes)
+        self.producer.poll(0)
+
+    def _produce(self, topic: str, chunk: list[bytes]) -> None:
+        records = [{"value": value} for value in chunk]
+        for _attempt in range(1000):
+            queued = self.producer.produce_batch(topic, records, partition=0)
+            if queued == len(records):
+                return
+            failed = [r for r in records if "_error" in r]
+            if not failed:
+                return
+            records = [{"value": r["value"]} for r in failed]
+            self.producer.poll(0.01)
+        raise RuntimeError(f"loader: cannot queue records for {topic}")
+
+    def reader_at(self, feed: str, offset: int) -> None:
+        st = self.feeds[feed]
+        st.consumed = offset
+        while st.marks and st.marks[0][0] <= offset:
+            st.consumed_bytes = st.marks.popleft()[1]
+        if offset >= st.produced and not st.exhausted:
+            st.starved_reports += 1
+
+    def total(self) -> int:
+        return sum(st.source.total for st in self.feeds.values())
+
+    def close(self) -> None:
+        self.producer.flush(30)
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """``(busy, total)`` jiffies of all CPUs since boot (``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def _self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_measured(
+    kind: str,
+    bootstrap: str,
+    sources: dict[str, FeedSource],
+    *,
+    timeout_s: float,
+    budget_bytes: int = BUDGET_BYTES,
+) -> RunResult:
+    """Load fresh topics and run ``kind`` (``unifeed`` or ``passthrough``) over them."""
+    run_id = uuid.uuid4().hex[:10]
+    topics = {feed: f"bench-{run_id}-{feed}" for feed in FEEDS}
+    loader = Loader(bootstrap, topics, sources, budget_bytes)
+    loader.top_up()  # the topics exist, and hold a first budget, before the process starts
+    loader.producer.flush(30)
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks._kafka_driver",
+        kind,
+        "--bootstrap",
+        bootstrap,
+        "--control",
+        topics[CONTROLSTREAM],
+        "--surface",
+        topics[SURFACESTREAM],
+        "--output",
+        f"bench-{run_id}-out",
+    ]
+    if kind == "unifeed":
+        cmd += [
+            "--stop-at",
+            str(sources[CONTROLSTREAM].stop_at),
+            "--instance",
+            f"bench-{run_id}",
+            "--checkpoint-topic",
+            f"bench-{run_id}-checkpoints",
+        ]
+    else:
+        cmd += [
+            "--expect-control",
+            str(sources[CONTROLSTREAM].total),
+            "--expect-surface",
+            str(sources[SURFACESTREAM].total),
+        ]
+    profile = _profiler(kind, run_id)
+    if profile is not None:
+        cmd = [*profile, "--", *cmd]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    with tempfile.TemporaryFile() as stderr:
+        busy0, total0 = _cpu_jiffies()
+        cpu0 = _self_cpu_s()
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
+        try:
+            result, samples = _serve(proc, loader, started, timeout_s)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+            loader.close()
+        wall = time.monotonic() - started
+        loader_cpu = _self_cpu_s() - cpu0
+        busy1, total1 = _cpu_jiffies()
+        if proc.returncode != 0 or result is None:
+            stderr.seek(0)
+            tail = stderr.read()[-4000:].decode(errors="replace")
+            raise RuntimeError(f"{kind} run failed (exit code {proc.returncode}):\n{tail}")
+    consumed = result["consumed"]
+    return RunResult(
+        kind=kind,
+        messages=consumed[CONTROLSTREAM] + consumed[SURFACESTREAM],
+        out=result["out"],
+        setup_s=result["setup_s"],
+        run_s=result["run_s"],
+        peak_rss_mb=result["peak_rss_kb"] / 1024,
+        cpu_user_s=result["cpu_user_s"],
+        cpu_sys_s=result["cpu_sys_s"],
+        cpu_by_thread=result["cpu_by_thread"],
+        counters=result["counters"],
+        rss_samples=samples,
+        starved_reports={f: st.starved_reports for f, st in loader.feeds.items()},
+        max_ahead_mb={f: round(st.max_ahead_bytes / 2**20, 2) for f, st in loader.feeds.items()},
+        wall_s=wall,
+        loader_cpu_s=loader_cpu,
+        machine_busy=(busy1 - busy0) / max(1, total1 - total0),
+    )
+
+
+def _profiler(kind: str, run_id: str) -> list[str] | None:
+    binary = os.environ.get("UNIFEED_BENCH_PYSPY", "").strip()
+    if not binary:
+        return None
+    where = os.environ.get("UNIFEED_BENCH_PROFILE_DIR", "").strip() or tempfile.gettempdir()
+    os.makedirs(where, exist_ok=True)
+    out = os.path.join(where, f"pyspy-{kind}-{run_id}.txt")
+    extra = shlex.split(os.environ.get("UNIFEED_BENCH_PYSPY_ARGS", ""))
+    options = ["--threads", "--nonblocking", "--rate", "200", "--format", "raw"]
+    return [binary, "record", *options, "--output", out, *extra]
+
+
+def _serve(
+    proc: subprocess.Popen[bytes], loader: Loader, started: float, timeout_s: float
+) -> tuple[dict[str, Any] | None, list[tuple[float, int, float]]]:
+    """Feed the process until it closes its stdout; its result and the RSS samples."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    deadline = started + timeout_s
+    buffer = b""
+    result: dict[str, Any] | None = None
+    samples: list[tuple[float, int, float]] = []
+    read_so_far = 0
+    pid = proc.pid
+    next_sample = started
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            raise TimeoutError(f"the measured run is not finished after {timeout_s:g} s")
+        ready, _, _ = select.select([fd], [], [], _POLL_S)
+        if ready:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                break
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.startswith(b"H "):
+                    pid = int(line[2:])
+                elif line.startswith(b"P "):
+                    control, surface, _out = (int(x) for x in line.split()[1:4])
+                    loader.reader_at(CONTROLSTREAM, control)
+                    loader.reader_at(SURFACESTREAM, surface)
+                    read_so_far = control + surface
+                elif line.startswith(b"R "):
+                    result = msgspec.json.decode(line[2:])
+        loader.top_up()
+        if now >= next_sample:
+            rss = _rss_mb(pid)
+            if rss is not None:
+                samples.append((round(now - started, 3), read_so_far, round(rss, 1)))
+            next_sample = now + _RSS_SAMPLE_S
+    return result, samples

@@ -1,0 +1,177 @@
+"""End-to-end catch-up on the embedded broker: unifeed vs a raw passthrough, and memory.
+
+Both contenders run as a separate process (`benchmarks._kafka_driver`) on the same broker,
+fed by the same loader (`benchmarks._kafka_harness`), in alternate rounds of one session:
+
+* peer: consume -> produce, one record at a time, no decoding, no transactions;
+* subject: unifeed's `CombineRun` with ``--delivery exactly-once`` (the default), reading
+  both feeds from the earliest offset and stopping at the last ``pitr`` (``--stop-at``).
+
+Targets: unifeed >= 300,000 msgs/s (reported, not asserted: it is a wall-clock number) and
+>= 0.6x the passthrough's msgs/s (asserted). msgs/s = input records read / seconds from the
+start of the run loop (after start-up) to the end of its last commit or flush.
+
+Memory: 5,000,000 records in which one feed has 100x the other's rate; the RSS of the
+combine process must stay flat and at most 250 MB.
+
+Select with ``-m kafka_bench``; each wait is bounded (a run fails after its timeout).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from benchmarks._data import KafkaTraffic, cycle, materialize
+from benchmarks._kafka_harness import RunResult, run_measured
+from benchmarks._peers import SUMMARY, env_int
+from unifeed._broker import EmbeddedBroker
+from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+
+pytestmark = pytest.mark.kafka_bench
+
+THROUGHPUT_TARGET = 300_000
+RATIO_TARGET = 0.6
+RSS_LIMIT_MB = 250.0
+#: RSS in the second half of the memory run may exceed the first half's peak by this much.
+RSS_GROWTH_MB = 16.0
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    with EmbeddedBroker() as embedded:
+        yield embedded.bootstrap_servers
+
+
+def _timeout_s(messages: int) -> float:
+    """Generous: a run slower than 10,000 msgs/s is broken, not slow."""
+    return 60.0 + messages / 10_000
+
+
+def _unified_count(traffic: KafkaTraffic) -> int:
+    return sum(
+        1
+        for f in traffic.feeds.values()
+        for line in f.lines
+        if not line.startswith(b'{"type":"keepalive"')
+    )
+
+
+@pytest.mark.benchmark(group="kafka-catchup")
+def test_kafka_catchup_vs_passthrough(
+    benchmark: Any, broker: str, kafka_traffic: KafkaTraffic
+) -> None:
+    rounds = env_int("UNIFEED_BENCH_KAFKA_ROUNDS", 3)
+    total = sum(len(f) for f in kafka_traffic.feeds.values())
+    timeout = _timeout_s(total)
+    peer: list[RunResult] = []
+    subject: list[RunResult] = []
+
+    def passthrough_round() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        peer.append(
+            run_measured("passthrough", broker, materialize(kafka_traffic), timeout_s=timeout)
+        )
+        return (), {}
+
+    def unifeed_round() -> RunResult:
+        result = run_measured("unifeed", broker, materialize(kafka_traffic), timeout_s=timeout)
+        subject.append(result)
+        return result
+
+    benchmark.pedantic(unifeed_round, setup=passthrough_round, rounds=rounds, warmup_rounds=0)
+
+    expected_out = _unified_count(kafka_traffic)
+    for r in subject:
+        assert r.out == expected_out, f"unifeed wrote {r.out} records, expected {expected_out}"
+    for r in peer:
+        assert r.out == total + 2  # and the two keepalives that end the run
+    rate = statistics.median(r.msgs_per_s for r in subject)
+    peer_rate = statistics.median(r.msgs_per_s for r in peer)
+    ratio = rate / peer_rate
+    paired = statistics.median(
+        s.msgs_per_s / p.msgs_per_s for s, p in zip(subject, peer, strict=True)
+    )
+    peak_rss = max(r.peak_rss_mb for r in subject)
+    benchmark.extra_info.update(
+        messages=total,
+        msgs_per_s=round(rate),
+        peer="passthrough",
+        peer_msgs_per_s=round(peer_rate),
+        ratio=round(ratio, 3),
+        ratio_paired_median=round(paired, 3),
+        ratio_target=RATIO_TARGET,
+        throughput_target=THROUGHPUT_TARGET,
+        throughput_target_met=rate >= THROUGHPUT_TARGET,
+        peak_rss_mb=round(peak_rss, 1),
+        peer_peak_rss_mb=round(max(r.peak_rss_mb for r in peer), 1),
+        unifeed_runs=[r.summary() for r in subject],
+        passthrough_runs=[r.summary() for r in peer],
+    )
+    SUMMARY.append(
+        f"Kafka catch-up ({total:,} records, {rounds} rounds): unifeed {rate:,.0f} msgs/s vs "
+        f"passthrough {peer_rate:,.0f} msgs/s: ratio {ratio:.3f} (paired {paired:.3f}); "
+        f"{'meets' if rate >= THROUGHPUT_TARGET else 'misses'} {THROUGHPUT_TARGET:,} msgs/s; "
+        f"unifeed peak RSS {peak_rss:.0f} MB"
+    )
+    assert ratio >= RATIO_TARGET, (
+        f"unifeed reads {rate:,.0f} msgs/s, {ratio:.2f}x the passthrough's {peer_rate:,.0f} "
+        f"(target >= {RATIO_TARGET}x)"
+    )
+
+
+@pytest.mark.benchmark(group="kafka-memory")
+@pytest.mark.parametrize(
+    "heavy", [CONTROLSTREAM, SURFACESTREAM], ids=["control-100x", "surface-100x"]
+)
+def test_kafka_memory_flat(
+    benchmark: Any, broker: str, kafka_traffic: KafkaTraffic, heavy: str
+) -> None:
+    total = env_int("UNIFEED_BENCH_MEMORY_MESSAGES", 5_000_000)
+    light = SURFACESTREAM if heavy == CONTROLSTREAM else CONTROLSTREAM
+    keep_every = max(
+        1, round(100 * len(kafka_traffic.feeds[light]) / len(kafka_traffic.feeds[heavy]))
+    )
+    pool = kafka_traffic.thinned(light, keep_every)
+    sources = cycle(pool, total)
+
+    result: RunResult = benchmark.pedantic(
+        lambda: run_measured("unifeed", broker, sources, timeout_s=_timeout_s(total)),
+        rounds=1,
+        warmup_rounds=0,
+    )
+
+    read = result.messages
+    rate_ratio = sources[heavy].total / sources[light].total
+    samples = [(t, n, rss) for t, n, rss in result.rss_samples if n > 0]
+    early = [rss for _, n, rss in samples if 0.1 * read <= n < 0.5 * read]
+    late = [rss for _, n, rss in samples if n >= 0.5 * read]
+    assert early and late, f"too few RSS samples: {result.rss_samples[:5]}..."
+    growth = max(late) - max(early)
+    benchmark.extra_info.update(
+        heavy_feed=heavy,
+        rate_ratio=round(rate_ratio, 1),
+        run=result.summary(),
+        rss_limit_mb=RSS_LIMIT_MB,
+        rss_early_peak_mb=max(early),
+        rss_late_peak_mb=max(late),
+        rss_growth_mb=round(growth, 1),
+        # Every 10th sample: (seconds, records read, RSS MB).
+        rss_samples=result.rss_samples[::10],
+    )
+    SUMMARY.append(
+        f"Kafka memory ({read:,} records, {heavy} {rate_ratio:.0f}x the other): peak RSS "
+        f"{result.peak_rss_mb:.0f} MB (limit {RSS_LIMIT_MB:.0f}); first-half peak "
+        f"{max(early):.0f} MB, second-half peak {max(late):.0f} MB; "
+        f"{result.msgs_per_s:,.0f} msgs/s"
+    )
+    assert 90 <= rate_ratio <= 110
+    assert result.peak_rss_mb <= RSS_LIMIT_MB, (
+        f"peak RSS {result.peak_rss_mb:.0f} MB > {RSS_LIMIT_MB:.0f} MB"
+    )
+    assert growth <= RSS_GROWTH_MB, (
+        f"RSS grew by {growth:.0f} MB between the first and the second half of the run "
+        f"(at most {RSS_GROWTH_MB:.0f} MB): memory is not flat"
+    )

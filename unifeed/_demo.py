@@ -1,0 +1,1131 @@
+"""``unifeed demo``: the whole pipeline on the embedded broker, with an outage, verified.
+
+What it does, in well under a minute with the defaults:
+
+1. starts the embedded broker in a child process (``unifeed broker``), so that the
+   real commands can connect to it like to any Kafka cluster;
+2. simulates traffic (`unifeed._simulate`) and plays it into ``controlstream`` and
+   ``surfacestream`` **as real time, time-compressed**: simulated time is squeezed by
+   ``--speed`` into wall time starting now (``pitr' = t0 + (pitr - t0) / speed``, and
+   ``clock`` likewise), and each message is produced when the wall clock reaches its
+   new ``pitr``. So ``pitr`` stays at the wall clock, and ``combine`` sees a live feed
+   (real-time mode), while eight simulated minutes pass in thirty seconds;
+3. runs ``unifeed mappings`` and ``unifeed combine --strict-order`` as subprocesses,
+   exactly as a user would (``python -m unifeed._cli ...``);
+4. kills ``combine`` with SIGKILL part way through (an outage) while the traffic keeps
+   coming, restarts it, and lets it catch up from its checkpoint: the backlog is older
+   than the real-time threshold (5 s here), so it is processed in catch-up mode;
+5. ends the traffic with keepalives past ``--stop-at``, so ``combine`` finishes by
+   itself, then checks the output: ``unifeed dump`` of the output topic must equal,
+   byte for byte, what the file pipeline (`unify_lines`) makes of exactly the messages
+   that were loaded - ordered, complete, nothing twice; every annotated ground position
+   carries at least its flight's access; ``dump --audience public`` shows nothing
+   restricted or blocked.
+
+Why the live output can be compared byte for byte: with ``--strict-order``, every feed
+is required in real time as well as in catch-up, so ``combine`` waits for
+surfacestream's next message or keepalive before emitting anything after it. The
+output is then always the stable merge by ``(pitr, feed)``, the file pipeline's order,
+whatever the timing of threads, the outage, or the mode. Without it, a surface message
+that arrives after a later control message is emitted late (and counted) instead.
+
+The progress display on stderr (one line redrawn in place on a terminal, plain lines
+otherwise) shows the traffic rates and ``combine``'s own status lines: mode, output
+rate, lag per feed, queue depths. The summary goes to stdout; the exit code is 0 only if
+every check passes. All sizes stay within the embedded broker's 5 MB per partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+
+from ._broker import spawn_broker_process
+from ._cli_pipeline import parse_duration_ms
+from ._errors import ConfigError, KafkaRuntimeError, UnifeedError
+from ._kafkautil import Target, consumer_config, producer_config, watermarks
+from ._records import ACCESS_RANK, CONTROLSTREAM, SURFACESTREAM
+from ._simulate import iter_traffic
+from ._unify import unify_lines
+
+__all__ = [
+    "DemoOptions",
+    "Verdict",
+    "public_view",
+    "register",
+    "run_demo",
+    "verify_access",
+    "verify_audience",
+    "verify_output",
+]
+
+TOPICS: Final[dict[str, str]] = {
+    CONTROLSTREAM: "controlstream",
+    SURFACESTREAM: "surfacestream",
+}
+MAPPING_TOPIC: Final = "mappingstream"
+OUTPUT_TOPIC: Final = "unified"
+COMBINE_INSTANCE: Final = "demo-combine"
+MAPPINGS_INSTANCE: Final = "demo-mappings"
+
+#: Estimated lz4 ratio of simulated JSON lines on the broker (measured: 3 to 4).
+_LZ4_RATIO: Final = 2.5
+#: What one partition of the embedded broker keeps before dropping the oldest.
+_RETENTION_BYTES: Final = 5_000_000
+_TICK_S: Final = 0.25
+_STATUS_INTERVAL_S: Final = 0.2
+_TRAILING_KEEPALIVES: Final = 3
+_SUBPROCESS_START_S: Final = 30.0
+_STOP_S: Final = 10.0
+
+_TIME_FIELD: Final = re.compile(rb'"(pitr|clock)":(-?\d+)')
+
+
+# --- options ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `run_demo` plays. ``outage_s`` None picks one that shows a catch-up."""
+
+    seed: int = 1
+    minutes: float = 8.0
+    speed: float = 16.0
+    airports: int = 3
+    rate: float = 10.0
+    outage_s: float | None = None
+    realtime_threshold_ms: int = 5_000
+    keep_broker: bool = False
+
+    @property
+    def playback_s(self) -> float:
+        """Wall-clock seconds the traffic takes to play."""
+        return self.minutes * 60 / self.speed
+
+    def check(self) -> None:
+        if not self.minutes > 0:
+            raise ConfigError(f"--minutes must be > 0, got {self.minutes:g}")
+        if not self.speed > 0:
+            raise ConfigError(f"--speed must be > 0, got {self.speed:g}")
+        if self.playback_s > 600:
+            raise ConfigError(
+                f"--minutes {self.minutes:g} at --speed {self.speed:g} plays for "
+                f"{self.playback_s:.0f} s; the demo plays at most 600 s (raise --speed)"
+            )
+        if self.outage_s is not None and not 0 <= self.outage_s < self.playback_s:
+            raise ConfigError(
+                f"--outage must be between 0 and the playback time "
+                f"({self.playback_s:.1f} s), got {self.outage_s:g}"
+            )
+        if self.realtime_threshold_ms < 1000:
+            raise ConfigError("--realtime-threshold must be at least 1s")
+
+    def outage(self) -> float:
+        """The outage length: long enough that the backlog is older than the threshold."""
+        if self.outage_s is not None:
+            return self.outage_s
+        wanted = max(self.realtime_threshold_ms / 1000 + 3.0, 0.25 * self.playback_s)
+        return min(wanted, 0.5 * self.playback_s)
+
+
+# --- traffic ---------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def compress_time(line: bytes, base: int, t0: int, speed: float) -> bytes:
+    """``pitr`` and ``clock`` of one simulated line moved to ``t0``, ``speed`` times faster.
+
+    >>> compress_time(b'{"type":"position","pitr":1016,"clock":996}', 1000, 50, 8)
+    b'{"type":"position","pitr":52,"clock":49}'
+    """
+
+    def move(match: re.Match[bytes]) -> bytes:
+        value = int(match.group(2))
+        return b'"%s":%d' % (match.group(1), t0 + int((value - base) // speed))
+
+    return _TIME_FIELD.sub(move, line)
+
+
+def _keepalive(pitr: int) -> bytes:
+    return b'{"type":"keepalive","pitr":%d}' % pitr
+
+
+@dataclass
+class Traffic:
+    """The messages to play, in play order, with their (compressed) pitr."""
+
+    events: list[tuple[str, int, bytes]]
+    end_pitr: int
+
+    def lines(self, feed: str) -> list[bytes]:
+        return [line for f, _, line in self.events if f == feed]
+
+    def size(self, feed: str) -> int:
+        return sum(len(line) for f, _, line in self.events if f == feed)
+
+
+def simulate_traffic(options: DemoOptions, base: int) -> list[tuple[str, int, bytes]]:
+    """The simulated messages, ``(feed, pitr, line)`` in play order, starting at ``base``."""
+    try:
+        return list(
+            iter_traffic(
+                seed=options.seed,
+                minutes=options.minutes,
+                airports=options.airports,
+                rate=options.rate,
+                start_ms=base,
+            )
+        )
+    except ValueError as exc:  # the simulator's own argument checks
+        raise ConfigError(str(exc)) from None
+
+
+def check_size(simulated: Iterable[tuple[str, int, bytes]]) -> None:
+    """`ConfigError` unless the output (both feeds) fits one partition of the broker."""
+    total = sum(len(line) for _, _, line in simulated)
+    if total / _LZ4_RATIO > 0.8 * _RETENTION_BYTES:
+        raise ConfigError(
+            f"{total / 1e6:.1f} MB of output (about {total / _LZ4_RATIO / 1e6:.1f} MB "
+            "compressed) would not fit the embedded broker, which keeps 5 MB per partition; "
+            "lower --minutes, --rate or --airports"
+        )
+
+
+def compress_traffic(
+    simulated: Iterable[tuple[str, int, bytes]], base: int, t0: int, speed: float
+) -> Traffic:
+    """Simulated traffic moved to start at ``t0``, ``speed`` times faster, with the
+    trailing keepalives that close ``combine``'s inputs (past ``--stop-at``)."""
+    events = [
+        (feed, t0 + int((pitr - base) // speed), compress_time(line, base, t0, speed))
+        for feed, pitr, line in simulated
+    ]
+    end = max(pitr for _, pitr, _ in events)
+    # `unifeed mappings` forwards every control keepalive, so these close all three inputs.
+    for k in range(1, _TRAILING_KEEPALIVES + 1):
+        for feed in (CONTROLSTREAM, SURFACESTREAM):
+            events.append((feed, end + 1000 * k, _keepalive(end + 1000 * k)))
+    return Traffic(events=events, end_pitr=end)
+
+
+class TrafficPlayer(threading.Thread):
+    """Produces each message when the wall clock reaches its pitr (record timestamp = pitr)."""
+
+    def __init__(self, bootstrap: str, traffic: Traffic, stop: threading.Event) -> None:
+        super().__init__(name="demo-traffic", daemon=True)
+        self.bootstrap = bootstrap
+        self.traffic = traffic
+        self.stop = stop
+        self.produced: dict[str, int] = {CONTROLSTREAM: 0, SURFACESTREAM: 0}
+        self.behind_ms = 0
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self._failures: list[KafkaError] = []
+
+    def _on_failure(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(error)
+
+    def run(self) -> None:
+        try:
+            self._play()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    def _play(self) -> None:
+        config = producer_config(self.bootstrap, compression="lz4", linger_ms=5)
+        config.update({"delivery.report.only.error": True, "on_delivery": self._on_failure})
+        producer = Producer(config)
+        trailing_from = len(self.traffic.events) - 2 * _TRAILING_KEEPALIVES
+        for index, (feed, pitr, line) in enumerate(self.traffic.events):
+            if index >= trailing_from:
+                # The closing keepalives need not wait for their pitr.
+                if self.stop.wait(0.1):
+                    return
+            else:
+                ahead = pitr - _now_ms()
+                if ahead > 2:
+                    self.behind_ms = 0
+                    producer.poll(0)
+                    if self.stop.wait(ahead / 1000):
+                        return
+                else:
+                    self.behind_ms = max(-ahead, 0)
+            for _attempt in range(1000):
+                try:
+                    producer.produce(TOPICS[feed], line, partition=0, timestamp=pitr)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            else:
+                raise KafkaRuntimeError(f"the producer queue for {TOPICS[feed]} stayed full")
+            self.produced[feed] += 1
+            if self._failures:
+                raise KafkaRuntimeError(f"producing traffic failed: {self._failures[0].str()}")
+        if producer.flush(30):
+            raise KafkaRuntimeError("traffic not acknowledged by the broker within 30 s")
+        if self._failures:
+            raise KafkaRuntimeError(f"producing traffic failed: {self._failures[0].str()}")
+
+
+# --- the commands we run ---------------------------------------------------
+
+
+_STATUS_LINE: Final = re.compile(r"^unifeed combine \[[^\]]*\] (?P<mode>[\w-]+): (?P<rest>.*)$")
+_PAIR: Final = re.compile(r"([\w.-]+)=(\S+)")
+_LAG_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass
+class CombineStatus:
+    """One parsed status line of ``unifeed combine``."""
+
+    mode: str
+    at: float
+    out: int = 0
+    rate: float = 0.0
+    lag_s: dict[str, float] = field(default_factory=dict)
+    queues: dict[str, str] = field(default_factory=dict)
+    late: int = 0
+    dead: int = 0
+    commits: int = 0
+
+
+def parse_status(line: str, at: float = 0.0) -> CombineStatus | None:
+    """A combine status line as a `CombineStatus`, or None for any other line.
+
+    >>> s = parse_status("unifeed combine [a] catchup: out=1200 rate=3,400/s "
+    ...                  "controlstream-lag=7.5s surfacestream-lag=0.1m queues writer=1/2 "
+    ...                  "annotator=0/3 late=0 dead=1 commits=9")
+    >>> s.mode, s.out, s.rate, s.lag_s, s.queues["writer"], s.dead, s.commits
+    ('catchup', 1200, 3400.0, {'controlstream': 7.5, 'surfacestream': 6.0}, '1/2', 1, 9)
+    """
+    match = _STATUS_LINE.match(line.strip())
+    if match is None:
+        return None
+    status = CombineStatus(mode=match.group("mode"), at=at)
+    for key, value in _PAIR.findall(match.group("rest")):
+        with contextlib.suppress(ValueError):
+            if key.endswith("-lag") and value[-1:] in _LAG_UNITS:
+                status.lag_s[key[:-4]] = float(value[:-1]) * _LAG_UNITS[value[-1]]
+            elif key == "rate":
+                status.rate = float(value.removesuffix("/s").replace(",", ""))
+            elif key in ("out", "late", "dead", "commits"):
+                setattr(status, key, int(value))
+            elif "/" in value:
+                status.queues[key] = value
+    return status
+
+
+def _cli_environment() -> dict[str, str]:
+    """This interpreter's unifeed, and none of the user's UNIFEED_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class Command:
+    """One ``unifeed`` subprocess whose stderr is read (and parsed) by a thread."""
+
+    def __init__(self, name: str, arguments: Sequence[str]) -> None:
+        self.name = name
+        self.arguments = list(arguments)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "unifeed._cli", *arguments],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=_cli_environment(),
+        )
+        self.started = time.monotonic()
+        self.status: CombineStatus | None = None
+        self.statuses: list[CombineStatus] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self.warnings: collections.deque[str] = collections.deque()
+        self._reader = threading.Thread(target=self._read, name=f"demo-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self.process.stderr
+        if stream is None:
+            return
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            status = parse_status(line, time.monotonic())
+            if status is not None:
+                self.status = status
+                self.statuses.append(status)
+                continue
+            self.tail.append(line)
+            if " WARNING " in line or " ERROR " in line:
+                self.warnings.append(line)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no last commit."""
+        if self.running():
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=_STOP_S)
+        self._reader.join(timeout=_STOP_S)
+
+    def stop(self) -> int | None:
+        """SIGTERM (commit and exit), SIGKILL after a while; the exit code."""
+        if self.running():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=_STOP_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=_STOP_S)
+        self._reader.join(timeout=_STOP_S)
+        return self.process.returncode
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        self._reader.join(timeout=_STOP_S)
+        return code
+
+    def explain(self) -> str:
+        tail = "\n".join(f"    {line}" for line in list(self.tail)[-15:])
+        return f"unifeed {self.name} exited with {self.process.returncode}:\n{tail}"
+
+
+def run_cli(
+    arguments: Sequence[str], timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[bytes]:
+    """A short ``unifeed`` command (``dump``), bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "unifeed._cli", *arguments],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=_cli_environment(),
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def _high_watermark(bootstrap: str, topic: str) -> int:
+    """The end offset of ``topic`` partition 0; 0 while it does not exist."""
+    consumer = Consumer(consumer_config(bootstrap, fetch_wait_ms=10))
+    try:
+        return watermarks(consumer, Target(topic, 0))[1]
+    except (KafkaRuntimeError, KafkaException):
+        return 0
+    finally:
+        consumer.close()
+
+
+# --- display ---------------------------------------------------------------
+
+
+class Display:
+    """Progress on stderr: one line redrawn in place on a terminal, else a line every 2 s."""
+
+    def __init__(self, stream: IO[str], started: float) -> None:
+        self.stream = stream
+        self.started = started
+        self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
+        self.last_plain = 0.0
+        self.current = ""
+
+    def _stamp(self) -> str:
+        return f"[{time.monotonic() - self.started:5.1f}s]"
+
+    def progress(self, text: str) -> None:
+        line = f"demo {self._stamp()} {text}"
+        if self.tty:
+            width = shutil.get_terminal_size((120, 20)).columns
+            self.current = line[: max(width - 1, 20)]
+            self.stream.write("\r\x1b[2K" + self.current)
+            self.stream.flush()
+        elif time.monotonic() - self.last_plain >= 2.0:
+            self.last_plain = time.monotonic()
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def event(self, text: str) -> None:
+        line = f"demo {self._stamp()} {text}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line + "\n" + self.current)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.current:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+            self.current = ""
+
+
+_SHORT: Final = {CONTROLSTREAM: "ctl", SURFACESTREAM: "srf", "mappingstream": "map"}
+
+
+def _fmt_lag(seconds: float) -> str:
+    return f"{seconds:.1f}s" if abs(seconds) < 120 else f"{seconds / 60:.1f}m"
+
+
+# --- verification ----------------------------------------------------------
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """One check of the demo: its name, whether it passed, and the numbers behind it."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class _View(msgspec.Struct, gc=False):
+    type: Any = None
+    pitr: Any = None
+    id: Any = None
+    access: Any = None
+
+
+_view: Final = msgspec.json.Decoder(_View)
+_BLOCKED: Final = ACCESS_RANK["blocked"]
+
+
+def _decode(line: bytes) -> _View | None:
+    try:
+        return _view.decode(line)
+    except msgspec.DecodeError:
+        return None
+
+
+def _rank(value: object) -> int:
+    return ACCESS_RANK.get(value, _BLOCKED) if isinstance(value, str) else _BLOCKED
+
+
+def verify_output(got: Sequence[bytes], expected: Sequence[bytes]) -> list[Verdict]:
+    """Ordered, complete, no duplicates, identical to the file pipeline's output.
+
+    >>> [v.ok for v in verify_output([b'{"pitr":1}', b'{"pitr":2}'], [b'{"pitr":1}', b'{"pitr":2}'])]
+    [True, True, True, True]
+    >>> [v.ok for v in verify_output([b'{"pitr":2}', b'{"pitr":2}'], [b'{"pitr":1}', b'{"pitr":2}'])]
+    [False, True, False, False]
+    """
+    pitrs = [v.pitr if (v := _decode(line)) is not None else None for line in got]
+    backwards = sum(
+        1
+        for a, b in itertools.pairwise(pitrs)
+        if isinstance(a, int) and isinstance(b, int) and b < a
+    )
+    have, want = collections.Counter(got), collections.Counter(expected)
+    missing = sum((want - have).values())
+    extra = sum((have - want).values())
+    if list(got) == list(expected):
+        same = Verdict(
+            "identical to the file pipeline (unify_lines)",
+            True,
+            f"{len(got):,} messages, byte for byte",
+        )
+    else:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+            min(len(got), len(expected)),
+        )
+        same = Verdict(
+            "identical to the file pipeline (unify_lines)",
+            False,
+            f"{len(got):,} messages, expected {len(expected):,}; first difference at "
+            f"position {first}",
+        )
+    return [
+        same,
+        Verdict("ordered by pitr", backwards == 0, f"{backwards} steps backwards"),
+        Verdict(
+            "complete", missing == 0, f"{len(expected) - missing:,} of {len(expected):,} present"
+        ),
+        Verdict("nothing duplicated", extra == 0, f"{extra} extra copies"),
+    ]
+
+
+@dataclass
+class AccessReport:
+    """Ground positions in the output and how their access compares with their flight's."""
+
+    ground_positions: int = 0
+    annotated: int = 0
+    weaker: int = 0
+    stronger: int = 0
+    restricted: int = 0
+    verdict: Verdict | None = None
+
+
+def verify_access(got: Iterable[bytes]) -> AccessReport:
+    """No annotated ground position carries an access weaker than its flight's at that point.
+
+    The flight's access is the one of its last ``flightplan`` earlier in the output
+    (``public`` when it has none).
+    """
+    report = AccessReport()
+    flight_access: dict[object, int] = {}
+    for line in got:
+        view = _decode(line)
+        if view is None:
+            continue
+        if view.type == "flightplan" and view.id is not None:
+            flight_access[view.id] = _rank("public" if view.access is None else view.access)
+        elif view.type == "ground_position":
+            report.ground_positions += 1
+            if view.id is None:
+                continue
+            report.annotated += 1
+            own = _rank(view.access)
+            flight = flight_access.get(view.id, ACCESS_RANK["public"])
+            if own < flight:
+                report.weaker += 1
+            elif own > flight:
+                report.stronger += 1
+            if own > ACCESS_RANK["public"]:
+                report.restricted += 1
+    report.verdict = Verdict(
+        "no access leak (annotated positions vs their flight)",
+        report.weaker == 0,
+        f"{report.annotated:,} annotated, {report.weaker} weaker than their flight, "
+        f"{report.restricted:,} restricted or blocked",
+    )
+    return report
+
+
+def public_view(got: Iterable[bytes]) -> list[bytes]:
+    """What an audience ``public`` may see of ``got`` (the rule of ``unifeed dump``)."""
+    visible: list[bytes] = []
+    flight_access: dict[object, int] = {}
+    public = ACCESS_RANK["public"]
+    for line in got:
+        view = _decode(line)
+        if view is None:
+            continue
+        if view.type == "flightplan" and view.id is not None:
+            flight_access[view.id] = _rank("public" if view.access is None else view.access)
+        if view.access is not None:
+            rank = _rank(view.access)
+        elif view.id is not None:
+            rank = flight_access.get(view.id, public)
+        else:
+            rank = public
+        if rank <= public:
+            visible.append(line)
+    return visible
+
+
+def verify_audience(got: Sequence[bytes], shown: Sequence[bytes]) -> Verdict:
+    """``dump --audience public`` shows exactly the public part and nothing stronger."""
+    strong = 0
+    for line in shown:
+        view = _decode(line)
+        if view is None or (view.access is not None and _rank(view.access) > 0):
+            strong += 1
+    expected = public_view(got)
+    ok = strong == 0 and list(shown) == expected
+    return Verdict(
+        "dump --audience public shows nothing restricted or blocked",
+        ok,
+        f"{len(shown):,} shown, {len(got) - len(shown):,} hidden, {strong} too strong"
+        + ("" if list(shown) == expected else f", expected {len(expected):,} shown"),
+    )
+
+
+# --- the run ---------------------------------------------------------------
+
+
+@dataclass
+class DemoReport:
+    """What happened, for the summary."""
+
+    loaded: dict[str, int] = field(default_factory=dict)
+    mappingstream: int = 0
+    output: int = 0
+    expected: int = 0
+    late: int = 0
+    dead_letters: int = 0
+    outage_s: float = 0.0
+    backlog: int = 0
+    catchup_s: float | None = None
+    catchup_until_end: bool = False
+    catchup_mode_seen: bool = False
+    access: AccessReport = field(default_factory=AccessReport)
+    verdicts: list[Verdict] = field(default_factory=list)
+    duration_s: float = 0.0
+    bootstrap: str = ""
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and bool(self.verdicts) and all(v.ok for v in self.verdicts)
+
+
+class _Run:
+    def __init__(self, options: DemoOptions, out: IO[str], err: IO[str]) -> None:
+        self.options = options
+        self.out = out
+        self.started = time.monotonic()
+        self.display = Display(err, self.started)
+        self.report = DemoReport()
+        self.stop = threading.Event()
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.player: TrafficPlayer | None = None
+        self.mappings: Command | None = None
+        self.combines: list[Command] = []
+        self.phase = "starting"
+        self.bootstrap = ""
+
+    # orchestration ---------------------------------------------------------
+
+    def execute(self) -> DemoReport:
+        o = self.options
+        budget = o.playback_s + 90.0
+        deadline = self.started + budget
+        base = _now_ms()
+        simulated = simulate_traffic(o, base)
+        check_size(simulated)  # before anything starts: a usage error, exit code 2
+        try:
+            self.display.event("starting the embedded broker (unifeed broker)")
+            self.broker, self.bootstrap = spawn_broker_process(timeout_s=_SUBPROCESS_START_S)
+            self.report.bootstrap = self.bootstrap
+            t0 = _now_ms() + 300
+            traffic = compress_traffic(simulated, base, t0, o.speed)
+            del simulated
+            self.display.event(
+                f"broker at {self.bootstrap}; playing {o.minutes:g} simulated minutes at "
+                f"{o.speed:g}x ({o.playback_s:.1f} s): "
+                f"{len(traffic.events) - 2 * _TRAILING_KEEPALIVES:,} messages, pitr = wall clock"
+            )
+            self.player = TrafficPlayer(self.bootstrap, traffic, self.stop)
+            self.player.start()
+            self._wait_for(
+                lambda: all(_high_watermark(self.bootstrap, t) > 0 for t in TOPICS.values()),
+                "traffic in both input topics",
+                15.0,
+            )
+            self.mappings = Command(
+                "mappings",
+                [
+                    "mappings",
+                    "--control", f"kafka:{TOPICS[CONTROLSTREAM]}",
+                    "--output", f"kafka:{MAPPING_TOPIC}",
+                    "--bootstrap-servers", self.bootstrap,
+                    "--instance", MAPPINGS_INSTANCE,
+                ],
+            )  # fmt: skip
+            self.display.event("started unifeed mappings (controlstream -> mappingstream)")
+            self._wait_for(
+                lambda: _high_watermark(self.bootstrap, MAPPING_TOPIC) > 0,
+                "the first mappingstream records",
+                _SUBPROCESS_START_S,
+                self.mappings,
+            )
+            combine_args = self._combine_args(traffic.end_pitr)
+            self.combines.append(Command("combine", combine_args))
+            self.display.event("started unifeed combine --strict-order (output: kafka:unified)")
+            playback_start = time.monotonic() - (_now_ms() - t0) / 1000
+            outage = o.outage()
+            if outage > 0:
+                kill_at = max(playback_start + 0.4 * o.playback_s, time.monotonic() + 2.0)
+                self._watch_until(kill_at, deadline)
+                backlog_from = dict(self.player.produced)
+                self.combines[-1].kill()
+                killed = time.monotonic()
+                self.phase = "OUTAGE"
+                self.display.event(
+                    f"SIGKILL combine: outage of {outage:.1f} s while traffic keeps coming"
+                )
+                self._watch_until(killed + outage, deadline)
+                self.report.outage_s = time.monotonic() - killed
+                self.report.backlog = sum(self.player.produced.values()) - sum(
+                    backlog_from.values()
+                )
+                self.combines.append(Command("combine", combine_args))
+                self.phase = "catch-up"
+                self.display.event(
+                    f"restarted combine after {self.report.outage_s:.1f} s: "
+                    f"{self.report.backlog:,} messages to catch up from its checkpoint"
+                )
+            self._watch_until_traffic_ends(deadline)
+            self.phase = "draining"
+            self.display.event("traffic over (keepalives past --stop-at sent); waiting for combine")
+            self._wait_for_combine(deadline)
+            self.phase = "verifying"
+            if self.mappings is not None:
+                self.mappings.stop()
+            self.display.event("combine finished; verifying the output")
+            self._verify(traffic)
+        except UnifeedError as exc:
+            self.report.failure = str(exc)
+        finally:
+            self.display.close()
+            self._shut_down()
+        self.report.duration_s = time.monotonic() - self.started
+        return self.report
+
+    def _combine_args(self, end_pitr: int) -> list[str]:
+        return [
+            "combine",
+            "--control", f"kafka:{TOPICS[CONTROLSTREAM]}",
+            "--surface", f"kafka:{TOPICS[SURFACESTREAM]}",
+            "--mapping", f"kafka:{MAPPING_TOPIC}",
+            "--output", f"kafka:{OUTPUT_TOPIC}",
+            "--bootstrap-servers", self.bootstrap,
+            "--instance", COMBINE_INSTANCE,
+            "--strict-order",
+            "--realtime-threshold", f"{self.options.realtime_threshold_ms}ms",
+            "--stop-at", str(end_pitr),
+            "--status-interval", str(_STATUS_INTERVAL_S),
+        ]  # fmt: skip
+
+    def _alive_or_fail(self) -> None:
+        if self.player is not None and self.player.error is not None:
+            raise KafkaRuntimeError(f"playing the traffic failed: {self.player.error}")
+        if self.mappings is not None and not self.mappings.running():
+            raise KafkaRuntimeError(self.mappings.explain())
+        if self.combines and not self.combines[-1].running() and self.phase != "OUTAGE":
+            code = self.combines[-1].process.returncode
+            if code != 0:
+                raise KafkaRuntimeError(self.combines[-1].explain())
+
+    def _wait_for(
+        self, ready: Callable[[], bool], what: str, timeout_s: float, command: Command | None = None
+    ) -> None:
+        limit = time.monotonic() + timeout_s
+        while time.monotonic() < limit:
+            self._alive_or_fail()
+            if ready():
+                return
+            if command is not None and not command.running():
+                raise KafkaRuntimeError(command.explain())
+            self._tick()
+        raise KafkaRuntimeError(f"no {what} within {timeout_s:g} s")
+
+    def _watch_until(self, until: float, deadline: float) -> None:
+        for _ in range(int((until - time.monotonic()) / _TICK_S) + 2):
+            if time.monotonic() >= until:
+                return
+            if time.monotonic() > deadline:
+                raise KafkaRuntimeError("the demo ran out of time")
+            self._alive_or_fail()
+            self._tick(min(_TICK_S, max(until - time.monotonic(), 0)))
+
+    def _watch_until_traffic_ends(self, deadline: float) -> None:
+        player = self.player
+        assert player is not None
+        while not player.finished.is_set():
+            if time.monotonic() > deadline:
+                raise KafkaRuntimeError("the traffic did not finish playing in time")
+            self._alive_or_fail()
+            self._tick()
+        if player.error is not None:
+            raise KafkaRuntimeError(f"playing the traffic failed: {player.error}")
+
+    def _wait_for_combine(self, deadline: float) -> None:
+        combine = self.combines[-1]
+        limit = min(deadline, time.monotonic() + 60.0)
+        while time.monotonic() < limit:
+            if self.mappings is not None and not self.mappings.running():
+                raise KafkaRuntimeError(self.mappings.explain())
+            code = combine.wait(_TICK_S)
+            if code is not None:
+                if code != 0:
+                    raise KafkaRuntimeError(combine.explain())
+                self._note_catchup(final=True)
+                return
+            self._tick(0)
+        raise KafkaRuntimeError(
+            "combine did not finish within 60 s of the end of the traffic "
+            "(it should stop at --stop-at)"
+        )
+
+    def _tick(self, sleep_s: float = _TICK_S) -> None:
+        if sleep_s > 0:
+            self.stop.wait(sleep_s)
+        self._note_catchup()
+        self.display.progress(self._progress_text())
+        for command in [*self.combines, *([self.mappings] if self.mappings else [])]:
+            while command.warnings:
+                self.display.event(f"{command.name}: {command.warnings.popleft()}")
+
+    def _note_catchup(self, final: bool = False) -> None:
+        """Time from the restart until combine is back in real time with a small lag."""
+        if len(self.combines) < 2 or self.report.catchup_s is not None:
+            return
+        restarted = self.combines[-1]
+        threshold = self.options.realtime_threshold_ms / 1000
+        for status in restarted.statuses:
+            if status.mode == "catchup":
+                self.report.catchup_mode_seen = True
+            if (
+                status.mode == "realtime"
+                and status.lag_s
+                and max(status.lag_s.values()) <= threshold
+            ):
+                self.report.catchup_s = status.at - restarted.started
+                self.phase = "live"
+                self.display.event(
+                    f"combine caught up {self.report.catchup_s:.1f} s after its restart"
+                )
+                return
+        if final:
+            self.report.catchup_s = time.monotonic() - restarted.started
+            self.report.catchup_until_end = True
+
+    def _progress_text(self) -> str:
+        parts = [f"{self.phase:<8}"]
+        if self.player is not None:
+            p = self.player.produced
+            parts.append(f"in ctl {p[CONTROLSTREAM]:,} srf {p[SURFACESTREAM]:,}")
+            if self.player.behind_ms > 500:
+                parts.append(f"(player {self.player.behind_ms / 1000:.1f}s behind)")
+        combine = self.combines[-1] if self.combines else None
+        status = combine.status if combine is not None else None
+        if combine is None or self.phase == "OUTAGE":
+            parts.append("| combine down" if self.phase == "OUTAGE" else "| combine not started")
+        elif status is None:
+            parts.append("| combine starting")
+        else:
+            if self.phase == "starting":
+                self.phase = "live"
+            lags = " ".join(
+                f"{_SHORT.get(feed, feed)} {_fmt_lag(lag)}"
+                for feed, lag in sorted(status.lag_s.items())
+            )
+            queues = " ".join(f"{k} {v}" for k, v in sorted(status.queues.items()))
+            parts.append(
+                f"| combine {status.mode} out {status.out:,} ({status.rate:,.0f}/s) "
+                f"lag {lags or '-'} | queues {queues or '-'} | late {status.late} "
+                f"dead {status.dead}"
+            )
+        return " ".join(parts)
+
+    # verification ----------------------------------------------------------
+
+    def _verify(self, traffic: Traffic) -> None:
+        control = traffic.lines(CONTROLSTREAM)
+        surface = traffic.lines(SURFACESTREAM)
+        self.report.loaded = {
+            CONTROLSTREAM: len(control),
+            SURFACESTREAM: len(surface),
+        }
+        expected, _unifier = unify_lines(control, surface)
+        self.report.expected = len(expected)
+        dumped = run_cli(["dump", f"kafka:{OUTPUT_TOPIC}", "--bootstrap-servers", self.bootstrap])
+        if dumped.returncode != 0:
+            raise KafkaRuntimeError(f"unifeed dump failed: {dumped.stderr.decode().strip()}")
+        got = dumped.stdout.splitlines()
+        self.report.output = len(got)
+        shown = run_cli(
+            [
+                "dump", f"kafka:{OUTPUT_TOPIC}", "--audience", "public",
+                "--bootstrap-servers", self.bootstrap,
+            ]
+        )  # fmt: skip
+        if shown.returncode != 0:
+            raise KafkaRuntimeError(f"unifeed dump failed: {shown.stderr.decode().strip()}")
+        self.report.mappingstream = _high_watermark(self.bootstrap, MAPPING_TOPIC)
+        self.report.dead_letters = _high_watermark(self.bootstrap, f"{OUTPUT_TOPIC}.dead-letter")
+        self.report.late = sum(c.statuses[-1].late for c in self.combines if c.statuses)
+        access = verify_access(got)
+        self.report.access = access
+        verdicts = verify_output(got, expected)
+        assert access.verdict is not None
+        verdicts.append(access.verdict)
+        verdicts.append(verify_audience(got, shown.stdout.splitlines()))
+        self.report.verdicts = verdicts
+
+    # shutting down ---------------------------------------------------------
+
+    def _shut_down(self) -> None:
+        self.stop.set()
+        if self.player is not None:
+            self.player.join(timeout=_STOP_S)
+        for command in self.combines:
+            if command.running():
+                command.kill()
+        if self.mappings is not None and self.mappings.running():
+            self.mappings.stop()
+        broker = self.broker
+        if broker is None:
+            return
+        if self.options.keep_broker and self.report.bootstrap:
+            return
+        broker.terminate()
+        try:
+            broker.wait(timeout=_STOP_S)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait(timeout=_STOP_S)
+
+
+def run_demo(
+    options: DemoOptions, out: IO[str] | None = None, err: IO[str] | None = None
+) -> DemoReport:
+    """Run the demo; the report (see the module docstring). Bounded in time."""
+    options.check()
+    return _Run(
+        options, sys.stdout if out is None else out, sys.stderr if err is None else err
+    ).execute()
+
+
+# --- summary ---------------------------------------------------------------
+
+
+def format_summary(options: DemoOptions, report: DemoReport, broker_pid: int | None = None) -> str:
+    """The summary table and the verification verdicts."""
+    ctl = report.loaded.get(CONTROLSTREAM, 0)
+    srf = report.loaded.get(SURFACESTREAM, 0)
+    a = report.access
+    share = f"{100 * a.annotated / a.ground_positions:.1f}%" if a.ground_positions else "n/a"
+    threshold = options.realtime_threshold_ms / 1000
+    if report.catchup_s is None:
+        catchup = "n/a"
+    elif report.catchup_until_end:
+        catchup = f"{report.catchup_s:.1f} s from the restart to the end (traffic ended first)"
+    else:
+        catchup = (
+            f"{report.catchup_s:.1f} s from the restart (process start included) to real "
+            f"time with every lag under {threshold:g} s"
+        )
+    if report.catchup_mode_seen:
+        catchup += "; catch-up mode seen"
+    rows = [
+        ("traffic", f"{options.minutes:g} simulated minutes at {options.speed:g}x, "
+                    f"{options.airports} airports, seed {options.seed}"),
+        ("messages in", f"controlstream {ctl:,}, surfacestream {srf:,} "
+                        f"(mappingstream {report.mappingstream:,})"),
+        ("messages out", f"{report.output:,} (file pipeline: {report.expected:,})"),
+        ("annotated", f"{a.annotated:,} of {a.ground_positions:,} ground positions ({share})"),
+        ("late", f"{report.late} (--strict-order)"),
+        ("dead letters", f"{report.dead_letters}"),
+        ("outage", f"{report.outage_s:.1f} s (combine SIGKILLed), {report.backlog:,} messages "
+                   "arrived meanwhile" if report.outage_s else "none"),
+        ("catch-up", catchup),
+        ("duration", f"{report.duration_s:.1f} s"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    lines = ["", "unifeed demo summary"]
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    lines += ["", "verification"]
+    for v in report.verdicts:
+        lines.append(f"  {'PASS' if v.ok else 'FAIL'}  {v.name}: {v.detail}")
+    if report.failure is not None:
+        lines.append(f"  FAIL  the demo did not complete: {report.failure}")
+    lines.append("")
+    lines.append(
+        "verdict: " + ("PASS - live output equals the file pipeline's" if report.ok else "FAIL")
+    )
+    if options.keep_broker and report.bootstrap:
+        pid = "" if broker_pid is None else f" (pid {broker_pid})"
+        lines += [
+            "",
+            f"The broker is still running at {report.bootstrap}{pid}. Look at the output:",
+            f"  unifeed dump kafka:{OUTPUT_TOPIC} --bootstrap-servers {report.bootstrap}",
+            f"  unifeed dump kafka:{OUTPUT_TOPIC} --audience public "
+            f"--bootstrap-servers {report.bootstrap}",
+            f"  unifeed checkpoint show --instance {COMBINE_INSTANCE} "
+            f"--bootstrap-servers {report.bootstrap}",
+            "Stop it with " + (f"kill {broker_pid}" if broker_pid else "kill") + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --- CLI -------------------------------------------------------------------
+
+
+def register(subparsers: Any) -> None:
+    """Add ``unifeed demo``."""
+    p = subparsers.add_parser(
+        "demo",
+        help="run the whole pipeline on the embedded broker, with an outage, and verify it",
+        description=(
+            "Start the embedded broker, play simulated traffic into it as real time "
+            "(time-compressed), run `unifeed mappings` and `unifeed combine --strict-order`, "
+            "kill combine for a while and restart it, then check that the output equals "
+            "the file pipeline's exactly and that no access level leaks. Exits 1 if a "
+            "check fails."
+        ),
+    )
+    p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    p.add_argument(
+        "--minutes", type=float, default=8.0, help="simulated minutes of traffic (default 8)"
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=16.0,
+        help="time compression: simulated seconds per wall-clock second (default 16)",
+    )
+    p.add_argument("--airports", type=int, default=3, help="simulated airports (default 3)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=10.0,
+        help="controlstream messages per simulated second per airport (default 10)",
+    )
+    p.add_argument(
+        "--outage",
+        type=float,
+        metavar="SECONDS",
+        help="how long combine stays killed (default: enough to need a catch-up; 0: none)",
+    )
+    p.add_argument(
+        "--realtime-threshold",
+        type=parse_duration_ms,
+        default=5_000,
+        metavar="DURATION",
+        help="combine's real-time threshold (default 5s, so a short outage means catch-up)",
+    )
+    p.add_argument(
+        "--keep-broker",
+        action="store_true",
+        help="leave the broker running afterwards and print how to look at the output",
+    )
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        seed=args.seed,
+        minutes=args.minutes,
+        speed=args.speed,
+        airports=args.airports,
+        rate=args.rate,
+        outage_s=args.outage,
+        realtime_threshold_ms=args.realtime_threshold,
+        keep_broker=args.keep_broker,
+    )
+    options.check()
+    run = _Run(options, sys.stdout, sys.stderr)
+    report = run.execute()
+    pid = run.broker.pid if run.broker is not None else None
+    sys.stdout.write(format_summary(options, report, pid))
+    sys.stdout.flush()
+    return 0 if report.ok else 1
