@@ -1,0 +1,210 @@
+"""Faults: the broker dies, a second instance takes the same name, a checkpoint is corrupt,
+a transaction is aborted. Each test drives the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import KafkaException, Producer
+
+from tests.kafkatools import high_watermark, load, read_all, run_cli, start_cli, wait_for
+from tests.test_kafka_pipeline import _long_scenario, combine_args
+from unifeed import unify_lines
+from unifeed._broker import spawn_broker_process
+
+pytestmark = pytest.mark.kafka
+
+
+def _stderr(proc: object) -> str:
+    stream = getattr(proc, "stderr", None)
+    return stream.read().decode() if stream is not None else ""
+
+
+def test_broker_death_mid_run_exits_nonzero_then_a_rerun_completes() -> None:
+    """The broker (a separate process) is killed while combine is working: combine exits
+    with code 3 and a clear reason within a bounded time; on a new broker loaded again, a
+    rerun completes with exactly the expected output."""
+    control, surface = _long_scenario(30)
+    expected, _ = unify_lines(control, surface)
+    broker, bootstrap = spawn_broker_process()
+    try:
+        load(bootstrap, "ctl", control)
+        load(bootstrap, "srf", surface)
+        args = combine_args(bootstrap, "ctl", "srf", "out", "dies", "--broker-timeout", "4s")
+        proc = start_cli(args)
+        try:
+            wait_for(lambda: high_watermark(bootstrap, "out") > 2000 or proc.poll() is not None,
+                     60, "combine to be under way")
+            assert proc.poll() is None, _stderr(proc)
+            broker.kill()
+            broker.wait(10)
+            killed_at = time.monotonic()
+            rc = proc.wait(timeout=60)
+            took = time.monotonic() - killed_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        err = _stderr(proc)
+        assert rc == 3, err
+        assert "lost the broker" in err and "run again when the broker is back" in err, err
+        assert took < 45, f"combine took {took:.0f}s to give up"
+    finally:
+        if broker.poll() is None:
+            broker.kill()
+            broker.wait(10)
+    # A new broker: everything was in memory, so the inputs are loaded again.
+    broker, bootstrap = spawn_broker_process()
+    try:
+        load(bootstrap, "ctl", control)
+        load(bootstrap, "srf", surface)
+        done = run_cli(combine_args(bootstrap, "ctl", "srf", "out", "dies", "--exit-at-end"))
+        assert done.returncode == 0, done.stderr.decode()
+        assert read_all(bootstrap, "out") == expected
+    finally:
+        broker.kill()
+        broker.wait(10)
+
+
+def test_second_instance_with_the_same_name_stops_the_older_one(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """unifeed's own claim: the newer incarnation writes a checkpoint with a higher
+    generation; the older one sees it and stops before its next commit. This works on
+    every broker, including the embedded one, which does not fence transactional
+    producers. The committed output has no duplicate."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(20)
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    name = f"same-{out}"
+    older = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name))  # stays live
+    try:
+        wait_for(lambda: high_watermark(kafka_bootstrap, out) >= len(expected) // 3
+                 or older.poll() is not None, 60, "the older incarnation to be under way")
+        assert older.poll() is None, _stderr(older)
+        newer = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))
+        started = time.monotonic()
+        rc_older = older.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+        rc_newer = newer.wait(timeout=120)
+    finally:
+        for p in (older,):
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    err = _stderr(older)
+    assert rc_older == 1, err
+    assert "another incarnation of instance" in err and "stops" in err, err
+    assert stopped_after < 15
+    assert rc_newer == 0, _stderr(newer)
+    got = read_all(kafka_bootstrap, out)
+    assert len(got) == len(expected), "duplicated or lost records"
+    assert got == expected
+
+
+def test_a_fencing_broker_fences_the_older_transactional_producer(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """On a broker that fences, a second producer with the same transactional.id makes
+    the first one's commit fail: unifeed relies on that where it exists."""
+    topic = unique_topic("fence")
+    tid = f"fence-{uuid.uuid4().hex}"
+    first = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": tid})
+    first.init_transactions(30)
+    first.begin_transaction()
+    first.produce(topic, b"first", partition=0)
+    second = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": tid})
+    second.init_transactions(30)
+    try:
+        first.commit_transaction(10)
+    except KafkaException as exc:
+        assert exc.args[0].fatal() or "fenc" in str(exc).lower(), exc
+        return
+    if kafka_broker_kind == "embedded":
+        pytest.skip("the embedded broker does not fence transactional producers (SPEC §4); "
+                    "test_second_instance_with_the_same_name_stops_the_older_one covers it")
+    pytest.fail("the broker let a fenced producer commit")
+
+
+def test_corrupt_checkpoint_gives_a_clear_error_and_a_way_out(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(2)
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    name = f"corrupt-{out}"
+    cp_topic = f"{out}.checkpoints"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(cp_topic, b'{"version":1,"instance":', key=name.encode(), partition=0)
+    assert producer.flush(10) == 0
+    bad_offset = high_watermark(kafka_bootstrap, cp_topic) - 1
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert cp_topic in err and f"offset {bad_offset}" in err and name in err, err
+    assert "checkpoint reset" in err, err
+    # The documented way out.
+    reset = run_cli(["checkpoint", "reset", "--instance", name, "--checkpoint-topic", cp_topic,
+                     "--bootstrap-servers", kafka_bootstrap])
+    assert reset.returncode == 0, reset.stderr.decode()
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
+
+
+def test_aborted_transaction_leaves_no_trace_or_is_refused(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """Records of an aborted transaction after the checkpoint: a broker that honours
+    read_committed hides them and the run carries on to the exact output; the embedded
+    broker shows them to every reader, and the output-tail reconciliation refuses to
+    carry on past records that differ from what it would write, naming both offsets."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(4)
+    expected, _ = unify_lines(control, surface)
+    half = len(control) // 2
+    load(kafka_bootstrap, ctl, control[:half])
+    load(kafka_bootstrap, srf, surface[: len(surface) // 2])
+    name = f"abort-{out}"
+    # A long grace: the first half must not be taken for a live feed that went silent.
+    first = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name,
+                                   "--end-of-log-grace", "1h"))
+    try:
+        wait_for(lambda: high_watermark(kafka_bootstrap, out) > 1000 or first.poll() is not None,
+                 60, "output")
+        time.sleep(1.0)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0, _stderr(first)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(10)
+    # A transaction with foreign records, aborted.
+    tid = f"abort-{uuid.uuid4().hex}"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": tid})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for k in range(3):
+        producer.produce(out, b'{"type":"aborted","pitr":%d}' % k, partition=0)
+    producer.flush(10)
+    producer.abort_transaction(10)
+    hides_aborted = all(b'"aborted"' not in v for v in read_all(kafka_bootstrap, out))
+    load(kafka_bootstrap, ctl, control[half:])
+    load(kafka_bootstrap, srf, surface[len(surface) // 2:])
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))
+    if hides_aborted:
+        assert done.returncode == 0, done.stderr.decode()
+        assert read_all(kafka_bootstrap, out) == expected
+    else:
+        err = done.stderr.decode()
+        assert done.returncode == 1, err
+        assert "holds a record that differs" in err and "offset" in err, err
+        assert "next_offset" in err, err
