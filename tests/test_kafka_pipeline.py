@@ -292,3 +292,53 @@ def test_unreachable_broker_exits_3_with_one_line_reason(tmp_path: Path) -> None
     lines = [x for x in done.stderr.decode().splitlines() if x.strip()]
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], lines
     assert took < 30
+
+
+@pytest.mark.parametrize("name", ["basic", "access-change", "bad-input"])
+def test_mappings_then_combine_with_a_mapping_topic(name: str, kafka_bootstrap: str,
+                                                    unique_topic: Callable[..., str]) -> None:
+    """`unifeed mappings` writes the golden mappingstream; `combine --mapping kafka:…`
+    reading it gives the golden unified feed."""
+    ctl, srf, mp, out = (unique_topic(x) for x in ("ctl", "srf", "map", "out"))
+    control, surface = golden_inputs(name)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    done = run_cli(["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
+                    "--bootstrap-servers", kafka_bootstrap, "--instance", f"m-{mp}",
+                    "--checkpoint-topic", f"{mp}.checkpoints", "--exit-at-end", "-q"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, mp) == read_lines(golden_path(name, "expected.mappingstream"))
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"c-{out}", "--exit-at-end",
+                                "--mapping", f"kafka:{mp}"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == read_lines(golden_path(name, "expected.unified"))
+
+
+def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    ctl, mp = unique_topic("ctl"), unique_topic("map")
+    control, _ = _long_scenario()
+    from unifeed._unify import derive_mapping_lines
+
+    expected, _ = derive_mapping_lines(control)
+    load(kafka_bootstrap, ctl, control)
+    args = ["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
+            "--bootstrap-servers", kafka_bootstrap, "--instance", f"m-{mp}",
+            "--checkpoint-topic", f"{mp}.checkpoints", "--exit-at-end", "-q",
+            "--commit-interval", "10ms"]
+    rng = random.Random(7)
+    for point in sorted(rng.sample(range(200, len(expected) - 200), 4)):
+        proc = start_cli(args)
+        try:
+            def reached(p: int = point, running: subprocess.Popen[bytes] = proc) -> bool:
+                return high_watermark(kafka_bootstrap, mp) >= p or running.poll() is not None
+
+            wait_for(reached, 60, f"mappingstream to reach {point}", 0.002)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, mp) == expected
