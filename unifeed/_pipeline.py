@@ -11,10 +11,13 @@ one thread, the Kafka runtime gives each its own thread and passes batches betwe
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgspec
+import msgspec.structs
 
 from ._annotate import DEFAULT_LINK_TTL_MS, Annotator
 from ._combine import Combiner, Emitted, Feed
@@ -45,9 +48,42 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     reason: str
     raw: str | None = None
     raw_b64: str | None = None
+    #: Set when a Kafka dead-letter record had to be cut to fit the broker's size limit.
+    raw_truncated: bool | None = None
+    raw_size: int | None = None
+    raw_sha256: str | None = None
+    #: For a valid message that could not be written (no input offset is known then).
+    pitr: int | None = None
 
     def encode(self) -> bytes:
         return _dl_encode(self)
+
+    def fitted(self, limit: int) -> DeadLetter:
+        """This dead letter, its raw text cut to fit in ``limit`` bytes when encoded.
+
+        Kafka brokers refuse records above ``message.max.bytes`` (1 MB by default); the
+        cut keeps the beginning, the original size and its SHA-256, and says so.
+        """
+        encoded = self.encode()
+        if len(encoded) <= limit:
+            return self
+        original = (
+            (self.raw or "").encode() if self.raw is not None else (self.raw_b64 or "").encode()
+        )
+        keep = max(0, limit - len(encoded) + len(original) - 512)
+        digest = hashlib.sha256(
+            original if self.raw is not None else base64.b64decode(original)
+        ).hexdigest()
+        size = len(original) if self.raw is not None else len(base64.b64decode(original))
+        cut = original[:keep].decode("utf-8", "ignore")
+        return msgspec.structs.replace(
+            self,
+            raw=cut if self.raw is not None else None,
+            raw_b64=None if self.raw is not None else cut[: len(cut) // 4 * 4],
+            raw_truncated=True,
+            raw_size=size,
+            raw_sha256=digest,
+        )
 
 
 def make_dead_letter(feed: str, where: str, loc: int, reason: str, raw: bytes) -> DeadLetter:

@@ -236,7 +236,14 @@ class RecordDecoder:
     def decode(self, raw: bytes) -> AnyRecord:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
         try:
+            if not raw.isascii():
+                # msgspec checks only the strings it decodes; skipped fields pass unchecked.
+                raw.decode("utf-8")
             return self._decoder.decode(raw)
+        except UnicodeDecodeError as exc:
+            raise BadRecordError(
+                self.feed, f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            ) from None
         except msgspec.DecodeError as exc:
             raise BadRecordError(self.feed, self._explain(raw, exc)) from None
 

@@ -62,7 +62,14 @@ from ._pipeline import (
     FeedIntake,
     WriterStage,
 )
-from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
+from ._records import (
+    CONTROLSTREAM,
+    MAPPINGSTREAM,
+    SURFACESTREAM,
+    Keepalive,
+    Mapping,
+    dead_letter_raw,
+)
 
 log = logging.getLogger("unifeed")
 
@@ -71,6 +78,7 @@ _LANE_BATCHES: Final = 8
 _STAGE_CAPACITY: Final = 50_000
 _JOIN_TIMEOUT_S: Final = 30.0
 _IDLE_S: Final = 0.05
+_DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 _TRANSIENT: Final = frozenset(
     {
         KafkaError._TRANSPORT,
@@ -414,6 +422,7 @@ class Committer:
         config.setdefault("queue.buffering.max.messages", 500_000)
         config.setdefault("queue.buffering.max.kbytes", 262_144)
         config["error_cb"] = self._on_error
+        self.max_record_bytes = int(config.get("message.max.bytes", 1_000_000)) - 1024
         self.producer = Producer(config)
         self._error: KafkaError | None = None
         self.positions: dict[str, FeedPosition] = {}
@@ -572,8 +581,12 @@ class Committer:
         given = positions is not None
         positions = self.positions
         n = len(feed_items)
+        max_bytes = self.max_record_bytes
         for i in range(start, n):
             feed, pitr, value = feed_items[i]
+            if len(value) > max_bytes:
+                self._oversized(feed, pitr, value)
+                continue
             while True:
                 try:
                     if i == n - 1:
@@ -613,10 +626,25 @@ class Committer:
         self._dirty = True
         self.state.add("out", n)
 
+    def _oversized(self, feed: str, pitr: int, value: bytes) -> None:
+        """A record the producer cannot send: a dead letter instead of a stopped run."""
+        reason = (
+            f"the output record ({len(value)} bytes) is larger than the producer's "
+            f"message.max.bytes allows; raise message.max.bytes (here and on the broker) with "
+            f"--kafka-config to pass such records"
+        )
+        kw: dict[str, Any] = dead_letter_raw(value)
+        letter = DeadLetter(feed=feed, reason=reason, pitr=pitr, **kw)
+        log.warning("%s: %s: %s (pitr %d)", self.options.instance, feed, reason, pitr)
+        self.write_dead([letter])
+
     def _reconcile(self, feed_items: list[tuple[str, int, bytes]]) -> int:
         i = 0
         tail = self._tail
         while i < len(feed_items) and self._tail_pos < len(tail):
+            if len(feed_items[i][2]) > self.max_record_bytes:
+                i += 1  # never written: nothing to compare (its dead letter may repeat)
+                continue
             offset, old = tail[self._tail_pos]
             new = feed_items[i][2]
             if old != new:
@@ -641,6 +669,7 @@ class Committer:
         if not letters or self.dead_target is None:
             return
         for d in letters:
+            d = d.fitted(_DEAD_LETTER_MAX_BYTES)
             while True:
                 try:
                     self.producer.produce(
