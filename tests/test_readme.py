@@ -1,0 +1,36 @@
+"""The README's library example and the package tour run as written."""
+
+from __future__ import annotations
+
+import doctest
+import re
+from pathlib import Path
+
+import unifeed
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_library_example_runs() -> None:
+    result = doctest.testfile(str(ROOT / "README.md"), module_relative=False,
+                              optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 8
+    assert result.failed == 0
+
+
+def test_package_tour_runs() -> None:
+    result = doctest.testmod(unifeed)
+    assert result.attempted >= 5
+    assert result.failed == 0
+
+
+def test_readme_starts_with_the_two_commands_ci_runs() -> None:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert block is not None and text.index("```sh") < 200
+    lines = block.group(1).strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("unifeed demo") and "pytest" in lines[1]
+    assert lines[1] in (ROOT / ".ci" / "run").read_text() or "grep -m1" in (
+        ROOT / ".ci" / "run"
+    ).read_text()
