@@ -342,3 +342,41 @@ def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
     done = run_cli(args)
     assert done.returncode == 0, done.stderr.decode()
     assert read_all(kafka_bootstrap, mp) == expected
+
+
+def test_combine_serves_prometheus_metrics(kafka_bootstrap: str,
+                                           unique_topic: Callable[..., str]) -> None:
+    """--metrics-port on a running combine, scraped over HTTP on 127.0.0.1."""
+    import socket
+    import urllib.request
+
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = golden_inputs("bad-input")
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    expected = read_lines(golden_path("bad-input", "expected.unified"))
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"m-{out}",
+                                  "--metrics-port", str(port)))
+    try:
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        wait_for(lambda: f"unifeed_messages_out_total {float(len(expected))}" in scrape()
+                 or proc.poll() is not None, 60, "metrics to show the whole output", 0.2)
+        text = scrape()
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert 'unifeed_messages_in_total{feed="controlstream"}' in text
+    assert 'unifeed_dead_letters_total{reason="not_json"}' in text
+    assert 'unifeed_lag_seconds{feed="controlstream"}' in text
+    assert 'unifeed_mode{mode="catchup"} 1.0' in text
+    assert "unifeed_checkpoint_commits_total" in text

@@ -297,3 +297,29 @@ class ControlIntake(FeedIntake):
         for a in good:
             out.extend(process(a.rec))
         return out
+
+
+_CATEGORIES: Final = (
+    ("message is not valid UTF-8", "not_utf8"),
+    ("message is not valid JSON", "not_json"),
+    ("message must be a JSON object", "not_object"),
+    ("message has no `type`", "unknown_type"),
+    ("unknown message type", "unknown_type"),
+    ("`pitr` must", "bad_pitr"),
+    ("pitr ", "pitr_backwards"),
+    ("the output record", "too_large"),
+)
+
+
+def dead_letter_category(reason: str) -> str:
+    """A short, stable label for a dead letter's reason (for metrics).
+
+    >>> dead_letter_category("message is not valid JSON (...)")
+    'not_json'
+    """
+    for prefix, category in _CATEGORIES:
+        if reason.startswith(prefix):
+            return category
+    if " message has no `pitr`" in reason:
+        return "bad_pitr"
+    return "invalid_field"

@@ -245,7 +245,7 @@ class RecordDecoder:
                 self.feed, f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})"
             ) from None
         except msgspec.DecodeError as exc:
-            raise BadRecordError(self.feed, self._explain(raw, exc)) from None
+            raise BadRecordError(self.feed, _clip(self._explain(raw, exc))) from None
 
     def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> str:
         """Turn msgspec's message into a sentence that says what was expected and what came."""
@@ -264,7 +264,8 @@ class RecordDecoder:
             return "message has no `type` field"
         if not isinstance(kind, str) or kind not in _TYPES[self.feed]:
             allowed = ", ".join(sorted(_TYPES[self.feed]))
-            return f"unknown message type {kind!r} for {self.feed} (expected one of {allowed})"
+            shown = _clip(repr(kind), 60)
+            return f"unknown message type {shown} for {self.feed} (expected one of {allowed})"
         pitr = value.get("pitr")
         if "pitr" not in value:
             return f"{kind} message has no `pitr` field"
@@ -274,6 +275,11 @@ class RecordDecoder:
         if pitr < 0:
             return f"`pitr` must not be negative, got {pitr}"
         return f"invalid {kind} message: {exc}"
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """A reason stays a sentence: a huge value inside it is cut (the raw text is kept)."""
+    return text if len(text) <= limit else text[: limit - 12] + f"... ({len(text)} chars)"
 
 
 def dead_letter_raw(raw: bytes) -> dict[str, str]:

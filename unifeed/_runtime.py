@@ -61,6 +61,7 @@ from ._pipeline import (
     DeadLetter,
     FeedIntake,
     WriterStage,
+    dead_letter_category,
 )
 from ._records import (
     CONTROLSTREAM,
@@ -679,6 +680,8 @@ class Committer:
                 except BufferError:
                     self.producer.poll(0.05)
         self.state.add("dead_letters", len(letters))
+        for d in letters:
+            self.state.add(f"dead_letters.{dead_letter_category(d.reason)}")
         self._dirty = True
 
     def due(self) -> bool:
@@ -735,6 +738,7 @@ class Committer:
     def close(self) -> None:
         """Abort an open transaction (nothing of it becomes visible) and flush."""
         if self._in_txn:
+            self.state.add("aborts")
             try:
                 self.producer.abort_transaction(5)
             except KafkaException as exc:
@@ -1238,6 +1242,17 @@ class CombineRun:
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 
+    def _start_metrics(self) -> Any:
+        def depths() -> dict[str, int]:
+            return {
+                "writer.controlstream": self.writer_inbox.depth(CONTROLSTREAM),
+                "writer.surfacestream": self.writer_inbox.depth(ANNOTATED),
+                "annotator.mappingstream": self.annot_inbox.depth(MAPPINGSTREAM),
+                "annotator.surfacestream": self.annot_inbox.depth(SURFACESTREAM),
+            }
+
+        return _metrics_server(self.options, self.state, "combine", depths)
+
     def run(self) -> int:
         """Start the threads, watch them, stop them; the exit code."""
         for t in self.threads:
@@ -1249,6 +1264,7 @@ class CombineRun:
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 50, 1000)
         health = BrokerHealth(self.options)
+        metrics = self._start_metrics()
         try:
             while True:
                 writer = self.writer
@@ -1266,12 +1282,38 @@ class CombineRun:
             for t in self.threads:
                 t.join(_JOIN_TIMEOUT_S)
             health.close()
+            if metrics is not None:
+                metrics.close()
             gc.set_threshold(*thresholds)
             gc.unfreeze()
             status.maybe_print(final=True)
         if self.state.failure is not None:
             raise self.state.failure
         return 0
+
+
+def _metrics_server(
+    options: RuntimeOptions, state: RunState, command: str, depths: Callable[[], dict[str, int]]
+) -> Any:
+    if options.metrics_port is None:
+        return None
+    from ._metrics import MetricsServer, snapshot_from_counters
+
+    def collect() -> Any:
+        return snapshot_from_counters(
+            state.counters,
+            lag_pitr=dict(state.lag_pitr),
+            mode=state.mode,
+            now_ms=options.clock(),
+            queue_depth=depths(),
+        )
+
+    server = MetricsServer(
+        options.metrics_port, collect, command=command, instance=options.instance
+    )
+    server.start()
+    log.info("%s: metrics on %s", options.instance, server.url)
+    return server
 
 
 class StatusLine:
@@ -1435,6 +1477,8 @@ def mappings_command(args: argparse.Namespace) -> int:
         count_keepalives=True,
     )
     reader.start()
+    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
+    health = BrokerHealth(o)
     finished = False
     try:
         while True:
@@ -1453,7 +1497,14 @@ def mappings_command(args: argparse.Namespace) -> int:
                 break
             if committer.due():
                 committer.commit()
+            try:
+                health.check()
+            except BrokerUnreachableError as exc:
+                state.fail(exc)
     finally:
+        health.close()
+        if metrics is not None:
+            metrics.close()
         state.stop.set()
         reader.join(_JOIN_TIMEOUT_S)
         committer.close()
