@@ -266,9 +266,34 @@ class FeedReader(Worker):
         grace = self.end_of_log_grace_s
         at_end_since: float | None = None
         reported_end = False
+        idle_since = time.monotonic()
+        warned_missing = False
         while not stop.is_set() and not closed:
             messages = consume_batch(consumer, _READ_BATCH, 0.1)
             eof = False
+            if messages:
+                idle_since = time.monotonic()
+            elif at_end_since is None and time.monotonic() - idle_since >= 1.0:
+                # librdkafka reports no end of log for an empty or missing partition:
+                # ask for the watermarks instead.
+                idle_since = time.monotonic()
+                try:
+                    _, high = watermarks(consumer, self.target, 5.0)
+                except KafkaRuntimeError as exc:
+                    if exc.code not in {
+                        "_UNKNOWN_PARTITION",
+                        "_UNKNOWN_TOPIC",
+                        "UNKNOWN_TOPIC_OR_PART",
+                    }:
+                        raise
+                    high = 0
+                    if not warned_missing:
+                        log.warning(
+                            "%s: %s does not exist (yet); waiting for it", self.feed, self.target
+                        )
+                        warned_missing = True
+                if self.next_offset >= high:
+                    eof = True
             raw: list[tuple[int, bytes]] = []
             for m in messages:
                 err = m.error()
