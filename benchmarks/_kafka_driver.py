@@ -10,10 +10,11 @@ readers pass ``--stop-at``; ``passthrough`` is the peer: one thread, one consume
 ``consume(num_messages=...)`` and one ``produce`` per record, no decoding.
 
 Stdout carries, for the loader in the parent: ``H <pid>`` first, then ``P <control next
-offset> <surface next offset> <output count>`` every few milliseconds, then one ``R <json>`` line with the
-result: timings, counters, CPU per thread, peak RSS. A small reporter thread writes the
-``P`` lines and samples per-thread CPU from ``/proc``; it wakes every 5 ms and holds the
-GIL for a few microseconds each time.
+offset> <surface next offset> <output count>`` every few milliseconds, then one ``R <json>``
+line with the result: timings, counters, CPU per thread, peak RSS. A small reporter thread
+writes the ``P`` lines and samples each thread's scheduler statistics
+(``/proc/self/task/*/schedstat``: time on a CPU, and time runnable but waiting for one); it
+wakes every 5 ms and holds the GIL for a few microseconds each time (about 1% of one core).
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 from unifeed._runtime import CombineRun, FeedReader, RuntimeOptions
 
 _REPORT_S = 0.005
-_CPU_SAMPLE_S = 0.1
-_TICK = os.sysconf("SC_CLK_TCK")
+_CPU_SAMPLE_S = 0.25
 _READ_BATCH = 5000  # as unifeed's readers
 _DEADLINE_S = 1800.0
 
@@ -44,17 +44,25 @@ _DEADLINE_S = 1800.0
 class Reporter(threading.Thread):
     """Writes progress lines and keeps the CPU seconds of every thread seen."""
 
-    def __init__(self, progress: Callable[[], tuple[int, int, int]]) -> None:
+    def __init__(
+        self,
+        progress: Callable[[], tuple[int, int, int]],
+        done: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(name="bench-reporter", daemon=True)
         self.progress = progress
+        self.done = done
+        self.done_at: float | None = None  # perf_counter when `done` was first seen true
         self.stop = threading.Event()
-        self.cpu: dict[int, tuple[str, float]] = {}
+        self.cpu: dict[int, tuple[str, float, float]] = {}
 
     def run(self) -> None:
         next_cpu = 0.0
         while not self.stop.wait(_REPORT_S):
             c, s, out = self.progress()
             os.write(1, b"P %d %d %d\n" % (c, s, out))
+            if self.done_at is None and self.done():
+                self.done_at = time.perf_counter()
             now = time.monotonic()
             if now >= next_cpu:
                 self.sample_cpu()
@@ -65,22 +73,24 @@ class Reporter(threading.Thread):
         for tid_text in os.listdir("/proc/self/task"):
             tid = int(tid_text)
             try:
-                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                    stat = f.read()
+                with open(f"/proc/self/task/{tid}/comm", "rb") as f:
+                    comm = f.read().strip().decode(errors="replace")
+                with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                    on_cpu_ns, runqueue_ns, _slices = (int(x) for x in f.read().split())
             except OSError:
                 continue  # the thread ended
-            comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            seconds = (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
-            self.cpu[tid] = (names.get(tid, self.cpu.get(tid, ("", 0.0))[0]) or comm, seconds)
+            name = names.get(tid) or self.cpu.get(tid, (comm, 0.0, 0.0))[0]
+            self.cpu[tid] = (name, on_cpu_ns / 1e9, runqueue_ns / 1e9)
 
-    def cpu_by_thread(self) -> dict[str, float]:
-        """CPU seconds by thread name; librdkafka's threads (``rdk:*``) summed by name."""
+    def cpu_by_thread(self) -> dict[str, list[float]]:
+        """``[CPU seconds, seconds runnable but waiting for a CPU]`` by thread name;
+        librdkafka's threads (``rdk:*``) are summed by name."""
         self.sample_cpu()
-        out: dict[str, float] = {}
-        for name, seconds in self.cpu.values():
-            out[name] = round(out.get(name, 0.0) + seconds, 2)
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        out: dict[str, list[float]] = {}
+        for name, on_cpu, waiting in self.cpu.values():
+            cpu, runqueue = out.get(name, [0.0, 0.0])
+            out[name] = [round(cpu + on_cpu, 2), round(runqueue + waiting, 2)]
+        return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
 
 
 def _peak_rss_kb() -> int:
@@ -114,17 +124,23 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
     def progress() -> tuple[int, int, int]:
         return control.next_offset, surface.next_offset, counters.get("out", 0)
 
-    reporter = Reporter(progress)
+    writer = run.writer
+    assert writer is not None
+    # The run's work ends when the writer has made its last commit and returned; stopping
+    # the other threads and closing their clients afterwards is not part of it.
+    reporter = Reporter(progress, done=lambda: writer.ident is not None and not writer.is_alive())
     reporter.start()
     running = time.perf_counter()
     code = run.run()
     finished = time.perf_counter()
     reporter.stop.set()
     reporter.join(5)
+    done = reporter.done_at if reporter.done_at is not None else finished
     return {
         "exit_code": code,
         "setup_s": running - started,
-        "run_s": finished - running,
+        "run_s": done - running,
+        "shutdown_s": finished - done,
         "consumed": {CONTROLSTREAM: control.next_offset, SURFACESTREAM: surface.next_offset},
         "out": counters.get("out", 0),
         "counters": dict(counters),
@@ -197,6 +213,7 @@ def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
         "exit_code": 0,
         "setup_s": running - started,
         "run_s": finished - running,
+        "shutdown_s": 0.0,
         "consumed": {CONTROLSTREAM: inputs[0][2], SURFACESTREAM: inputs[1][2]},
         "out": out,
         "counters": {},

@@ -5,16 +5,16 @@ backlog of a million records cannot be loaded up front. The `Loader` runs in the
 process and produces each input a bounded distance ahead of the measured process's
 readers: it reads their positions (next offset per input) from the ``P`` lines the driver
 writes every 5 ms, and tops each input up while less than ``budget_bytes`` of record values
-(uncompressed; lz4 on the wire makes them 3-4x smaller) are waiting there. The loader
+(counted uncompressed; lz4 makes them smaller on the broker) are waiting there. The loader
 produces with ``produce_batch`` (no per-record timestamps, so CreateTime is the load time;
 nothing in a run that starts from the earliest offset reads it), which keeps its own CPU
 use low on a 2-core machine where it competes with the process under measurement.
 
-Profiling: with ``UNIFEED_BENCH_PYSPY`` set to a py-spy binary, each measured process runs
-under ``py-spy record`` (raw collapsed stacks, one file per run, in
-``UNIFEED_BENCH_PROFILE_DIR`` or the temporary directory); ``UNIFEED_BENCH_PYSPY_ARGS``
-adds options (e.g. ``--gil`` to sample only the thread holding the GIL, or ``--idle``).
-Numbers measured that way are slowed by the sampling and are not results.
+Profiling: given a `Profiler` (pytest ``--pyspy PATH``), each measured process runs under
+``py-spy record`` (raw collapsed stacks, one file per run, in ``--profile-dir`` or the
+temporary directory); ``--pyspy-args`` adds options (e.g. ``--gil`` to sample only the
+thread holding the GIL, or ``--idle``). Numbers measured that way are slowed by the
+sampling and are not results.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import resource
 import select
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -41,6 +41,7 @@ from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 
 #: Record values waiting in an input ahead of its reader, at most (SPEC: broker keeps 5 MB).
 BUDGET_BYTES = 3 * 1024 * 1024
+_KEEPALIVE = b'{"type":"keepalive"'
 _POLL_S = 0.002
 _RSS_SAMPLE_S = 0.1
 
@@ -51,6 +52,7 @@ class FeedState:
     source: FeedSource
     produced: int = 0  # records produced (= next offset the loader writes)
     produced_bytes: int = 0
+    keepalives: int = 0  # of the records produced: a unifeed run writes all the others
     consumed: int = 0  # the reader's next offset, as last reported
     consumed_bytes: int = 0  # bytes of the chunks the reader has finished (a lower bound)
     marks: deque[tuple[int, int]] = field(default_factory=deque)  # (chunk end, bytes to it)
@@ -71,18 +73,22 @@ class RunResult:
     kind: str
     messages: int  # input records read (both feeds, keepalives included)
     out: int
+    loaded: int  # records the loader produced (both feeds)
+    loaded_keepalives: int
     setup_s: float
     run_s: float
+    shutdown_s: float  # after the work: stopping threads, closing clients (not in run_s)
     peak_rss_mb: float
     cpu_user_s: float
     cpu_sys_s: float
-    cpu_by_thread: dict[str, float]
+    cpu_by_thread: dict[str, list[float]]  # name: [CPU s, runnable-waiting-for-a-CPU s]
     counters: dict[str, int]
     rss_samples: list[tuple[float, int, float]]  # (s since start, records read, RSS MB)
     starved_reports: dict[str, int]
     max_ahead_mb: dict[str, float]
     wall_s: float
-    loader_cpu_s: float  # the test process: loader and the embedded broker's threads
+    loader_cpu_s: float  # the loader's own thread (Python: produce_batch, bookkeeping)
+    test_process_cpu_s: float  # the whole test process: the loader, librdkafka, the broker
     machine_busy: float  # share of all CPUs busy during the run (every process)
 
     @property
@@ -95,16 +101,23 @@ class RunResult:
             "kind": self.kind,
             "messages": self.messages,
             "out": self.out,
+            "loaded": self.loaded,
+            "loaded_keepalives": self.loaded_keepalives,
+            "late": self.counters.get("late", 0),
+            "dead_letters": self.counters.get("dead_letters", 0),
+            "commits": self.counters.get("commits", 0),
             "msgs_per_s": round(self.msgs_per_s),
             "run_s": round(self.run_s, 3),
             "setup_s": round(self.setup_s, 3),
+            "shutdown_s": round(self.shutdown_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "cpu_s": round(self.cpu_user_s + self.cpu_sys_s, 2),
             "cpu_per_msg_us": round((self.cpu_user_s + self.cpu_sys_s) / self.messages * 1e6, 2),
-            "cpu_by_thread_s": self.cpu_by_thread,
+            "threads_cpu_and_runqueue_s": self.cpu_by_thread,
             "starved_reports": self.starved_reports,
             "max_ahead_mb": self.max_ahead_mb,
-            "loader_and_broker_cpu_s": round(self.loader_cpu_s, 2),
+            "loader_cpu_s": round(self.loader_cpu_s, 2),
+            "loader_and_broker_cpu_s": round(self.test_process_cpu_s, 2),
             "machine_busy": round(self.machine_busy, 3),
         }
 
@@ -140,6 +153,7 @@ class Loader:
                 self._produce(st.topic, chunk)
                 st.produced += len(chunk)
                 st.produced_bytes += size
+                st.keepalives += sum(1 for value in chunk if value.startswith(_KEEPALIVE))
                 st.marks.append((st.produced, st.produced_bytes))
                 st.max_ahead_bytes = max(st.max_ahead_bytes, st.ahead_bytes)
         self.producer.poll(0)
@@ -204,6 +218,7 @@ def run_measured(
     *,
     timeout_s: float,
     budget_bytes: int = BUDGET_BYTES,
+    profiler: Profiler | None = None,
 ) -> RunResult:
     """Load fresh topics and run ``kind`` (``unifeed`` or ``passthrough``) over them."""
     run_id = uuid.uuid4().hex[:10]
@@ -241,14 +256,14 @@ def run_measured(
             "--expect-surface",
             str(sources[SURFACESTREAM].total),
         ]
-    profile = _profiler(kind, run_id)
-    if profile is not None:
-        cmd = [*profile, "--", *cmd]
+    if profiler is not None:
+        cmd = [*profiler.command(kind, run_id), *cmd]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryFile() as stderr:
         busy0, total0 = _cpu_jiffies()
         cpu0 = _self_cpu_s()
+        loader0 = time.thread_time()
         started = time.monotonic()
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
@@ -261,7 +276,8 @@ def run_measured(
             proc.wait(30)
             loader.close()
         wall = time.monotonic() - started
-        loader_cpu = _self_cpu_s() - cpu0
+        loader_cpu = time.thread_time() - loader0
+        process_cpu = _self_cpu_s() - cpu0
         busy1, total1 = _cpu_jiffies()
         if proc.returncode != 0 or result is None:
             stderr.seek(0)
@@ -272,8 +288,11 @@ def run_measured(
         kind=kind,
         messages=consumed[CONTROLSTREAM] + consumed[SURFACESTREAM],
         out=result["out"],
+        loaded=sum(st.produced for st in loader.feeds.values()),
+        loaded_keepalives=sum(st.keepalives for st in loader.feeds.values()),
         setup_s=result["setup_s"],
         run_s=result["run_s"],
+        shutdown_s=result["shutdown_s"],
         peak_rss_mb=result["peak_rss_kb"] / 1024,
         cpu_user_s=result["cpu_user_s"],
         cpu_sys_s=result["cpu_sys_s"],
@@ -284,20 +303,24 @@ def run_measured(
         max_ahead_mb={f: round(st.max_ahead_bytes / 2**20, 2) for f, st in loader.feeds.items()},
         wall_s=wall,
         loader_cpu_s=loader_cpu,
+        test_process_cpu_s=process_cpu,
         machine_busy=(busy1 - busy0) / max(1, total1 - total0),
     )
 
 
-def _profiler(kind: str, run_id: str) -> list[str] | None:
-    binary = os.environ.get("UNIFEED_BENCH_PYSPY", "").strip()
-    if not binary:
-        return None
-    where = os.environ.get("UNIFEED_BENCH_PROFILE_DIR", "").strip() or tempfile.gettempdir()
-    os.makedirs(where, exist_ok=True)
-    out = os.path.join(where, f"pyspy-{kind}-{run_id}.txt")
-    extra = shlex.split(os.environ.get("UNIFEED_BENCH_PYSPY_ARGS", ""))
-    options = ["--threads", "--nonblocking", "--rate", "200", "--format", "raw"]
-    return [binary, "record", *options, "--output", out, *extra]
+@dataclass(frozen=True)
+class Profiler:
+    """py-spy: its binary, extra ``record`` options, where the profiles go."""
+
+    binary: str
+    options: tuple[str, ...]
+    directory: Path
+
+    def command(self, kind: str, run_id: str) -> list[str]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        out = self.directory / f"pyspy-{kind}-{run_id}.txt"
+        base = ["--threads", "--nonblocking", "--rate", "200", "--format", "raw"]
+        return [self.binary, "record", *base, "--output", str(out), *self.options, "--"]
 
 
 def _serve(

@@ -10,35 +10,24 @@ machine's load rather than the code.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 #: One line per comparison, printed at the end of the session (see conftest).
 SUMMARY: list[str] = []
-
-
-def env_int(name: str, default: int) -> int:
-    """A positive integer from the environment (``_`` allowed as a digit separator)."""
-    value = os.environ.get(name, "").strip().replace("_", "")
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise pytest.UsageError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 @dataclass
 class Interleaved:
     """Runs ``peer(*args)`` before each round of the subject and times both.
 
-    Use `setup` as pedantic's ``setup`` and `subject` as its ``target``; the first
-    ``warmup_rounds`` rounds of each are dropped, as pytest-benchmark drops its own.
+    Use `run` (pedantic with `setup` as ``setup`` and `subject` as ``target``). Both sides
+    are timed here, the same way (pytest-benchmark times the subject too, for its table);
+    the first ``warmup_rounds`` rounds of each are dropped. With ``--benchmark-disable``
+    pytest-benchmark runs one round without warm-up, and that round is compared.
     """
 
     peer: Callable[..., Any]
@@ -48,7 +37,9 @@ class Interleaved:
     rounds: int
     peer_wall: list[float] = field(default_factory=list)
     peer_cpu: list[float] = field(default_factory=list)
+    subject_wall: list[float] = field(default_factory=list)
     subject_cpu: list[float] = field(default_factory=list)
+    skip: int = 0
 
     def setup(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         cpu = time.process_time()
@@ -60,14 +51,17 @@ class Interleaved:
 
     def subject(self, *args: Any) -> Any:
         cpu = time.process_time()
+        wall = time.perf_counter()
         result = self.subject_fn(*args)
+        self.subject_wall.append(time.perf_counter() - wall)
         self.subject_cpu.append(time.process_time() - cpu)
         return result
 
     def measured(self, values: list[float]) -> list[float]:
-        return values[self.warmup_rounds : self.warmup_rounds + self.rounds]
+        return values[self.skip : self.skip + self.rounds]
 
     def run(self, benchmark: Any) -> Any:
+        self.skip = 0 if benchmark.disabled else self.warmup_rounds
         return benchmark.pedantic(
             self.subject,
             setup=self.setup,
@@ -77,9 +71,9 @@ class Interleaved:
 
     def compare(self, benchmark: Any, messages: int, name: str, peer_name: str) -> float:
         """Record both sides in ``extra_info``; return subject throughput / peer throughput."""
-        subject_wall = list(benchmark.stats.stats.data)
+        subject_wall = self.measured(self.subject_wall)
         peer_wall = self.measured(self.peer_wall)
-        ratio = statistics.median(peer_wall) / statistics.median(subject_wall)
+        ratio: float = statistics.median(peer_wall) / statistics.median(subject_wall)
         cpu_ratio = statistics.median(self.measured(self.peer_cpu)) / statistics.median(
             self.measured(self.subject_cpu)
         )

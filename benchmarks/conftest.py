@@ -4,23 +4,57 @@ Every benchmark that asserts a target measures its peer in the same session, int
 with its own rounds (`benchmarks._peers.Interleaved`), and asserts the *ratio* of the two
 medians, never a wall-clock time.
 
-Sizes can be lowered for a quick look (the targets are asserted at any size):
-
-* ``UNIFEED_BENCH_MERGE_MESSAGES`` (default 1,000,000): the combining-rule benchmark;
-* ``UNIFEED_BENCH_KAFKA_MESSAGES`` (default 1,000,000): the Kafka throughput runs;
-* ``UNIFEED_BENCH_MEMORY_MESSAGES`` (default 5,000,000): the Kafka memory run;
-* ``UNIFEED_BENCH_KAFKA_ROUNDS`` (default 3): rounds of each Kafka contender.
+Options (``pytest benchmarks --help``, group "unifeed benchmarks"): sizes can be lowered
+for a quick look (the targets are asserted at any size, except the memory run's flatness,
+which needs more than two million records), and the Kafka runs can be profiled. They are
+command-line options rather than environment variables because unifeed's command line
+refuses ``UNIFEED_*`` variables it does not know, and the file-pipeline benchmark runs it.
 """
 
 from __future__ import annotations
 
+import shlex
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks._data import KafkaTraffic, busy_airport_dir
-from benchmarks._peers import SUMMARY, env_int
+from benchmarks._kafka_harness import Profiler
+from benchmarks._options import BenchOptions
+from benchmarks._peers import SUMMARY
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("unifeed benchmarks")
+    sizes = (
+        ("--merge-messages", 1_000_000, "messages merged by the combining-rule benchmark"),
+        ("--kafka-messages", 1_000_000, "records of each Kafka throughput run"),
+        ("--memory-messages", 5_000_000, "records of the Kafka memory run"),
+        ("--kafka-rounds", 3, "rounds of each Kafka contender"),
+    )
+    for flag, default, what in sizes:
+        group.addoption(
+            flag, type=int, default=default, metavar="N", help=f"{what} (default {default:,})"
+        )
+    group.addoption(
+        "--pyspy",
+        metavar="PATH",
+        help="run each measured Kafka process under this py-spy binary (`py-spy record`); "
+        "numbers measured so are not results",
+    )
+    group.addoption(
+        "--pyspy-args",
+        default="",
+        metavar="ARGS",
+        help="more py-spy record options, e.g. --gil or --idle",
+    )
+    group.addoption(
+        "--profile-dir",
+        metavar="DIR",
+        help="where the py-spy profiles go (default: the temporary directory)",
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -38,13 +72,37 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+def bench_options(pytestconfig: pytest.Config) -> BenchOptions:
+    def positive(flag: str) -> int:
+        value = int(pytestconfig.getoption(flag))
+        if value < 1:
+            raise pytest.UsageError(f"{flag} must be >= 1, got {value}")
+        return value
+
+    binary = pytestconfig.getoption("--pyspy")
+    profiler = None
+    if binary:
+        profiler = Profiler(
+            binary=binary,
+            options=tuple(shlex.split(pytestconfig.getoption("--pyspy-args") or "")),
+            directory=Path(pytestconfig.getoption("--profile-dir") or tempfile.gettempdir()),
+        )
+    return BenchOptions(
+        merge_messages=positive("--merge-messages"),
+        kafka_messages=positive("--kafka-messages"),
+        memory_messages=positive("--memory-messages"),
+        kafka_rounds=positive("--kafka-rounds"),
+        profiler=profiler,
+    )
+
+
+@pytest.fixture(scope="session")
 def busy_airport(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """``(controlstream, surfacestream, source)`` files of the busy-airport scenario."""
     return busy_airport_dir(tmp_path_factory.mktemp("busy-airport"))
 
 
 @pytest.fixture(scope="session")
-def kafka_traffic() -> Iterator[KafkaTraffic]:
+def kafka_traffic(bench_options: BenchOptions) -> Iterator[KafkaTraffic]:
     """Simulated traffic for the Kafka runs (generated once: ~25 s for 1M messages)."""
-    count = env_int("UNIFEED_BENCH_KAFKA_MESSAGES", 1_000_000)
-    yield KafkaTraffic.simulate(count)
+    yield KafkaTraffic.simulate(bench_options.kafka_messages)

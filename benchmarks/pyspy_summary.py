@@ -6,8 +6,8 @@ For each thread: its share of all samples, then its leaf frames (file:line by de
 functions with ``--functions``) by share of that thread's samples. Recorded with
 ``--idle`` the shares include waiting (``Condition.wait``, ``consume``/``poll``); with
 ``--gil`` only the thread holding the GIL is sampled, so the shares are of Python work.
-Profiles come from the Kafka benchmarks with ``UNIFEED_BENCH_PYSPY`` set (see
-``_kafka_harness``) or from any ``py-spy record --threads --format raw``.
+Profiles come from the Kafka benchmarks run with ``--pyspy PATH`` (see ``_kafka_harness``)
+or from any ``py-spy record --threads --format raw``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from typing import IO, Any
 import pytest
 
 from benchmarks._data import FAR_FUTURE_MS, TwoFeedInput, decode_pitr, two_feed_merge_input
-from benchmarks._peers import Interleaved, env_int
+from benchmarks._options import BenchOptions
+from benchmarks._peers import Interleaved
 from unifeed import Combiner, Feed
 from unifeed._cli import main as unifeed_main
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
@@ -32,9 +33,8 @@ BATCHES = (1000, 5000)
 
 
 @pytest.fixture(scope="module", params=BATCHES, ids=lambda b: f"batch{b}")
-def merge_input(request: pytest.FixtureRequest) -> TwoFeedInput:
-    count = env_int("UNIFEED_BENCH_MERGE_MESSAGES", 1_000_000)
-    return two_feed_merge_input(count, batch=request.param)
+def merge_input(request: pytest.FixtureRequest, bench_options: BenchOptions) -> TwoFeedInput:
+    return two_feed_merge_input(bench_options.merge_messages, batch=request.param)
 
 
 def heapq_merge(data: TwoFeedInput) -> list[tuple[int, int, bytes]]:
@@ -140,8 +140,8 @@ def test_file_pipeline_vs_pitr_merge(
         lambda: pitr_merge_baseline(control, surface, baseline_out),
         lambda: unifeed_file_pipeline(control, surface, unified_out),
         (),
-        warmup_rounds=1,
-        rounds=7,
+        warmup_rounds=2,
+        rounds=11,
     )
     runs.run(benchmark)
     assert _count_lines(baseline_out) == count
