@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from tests.kafkatools import (
     Follower,
@@ -195,34 +196,57 @@ def _long_scenario(minutes: int = 60) -> tuple[list[bytes], list[bytes]]:
 def test_sigkill_at_seeded_moments_then_restart_gives_exact_output(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
+    """Each incarnation is killed a seeded moment after it starts writing (in the middle
+    of its work: transactions open, output produced but not committed, or a commit under
+    way); the last one runs to the end. The committed output is exactly the reference."""
     ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario()
+    control, surface = _long_scenario(120)
     expected, _ = unify_lines(control, surface)
     load(kafka_bootstrap, ctl, control)
     load(kafka_bootstrap, srf, surface)
     rng = random.Random(20261122)
-    kill_points = sorted(rng.sample(range(1000, len(expected) - 1000), 6))
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"kill-{out}", "--exit-at-end",
                         "--commit-interval", "20ms")
     kills = 0
-    for point in kill_points:
+    poller = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unifeed-tests"})
+
+    def output_end() -> int:
+        try:
+            return int(poller.get_watermark_offsets(TopicPartition(out, 0), timeout=5)[1])
+        except KafkaException:
+            return 0
+
+    for _ in range(6):
+        delay = rng.uniform(0.0, 0.03)
+        before = output_end()
         proc = start_cli(args)
         try:
-            def reached(p: int = point, running: subprocess.Popen[bytes] = proc) -> bool:
-                return high_watermark(kafka_bootstrap, out) >= p or running.poll() is not None
+            def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
+                return output_end() > b or running.poll() is not None
 
-            wait_for(reached, 60, f"output to reach {point}", 0.002)
+            try:
+                wait_for(writing, 60, "the incarnation to start writing", 0.002)
+            except TimeoutError:
+                proc.kill()
+                proc.wait(10)
+                raise AssertionError(proc.stderr.read().decode() if proc.stderr else "") from None
+            time.sleep(delay)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
             proc.wait(10)
+    poller.close()
     assert kills >= 5, "combine finished before it could be killed: make the scenario longer"
     done = run_cli(args)
     assert done.returncode == 0, done.stderr.decode()
     got = read_all(kafka_bootstrap, out)
     assert len(got) == len(expected), "lost or duplicated records"
     assert got == expected
+    # Running a finished job again writes nothing and ends.
+    again = run_cli(args, timeout_s=60)
+    assert again.returncode == 0, again.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
 
 
 def test_two_instances_write_identical_outputs(kafka_bootstrap: str,
