@@ -304,3 +304,16 @@ def test_push_many_counts_late_messages_exactly() -> None:
     c.push_many("surfacestream", [now - 30, now - 20, now - 10, now - 5], list("abcd"))
     assert c.late == 2  # (now-10, surface) sorts after (now-10, control): not late
     assert items(c.drain_list()) == list("abcd")
+
+
+def test_push_emitted_hands_on_entries_with_the_same_rules() -> None:
+    c = two_feeds(clock=catchup_clock)
+    entries = [Emitted("surfacestream", p, f"s{p}") for p in (3, 5, 5)]
+    assert c.push_emitted("surfacestream", entries)
+    with pytest.raises(FeedOrderError):
+        c.push_emitted("surfacestream", [Emitted("surfacestream", 4, "x")])
+    with pytest.raises(ValueError, match="cannot be pushed"):
+        c.push_emitted("surfacestream", [Emitted("controlstream", 9, "x")])
+    c._check()
+    c.close("controlstream")
+    assert items(c.drain_list()) == ["s3", "s5", "s5"]

@@ -204,6 +204,34 @@ class Combiner:
         st.queue.extend(map(Emitted, [feed] * len(pitrs), pitrs, items))
         return len(st.queue) < st.capacity
 
+    def push_emitted(self, feed: str, entries: Sequence[Emitted]) -> bool:
+        """Queue ready-made `Emitted` entries of ``feed`` (all or nothing), without copying
+        them: how one combiner's output feeds another. Same rules as `push_many`.
+        """
+        st = self._state(feed)
+        if not entries:
+            return len(st.queue) < st.capacity
+        if st.closed:
+            raise ValueError(f"feed {feed!r} is closed; nothing can be pushed to it")
+        prev = st.marker
+        for e in entries:
+            p = e.pitr
+            if p < prev:
+                raise FeedOrderError(feed, p, prev, "the feed's progress")
+            if e.feed != feed:
+                raise ValueError(f"an entry of feed {e.feed!r} cannot be pushed to {feed!r}")
+            prev = p
+        last_pitr, last_rank = self._last_key
+        first = entries[0].pitr
+        if first < last_pitr or (first == last_pitr and st.rank < last_rank):
+            bound = last_pitr if st.rank < last_rank else last_pitr - 1
+            self._late += sum(1 for e in entries if e.pitr <= bound)
+        st.marker = prev
+        st.caught_up = False
+        st.pushed += len(entries)
+        st.queue.extend(entries)
+        return len(st.queue) < st.capacity
+
     def advance(self, feed: str, pitr: int) -> None:
         """Progress marker: nothing earlier than ``pitr`` will come from ``feed``.
 

@@ -144,13 +144,29 @@ class FeedIntake:
         """
         good: list[Accepted] = []
         dead: list[DeadLetter] = []
-        check = self.check
+        append = good.append
+        decode = self._decoder.decode
+        floor = self.floor
+        # `check`, inlined: this loop runs once per input message.
         for loc, raw in batch:
-            r = check(loc, raw)
-            if type(r) is DeadLetter:
-                dead.append(r)
-            else:
-                good.append(Accepted(loc, raw, r))
+            try:
+                rec = decode(raw)
+            except BadRecordError as exc:
+                dead.append(make_dead_letter(self.feed, self.where, loc, exc.reason, raw))
+                continue
+            pitr = rec.pitr
+            if pitr < floor:
+                reason = (
+                    f"pitr {pitr} is lower than {floor}, the feed's previous pitr or "
+                    "keepalive; a feed's pitr must never decrease"
+                )
+                dead.append(make_dead_letter(self.feed, self.where, loc, reason, raw))
+                continue
+            floor = pitr
+            append(Accepted(loc, raw, rec))
+        self.floor = floor
+        self.accepted += len(good)
+        self.dead += len(dead)
         return good, dead
 
 
@@ -212,20 +228,23 @@ class AnnotateStage:
         Each returned `Emitted` holds the output bytes as ``item``.
         """
         out: list[Emitted] = []
+        append = out.append
         ann = self.annotator
         apply = ann.apply
         annotate = ann.annotate_ground
+        passed = 0
         for e in self.combiner.drain_list():
-            if e.feed is MAPPINGSTREAM or e.feed == MAPPINGSTREAM:
-                apply(e.item)
+            a = e.item
+            if e.feed == MAPPINGSTREAM:
+                apply(a)
                 continue
-            a: Accepted = e.item
             rec = a.rec
             if type(rec) is GroundPosition:
-                out.append(Emitted(ANNOTATED, e.pitr, annotate(a.raw, rec.surface_id, e.pitr)))
+                append(Emitted(ANNOTATED, e.pitr, annotate(a.raw, rec.surface_id, e.pitr)))
             else:
-                ann.pass_through()
-                out.append(Emitted(ANNOTATED, e.pitr, a.raw))
+                passed += 1
+                append(Emitted(ANNOTATED, e.pitr, a.raw))
+        ann.passed += passed
         return out
 
     def progress(self) -> int | None:
@@ -274,7 +293,7 @@ class WriterStage:
         return c.push_many(CONTROLSTREAM, pitrs, raws)
 
     def push_annotated(self, batch: list[Emitted]) -> bool:
-        return self.combiner.push_many(ANNOTATED, [e.pitr for e in batch], [e.item for e in batch])
+        return self.combiner.push_emitted(ANNOTATED, batch)
 
     def drain(self) -> list[Emitted]:
         return self.combiner.drain_list()
@@ -293,9 +312,7 @@ class ControlIntake(FeedIntake):
         if deriver is None:
             return []
         out: list[Mapping | Keepalive] = []
-        process = deriver.process
-        for a in good:
-            out.extend(process(a.rec))
+        out.extend(deriver.process_many([a.rec for a in good]))
         return out
 
 

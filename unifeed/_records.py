@@ -229,9 +229,7 @@ class RecordDecoder:
         if feed not in _UNIONS:
             raise ValueError(f"feed must be one of {', '.join(FEED_NAMES)}, not {feed!r}")
         self.feed = feed
-        self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(
-            _UNIONS[feed]
-        )
+        self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(_UNIONS[feed])
 
     def decode(self, raw: bytes) -> AnyRecord:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""

@@ -1201,10 +1201,8 @@ class CombineRun:
         ) -> Batch | None:
             assert deriver is not None
             records: list[Mapping | Keepalive] = []
-            for a in replay:
-                records.extend(deriver.process(a.rec))
-            for a in good:
-                records.extend(deriver.process(a.rec))
+            records.extend(deriver.process_many([a.rec for a in replay]))
+            records.extend(deriver.process_many([a.rec for a in good]))
             maps = [m for m in records if type(m) is Mapping]
             last = (replay or good)[-1].rec.pitr if (good or replay) else None
             if good:

@@ -28,7 +28,7 @@ from ._pipeline import (
 from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
 
 #: A clock for complete inputs: every candidate is in catch-up, whatever the wall clock.
-CATCHUP_CLOCK: Final = (lambda: 2**62)  # noqa: E731
+CATCHUP_CLOCK: Final = lambda: 2**62  # noqa: E731
 _CHUNK: Final = 4096
 
 
