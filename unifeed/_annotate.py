@@ -18,7 +18,9 @@ from ._records import ACCESS_LEVELS, Ident, Mapping
 _encode: Final = msgspec.json.Encoder().encode
 _decode_object: Final = msgspec.json.Decoder(dict[str, Any]).decode
 
-#: A link that no mapping or position has used for this long (pitr time) expires.
+#: A link with no link event for this long (pitr time) expires. The mapping deriver ages
+#: links the same way, so both sides agree on which links are alive: an access change or
+#: an unlink is never lost on a link one side still uses.
 DEFAULT_LINK_TTL_MS: Final = 24 * 3600 * 1000
 _PRUNE_EVERY_MS: Final = 60_000
 _ACCESS_JSON: Final = {a: b'"%s"' % a.encode() for a in ACCESS_LEVELS}
@@ -48,7 +50,7 @@ class Annotator:
         if link_ttl_ms < 1:
             raise ValueError("link_ttl_ms must be >= 1")
         self._ttl = link_ttl_ms
-        # surface_id -> (splice suffix bytes, flight id, access, last pitr used)
+        # surface_id -> (splice suffix bytes, flight id, access, pitr of the link event)
         self._links: dict[Ident, list[Any]] = {}
         self._next_prune = -(2**63)
         self.annotated = 0
@@ -88,7 +90,6 @@ class Annotator:
                 self.expired += 1
             self.unmapped += 1
             return raw
-        linked[3] = pitr
         self.annotated += 1
         body = raw.rstrip()
         if b'"id"' in body or b'"access"' in body or not body.endswith(b"}"):

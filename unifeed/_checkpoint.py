@@ -78,11 +78,14 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 InstanceName = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-class FeedCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class FeedCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
     """Progress of one input feed: last processed ``pitr`` and how many at it were done."""
 
     pitr: NonNegative
-    skip: NonNegative = 0
+    skip: NonNegative
+    #: Highest input offset whose dead letter is committed (Kafka input), so that a
+    #: restart does not write it again; absent until the feed had a dead letter.
+    dead_offset: int | None = None
 
 
 class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):

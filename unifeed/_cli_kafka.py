@@ -14,8 +14,8 @@
     partition to its end as it was when the command started (read_committed).
     ``--from``/``--to`` keep records with ``from <= pitr < to`` (epoch ms or ISO-8601; a
     record without a pitr is judged by its record timestamp). ``--audience`` hides every
-    message whose access is stronger than the audience. A message's access is its own
-    ``access`` field if it has one (an unknown level counts as ``blocked``), else that of
+    message whose access is stronger than the audience. A message's access is the stronger
+    of its own ``access`` field (an unknown level counts as ``blocked``) and that of
     its flight ``id`` as last seen in a ``flightplan`` earlier in the partition (a
     flightplan without ``access`` is ``public``), else ``public``. A record that is not a
     JSON object cannot be judged and is hidden whenever ``--audience`` is given.
@@ -400,12 +400,13 @@ def _judge(
         return "keep"
     if view is None:
         return "hidden"
+    # The stronger of the message's own level and its flight's: controlstream messages
+    # pass through unchanged, so an own `access` field may be weaker than the flight's.
+    rank = ACCESS_RANK["public"]
     if own_access is not None:
         rank = _access_rank(own_access)
-    elif flight is not None:
-        rank = flight_access.get(flight, ACCESS_RANK["public"])
-    else:
-        rank = ACCESS_RANK["public"]
+    if flight is not None:
+        rank = max(rank, flight_access.get(flight, ACCESS_RANK["public"]))
     return "hidden" if rank > audience_rank else "keep"
 
 
@@ -452,8 +453,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Print the records of a partition, from its start to its end as of now, one "
             "per line. --from/--to keep from <= pitr < to. --audience hides messages whose "
-            "access (own `access` field, else their flight's from its last flightplan, "
-            "else public) is stronger than the audience."
+            "access (the stronger of their own `access` field and their flight's from its "
+            "last flightplan; public when neither is known) is stronger than the audience."
         ),
     )
     dump.add_argument("topic", metavar="kafka:TOPIC[:N]", help="partition to print")

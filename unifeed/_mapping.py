@@ -107,9 +107,14 @@ class MappingDeriver:
     def access_of(self, flight: Ident, pitr: int | None = None) -> Access:
         """The flight's access level (``public`` when unknown or forgotten at ``pitr``)."""
         entry = self._access.get(flight)
-        if entry is None or (pitr is not None and pitr - entry[1] > self._flight_ttl):
+        if entry is None or (pitr is not None and pitr - entry[1] > self._keep_ms(entry[0])):
             return "public"
         return entry[0]
+
+    def _keep_ms(self, access: str) -> int:
+        # A restricted or blocked flight is remembered seven times longer: forgetting it
+        # is what would make its next link weaker than it should be.
+        return self._flight_ttl if access == "public" else 7 * self._flight_ttl
 
     def _linked(self, surface_id: Ident, pitr: int) -> tuple[Ident, str, int] | None:
         # Staleness is judged from pitr alone, so pruning (which only frees memory) never
@@ -217,8 +222,7 @@ class MappingDeriver:
             flight = self._links.pop(surface_id)[0]
             self._tracks.get(flight, {}).pop(surface_id, None)
             self._n_expired += 1
-        flight_cut = pitr - self._flight_ttl
-        for flight in [f for f, (_, t) in self._access.items() if t < flight_cut]:
+        for flight in [f for f, (a, t) in self._access.items() if pitr - t > self._keep_ms(a)]:
             del self._access[flight]
             if not self._tracks.get(flight):
                 self._tracks.pop(flight, None)

@@ -218,6 +218,7 @@ class ReadPlan:
 
     offset: int
     resume_after: FeedPosition | None = None
+    dead_offset: int | None = None
 
 
 class FeedReader(Worker):
@@ -313,6 +314,9 @@ class FeedReader(Worker):
             if raw:
                 self.next_offset = raw[-1][0] + 1
             good, dead = self.intake.process(raw)
+            if dead and self.plan.dead_offset is not None:
+                # Written and committed by the run that left the checkpoint.
+                dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
             replay: list[Accepted] = []
             if replaying and resume is not None:
                 k = 0
@@ -467,6 +471,7 @@ class Committer:
         self._dirty = False
         self._in_txn = False
         self.generation = 1
+        self._dead_offsets: dict[str, int] = {}
 
     # start-up ----------------------------------------------------------------
 
@@ -670,7 +675,8 @@ class Committer:
                 prev = positions.get(feed)
                 if prev is not None and prev.pitr == pitr:
                     count += prev.skip
-            positions[feed] = FeedPosition(pitr=pitr, skip=count)
+            prev_dead = positions[feed].dead_offset if feed in positions else None
+            positions[feed] = FeedPosition(pitr=pitr, skip=count, dead_offset=prev_dead)
 
     def _oversized(self, feed: str, pitr: int, value: bytes) -> None:
         """A record the producer cannot send: a dead letter instead of a stopped run."""
@@ -683,6 +689,19 @@ class Committer:
         letter = DeadLetter(feed=feed, reason=reason, pitr=pitr, **kw)
         log.warning("%s: %s: %s (pitr %d)", self.options.instance, feed, reason, pitr)
         self.write_dead([letter])
+
+    def _feed_checkpoints(self) -> dict[str, FeedPosition]:
+        out: dict[str, FeedPosition] = {}
+        for f in self.feeds:
+            pos = self.positions.get(f)
+            if pos is None:
+                continue
+            dead = self._dead_offsets.get(f)
+            if dead is not None and (pos.dead_offset is None or dead > pos.dead_offset):
+                pos = FeedPosition(pitr=pos.pitr, skip=pos.skip, dead_offset=dead)
+                self.positions[f] = pos
+            out[f] = pos
+        return out
 
     def _reconcile(self, feed_items: list[Emitted]) -> int:
         i = 0
@@ -726,6 +745,9 @@ class Committer:
                     self.producer.poll(0.05)
         self.state.add("dead_letters", len(letters))
         for d in letters:
+            if d.offset is not None and d.offset > self._dead_offsets.get(d.feed, -1):
+                self._dead_offsets[d.feed] = d.offset
+        for d in letters:
             self.state.add(f"dead_letters.{dead_letter_category(d.reason)}")
         self._dirty = True
 
@@ -751,7 +773,7 @@ class Committer:
         cp = Checkpoint(
             version=1,
             instance=self.options.instance,
-            feeds={f: self.positions[f] for f in self.feeds if f in self.positions},
+            feeds=self._feed_checkpoints(),
             output=OutputPosition(
                 topic=self.output.topic,
                 partition=self.output.partition,
@@ -1148,8 +1170,8 @@ class CombineRun:
         if cp is not None and all(f in cp.feeds for f in targets):
             pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
             replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
-            plans[CONTROLSTREAM] = ReadPlan(_seek(o, self.control, replay_from), pc)
-            plans[SURFACESTREAM] = ReadPlan(_seek(o, self.surface, ps.pitr), ps)
+            plans[CONTROLSTREAM] = ReadPlan(_seek(o, self.control, replay_from), pc, pc.dead_offset)
+            plans[SURFACESTREAM] = ReadPlan(_seek(o, self.surface, ps.pitr), ps, ps.dead_offset)
             mapping_from = ps.pitr - o.lookback_ms
             log.info("%s: resuming from checkpoint %s", o.instance, cp)
         else:
@@ -1471,7 +1493,7 @@ def mappings_command(args: argparse.Namespace) -> int:
     cp = committer.start()
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
-        plan = ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos)
+        plan = ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos, pos.dead_offset)
     else:
         off, pos = _start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
         plan = (
