@@ -34,3 +34,11 @@ def test_readme_starts_with_the_two_commands_ci_runs() -> None:
     assert lines[1] in (ROOT / ".ci" / "run").read_text() or "grep -m1" in (
         ROOT / ".ci" / "run"
     ).read_text()
+
+
+def test_guarantees_page_names_only_tests_that_exist() -> None:
+    text = (ROOT / "docs" / "guarantees.md").read_text()
+    cited = set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)", text))
+    assert len(cited) >= 30
+    missing = [f"{f}::{t}" for f, t in cited if f"def {t}(" not in (ROOT / f).read_text()]
+    assert missing == []
