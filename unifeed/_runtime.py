@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from ._checkpoint import Checkpoint, CheckpointStore, encode_record
 from ._checkpoint import FeedCheckpoint as FeedPosition
 from ._checkpoint import OutputCheckpoint as OutputPosition
+from ._cli_kafka import parse_time_ms
 from ._combine import Emitted
 from ._errors import (
     BrokerUnreachableError,
@@ -96,24 +97,6 @@ _TRANSIENT: Final = frozenset(
 # --- options ---------------------------------------------------------------
 
 
-def parse_time_ms(text: str) -> int:
-    """Epoch milliseconds or ISO-8601 (naive times are UTC)."""
-    from datetime import UTC, datetime
-
-    t = text.strip()
-    if t.lstrip("-").isdigit():
-        return int(t)
-    try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"expected epoch milliseconds or an ISO-8601 time, got {text!r}"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
-
-
 @dataclass
 class RuntimeOptions:
     bootstrap: str
@@ -144,13 +127,13 @@ class RuntimeOptions:
         if getattr(args, "kafka_config", None):
             extra.update(read_properties(args.kafka_config))
         if args.start not in ("earliest", "latest"):
-            parse_time_ms(args.start)  # checked now: a typo is a usage error
+            parse_time_ms(args.start, "--start")  # checked now: a typo is a usage error
         return cls(
             bootstrap=resolve_bootstrap(args.bootstrap_servers),
             instance=args.instance,
             checkpoint_topic=args.checkpoint_topic,
             start=args.start,
-            stop_at=None if args.stop_at is None else parse_time_ms(args.stop_at),
+            stop_at=None if args.stop_at is None else parse_time_ms(args.stop_at, "--stop-at"),
             exit_at_end=args.exit_at_end,
             delivery=args.delivery,
             realtime_threshold_ms=getattr(args, "realtime_threshold", 30_000),
