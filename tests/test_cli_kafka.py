@@ -149,10 +149,11 @@ def test_dump_time_range_and_audience(
     assert dump("--from", "2023-11-14T23:13:26+01:00") == lines[9:]
     public = dump("--audience", "public")
     # F2 restricted and F3 blocked by their flightplans; the ground position says public
-    # itself; F1 turns blocked at T0+5000; the mapping's unknown level counts as blocked.
-    assert public == [lines[0], lines[3], lines[6], lines[7], lines[10]]
+    # itself but belongs to blocked F3, and the stronger level wins; F1 turns blocked at
+    # T0+5000; the mapping's unknown level counts as blocked.
+    assert public == [lines[0], lines[3], lines[7], lines[10]]
     restricted = dump("--audience", "restricted")
-    assert restricted == [lines[0], lines[1], lines[3], lines[4], lines[6], lines[7], lines[10]]
+    assert restricted == [lines[0], lines[1], lines[3], lines[4], lines[7], lines[10]]
     assert dump("--audience", "blocked") == lines
     assert dump("--audience", "public", "--from", str(T0 + 6000)) == [lines[10]]
 
