@@ -404,3 +404,36 @@ def test_combine_serves_prometheus_metrics(kafka_bootstrap: str,
     assert 'unifeed_lag_seconds{feed="controlstream"}' in text
     assert 'unifeed_mode{mode="catchup"} 1.0' in text
     assert "unifeed_checkpoint_commits_total" in text
+
+
+def test_at_least_once_delivery_sigkill_and_restart_gives_exact_output(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """Without transactions, the output-tail reconciliation still makes a restart exact:
+    what a killed run wrote after its checkpoint is found and not written again."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(60)
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    args = combine_args(kafka_bootstrap, ctl, srf, out, f"alo-{out}", "--exit-at-end",
+                        "--delivery", "at-least-once", "--commit-interval", "20ms")
+    kills = 0
+    for delay in (0.0, 0.01, 0.02):
+        before = high_watermark(kafka_bootstrap, out)
+        proc = start_cli(args)
+        try:
+            def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
+                return high_watermark(kafka_bootstrap, out) > b or running.poll() is not None
+
+            wait_for(writing, 60, "the incarnation to start writing", 0.002)
+            time.sleep(delay)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(10)
+    assert kills >= 1
+    done = run_cli(args)
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
