@@ -1107,6 +1107,30 @@ def _last_pitr(options: RuntimeOptions, target: Target, low: int, high: int) -> 
         consumer.close()
 
 
+def _open_committer(
+    options: RuntimeOptions, output: Target, feeds: tuple[str, ...], state: RunState
+) -> Committer:
+    """Check the broker, then the output side's start-up: transactions, the instance's
+    claim and checkpoint (in ``.checkpoint``), the output tail. Shared by combine and
+    mappings."""
+    ensure_reachable(options.bootstrap, options.connect_timeout_s, options.kafka_extra)
+    dead_target = (
+        parse_target(options.dead_letter)
+        if options.dead_letter
+        else Target(topic=f"{output.topic}.dead-letter", partition=0)
+    )
+    committer = Committer(
+        options=options,
+        output=output,
+        dead_target=dead_target,
+        store=CheckpointStore(options.bootstrap, options.checkpoint_topic, options.kafka_extra),
+        feeds=feeds,
+        state=state,
+    )
+    committer.start()
+    return committer
+
+
 # --- the combine run -------------------------------------------------------
 
 
@@ -1132,22 +1156,8 @@ class CombineRun:
 
     def setup(self) -> None:
         o = self.options
-        ensure_reachable(o.bootstrap, o.connect_timeout_s, o.kafka_extra)
-        dead_target = (
-            parse_target(o.dead_letter)
-            if o.dead_letter
-            else Target(topic=f"{self.output.topic}.dead-letter", partition=0)
-        )
-        store = CheckpointStore(o.bootstrap, o.checkpoint_topic, o.kafka_extra)
-        committer = Committer(
-            options=o,
-            output=self.output,
-            dead_target=dead_target,
-            store=store,
-            feeds=(CONTROLSTREAM, SURFACESTREAM),
-            state=self.state,
-        )
-        cp = committer.start()
+        committer = _open_committer(o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state)
+        cp = committer.checkpoint
         targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
         plans: dict[str, ReadPlan] = {}
         if cp is not None and all(f in cp.feeds for f in targets):
@@ -1170,10 +1180,8 @@ class CombineRun:
                 )
                 plans[SURFACESTREAM] = ReadPlan(starts[SURFACESTREAM][0], ps)
                 mapping_from = ps.pitr - o.lookback_ms
-            committer.begin()
             committer.first_checkpoint(positions)
-        if committer.commits == 0:
-            committer.begin()
+        committer.begin()
         self._build_threads(committer, plans, mapping_from)
 
     def _build_threads(
@@ -1454,26 +1462,12 @@ def combine_command(args: argparse.Namespace) -> int:
 
 def mappings_command(args: argparse.Namespace) -> int:
     o = RuntimeOptions.from_args(args)
-    ensure_reachable(o.bootstrap, o.connect_timeout_s, o.kafka_extra)
     control = parse_target(args.control)
     output = parse_target(args.output)
     state = RunState()
     _install_signals(state)
-    dead_target = (
-        parse_target(o.dead_letter)
-        if o.dead_letter
-        else Target(topic=f"{output.topic}.dead-letter", partition=0)
-    )
-    store = CheckpointStore(o.bootstrap, o.checkpoint_topic, o.kafka_extra)
-    committer = Committer(
-        options=o,
-        output=output,
-        dead_target=dead_target,
-        store=store,
-        feeds=(CONTROLSTREAM,),
-        state=state,
-    )
-    cp = committer.start()
+    committer = _open_committer(o, output, (CONTROLSTREAM,), state)
+    cp = committer.checkpoint
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
         plan = ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos, pos.dead_offset)
@@ -1484,10 +1478,8 @@ def mappings_command(args: argparse.Namespace) -> int:
             if o.start == "earliest"
             else ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos)
         )
-        committer.begin()
         committer.first_checkpoint({CONTROLSTREAM: pos})
-    if committer.commits == 0:
-        committer.begin()
+    committer.begin()
     deriver = MappingDeriver()
     inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
     tracker: dict[str, int] = {}
