@@ -16,7 +16,7 @@ from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from ._unify import (
     CATCHUP_CLOCK,
     Unifier,
-    derive_mapping_lines,
+    iter_mapping_lines,
     open_input,
     open_output,
     run_unifier,
@@ -294,13 +294,15 @@ def _mappings(args: argparse.Namespace) -> int:
         open_output(args.output) as out,
         dead_letter_sink(args.dead_letter, args.max_dead_letters) as sink,
     ):
-        lines, dead = derive_mapping_lines(control)
-        sink.write(dead)
-        if lines:
-            out.write(b"\n".join(lines) + b"\n")
+        written = 0
+        for lines, dead in iter_mapping_lines(control):  # streamed: memory stays flat
+            sink.write(dead)
+            if lines:
+                out.write(b"\n".join(lines) + b"\n")
+                written += len(lines)
     if not args.quiet:
         print(
-            f"unifeed mappings: {len(lines)} mappingstream messages, {len(dead)} dead letters",
+            f"unifeed mappings: {written} mappingstream messages, {sink.count} dead letters",
             file=sys.stderr,
         )
     return 0

@@ -255,15 +255,23 @@ def unify_lines(
     return output, unifier
 
 
+def iter_mapping_lines(
+    control: Iterable[bytes],
+) -> Iterator[tuple[list[bytes], list[DeadLetter]]]:
+    """mappingstream of a complete controlstream, chunk by chunk, with dead letters."""
+    intake = ControlIntake()
+    for batch in _numbered_chunks(control, _CHUNK):
+        good, bad = intake.process(batch)
+        yield [encode_mapping(m) for m in intake.derive(good)], bad
+
+
 def derive_mapping_lines(control: Iterable[bytes]) -> tuple[list[bytes], list[DeadLetter]]:
     """mappingstream of a complete controlstream, and its dead letters."""
-    intake = ControlIntake()
     out: list[bytes] = []
     dead: list[DeadLetter] = []
-    for batch in _chunks(numbered(control), _CHUNK):
-        good, bad = intake.process(batch)
+    for lines, bad in iter_mapping_lines(control):
+        out.extend(lines)
         dead.extend(bad)
-        out.extend(encode_mapping(m) for m in intake.derive(good))
     return out, dead
 
 
