@@ -193,6 +193,47 @@ def _long_scenario(minutes: int = 60) -> tuple[list[bytes], list[bytes]]:
     return control, surface
 
 
+def _kill_while_writing(bootstrap: str, out: str, args: list[str], rng: random.Random,
+                        rounds: int) -> int:
+    """Start `unifeed combine` `rounds` times and SIGKILL each incarnation a seeded moment
+    (0-30 ms) after it starts writing to `out`. Returns how many were killed (one that
+    finished first is not)."""
+    kills = 0
+    poller = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests"})
+
+    def output_end() -> int:
+        try:
+            return int(poller.get_watermark_offsets(TopicPartition(out, 0), timeout=5)[1])
+        except KafkaException:
+            return 0
+
+    try:
+        for _ in range(rounds):
+            delay = rng.uniform(0.0, 0.03)
+            before = output_end()
+            proc = start_cli(args)
+            try:
+                def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
+                    return output_end() > b or running.poll() is not None
+
+                try:
+                    wait_for(writing, 60, "the incarnation to start writing", 0.002)
+                except TimeoutError:
+                    proc.kill()
+                    proc.wait(10)
+                    raise AssertionError(
+                        proc.stderr.read().decode() if proc.stderr else "") from None
+                time.sleep(delay)
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                proc.wait(10)
+    finally:
+        poller.close()
+    return kills
+
+
 def test_sigkill_at_seeded_moments_then_restart_gives_exact_output(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -204,39 +245,9 @@ def test_sigkill_at_seeded_moments_then_restart_gives_exact_output(
     expected, _ = unify_lines(control, surface)
     load(kafka_bootstrap, ctl, control)
     load(kafka_bootstrap, srf, surface)
-    rng = random.Random(20261122)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"kill-{out}", "--exit-at-end",
                         "--commit-interval", "20ms")
-    kills = 0
-    poller = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unifeed-tests"})
-
-    def output_end() -> int:
-        try:
-            return int(poller.get_watermark_offsets(TopicPartition(out, 0), timeout=5)[1])
-        except KafkaException:
-            return 0
-
-    for _ in range(6):
-        delay = rng.uniform(0.0, 0.03)
-        before = output_end()
-        proc = start_cli(args)
-        try:
-            def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
-                return output_end() > b or running.poll() is not None
-
-            try:
-                wait_for(writing, 60, "the incarnation to start writing", 0.002)
-            except TimeoutError:
-                proc.kill()
-                proc.wait(10)
-                raise AssertionError(proc.stderr.read().decode() if proc.stderr else "") from None
-            time.sleep(delay)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait(10)
-    poller.close()
+    kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(20261122), 6)
     assert kills >= 5, "combine finished before it could be killed: make the scenario longer"
     done = run_cli(args)
     assert done.returncode == 0, done.stderr.decode()
@@ -412,28 +423,14 @@ def test_at_least_once_delivery_sigkill_and_restart_gives_exact_output(
     """Without transactions, the output-tail reconciliation still makes a restart exact:
     what a killed run wrote after its checkpoint is found and not written again."""
     ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(60)
+    control, surface = _long_scenario(120)
     expected, _ = unify_lines(control, surface)
     load(kafka_bootstrap, ctl, control)
     load(kafka_bootstrap, srf, surface)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"alo-{out}", "--exit-at-end",
                         "--delivery", "at-least-once", "--commit-interval", "20ms")
-    kills = 0
-    for delay in (0.0, 0.01, 0.02):
-        before = high_watermark(kafka_bootstrap, out)
-        proc = start_cli(args)
-        try:
-            def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
-                return high_watermark(kafka_bootstrap, out) > b or running.poll() is not None
-
-            wait_for(writing, 60, "the incarnation to start writing", 0.002)
-            time.sleep(delay)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait(10)
-    assert kills >= 1
+    kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(20261129), 4)
+    assert kills >= 3, "combine finished before it could be killed: make the scenario longer"
     done = run_cli(args)
     assert done.returncode == 0, done.stderr.decode()
     assert read_all(kafka_bootstrap, out) == expected
