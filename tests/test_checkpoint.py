@@ -51,7 +51,7 @@ def test_value_has_the_spec_shape_and_stable_key_order() -> None:
         b'"controlstream":{"pitr":1700000000000,"skip":2},'
         b'"surfacestream":{"pitr":1699999999995,"skip":1}},'
         b'"output":{"topic":"unified","partition":0,"next_offset":1234},'
-        b'"generation":3,"written_ms":17}'
+        b'"generation":3,"written_ms":17,"incarnation":""}'
     )
     key, same = encode_record(_checkpoint(generation=3, written_ms=17))
     assert (key, same) == (b"uf-a", value)

@@ -108,6 +108,101 @@ def test_second_instance_with_the_same_name_stops_the_older_one(
     assert got == expected
 
 
+def test_two_same_name_instances_started_at_once_leave_one_writer(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """Two processes of a new instance name start at the same moment: both claim
+    generation 1, and their incarnation tokens decide. Exactly one runs to the end, the
+    other stops with the takeover message, and the committed output has no duplicate."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(20)
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    args = combine_args(kafka_bootstrap, ctl, srf, out, f"twin-{out}", "--exit-at-end")
+    procs = [start_cli(args), start_cli(args)]
+    try:
+        codes = sorted(p.wait(timeout=120) for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+    errs = [_stderr(p) for p in procs]
+    assert codes == [0, 1], errs
+    loser = errs[[p.returncode for p in procs].index(1)]
+    assert "another incarnation of instance" in loser and "stops" in loser, loser
+    got = read_all(kafka_bootstrap, out)
+    assert len(got) == len(expected), "duplicated or lost records"
+    assert got == expected
+
+
+def test_an_equal_generation_with_a_greater_incarnation_stops_the_run(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """The tie-break of two claims of one generation, made deterministic: while a run of
+    generation 1 works, a record of generation 1 with a greater incarnation token (what
+    a process that claimed at the same moment writes) appears; the run stops."""
+    import msgspec
+
+    from unifeed._checkpoint import CheckpointStore
+
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(20)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    name = f"tie-{out}"
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name))  # stays live
+    try:
+        wait_for(lambda: high_watermark(kafka_bootstrap, out) > 0 or proc.poll() is not None,
+                 60, "the run to write")
+        assert proc.poll() is None, _stderr(proc)
+        with CheckpointStore(kafka_bootstrap, f"{out}.checkpoints") as store:
+            ours, _ = store.load(name)
+            assert ours is not None and ours.generation == 1 and len(ours.incarnation) == 16
+            store.write(name, msgspec.structs.replace(ours, incarnation="z" * 16))
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = _stderr(proc)
+    assert rc == 1, err
+    assert f"(generation 1, {'z' * 16}) took over" in err, err
+
+
+def test_second_mappings_instance_with_the_same_name_stops_the_older_one(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """`unifeed mappings` claims its name like combine: the older process stops."""
+    from unifeed._unify import derive_mapping_lines
+
+    ctl, mp = unique_topic("ctl"), unique_topic("map")
+    control, _ = _long_scenario(20)
+    expected, _ = derive_mapping_lines(control)
+    load(kafka_bootstrap, ctl, control)
+    args = ["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
+            "--bootstrap-servers", kafka_bootstrap, "--instance", f"m-{mp}",
+            "--checkpoint-topic", f"{mp}.checkpoints", "-q"]
+    older = start_cli(args)  # stays live: no --exit-at-end
+    try:
+        wait_for(lambda: high_watermark(kafka_bootstrap, mp) >= len(expected)
+                 or older.poll() is not None, 60, "the older mappings to catch up")
+        assert older.poll() is None, _stderr(older)
+        newer = start_cli([*args, "--exit-at-end"])
+        rc_older = older.wait(timeout=30)
+        rc_newer = newer.wait(timeout=60)
+    finally:
+        if older.poll() is None:
+            older.kill()
+            older.wait(10)
+    err = _stderr(older)
+    assert rc_older == 1, err
+    assert "another incarnation of instance" in err, err
+    assert rc_newer == 0, _stderr(newer)
+    assert read_all(kafka_bootstrap, mp) == expected
+
+
 def test_a_fencing_broker_fences_the_older_transactional_producer(
     kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
 ) -> None:

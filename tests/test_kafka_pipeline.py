@@ -349,6 +349,34 @@ def test_mappings_then_combine_with_a_mapping_topic(name: str, kafka_bootstrap: 
     assert read_all(kafka_bootstrap, out) == read_lines(golden_path(name, "expected.unified"))
 
 
+def test_mapping_topic_dead_letters_are_written_once_across_reruns(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """Bad records in an external mappingstream become dead letters once: a rerun that
+    reads them again (the mapping replay from the checkpoint) does not write them twice."""
+    ctl, srf, mp, out = (unique_topic(x) for x in ("ctl", "srf", "map", "out"))
+    control, surface = golden_inputs("basic")
+    mapping = read_lines(golden_path("basic", "expected.mappingstream"))
+    bad = [b"not json", b'{"type":"link","pitr":"soon"}', b"\xff\xfe"]
+    step = max(1, len(mapping) // (len(bad) + 1))
+    with_bad = list(mapping)
+    for k, junk in enumerate(bad):
+        with_bad.insert((k + 1) * step + k, junk)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    load(kafka_bootstrap, mp, with_bad)
+    args = combine_args(kafka_bootstrap, ctl, srf, out, f"mdl-{out}", "--exit-at-end",
+                        "--mapping", f"kafka:{mp}")
+    for _ in range(2):
+        done = run_cli(args)
+        assert done.returncode == 0, done.stderr.decode()
+        dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
+        assert sorted(d["offset"] for d in dead) == sorted(with_bad.index(j) for j in bad)
+        assert {d["feed"] for d in dead} == {"mappingstream"}
+        assert read_all(kafka_bootstrap, out) == read_lines(golden_path("basic",
+                                                                        "expected.unified"))
+
+
 def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:

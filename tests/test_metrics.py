@@ -164,6 +164,18 @@ def test_bad_port_is_refused() -> None:
         MetricsServer(70000, MetricsSnapshot, command="combine", instance="x")
 
 
+def test_metrics_host_is_bound_and_a_foreign_address_is_a_config_error() -> None:
+    with MetricsServer(0, MetricsSnapshot, command="combine", instance="x",
+                       host="127.0.0.1") as s:
+        assert s.url == f"http://127.0.0.1:{s.port}/metrics"
+        scrape(s)
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: binding fails locally, nothing
+    # is sent anywhere.
+    far = MetricsServer(0, MetricsSnapshot, command="combine", instance="x", host="192.0.2.1")
+    with pytest.raises(ConfigError, match=r"cannot serve metrics on 192\.0\.2\.1:0.*--metrics-host"):
+        far.start()
+
+
 def test_snapshot_from_runtime_counters() -> None:
     s = snapshot_from_counters(
         {

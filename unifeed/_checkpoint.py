@@ -6,15 +6,22 @@ instance name. A record's value is one JSON object, keys always in this order::
     {"version":1,"instance":"uf-a",
      "feeds":{"controlstream":{"pitr":1700000000000,"skip":2},"surfacestream":{...}},
      "output":{"topic":"unified","partition":0,"next_offset":1234},
-     "generation":3,"written_ms":1700000000123}
+     "generation":3,"written_ms":1700000000123,"incarnation":"9f2c0d4e5a6b7c81"}
 
 * ``feeds``: for each input, the ``pitr`` of the last processed message and ``skip``, how
   many messages with exactly that pitr were processed (a resume seeks to ``pitr`` and
-  skips that many). Feeds keep the order the writer gave them.
+  skips that many). Feeds keep the order the writer gave them. ``dead_offset``, when
+  present, is the offset of the last dead letter written for that feed (a restart that
+  reads it again does not write it twice). An external mappingstream has only that
+  mark (its ``pitr`` and ``skip`` are 0: combine resumes it from the surfacestream's).
 * ``output``: the output partition and ``next_offset``, the offset after the last output
   record this checkpoint covers (output-tail reconciliation); null before any output.
 * ``generation``: incarnation counter; a run resuming from generation g writes g + 1.
   Lets logs and ``unifeed checkpoint show`` tell runs apart. 0 when unknown.
+* ``incarnation``: a random token of the process that wrote the record. Two processes
+  that claim the same generation at once are told apart by it: the one whose
+  ``(generation, incarnation)`` is greater keeps the name, the other stops. Empty in
+  records written before it existed.
 * ``written_ms``: wall-clock epoch ms when the record was made; for people only, never
   used to decide anything.
 
@@ -105,6 +112,12 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     output: OutputCheckpoint | None = None
     generation: NonNegative = 0
     written_ms: NonNegative = 0
+    incarnation: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+    @property
+    def claim_rank(self) -> tuple[int, str]:
+        """Which of two incarnations of one instance name keeps it: the greater rank."""
+        return (self.generation, self.incarnation)
 
 
 _encoder: Final = msgspec.json.Encoder()

@@ -195,7 +195,14 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics on 127.0.0.1:PORT",
+        help="serve Prometheus metrics on HOST:PORT (0 picks a free port)",
+    )
+    g.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 in a container "
+        "that Prometheus scrapes from outside)",
     )
     g.add_argument(
         "--status-interval",

@@ -236,7 +236,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MetricsServer:
-    """Serves ``/metrics`` on 127.0.0.1:``port`` from a daemon thread.
+    """Serves ``/metrics`` on ``host``:``port`` (127.0.0.1 unless told) from a daemon thread.
 
     ``collect`` runs in the server's thread at every scrape: it must only read shared
     state (a copy of a dict is fine). ``port`` 0 picks a free port; `port` tells which
@@ -251,6 +251,7 @@ class MetricsServer:
         *,
         command: str,
         instance: str,
+        host: str = _HOST,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"--metrics-port must be between 0 and 65535, got {port}")
@@ -260,6 +261,7 @@ class MetricsServer:
         self.registry.register(
             UnifeedCollector(collect, command=command, instance=instance, version=__version__)
         )
+        self.host = host
         self.port = port
         self._requested = port
         self._server: WSGIServer | None = None
@@ -271,7 +273,7 @@ class MetricsServer:
             return
         try:
             server = make_server(
-                _HOST,
+                self.host,
                 self._requested,
                 make_wsgi_app(self.registry),
                 _ThreadingServer,
@@ -279,8 +281,9 @@ class MetricsServer:
             )
         except OSError as exc:
             raise ConfigError(
-                f"cannot serve metrics on {_HOST}:{self._requested}: {exc.strerror}; "
-                "choose another --metrics-port (0 picks a free one)"
+                f"cannot serve metrics on {self.host}:{self._requested}: "
+                f"{exc.strerror or exc}; choose another --metrics-port (0 picks a free one) "
+                "or --metrics-host"
             ) from None
         self._server = server
         self.port = int(server.server_port)
@@ -291,12 +294,13 @@ class MetricsServer:
             daemon=True,
         )
         self._thread.start()
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", _HOST, self.port)
+        log.info("serving Prometheus metrics on %s", self.url)
 
     @property
     def url(self) -> str:
         """Where to scrape."""
-        return f"http://{_HOST}:{self.port}/metrics"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
         """Stop serving (waits at most a few seconds for the server thread)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import secrets
 import signal
 import sys
 import threading
@@ -115,6 +116,7 @@ class RuntimeOptions:
     kafka_extra: dict[str, Any] = field(default_factory=dict)
     status_interval_s: float = 2.0
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     connect_timeout_s: float = 10.0
     broker_timeout_s: float = 30.0
     claim_grace_s: float = 1.0
@@ -144,6 +146,7 @@ class RuntimeOptions:
             kafka_extra=extra,
             status_interval_s=args.status_interval if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
+            metrics_host=getattr(args, "metrics_host", "127.0.0.1"),
             end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
             broker_timeout_s=getattr(args, "broker_timeout", 30_000) / 1000,
         )
@@ -454,6 +457,9 @@ class Committer:
         self._dirty = False
         self._in_txn = False
         self.generation = 1
+        # Tells apart two processes that claim the same generation at the same moment.
+        self.incarnation = secrets.token_hex(8)
+        self.watch_from: int | None = None  # checkpoint offset the claim watcher starts at
         self._dead_offsets: dict[str, int] = {}
 
     # start-up ----------------------------------------------------------------
@@ -472,8 +478,9 @@ class Committer:
         self.store.ensure_topic()
         cp, cp_offset = self.store.load(self.options.instance)
         self.generation = (cp.generation if cp is not None else 0) + 1
-        if cp is not None:
-            cp, cp_offset = self._claim(cp)
+        cp, cp_offset = self._claim(cp)
+        if cp is not None and not cp.feeds:
+            cp = None  # a claim of a new instance: nothing to resume from
         self.checkpoint = cp
         low, high = _watermarks_or_empty(self.options, self.output)
         if cp is None:
@@ -504,22 +511,29 @@ class Committer:
                 )
         return cp
 
-    def _claim(self, cp: Checkpoint) -> tuple[Checkpoint, int]:
+    @property
+    def claim_rank(self) -> tuple[int, str]:
+        return (self.generation, self.incarnation)
+
+    def _claim(self, cp: Checkpoint | None) -> tuple[Checkpoint | None, int]:
         """Tell an older incarnation of this instance name to stop, then give it time to.
 
-        The claim is the current checkpoint with the next generation. An incarnation
-        that sees a higher generation for its name stops before its next commit (brokers
-        that fence transactional producers stop it too). Afterwards the latest checkpoint
-        is read again: the older incarnation may have committed once more meanwhile.
+        The claim is the current checkpoint (or, for a new instance, an empty one) with
+        the next generation and this process's incarnation token. An incarnation that
+        sees a greater ``(generation, incarnation)`` for its name stops before its next
+        commit (brokers that fence transactional producers stop it too). Afterwards the
+        latest checkpoint is read again: the older incarnation may have committed once
+        more meanwhile, and a process that claimed at the same moment may outrank this one.
         """
         instance = self.options.instance
         claim = Checkpoint(
             version=1,
             instance=instance,
-            feeds=cp.feeds,
-            output=cp.output,
+            feeds=cp.feeds if cp is not None else {},
+            output=cp.output if cp is not None else None,
             generation=self.generation,
             written_ms=self.options.clock(),
+            incarnation=self.incarnation,
         )
         key, value = encode_record(claim)
         self.begin()
@@ -532,13 +546,16 @@ class Committer:
                 f"the checkpoint of instance {instance!r} was reset while this run started; "
                 "start it again"
             )
-        if latest.generation > self.generation:
+        if latest.claim_rank > self.claim_rank:
             raise InstanceFencedError(
-                f"another incarnation of instance {instance!r} (generation {latest.generation}) "
-                f"started at the same time as this one (generation {self.generation}); "
-                "this one stops"
+                f"another incarnation of instance {instance!r} (generation {latest.generation}, "
+                f"{latest.incarnation}) started at the same time as this one (generation "
+                f"{self.generation}, {self.incarnation}); this one stops"
             )
-        log.info("%s: generation %d claimed", instance, self.generation)
+        log.info("%s: generation %d claimed (incarnation %s)", instance, self.generation,
+                 self.incarnation)
+        # Every record after the one just read is news to the claim watcher.
+        self.watch_from = offset + 1
         return latest, offset
 
     def _commit_or_flush(self) -> None:
@@ -684,6 +701,15 @@ class Committer:
                 pos = FeedPosition(pitr=pos.pitr, skip=pos.skip, dead_offset=dead)
                 self.positions[f] = pos
             out[f] = pos
+        # A feed read without a position of its own (an external mappingstream) keeps only
+        # its dead-letter mark, so that a restart does not write its dead letters again.
+        for f, dead in self._dead_offsets.items():
+            prev = self.positions.get(f)
+            if f not in out and (prev is None or dead > (prev.dead_offset or -1)):
+                self.positions[f] = FeedPosition(pitr=0, skip=0, dead_offset=dead)
+        for f, pos in self.positions.items():
+            if f not in out:
+                out[f] = pos
         return out
 
     def _reconcile(self, feed_items: list[Emitted]) -> int:
@@ -764,6 +790,7 @@ class Committer:
             ),
             generation=self.generation,
             written_ms=self.options.clock(),
+            incarnation=self.incarnation,
         )
         key, value = encode_record(cp)
         if isinstance(self.state.failure, InstanceFencedError):
@@ -979,8 +1006,9 @@ class WriterThread(Worker):
 
 
 class ClaimWatcher(Worker):
-    """Follows the checkpoint partition; stops the run when a newer incarnation of this
-    instance name claims it (a checkpoint record with a higher generation)."""
+    """Follows the checkpoint partition from just after the claim; stops the run when
+    another incarnation of this instance name outranks it (a checkpoint record with a
+    greater ``(generation, incarnation)``)."""
 
     def __init__(self, state: RunState, options: RuntimeOptions, committer: Committer) -> None:
         super().__init__("claim-watcher", state)
@@ -996,8 +1024,10 @@ class ClaimWatcher(Worker):
         )
         key = self.options.instance.encode("utf-8")
         try:
-            _, high = watermarks(consumer, self.target)
-            consumer.assign([self.target.topic_partition(high)])
+            start = self.committer.watch_from
+            if start is None:
+                start = watermarks(consumer, self.target)[1]
+            consumer.assign([self.target.topic_partition(start)])
             while not self.state.stop.is_set():
                 for m in consume_batch(consumer, 500, 0.2):
                     if m.error() is not None or m.key() != key or not m.value():
@@ -1011,10 +1041,10 @@ class ClaimWatcher(Worker):
                         )
                     except CheckpointError:
                         continue
-                    if cp.generation > self.committer.generation:
+                    if cp.claim_rank > self.committer.claim_rank:
                         raise InstanceFencedError(
                             f"another incarnation of instance {self.options.instance!r} "
-                            f"(generation {cp.generation}) took over at checkpoint offset "
+                            f"(generation {cp.generation}, {cp.incarnation}) took over at checkpoint offset "
                             f"{m.offset()}; this one (generation {self.committer.generation}) "
                             "stops without committing again"
                         )
@@ -1265,6 +1295,12 @@ class CombineRun:
             )
         )
         if self.mapping is not None:
+            cp = committer.checkpoint
+            mapping_dead = (
+                cp.feeds[MAPPINGSTREAM].dead_offset
+                if cp is not None and MAPPINGSTREAM in cp.feeds
+                else None
+            )
 
             def mapping_to_annotator(
                 replay: list[Accepted],
@@ -1288,7 +1324,7 @@ class CombineRun:
                     feed=MAPPINGSTREAM,
                     target=self.mapping,
                     config=rconf,
-                    plan=ReadPlan(_seek(o, self.mapping, mapping_from)),
+                    plan=ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead),
                     deliver=_Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
                     stop_at=None if o.stop_at is None else o.stop_at,
                     exit_at_end=o.exit_at_end,
@@ -1372,7 +1408,11 @@ def _metrics_server(
         )
 
     server = MetricsServer(
-        options.metrics_port, collect, command=command, instance=options.instance
+        options.metrics_port,
+        collect,
+        command=command,
+        instance=options.instance,
+        host=options.metrics_host,
     )
     server.start()
     log.info("%s: metrics on %s", options.instance, server.url)
@@ -1524,6 +1564,8 @@ def mappings_command(args: argparse.Namespace) -> int:
         count_keepalives=True,
     )
     reader.start()
+    watcher = ClaimWatcher(state, o, committer)
+    watcher.start()
     metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
     health = BrokerHealth(o)
     finished = False
@@ -1554,6 +1596,7 @@ def mappings_command(args: argparse.Namespace) -> int:
             metrics.close()
         state.stop.set()
         reader.join(_JOIN_TIMEOUT_S)
+        watcher.join(_JOIN_TIMEOUT_S)
         committer.close()
     if state.failure is not None:
         raise state.failure
