@@ -23,6 +23,7 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from tests.kafkatools import forget_broker
 from unifeed._broker import EmbeddedBroker
 from unifeed._kafkautil import consumer_config, producer_config
 
@@ -92,13 +93,17 @@ def _kafka_broker() -> Iterator[BrokerChoice]:
             _notes.append(f"Kafka tests ran against a testcontainers Kafka at {bootstrap}")
             yield BrokerChoice("container", bootstrap, "testcontainers")
         finally:
+            forget_broker(bootstrap)
             container.stop()
         return
     _notes.append(
         f"Kafka tests ran against the embedded broker (container path skipped: {why_not})"
     )
     with EmbeddedBroker() as broker:
-        yield BrokerChoice("embedded", broker.bootstrap_servers, why_not)
+        try:
+            yield BrokerChoice("embedded", broker.bootstrap_servers, why_not)
+        finally:
+            forget_broker(broker.bootstrap_servers)  # before the broker goes away
 
 
 @pytest.fixture(scope="session")

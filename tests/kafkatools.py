@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -53,15 +54,47 @@ def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0)
     return n
 
 
+_POLLERS: dict[str, Consumer] = {}
+
+
+def _close_pollers() -> None:
+    while _POLLERS:
+        _, consumer = _POLLERS.popitem()
+        consumer.close()
+
+
+atexit.register(_close_pollers)
+
+
+def forget_broker(bootstrap: str) -> None:
+    """Close the kept client of a broker that is going away (no reconnect noise after)."""
+    consumer = _POLLERS.pop(bootstrap, None)
+    if consumer is not None:
+        consumer.close()
+
+
 def high_watermark(bootstrap: str, topic: str, partition: int = 0) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests"})
+    """The partition's end offset, 0 when it does not exist (yet). One client per broker
+    is kept for the whole session, so that polling in a tight loop costs a round trip and
+    not a new connection each time."""
+    consumer = _POLLERS.get(bootstrap)
+    if consumer is None:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests"})
+        _POLLERS[bootstrap] = consumer
+    tp = TopicPartition(topic, partition)
     try:
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        return int(high)
+        return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+    except Exception:
+        pass
+    # The kept client does not learn of a topic created since it last looked (a cached
+    # "unknown partition"): ask the broker for that topic's metadata, then again.
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or partition not in metadata.partitions:
+            return 0
+        return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
     except Exception:
         return 0
-    finally:
-        consumer.close()
 
 
 def read_all(bootstrap: str, topic: str, partition: int = 0, timeout_s: float = 60) -> list[bytes]:

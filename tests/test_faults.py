@@ -11,7 +11,15 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from tests.kafkatools import high_watermark, load, read_all, run_cli, start_cli, wait_for
+from tests.kafkatools import (
+    forget_broker,
+    high_watermark,
+    load,
+    read_all,
+    run_cli,
+    start_cli,
+    wait_for,
+)
 from tests.test_kafka_pipeline import _long_scenario, combine_args
 from unifeed import unify_lines
 from unifeed._broker import spawn_broker_process
@@ -40,6 +48,7 @@ def test_broker_death_mid_run_exits_nonzero_then_a_rerun_completes() -> None:
             wait_for(lambda: high_watermark(bootstrap, "out") > 2000 or proc.poll() is not None,
                      60, "combine to be under way")
             assert proc.poll() is None, _stderr(proc)
+            forget_broker(bootstrap)
             broker.kill()
             broker.wait(10)
             killed_at = time.monotonic()
@@ -66,6 +75,7 @@ def test_broker_death_mid_run_exits_nonzero_then_a_rerun_completes() -> None:
         assert done.returncode == 0, done.stderr.decode()
         assert read_all(bootstrap, "out") == expected
     finally:
+        forget_broker(bootstrap)
         broker.kill()
         broker.wait(10)
 
