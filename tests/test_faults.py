@@ -20,7 +20,7 @@ from tests.kafkatools import (
     start_cli,
     wait_for,
 )
-from tests.test_kafka_pipeline import _long_scenario, combine_args
+from tests.test_kafka_pipeline import _long_scenario, combine_args, loaded_long_scenario
 from unifeed import unify_lines
 from unifeed._broker import spawn_broker_process
 
@@ -87,11 +87,7 @@ def test_second_instance_with_the_same_name_stops_the_older_one(
     generation; the older one sees it and stops before its next commit. This works on
     every broker, including the embedded one, which does not fence transactional
     producers. The committed output has no duplicate."""
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(20)
-    expected, _ = unify_lines(control, surface)
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 20)
     name = f"same-{out}"
     older = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name))  # stays live
     try:
@@ -124,11 +120,7 @@ def test_two_same_name_instances_started_at_once_leave_one_writer(
     """Two processes of a new instance name start at the same moment: both claim
     generation 1, and their incarnation tokens decide. Exactly one runs to the end, the
     other stops with the takeover message, and the committed output has no duplicate."""
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(20)
-    expected, _ = unify_lines(control, surface)
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 20)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"twin-{out}", "--exit-at-end")
     procs = [start_cli(args), start_cli(args)]
     try:
@@ -157,10 +149,7 @@ def test_an_equal_generation_with_a_greater_incarnation_stops_the_run(
 
     from unifeed._checkpoint import CheckpointStore
 
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(20)
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
+    ctl, srf, out, _ = loaded_long_scenario(kafka_bootstrap, unique_topic, 20)
     name = f"tie-{out}"
     proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name))  # stays live
     try:
@@ -240,11 +229,7 @@ def test_a_fencing_broker_fences_the_older_transactional_producer(
 def test_corrupt_checkpoint_gives_a_clear_error_and_a_way_out(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(2)
-    expected, _ = unify_lines(control, surface)
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 2)
     name = f"corrupt-{out}"
     cp_topic = f"{out}.checkpoints"
     producer = Producer({"bootstrap.servers": kafka_bootstrap})

@@ -192,6 +192,17 @@ def _long_scenario(minutes: int = 60) -> tuple[list[bytes], list[bytes]]:
     return control, surface
 
 
+def loaded_long_scenario(bootstrap: str, unique_topic: Callable[..., str],
+                         minutes: int) -> tuple[str, str, str, list[bytes]]:
+    """`_long_scenario(minutes)` loaded into fresh control and surface topics: their names,
+    a fresh output topic's name and the expected output."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(minutes)
+    load(bootstrap, ctl, control)
+    load(bootstrap, srf, surface)
+    return ctl, srf, out, unify_lines(control, surface)[0]
+
+
 def _kill_while_writing(bootstrap: str, out: str, args: list[str], rng: random.Random,
                         rounds: int) -> int:
     """Start `unifeed combine` `rounds` times and SIGKILL each incarnation a seeded moment
@@ -227,11 +238,7 @@ def test_sigkill_at_seeded_moments_then_restart_gives_exact_output(
     """Each incarnation is killed a seeded moment after it starts writing (in the middle
     of its work: transactions open, output produced but not committed, or a commit under
     way); the last one runs to the end. The committed output is exactly the reference."""
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(120)
-    expected, _ = unify_lines(control, surface)
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 120)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"kill-{out}", "--exit-at-end",
                         "--commit-interval", "20ms")
     kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(20261122), 6)
@@ -440,11 +447,7 @@ def test_at_least_once_delivery_sigkill_and_restart_gives_exact_output(
 ) -> None:
     """Without transactions, the output-tail reconciliation still makes a restart exact:
     what a killed run wrote after its checkpoint is found and not written again."""
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(120)
-    expected, _ = unify_lines(control, surface)
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 120)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"alo-{out}", "--exit-at-end",
                         "--delivery", "at-least-once", "--commit-interval", "20ms")
     kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(20261129), 4)
