@@ -317,3 +317,67 @@ def test_push_emitted_hands_on_entries_with_the_same_rules() -> None:
     c._check()
     c.close("controlstream")
     assert items(c.drain_list()) == ["s3", "s5", "s5"]
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> list[tuple[str, int, int]]:
+    """Random pushes, progress markers, caught-up flags, closes, clock moves and drains
+    on two feeds, each feed's pitrs never going backwards."""
+    ops: list[tuple[str, int, int]] = []
+    floor = [0, 0]
+    closed = [False, False]
+    for _ in range(draw(st.integers(1, 60))):
+        f = draw(st.integers(0, 1))
+        kind = draw(st.sampled_from(["push", "push", "push", "advance", "caught_up", "close",
+                                     "clock", "drain"]))
+        if kind in ("push", "advance") and not closed[f]:
+            floor[f] += draw(st.integers(0, 3))
+            ops.append((kind, f, floor[f]))
+        elif kind == "close" and draw(st.integers(0, 4)) == 0:
+            closed[f] = True
+            ops.append((kind, f, 0))
+        elif kind in ("caught_up", "clock", "drain"):
+            ops.append((kind, f, draw(st.integers(0, 80))))
+    return ops
+
+
+@given(operations(), st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_drain_list_fast_paths_match_popping_one_at_a_time(
+    ops: list[tuple[str, int, int]], strict: bool
+) -> None:
+    """`drain_list` (with its fast paths) and repeated `pop` (the plain rule) emit the same
+    messages and end in the same mode, in real time, catch-up and in between."""
+    now = [0]
+    made = [
+        Combiner([Feed("a"), Feed("b", required_realtime=strict)],
+                 realtime_threshold_ms=30, clock=lambda: now[0])
+        for _ in range(2)
+    ]
+    outs: list[list[tuple[str, int, object]]] = [[], []]
+
+    def drain() -> None:
+        outs[0] += [(e.feed, e.pitr, e.item) for e in made[0].drain_list()]
+        while (e := made[1].pop()) is not None:
+            outs[1].append((e.feed, e.pitr, e.item))
+        for c in made:
+            c._check()
+        assert outs[0] == outs[1]
+        assert made[0].last_mode == made[1].last_mode
+
+    for n, (kind, f, v) in enumerate(ops):
+        feed = "ab"[f]
+        for c in made:
+            if kind == "push":
+                c.push(feed, v, n)
+            elif kind == "advance":
+                c.advance(feed, v)
+            elif kind == "caught_up":
+                c.caught_up(feed, v % 2 == 0)
+            elif kind == "close":
+                c.close(feed)
+        if kind == "clock":
+            now[0] += v
+        elif kind == "drain":
+            drain()
+    drain()

@@ -481,9 +481,10 @@ def _show(args: argparse.Namespace) -> int:
         if checkpoint.written_ms
         else "unknown"
     )
+    claim_only = "; a start-up claim, no progress yet" if not checkpoint.feeds else ""
     print(
         f"checkpoint of instance {args.instance!r} at {where} offset {offset} "
-        f"(generation {checkpoint.generation}, written {written})",
+        f"(generation {checkpoint.generation}, written {written}{claim_only})",
         file=sys.stderr,
     )
     return 0

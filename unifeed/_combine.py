@@ -384,6 +384,28 @@ class Combiner:
                     emitted += n
                     last = out[-1]
                     self._last_key = (last.pitr, 0 if last.feed == feeds[0].name else 1)
+                elif qa or qb:
+                    # Fast path: one queue is empty; its feed's progress marker (or its
+                    # end) settles every message of the other queue up to a bound, in
+                    # either mode. What lies beyond it takes the general path below.
+                    st, other = (feeds[0], feeds[1]) if qa else (feeds[1], feeds[0])
+                    q = st.queue
+                    if other.closed:
+                        bound = q[-1].pitr
+                    else:
+                        bound = other.marker if other.rank > st.rank else other.marker - 1
+                    if q[0].pitr <= bound:
+                        pop = q.popleft
+                        n = 0
+                        while q and q[0].pitr <= bound:
+                            append(pop())
+                            n += 1
+                        emitted += n
+                        last_pitr = out[-1].pitr
+                        self._last_key = (last_pitr, st.rank)
+                        self.last_mode = (
+                            Mode.REALTIME if now - last_pitr <= self._threshold else Mode.CATCHUP
+                        )
             cand = self._candidate()
             if cand is None or self._blocked(cand, cand.queue[0].pitr, now):
                 break
