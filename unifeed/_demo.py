@@ -447,26 +447,29 @@ def _high_watermark(bootstrap: str, topic: str) -> int:
 
 
 class Display:
-    """Progress on stderr: one line redrawn in place on a terminal, else a line every 2 s."""
+    """Progress on stderr: one line redrawn in place on a terminal, else a line every 2 s
+    and one whenever the state (``key``) changes, so that no phase goes unseen."""
 
     def __init__(self, stream: IO[str], started: float) -> None:
         self.stream = stream
         self.started = started
         self.tty = stream.isatty() and os.environ.get("TERM") != "dumb"
         self.last_plain = 0.0
+        self.last_key = ""
         self.current = ""
 
     def _stamp(self) -> str:
         return f"[{time.monotonic() - self.started:5.1f}s]"
 
-    def progress(self, text: str) -> None:
+    def progress(self, text: str, key: str = "") -> None:
         line = f"demo {self._stamp()} {text}"
         if self.tty:
             width = shutil.get_terminal_size((120, 20)).columns
             self.current = line[: max(width - 1, 20)]
             self.stream.write("\r\x1b[2K" + self.current)
             self.stream.flush()
-        elif time.monotonic() - self.last_plain >= 2.0:
+        elif key != self.last_key or time.monotonic() - self.last_plain >= 2.0:
+            self.last_key = key
             self.last_plain = time.monotonic()
             self.stream.write(line + "\n")
             self.stream.flush()
@@ -752,7 +755,16 @@ class _Run:
             playback_start = time.monotonic() - (_now_ms() - t0) / 1000
             outage = o.outage()
             if outage > 0:
-                kill_at = max(playback_start + 0.4 * o.playback_s, time.monotonic() + 2.0)
+                # The outage starts once combine has shown itself at work (its first
+                # progress line), so the display always has a live phase before it.
+                running = self.combines[-1]
+                self._wait_for(
+                    lambda: running.status is not None,
+                    "progress line from combine",
+                    _SUBPROCESS_START_S,
+                    running,
+                )
+                kill_at = max(playback_start + 0.4 * o.playback_s, time.monotonic() + 1.0)
                 self._watch_until(kill_at, deadline)
                 backlog_from = dict(self.player.produced)
                 self.combines[-1].kill()
@@ -869,7 +881,10 @@ class _Run:
         if sleep_s > 0:
             self.stop.wait(sleep_s)
         self._note_catchup()
-        self.display.progress(self._progress_text())
+        text = self._progress_text()
+        combine = self.combines[-1] if self.combines else None
+        state = "up" if combine is not None and combine.status is not None else "not up"
+        self.display.progress(text, f"{self.phase} {state}")
         for command in [*self.combines, *([self.mappings] if self.mappings else [])]:
             while command.warnings:
                 self.display.event(f"{command.name}: {command.warnings.popleft()}")
@@ -899,6 +914,9 @@ class _Run:
             self.report.catchup_until_end = True
 
     def _progress_text(self) -> str:
+        latest = self.combines[-1] if self.combines else None
+        if self.phase == "starting" and latest is not None and latest.status is not None:
+            self.phase = "live"
         parts = [f"{self.phase:<8}"]
         if self.player is not None:
             p = self.player.produced
@@ -912,8 +930,6 @@ class _Run:
         elif status is None:
             parts.append("| combine starting")
         else:
-            if self.phase == "starting":
-                self.phase = "live"
             lags = " ".join(
                 f"{_SHORT.get(feed, feed)} {_fmt_lag(lag)}"
                 for feed, lag in sorted(status.lag_s.items())
