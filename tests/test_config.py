@@ -325,3 +325,31 @@ def test_small_pieces() -> None:
     assert mask_secrets("ssl.keystore.password", "x") == "********"
     assert mask_secrets("sasl.jaas.config", "x") == "********"
     assert mask_secrets("bootstrap.servers", "x") == "x"
+
+
+def _compose_config() -> str:
+    """The unifeed.toml that compose.yaml embeds (`configs.unifeed_toml.content`)."""
+    lines = (Path(__file__).resolve().parent.parent / "compose.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "content: |") + 1
+    indent = len(lines[start]) - len(lines[start].lstrip())
+    body: list[str] = []
+    for line in lines[start:]:
+        if line.strip() and len(line) - len(line.lstrip()) < indent:
+            break
+        body.append(line[indent:])
+    return "\n".join(body) + "\n"
+
+
+def test_the_compose_files_configuration_is_accepted(tmp_path: Path, unifeed: InProcess) -> None:
+    """compose.yaml cannot run here (no Docker engine); its unifeed configuration can be
+    checked: every key known, and the values it sets are the ones in effect."""
+    config = tmp_path / "unifeed.toml"
+    config.write_text(_compose_config())
+    shown = unifeed.show("--config", str(config))
+    combine = shown["combine"]
+    assert isinstance(combine, dict)
+    assert combine["metrics_host"] == "0.0.0.0"
+    assert combine["metrics_port"] == 9100
+    assert combine["mapping"] == "kafka:mappingstream"
+    assert combine["bootstrap_servers"] == "kafka:19092"  # a top-level key, in effect here
+    assert shown["log_format"] == "json"
