@@ -146,20 +146,14 @@ class FeedIntake:
         dead: list[DeadLetter] = []
         append = good.append
         decode = self._decoder.decode
-        fast = self._decoder.decode_ascii
         floor = self.floor
-        # `check`, inlined: this loop runs once per input message. ASCII messages (nearly
-        # all) go straight to msgspec; anything else, or anything msgspec refuses, takes
-        # the checked path, which also gives the dead letter its reason.
+        # `check`, inlined: this loop runs once per input message.
         for loc, raw in batch:
             try:
-                rec = fast(raw) if raw.isascii() else decode(raw)
-            except (msgspec.DecodeError, BadRecordError):
-                try:
-                    rec = decode(raw)
-                except BadRecordError as exc:
-                    dead.append(make_dead_letter(self.feed, self.where, loc, exc.reason, raw))
-                    continue
+                rec = decode(raw)
+            except BadRecordError as exc:
+                dead.append(make_dead_letter(self.feed, self.where, loc, exc.reason, raw))
+                continue
             pitr = rec.pitr
             if pitr < floor:
                 reason = (

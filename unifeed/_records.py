@@ -8,7 +8,6 @@ by the decoder and kept untouched in the raw bytes, which are what flows on.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -231,13 +230,6 @@ class RecordDecoder:
             raise ValueError(f"feed must be one of {', '.join(FEED_NAMES)}, not {feed!r}")
         self.feed = feed
         self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(_UNIONS[feed])
-
-    @property
-    def decode_ascii(self) -> Callable[[bytes], AnyRecord]:
-        """The bare decoder, for callers that have checked ``raw.isascii()`` themselves and
-        call `decode` for the reason when it raises ``msgspec.DecodeError`` (a hot loop
-        saves a Python call a message that way)."""
-        return self._decoder.decode
 
     def decode(self, raw: bytes) -> AnyRecord:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
