@@ -153,6 +153,14 @@ def start_cli(args: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
     )
 
 
+def reap(*procs: subprocess.Popen[bytes]) -> None:
+    """Kill whichever of ``procs`` still runs and wait for it (a test's cleanup)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ from tests.kafkatools import (
     high_watermark,
     load,
     read_all,
+    reap,
     run_cli,
     start_cli,
     wait_for,
@@ -55,17 +56,13 @@ def test_broker_death_mid_run_exits_nonzero_then_a_rerun_completes() -> None:
             rc = proc.wait(timeout=60)
             took = time.monotonic() - killed_at
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            reap(proc)
         err = _stderr(proc)
         assert rc == 3, err
         assert "lost the broker" in err and "run again when the broker is back" in err, err
         assert took < 45, f"combine took {took:.0f}s to give up"
     finally:
-        if broker.poll() is None:
-            broker.kill()
-            broker.wait(10)
+        reap(broker)
     # A new broker: everything was in memory, so the inputs are loaded again.
     broker, bootstrap = spawn_broker_process()
     try:
@@ -100,10 +97,7 @@ def test_second_instance_with_the_same_name_stops_the_older_one(
         stopped_after = time.monotonic() - started
         rc_newer = newer.wait(timeout=120)
     finally:
-        for p in (older,):
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        reap(older)
     err = _stderr(older)
     assert rc_older == 1, err
     assert "another incarnation of instance" in err and "stops" in err, err
@@ -126,10 +120,7 @@ def test_two_same_name_instances_started_at_once_leave_one_writer(
     try:
         codes = sorted(p.wait(timeout=120) for p in procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        reap(*procs)
     errs = [_stderr(p) for p in procs]
     assert codes == [0, 1], errs
     loser = errs[[p.returncode for p in procs].index(1)]
@@ -162,9 +153,7 @@ def test_an_equal_generation_with_a_greater_incarnation_stops_the_run(
             store.write(name, msgspec.structs.replace(ours, incarnation="z" * 16))
         rc = proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        reap(proc)
     err = _stderr(proc)
     assert rc == 1, err
     assert f"(generation 1, {'z' * 16}) took over" in err, err
@@ -192,9 +181,7 @@ def test_second_mappings_instance_with_the_same_name_stops_the_older_one(
         rc_older = older.wait(timeout=30)
         rc_newer = newer.wait(timeout=60)
     finally:
-        if older.poll() is None:
-            older.kill()
-            older.wait(10)
+        reap(older)
     err = _stderr(older)
     assert rc_older == 1, err
     assert "another incarnation of instance" in err, err
@@ -274,9 +261,7 @@ def test_aborted_transaction_leaves_no_trace_or_is_refused(
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0, _stderr(first)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(10)
+        reap(first)
     # A transaction with foreign records, aborted.
     tid = f"abort-{uuid.uuid4().hex}"
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": tid})
