@@ -882,9 +882,7 @@ class _Run:
             self.stop.wait(sleep_s)
         self._note_catchup()
         text = self._progress_text()
-        combine = self.combines[-1] if self.combines else None
-        state = "up" if combine is not None and combine.status is not None else "not up"
-        self.display.progress(text, f"{self.phase} {state}")
+        self.display.progress(text, f"{self.phase} {self._combine_status() is not None}")
         for command in [*self.combines, *([self.mappings] if self.mappings else [])]:
             while command.warnings:
                 self.display.event(f"{command.name}: {command.warnings.popleft()}")
@@ -913,9 +911,13 @@ class _Run:
             self.report.catchup_s = time.monotonic() - restarted.started
             self.report.catchup_until_end = True
 
+    def _combine_status(self) -> CombineStatus | None:
+        """The latest combine's last progress report, None before its first."""
+        return self.combines[-1].status if self.combines else None
+
     def _progress_text(self) -> str:
-        latest = self.combines[-1] if self.combines else None
-        if self.phase == "starting" and latest is not None and latest.status is not None:
+        status = self._combine_status()
+        if self.phase == "starting" and status is not None:
             self.phase = "live"
         parts = [f"{self.phase:<8}"]
         if self.player is not None:
@@ -923,9 +925,7 @@ class _Run:
             parts.append(f"in ctl {p[CONTROLSTREAM]:,} srf {p[SURFACESTREAM]:,}")
             if self.player.behind_ms > 500:
                 parts.append(f"(player {self.player.behind_ms / 1000:.1f}s behind)")
-        combine = self.combines[-1] if self.combines else None
-        status = combine.status if combine is not None else None
-        if combine is None or self.phase == "OUTAGE":
+        if not self.combines or self.phase == "OUTAGE":
             parts.append("| combine down" if self.phase == "OUTAGE" else "| combine not started")
         elif status is None:
             parts.append("| combine starting")

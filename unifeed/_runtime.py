@@ -146,7 +146,7 @@ class RuntimeOptions:
             kafka_extra=extra,
             status_interval_s=args.status_interval if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
-            metrics_host=getattr(args, "metrics_host", "127.0.0.1"),
+            metrics_host=args.metrics_host,
             end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
             broker_timeout_s=getattr(args, "broker_timeout", 30_000) / 1000,
         )
