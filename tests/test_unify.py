@@ -174,3 +174,59 @@ def test_keepalives_are_consumed_and_blank_lines_skipped() -> None:
     out, run = unify_lines(control, surface)
     assert out == [b'{"type":"departure","pitr":2,"id":"F1"}']
     assert run.dead_letters == []
+
+
+_EXTRAS = st.sampled_from(
+    [
+        {},
+        {"id": "stale"},
+        {"access": "public"},
+        {"id": None, "access": ["x"]},
+        {"callsign": '"id"'},  # the bytes "id" inside a value
+        {"note": 'has "access" in it'},
+        {"extra": {"id": 7, "access": "blocked"}},  # only in a nested object
+        {"list": [{"id": 1}]},
+    ]
+)
+
+
+@given(
+    extra=_EXTRAS,
+    spaces=st.sampled_from(["", " ", "\n", " \t "]),
+    linked=st.booleans(),
+    compact=st.booleans(),
+)
+@settings(max_examples=200, deadline=None)
+def test_pipeline_annotation_is_the_public_annotators_byte_for_byte(
+    extra: dict[str, Any], spaces: str, linked: bool, compact: bool
+) -> None:
+    """The annotator stage's inlined splice and `Annotator.annotate_ground` agree exactly,
+    and the result has the flight's id and access at the top level and nothing else changed."""
+    from unifeed import Annotator
+    from unifeed._pipeline import AnnotateStage, FeedIntake
+    from unifeed._records import MAPPINGSTREAM, SURFACESTREAM, Mapping
+
+    msg = {"type": "ground_position", "pitr": 5, "surface_id": "S1", "facility": "K",
+           "clock": 4, "lat": 1.5, "lon": 2, **extra}
+    # A spaced layout tells a splice (which keeps it) from a re-encoding (which does not).
+    raw = (line(msg) if compact else json.dumps(msg).encode()) + spaces.encode()
+    link = Mapping(pitr=2, surface_id="S1", id="F1", action="link", access="restricted",
+                   facility="K")
+    stage = AnnotateStage()
+    public = Annotator()
+    if linked:
+        stage.push_mappings([link])
+        public.apply(link)
+    good, dead = FeedIntake(SURFACESTREAM).process([(1, raw)])
+    assert not dead
+    stage.push_surface(good)
+    stage.combiner.close(MAPPINGSTREAM)
+    stage.combiner.close(SURFACESTREAM)
+    [out] = [e.item for e in stage.drain()]
+    assert out == public.annotate_ground(raw, "S1", 5)
+    want = {**msg, "id": "F1", "access": "restricted"} if linked else msg
+    assert json.loads(out) == want
+    if not linked:
+        assert out == raw
+    elif "id" not in extra and "access" not in extra:
+        assert out == raw.rstrip()[:-1] + b',"id":"F1","access":"restricted"}'

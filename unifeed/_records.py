@@ -8,7 +8,7 @@ by the decoder and kept untouched in the raw bytes, which are what flows on.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -134,6 +134,11 @@ class GroundPosition(
     clock: Number
     lat: Number
     lon: Number
+    # Not checked, only noticed: an ``id`` or ``access`` the message already carries is
+    # overwritten by annotation, which then re-encodes the message instead of splicing.
+    # UNSET (the usual case) costs the decoder nothing.
+    given_id: Any = msgspec.field(default=msgspec.UNSET, name="id")
+    given_access: Any = msgspec.field(default=msgspec.UNSET, name="access")
 
 
 class VehiclePosition(
