@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, cast
 
 import msgspec
 import msgspec.structs
@@ -95,9 +95,8 @@ def make_dead_letter(feed: str, where: str, loc: int, reason: str, raw: bytes) -
 
 
 class Accepted(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """A valid, in-order message: where it came from, its raw bytes and its record."""
+    """A valid, in-order message: its raw bytes and its record."""
 
-    loc: int
     raw: bytes
     rec: Any
 
@@ -127,21 +126,31 @@ class FeedIntake:
             return make_dead_letter(self.feed, self.where, loc, exc.reason, raw)
         if rec.pitr < self.floor:
             self.dead += 1
-            reason = (
-                f"pitr {rec.pitr} is lower than {self.floor}, the feed's previous pitr or "
-                "keepalive; a feed's pitr must never decrease"
-            )
-            return make_dead_letter(self.feed, self.where, loc, reason, raw)
+            return make_dead_letter(self.feed, self.where, loc, self._backwards(rec.pitr), raw)
         self.floor = rec.pitr
         self.accepted += 1
         return rec
 
-    def process(
-        self, batch: Iterable[tuple[int, bytes]]
-    ) -> tuple[list[Accepted], list[DeadLetter]]:
+    def _backwards(self, pitr: int) -> str:
+        return (
+            f"pitr {pitr} is lower than {self.floor}, the feed's previous pitr or "
+            "keepalive; a feed's pitr must never decrease"
+        )
+
+    def process(self, batch: Iterable[tuple[int, bytes]]) -> tuple[list[Accepted], list[DeadLetter]]:
         """Split a batch of ``(line or offset, raw)`` into accepted messages and dead letters.
 
         Keepalives are accepted (as `Keepalive` records) so that callers can advance.
+        """
+        rows = batch if isinstance(batch, list) else list(batch)
+        return self.process_values([raw for _, raw in rows], lambda i: rows[i][0])
+
+    def process_values(
+        self, values: Sequence[bytes | None], loc_of: Callable[[int], int]
+    ) -> tuple[list[Accepted], list[DeadLetter]]:
+        """`process` for messages given as values alone: ``loc_of(i)`` is the line or
+        offset of ``values[i]``, asked only for a dead letter. ``None`` (a Kafka record
+        without a value) is a dead letter.
         """
         good: list[Accepted] = []
         dead: list[DeadLetter] = []
@@ -149,22 +158,25 @@ class FeedIntake:
         decode = self._decoder.decode
         floor = self.floor
         # `check`, inlined: this loop runs once per input message.
-        for loc, raw in batch:
+        # A None value never gets past `decode`; for the type checker they are all bytes.
+        for raw in cast(Sequence[bytes], values):
             try:
                 rec = decode(raw)
             except BadRecordError as exc:
-                dead.append(make_dead_letter(self.feed, self.where, loc, exc.reason, raw))
+                i = len(good) + len(dead)
+                dead.append(
+                    make_dead_letter(self.feed, self.where, loc_of(i), exc.reason, raw or b"")
+                )
                 continue
             pitr = rec.pitr
             if pitr < floor:
-                reason = (
-                    f"pitr {pitr} is lower than {floor}, the feed's previous pitr or "
-                    "keepalive; a feed's pitr must never decrease"
-                )
-                dead.append(make_dead_letter(self.feed, self.where, loc, reason, raw))
+                i = len(good) + len(dead)
+                self.floor = floor
+                reason = self._backwards(pitr)
+                dead.append(make_dead_letter(self.feed, self.where, loc_of(i), reason, raw))
                 continue
             floor = pitr
-            append(Accepted(loc, raw, rec))
+            append(Accepted(raw, rec))
         self.floor = floor
         self.accepted += len(good)
         self.dead += len(dead)

@@ -236,8 +236,12 @@ class RecordDecoder:
         self.feed = feed
         self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(_UNIONS[feed])
 
-    def decode(self, raw: bytes) -> AnyRecord:
+    def decode(self, raw: bytes | None) -> AnyRecord:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
+        if raw is None:
+            raise BadRecordError(
+                self.feed, "message is not valid JSON (the Kafka record's value is null)"
+            )
         try:
             if not raw.isascii():
                 # msgspec checks only the strings it decodes; skipped fields pass unchecked.

@@ -284,22 +284,30 @@ class FeedReader(Worker):
                         warned_missing = True
                 if self.next_offset >= high:
                     eof = True
-            raw: list[tuple[int, bytes]] = []
-            for m in messages:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+            # Two passes in C-speed comprehensions instead of one Python loop (this runs
+            # for every input message): errors are rare events such as end of partition.
+            if any([m.error() is not None for m in messages]):
+                records = []
+                for m in messages:
+                    err = m.error()
+                    if err is None:
+                        records.append(m)
+                    elif err.code() == KafkaError._PARTITION_EOF:
                         eof = True
-                        continue
-                    if not err.fatal() and (err.retriable() or err.code() in _TRANSIENT):
+                    elif not err.fatal() and (err.retriable() or err.code() in _TRANSIENT):
                         # The client reconnects by itself; BrokerHealth gives up in time.
                         log.debug("%s: %s", self.feed, err.str())
-                        continue
-                    raise kafka_error(f"reading {self.feed} from {self.target}", err)
-                raw.append((m.offset() or 0, m.value() or b""))
-            if raw:
-                self.next_offset = raw[-1][0] + 1
-            good, dead = self.intake.process(raw)
+                    else:
+                        raise kafka_error(f"reading {self.feed} from {self.target}", err)
+            else:
+                records = messages
+            if records:
+                self.next_offset = (records[-1].offset() or 0) + 1
+
+            def offset_of(i: int, rs: list[Message] = records) -> int:
+                return rs[i].offset() or 0
+
+            good, dead = self.intake.process_values([m.value() for m in records], offset_of)
             if dead and self.plan.dead_offset is not None:
                 # Written and committed by the run that left the checkpoint.
                 dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
@@ -330,7 +338,7 @@ class FeedReader(Worker):
             # End of log counts as progress only once the reader has stayed there for the
             # grace period: a source that is merely slow to top up an old backlog must not
             # let catch-up run ahead of it (which would emit its next messages as late).
-            if raw:
+            if records:
                 at_end_since = None
                 reported_end = False
             if eof and at_end_since is None:
@@ -342,8 +350,8 @@ class FeedReader(Worker):
             )
             if caught_up:
                 reported_end = True
-            if raw or caught_up or closed:
-                self.state.add(f"in.{self.feed}", len(raw))
+            if records or caught_up or closed:
+                self.state.add(f"in.{self.feed}", len(records))
                 if good:
                     self.state.lag_pitr[self.feed] = good[-1].rec.pitr
                 if not self._hand_on(consumer, tp, replay, good, dead, caught_up, closed):
@@ -613,9 +621,9 @@ class Committer:
             start = self._reconcile(items)
         n = len(items)
         max_bytes = self.max_record_bytes
-        last = n - 1
-        for i in range(start, n):
-            e = items[i]
+        # Every record but the last without a callback; the last one's delivery report
+        # tells how far the output got.
+        for e in items[start : n - 1] if start < n - 1 else ():
             value = e.item
             if len(value) > max_bytes:
                 self._oversized(e.feed, e.pitr, value)
@@ -624,12 +632,19 @@ class Committer:
                 # Positional (topic, value, key, partition, callback, on_delivery, timestamp; a
                 # positional on_delivery is ignored, so the callback goes in `callback`):
                 # 0.5 us a record cheaper than keywords, measured.
-                if i == last:
-                    produce(topic, value, None, partition, self._on_last_delivery, None, e.pitr)
-                else:
-                    produce(topic, value, None, partition, None, None, e.pitr)
+                produce(topic, value, None, partition, None, None, e.pitr)
             except BufferError:
-                self._produce_when_room(topic, value, partition, e.pitr, i == last)
+                self._produce_when_room(topic, value, partition, e.pitr, False)
+        if start < n:
+            e = items[-1]
+            value = e.item
+            if len(value) > max_bytes:
+                self._oversized(e.feed, e.pitr, value)
+            else:
+                try:
+                    produce(topic, value, None, partition, self._on_last_delivery, None, e.pitr)
+                except BufferError:
+                    self._produce_when_room(topic, value, partition, e.pitr, True)
         if positions is None:
             self._advance_positions(items)
         self.producer.poll(0)
