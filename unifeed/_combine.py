@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import enum
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import attrgetter
 from typing import Any, Final
 
 import msgspec
@@ -99,6 +101,24 @@ class _FeedState:
         self.closed = False
         self.caught_up = False
         self.pushed = 0
+
+
+_PITR: Final = attrgetter("pitr")
+
+
+def _take(q: deque[Emitted], n: int) -> list[Emitted]:
+    """Remove and return the first ``n`` entries of ``q`` (in C: copy, clear, refill)."""
+    if n == 0:
+        return []
+    if n == len(q):
+        taken = list(q)
+        q.clear()
+        return taken
+    taken = list(islice(q, n))
+    rest = list(islice(q, n, None))
+    q.clear()
+    q.extend(rest)
+    return taken
 
 
 def _wall_clock_ms() -> int:
@@ -367,26 +387,24 @@ class Combiner:
                 qa = feeds[0].queue
                 qb = feeds[1].queue
                 if qa and qb:
-                    pa = qa.popleft
-                    pb = qb.popleft
-                    ha = qa[0]
-                    hb = qb[0]
-                    n = 0
-                    while True:
-                        if ha.pitr <= hb.pitr:
-                            append(pa())
-                            n += 1
-                            if not qa:
-                                break
-                            ha = qa[0]
-                        else:
-                            append(pb())
-                            n += 1
-                            if not qb:
-                                break
-                            hb = qb[0]
-                    emitted += n
-                    last = out[-1]
+                    # Everything up to the end of the queue that ends first, merged in C:
+                    # all of that queue, and of the other what sorts before its last entry
+                    # (on equal pitr, feed 0 first). A stable sort of the two runs, feed 0's
+                    # run first, is exactly the (pitr, rank) merge.
+                    la = qa[-1].pitr
+                    lb = qb[-1].pitr
+                    if la <= lb:
+                        run_a = list(qa)
+                        qa.clear()
+                        run_b = _take(qb, bisect_left(qb, la, key=_PITR))
+                    else:
+                        run_a = _take(qa, bisect_right(qa, lb, key=_PITR))
+                        run_b = list(qb)
+                        qb.clear()
+                    merged = sorted(run_a + run_b, key=_PITR) if run_a and run_b else run_a or run_b
+                    out.extend(merged)
+                    emitted += len(merged)
+                    last = merged[-1]
                     self._last_key = (last.pitr, 0 if last.feed == feeds[0].name else 1)
                 elif qa or qb:
                     # Fast path: one queue is empty; its feed's progress marker (or its
@@ -399,11 +417,17 @@ class Combiner:
                     else:
                         bound = other.marker if other.rank > st.rank else other.marker - 1
                     if q[0].pitr <= bound:
-                        pop = q.popleft
-                        n = 0
-                        while q and q[0].pitr <= bound:
-                            append(pop())
-                            n += 1
+                        if q[-1].pitr <= bound:
+                            # All of it (the usual case): in one C call.
+                            n = len(q)
+                            out.extend(q)
+                            q.clear()
+                        else:
+                            pop = q.popleft
+                            n = 0
+                            while q and q[0].pitr <= bound:
+                                append(pop())
+                                n += 1
                         emitted += n
                         last_pitr = out[-1].pitr
                         self._last_key = (last_pitr, st.rank)

@@ -157,13 +157,15 @@ class MappingDeriver:
         out: list[MappingOut] = []
         process = self.process
         interval = self._interval
+        # A position only matters for the keepalive grid and the pruning clock: below
+        # `quiet` (the next grid point and the next prune, whichever comes first) it
+        # changes nothing.
+        quiet = min((self._last_keepalive // interval + 1) * interval, self._next_prune)
         for rec in records:
-            if type(rec) is Position:
-                pitr = rec.pitr
-                # A position only matters for the keepalive grid and the pruning clock.
-                if pitr // interval == self._last_keepalive // interval and pitr < self._next_prune:
-                    continue
+            if type(rec) is Position and rec.pitr < quiet:
+                continue
             out.extend(process(rec))
+            quiet = min((self._last_keepalive // interval + 1) * interval, self._next_prune)
         return out
 
     def process(self, rec: ControlRecord) -> list[MappingOut]:
