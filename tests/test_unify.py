@@ -230,3 +230,55 @@ def test_pipeline_annotation_is_the_public_annotators_byte_for_byte(
         assert out == raw
     elif "id" not in extra and "access" not in extra:
         assert out == raw.rstrip()[:-1] + b',"id":"F1","access":"restricted"}'
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 3), st.booleans()), min_size=0, max_size=40
+    ),
+    cut=st.integers(0, 40),
+)
+@settings(max_examples=300, deadline=None)
+def test_pushing_runs_between_keepalives_is_pushing_one_at_a_time(
+    steps: list[tuple[int, bool]], cut: int
+) -> None:
+    """`push_control`'s fast path (runs between a batch's keepalives), its plain-list path
+    and a push or advance per message leave the combiner in the same state."""
+    from unifeed._combine import Combiner, Feed
+    from unifeed._pipeline import FeedIntake, Intake, _push_runs
+    from unifeed._records import CONTROLSTREAM
+
+    pitr = 100
+    lines = []
+    for step, keepalive in steps:
+        pitr += step
+        lines.append(
+            line({"type": "keepalive", "pitr": pitr}) if keepalive
+            else line({"type": "departure", "pitr": pitr, "id": f"F{len(lines)}"})
+        )
+    batches = []
+    intake = FeedIntake(CONTROLSTREAM)
+    for chunk in (lines[:cut], lines[cut:]):
+        good, dead = intake.process(list(enumerate(chunk)))
+        assert not dead and type(good) is Intake
+        batches.append(good)
+
+    def state(c: Combiner) -> tuple[Any, ...]:
+        s = c.stats()
+        return s, [(e.feed, e.pitr, e.item) for e in c.drain_list()], c.stats()
+
+    def fresh() -> Combiner:
+        return Combiner([Feed(CONTROLSTREAM), Feed("other")], clock=lambda: 10**15)
+
+    fast, plain, single = fresh(), fresh(), fresh()
+    for batch in batches:
+        _push_runs(fast, CONTROLSTREAM, batch)
+        _push_runs(plain, CONTROLSTREAM, list(batch))
+        for a in batch:
+            if a.rec.__class__.__name__ == "Keepalive":
+                single.advance(CONTROLSTREAM, a.pitr)
+            else:
+                single.push(CONTROLSTREAM, a.pitr, a.item)
+    for c in (fast, plain, single):
+        c.caught_up("other")
+    assert state(fast) == state(plain) == state(single)

@@ -94,11 +94,53 @@ def make_dead_letter(feed: str, where: str, loc: int, reason: str, raw: bytes) -
     return DeadLetter(feed=feed, reason=reason, **kw)
 
 
-class Accepted(msgspec.Struct, frozen=True, gc=False, array_like=True):
-    """A valid, in-order message: its raw bytes and its record."""
+class Accepted(Emitted, frozen=True, gc=False):
+    """A valid, in-order message: an `Emitted` of its feed whose ``item`` is its raw bytes,
+    plus its decoded record. Being an `Emitted`, it goes into a `Combiner` queue as it is.
+    """
 
-    raw: bytes
     rec: Any
+
+
+class Intake(list[Accepted]):
+    """The accepted messages of a batch, in order, with the indexes of its keepalives:
+    a consumer pushes the runs between them without looking at every record."""
+
+    __slots__ = ("keepalive_at",)
+
+    def __init__(self, accepted: Iterable[Accepted] = (), keepalive_at: list[int] | None = None):
+        super().__init__(accepted)
+        self.keepalive_at: list[int] = [] if keepalive_at is None else keepalive_at
+
+
+def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
+    """Queue a feed's accepted messages; a keepalive advances the feed instead.
+
+    Pushing the runs between keepalives and advancing after each is exactly pushing and
+    advancing one message at a time (nothing is drained in between).
+    """
+    if type(batch) is Intake:
+        if not batch.keepalive_at:
+            return c.push_emitted(feed, batch)
+        start = 0
+        for i in batch.keepalive_at:
+            if i > start:
+                c.push_emitted(feed, batch[start:i])
+            c.advance(feed, batch[i].pitr)
+            start = i + 1
+        if start < len(batch):
+            c.push_emitted(feed, batch[start:])
+        return c.room(feed) > 0
+    run: list[Accepted] = []
+    for a in batch:
+        if type(a.rec) is Keepalive:
+            if run:
+                c.push_emitted(feed, run)
+                run = []
+            c.advance(feed, a.pitr)
+        else:
+            run.append(a)
+    return c.push_emitted(feed, run)
 
 
 class FeedIntake:
@@ -147,15 +189,17 @@ class FeedIntake:
 
     def process_values(
         self, values: Sequence[bytes | None], loc_of: Callable[[int], int]
-    ) -> tuple[list[Accepted], list[DeadLetter]]:
+    ) -> tuple[Intake, list[DeadLetter]]:
         """`process` for messages given as values alone: ``loc_of(i)`` is the line or
         offset of ``values[i]``, asked only for a dead letter. ``None`` (a Kafka record
         without a value) is a dead letter.
         """
-        good: list[Accepted] = []
+        good = Intake()
         dead: list[DeadLetter] = []
         append = good.append
+        keepalive_at = good.keepalive_at
         decode = self._decoder.decode
+        feed = self.feed
         floor = self.floor
         # `check`, inlined: this loop runs once per input message.
         # A None value never gets past `decode`; for the type checker they are all bytes.
@@ -176,7 +220,9 @@ class FeedIntake:
                 dead.append(make_dead_letter(self.feed, self.where, loc_of(i), reason, raw))
                 continue
             floor = pitr
-            append(Accepted(raw, rec))
+            if type(rec) is Keepalive:
+                keepalive_at.append(len(good))
+            append(Accepted(feed, pitr, raw, rec))
         self.floor = floor
         self.accepted += len(good)
         self.dead += len(dead)
@@ -221,19 +267,7 @@ class AnnotateStage:
         return room
 
     def push_surface(self, batch: Iterable[Accepted]) -> bool:
-        c = self.combiner
-        pitrs: list[int] = []
-        items: list[Accepted] = []
-        for a in batch:
-            if type(a.rec) is Keepalive:
-                if pitrs:
-                    c.push_many(SURFACESTREAM, pitrs, items)
-                    pitrs, items = [], []
-                c.advance(SURFACESTREAM, a.rec.pitr)
-            else:
-                pitrs.append(a.rec.pitr)
-                items.append(a)
-        return c.push_many(SURFACESTREAM, pitrs, items)
+        return _push_runs(self.combiner, SURFACESTREAM, batch)
 
     def drain(self) -> list[Emitted]:
         """Apply every emittable mapping; return the annotated surface messages.
@@ -250,15 +284,14 @@ class AnnotateStage:
         passed = 0
         annotated = 0
         for e in self.combiner.drain_list():
-            a = e.item
             if e.feed == MAPPINGSTREAM:
-                apply(a)
+                apply(e.item)
                 continue
-            rec = a.rec
+            rec = e.rec  # type: ignore[attr-defined]  # surfacestream entries are `Accepted`
             if type(rec) is GroundPosition:
                 # `Annotator.annotate_position`'s common case, inlined (the hot loop of
                 # the annotator thread); everything else takes the method.
-                raw = a.raw
+                raw = e.item
                 linked = links.get(rec.surface_id)
                 if (
                     linked is not None
@@ -273,7 +306,7 @@ class AnnotateStage:
                     append(Emitted(ANNOTATED, e.pitr, annotate(raw, rec)))
             else:
                 passed += 1
-                append(Emitted(ANNOTATED, e.pitr, a.raw))
+                append(Emitted(ANNOTATED, e.pitr, e.item))
         ann.passed += passed
         ann.annotated += annotated
         return out
@@ -309,19 +342,7 @@ class WriterStage:
         )
 
     def push_control(self, batch: Iterable[Accepted]) -> bool:
-        c = self.combiner
-        pitrs: list[int] = []
-        raws: list[bytes] = []
-        for a in batch:
-            if type(a.rec) is Keepalive:
-                if pitrs:
-                    c.push_many(CONTROLSTREAM, pitrs, raws)
-                    pitrs, raws = [], []
-                c.advance(CONTROLSTREAM, a.rec.pitr)
-            else:
-                pitrs.append(a.rec.pitr)
-                raws.append(a.raw)
-        return c.push_many(CONTROLSTREAM, pitrs, raws)
+        return _push_runs(self.combiner, CONTROLSTREAM, batch)
 
     def push_annotated(self, batch: list[Emitted]) -> bool:
         return self.combiner.push_emitted(ANNOTATED, batch)

@@ -307,6 +307,7 @@ class FeedReader(Worker):
             def offset_of(i: int, rs: list[Message] = records) -> int:
                 return rs[i].offset() or 0
 
+            good: list[Accepted]
             good, dead = self.intake.process_values([m.value() for m in records], offset_of)
             if dead and self.plan.dead_offset is not None:
                 # Written and committed by the run that left the checkpoint.
@@ -329,7 +330,8 @@ class FeedReader(Worker):
                         continue
                     replaying = False
                     break
-                replay, good = good[:k], good[k:]
+                if k:
+                    replay, good = good[:k], good[k:]
             if self.stop_at is not None and good and good[-1].rec.pitr > self.stop_at:
                 good = [a for a in good if a.rec.pitr <= self.stop_at]
                 closed = True
