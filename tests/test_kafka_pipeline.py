@@ -371,6 +371,33 @@ def test_mapping_topic_dead_letters_are_written_once_across_reruns(
                                                                         "expected.unified"))
 
 
+def test_a_record_without_a_value_is_a_dead_letter_and_the_rest_is_exact(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """A null value (a tombstone, or a producer's mistake) in an input is a dead letter
+    with its offset and a reason; everything else comes out as the golden output."""
+    from confluent_kafka import Producer
+
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = golden_inputs("basic")
+    control = [x for x in control if x.strip()]
+    load(kafka_bootstrap, ctl, control[:3])
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(ctl, None, partition=0, timestamp=pitr_of(control[2]))
+    assert producer.flush(30) == 0
+    load(kafka_bootstrap, ctl, control[3:])
+    load(kafka_bootstrap, srf, surface)
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"null-{out}", "--exit-at-end"))
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == read_lines(golden_path("basic", "expected.unified"))
+    dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
+    golden_dead = read_lines(golden_path("basic", "expected.dead-letters"))
+    null = [d for d in dead if "null" in d["reason"]]
+    assert len(dead) == len(golden_dead) + 1
+    assert len(null) == 1 and null[0]["offset"] == 3 and null[0]["feed"] == "controlstream"
+    assert null[0]["raw"] == ""
+
+
 def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:

@@ -199,19 +199,25 @@ class FeedIntake:
         append = good.append
         keepalive_at = good.keepalive_at
         decode = self._decoder.decode
+        fast_decode = self._decoder.decode_ascii
         feed = self.feed
         floor = self.floor
         # `check`, inlined: this loop runs once per input message.
         # A None value never gets past `decode`; for the type checker they are all bytes.
         for raw in cast(Sequence[bytes], values):
             try:
-                rec = decode(raw)
-            except BadRecordError as exc:
-                i = len(good) + len(dead)
-                dead.append(
-                    make_dead_letter(self.feed, self.where, loc_of(i), exc.reason, raw or b"")
-                )
-                continue
+                # `RecordDecoder.decode`'s common case inlined (no call frame per message);
+                # anything unusual goes through it for the checks and the reason.
+                rec = fast_decode(raw) if raw.isascii() else decode(raw)
+            except (BadRecordError, msgspec.DecodeError, AttributeError):
+                try:
+                    rec = decode(raw)
+                except BadRecordError as exc:
+                    i = len(good) + len(dead)
+                    dead.append(
+                        make_dead_letter(self.feed, self.where, loc_of(i), exc.reason, raw or b"")
+                    )
+                    continue
             pitr = rec.pitr
             if pitr < floor:
                 i = len(good) + len(dead)
@@ -303,10 +309,12 @@ class AnnotateStage:
                     annotated += 1
                     append(Emitted(ANNOTATED, e.pitr, raw[:-1] + linked[0]))
                 else:
-                    append(Emitted(ANNOTATED, e.pitr, annotate(raw, rec)))
+                    out_raw = annotate(raw, rec)
+                    append(e if out_raw is raw else Emitted(ANNOTATED, e.pitr, out_raw))
             else:
+                # Unchanged: the entry itself goes on (ANNOTATED is surfacestream's name).
                 passed += 1
-                append(Emitted(ANNOTATED, e.pitr, e.item))
+                append(e)
         ann.passed += passed
         ann.annotated += annotated
         return out

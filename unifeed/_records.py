@@ -8,6 +8,7 @@ by the decoder and kept untouched in the raw bytes, which are what flows on.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -228,13 +229,16 @@ class RecordDecoder:
     Departure(pitr=5, id='UAL1-1')
     """
 
-    __slots__ = ("_decoder", "feed")
+    __slots__ = ("_decoder", "decode_ascii", "feed")
 
     def __init__(self, feed: str) -> None:
         if feed not in _UNIONS:
             raise ValueError(f"feed must be one of {', '.join(FEED_NAMES)}, not {feed!r}")
         self.feed = feed
         self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(_UNIONS[feed])
+        #: msgspec's decode alone, for bytes known to be ASCII (so valid UTF-8); it raises
+        #: `msgspec.DecodeError` with msgspec's own words: `decode` says it better.
+        self.decode_ascii: Callable[[bytes], AnyRecord] = self._decoder.decode
 
     def decode(self, raw: bytes | None) -> AnyRecord:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
