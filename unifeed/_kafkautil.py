@@ -479,6 +479,12 @@ def consume_batch(
     records remain (the tail of a partition); this blocks only for the first message and
     then takes what is already queued without waiting.
     """
+    # What is already queued first, without waiting: every call into the client lets go of
+    # the GIL, and getting it back can take a switch interval while the other threads run,
+    # so a busy reader makes one call per batch, not two.
+    ready = consumer.consume(max_messages, 0)
+    if ready:
+        return ready
     first = consumer.poll(timeout_s)
     if first is None:
         return []

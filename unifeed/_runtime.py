@@ -84,6 +84,7 @@ _JOIN_TIMEOUT_S: Final = 30.0
 _IDLE_S: Final = 0.05
 # Threads hand over whole batches: longer GIL slices mean fewer costly hand-overs.
 _SWITCH_INTERVAL_S: Final = 0.02
+_POLL_EVERY_S: Final = 0.05
 _DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 _TRANSIENT: Final = frozenset(
     {
@@ -454,6 +455,7 @@ class Committer:
         self.max_record_bytes = int(config.get("message.max.bytes", 1_000_000)) - 1024
         self.producer = Producer(config)
         self._error: KafkaError | None = None
+        self._last_poll = 0.0
         self.positions: dict[str, FeedPosition] = {}
         self.feeds = feeds
         self.next_offset = 0
@@ -649,7 +651,13 @@ class Committer:
                     self._produce_when_room(topic, value, partition, e.pitr, True)
         if positions is None:
             self._advance_positions(items)
-        self.producer.poll(0)
+        # Delivery reports and errors are served here at most every _POLL_EVERY_S (and by
+        # every commit's flush): each poll lets go of the GIL, and the writer, the busiest
+        # thread, can then wait a whole switch interval to get it back.
+        now = time.monotonic()
+        if now - self._last_poll >= _POLL_EVERY_S:
+            self._last_poll = now
+            self.producer.poll(0)
         self.uncommitted += n - start
         self._dirty = True
         self.state.add("out", n)
