@@ -108,39 +108,34 @@ class Intake(list[Accepted]):
 
     __slots__ = ("keepalive_at",)
 
-    def __init__(self, accepted: Iterable[Accepted] = (), keepalive_at: list[int] | None = None):
-        super().__init__(accepted)
-        self.keepalive_at: list[int] = [] if keepalive_at is None else keepalive_at
+    def __init__(self) -> None:
+        super().__init__()
+        self.keepalive_at: list[int] = []
 
 
 def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
     """Queue a feed's accepted messages; a keepalive advances the feed instead.
 
     Pushing the runs between keepalives and advancing after each is exactly pushing and
-    advancing one message at a time (nothing is drained in between).
+    advancing one message at a time (nothing is drained in between). An `Intake` knows
+    where its keepalives are; any other batch is searched for them.
     """
     if type(batch) is Intake:
-        if not batch.keepalive_at:
-            return c.push_emitted(feed, batch)
-        start = 0
-        for i in batch.keepalive_at:
-            if i > start:
-                c.push_emitted(feed, batch[start:i])
-            c.advance(feed, batch[i].pitr)
-            start = i + 1
-        if start < len(batch):
-            c.push_emitted(feed, batch[start:])
-        return c.room(feed) > 0
-    run: list[Accepted] = []
-    for a in batch:
-        if type(a.rec) is Keepalive:
-            if run:
-                c.push_emitted(feed, run)
-                run = []
-            c.advance(feed, a.pitr)
-        else:
-            run.append(a)
-    return c.push_emitted(feed, run)
+        keepalive_at = batch.keepalive_at
+    else:
+        batch = list(batch)
+        keepalive_at = [i for i, a in enumerate(batch) if type(a.rec) is Keepalive]
+    if not keepalive_at:
+        return c.push_emitted(feed, batch)
+    start = 0
+    for i in keepalive_at:
+        if i > start:
+            c.push_emitted(feed, batch[start:i])
+        c.advance(feed, batch[i].pitr)
+        start = i + 1
+    if start < len(batch):
+        c.push_emitted(feed, batch[start:])
+    return c.room(feed) > 0
 
 
 class FeedIntake:

@@ -625,30 +625,22 @@ class Committer:
             start = self._reconcile(items)
         n = len(items)
         max_bytes = self.max_record_bytes
-        # Every record but the last without a callback; the last one's delivery report
-        # tells how far the output got.
-        for e in items[start : n - 1] if start < n - 1 else ():
+        # Only the last record has a callback: its delivery report tells how far the
+        # output got.
+        last = items[-1]
+        for e in items[start:]:
             value = e.item
             if len(value) > max_bytes:
                 self._oversized(e.feed, e.pitr, value)
                 continue
+            callback = self._on_last_delivery if e is last else None
             try:
                 # Positional (topic, value, key, partition, callback, on_delivery, timestamp; a
                 # positional on_delivery is ignored, so the callback goes in `callback`):
                 # 0.5 us a record cheaper than keywords, measured.
-                produce(topic, value, None, partition, None, None, e.pitr)
+                produce(topic, value, None, partition, callback, None, e.pitr)
             except BufferError:
-                self._produce_when_room(topic, value, partition, e.pitr, False)
-        if start < n:
-            e = items[-1]
-            value = e.item
-            if len(value) > max_bytes:
-                self._oversized(e.feed, e.pitr, value)
-            else:
-                try:
-                    produce(topic, value, None, partition, self._on_last_delivery, None, e.pitr)
-                except BufferError:
-                    self._produce_when_room(topic, value, partition, e.pitr, True)
+                self._produce_when_room(topic, value, partition, e.pitr, e is last)
         if positions is None:
             self._advance_positions(items)
         # Delivery reports and errors are served here at most every _POLL_EVERY_S (and by
