@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import importlib
+import pkgutil
 import re
 from pathlib import Path
 
@@ -22,6 +24,16 @@ def test_package_tour_runs() -> None:
     result = doctest.testmod(unifeed)
     assert result.attempted >= 5
     assert result.failed == 0
+
+
+def test_every_modules_examples_run() -> None:
+    """The ``>>>`` examples in every module's docstrings are true (they document behaviour)."""
+    attempted = 0
+    for info in pkgutil.iter_modules(unifeed.__path__, "unifeed."):
+        result = doctest.testmod(importlib.import_module(info.name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted >= 25
 
 
 def test_readme_starts_with_the_two_commands_ci_runs() -> None:

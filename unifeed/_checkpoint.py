@@ -119,6 +119,31 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
         """Which of two incarnations of one instance name keeps it: the greater rank."""
         return (self.generation, self.incarnation)
 
+    def describe(self) -> str:
+        """One line for people: where each feed resumes and what the output holds.
+
+        >>> Checkpoint(instance="uf-a", generation=3, feeds={
+        ...     "controlstream": FeedCheckpoint(pitr=1700000000000, skip=2)},
+        ...     output=OutputCheckpoint(topic="out", partition=0, next_offset=41)).describe()
+        'generation 3: controlstream after pitr 1700000000000 (2023-11-14T22:13:20.000Z, 2 done at it); output kafka:out:0 up to offset 41'
+        """
+        feeds = "; ".join(
+            f"{name} after pitr {f.pitr} ({_iso_ms(f.pitr)}, {f.skip} done at it)"
+            for name, f in sorted(self.feeds.items())
+        )
+        out = (
+            f"; output kafka:{self.output.topic}:{self.output.partition} up to offset "
+            f"{self.output.next_offset}"
+            if self.output is not None
+            else ""
+        )
+        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}"
+
+
+def _iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC with milliseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
 
 _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(Checkpoint)

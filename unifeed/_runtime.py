@@ -1215,7 +1215,7 @@ class CombineRun:
             plans[CONTROLSTREAM] = ReadPlan(_seek(o, self.control, replay_from), pc, pc.dead_offset)
             plans[SURFACESTREAM] = ReadPlan(_seek(o, self.surface, ps.pitr), ps, ps.dead_offset)
             mapping_from = ps.pitr - o.lookback_ms
-            log.info("%s: resuming from checkpoint %s", o.instance, cp)
+            log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
             starts = _start_positions(o, targets)
             positions = {f: pos for f, (_, pos) in starts.items()}
@@ -1530,6 +1530,7 @@ def mappings_command(args: argparse.Namespace) -> int:
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
         plan = ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos, pos.dead_offset)
+        log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
     else:
         off, pos = _start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
         plan = (
