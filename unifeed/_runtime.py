@@ -780,6 +780,8 @@ class Committer:
         self._dirty = True
 
     def due(self) -> bool:
+        """Asked after each merge step; a catch-up step can be bigger than
+        `commit_max_records`, and is committed whole (docs/guarantees.md says why)."""
         return self._dirty and (
             self.uncommitted >= self.options.commit_max_records
             or (time.monotonic() - self.last_commit) * 1000 >= self.options.commit_interval_ms
