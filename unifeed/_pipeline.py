@@ -138,6 +138,13 @@ def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
     return c.room(feed) > 0
 
 
+def _backwards(pitr: int, floor: int) -> str:
+    return (
+        f"pitr {pitr} is lower than {floor}, the feed's previous pitr or "
+        "keepalive; a feed's pitr must never decrease"
+    )
+
+
 class FeedIntake:
     """Validates one feed's messages (SPEC §2) and keeps its ``pitr`` order.
 
@@ -163,16 +170,10 @@ class FeedIntake:
             return make_dead_letter(self.feed, self.where, loc, exc.reason, raw)
         if rec.pitr < self.floor:
             self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, self._backwards(rec.pitr), raw)
+            return make_dead_letter(self.feed, self.where, loc, _backwards(rec.pitr, self.floor), raw)
         self.floor = rec.pitr
         self.accepted += 1
         return rec
-
-    def _backwards(self, pitr: int) -> str:
-        return (
-            f"pitr {pitr} is lower than {self.floor}, the feed's previous pitr or "
-            "keepalive; a feed's pitr must never decrease"
-        )
 
     def process(self, batch: Iterable[tuple[int, bytes]]) -> tuple[list[Accepted], list[DeadLetter]]:
         """Split a batch of ``(line or offset, raw)`` into accepted messages and dead letters.
@@ -216,8 +217,7 @@ class FeedIntake:
             pitr = rec.pitr
             if pitr < floor:
                 i = len(good) + len(dead)
-                self.floor = floor
-                reason = self._backwards(pitr)
+                reason = _backwards(pitr, floor)
                 dead.append(make_dead_letter(self.feed, self.where, loc_of(i), reason, raw))
                 continue
             floor = pitr
