@@ -86,6 +86,7 @@ _IDLE_S: Final = 0.05
 _SWITCH_INTERVAL_S: Final = 0.02
 _POLL_EVERY_S: Final = 0.05
 _MESSAGE_VALUE: Final = Message.value
+_MESSAGE_ERROR: Final = Message.error
 _DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 _TRANSIENT: Final = frozenset(
     {
@@ -286,10 +287,11 @@ class FeedReader(Worker):
                         warned_missing = True
                 if self.next_offset >= high:
                     eof = True
-            # Two passes (a comprehension here, a map over the client's method below) instead
-            # of one Python loop: this runs for every input message, and errors are rare
-            # (end of partition). Not `.count(None)`: a KafkaError raises when compared.
-            if any([m.error() is not None for m in messages]):
+            # Two passes in C (here and the map over the values below) instead of one Python
+            # loop: this runs for every input message, and errors are rare (end of
+            # partition). `error()` is None or a KafkaError, which is always true (and
+            # raises when compared, so not `.count(None)`).
+            if any(map(_MESSAGE_ERROR, messages)):
                 records = []
                 for m in messages:
                     err = m.error()
