@@ -214,3 +214,15 @@ def naive_priority_queue_merge(
         p, _, _, f, it = heapq.heappop(heap)
         out.append((f, p, it))
     return out
+
+
+def stable_merge(feeds: Iterable[tuple[str, Iterable[tuple[int, Any]]]]) -> list[tuple[str, int, Any]]:
+    """The stable merge by ``(pitr, feed rank)`` of complete feeds: ``(feed, pitr, item)``
+    rows, feeds ranked in the order given, each feed's own order kept on equal keys."""
+    rows = [
+        (pitr, rank, seq, name, item)
+        for rank, (name, entries) in enumerate(feeds)
+        for seq, (pitr, item) in enumerate(entries)
+    ]
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    return [(name, pitr, item) for pitr, _, _, name, item in rows]

@@ -6,9 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reference import naive_priority_queue_merge
+from tests.reference import naive_priority_queue_merge, stable_merge
 from unifeed import Combiner, Emitted, Feed, FeedOrderError, Mode
-from unifeed._combine import merge_sorted
 
 FAR_FUTURE = 10**13  # a clock for which every pitr below is old: catch-up
 
@@ -187,8 +186,7 @@ def feeds_and_arrivals(draw: st.DrawFn, n_feeds: int = 3) -> tuple[list[list[int
 
 
 def _reference(feeds: list[list[int]]) -> list[tuple[str, int, object]]:
-    ref = merge_sorted((f"f{i}", [(p, (i, k)) for k, p in enumerate(ps)]) for i, ps in enumerate(feeds))
-    return [(e.feed, e.pitr, e.item) for e in ref]
+    return stable_merge((f"f{i}", [(p, (i, k)) for k, p in enumerate(ps)]) for i, ps in enumerate(feeds))
 
 
 @given(feeds_and_arrivals(), st.integers(0, 3))

@@ -10,7 +10,7 @@ import enum
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import attrgetter
@@ -462,14 +462,3 @@ class Combiner:
             if st.queue:
                 assert not st.caught_up or st.queue, "caught_up is cleared by a push"
         assert self._emitted >= 0 and self._late >= 0
-
-
-def merge_sorted(feeds: Iterable[tuple[str, Iterable[tuple[int, Any]]]]) -> list[Emitted]:
-    """The reference stable merge by ``(pitr, rank)`` of complete feeds (used by tests)."""
-    rows = [
-        (pitr, rank, seq, name, item)
-        for rank, (name, entries) in enumerate(feeds)
-        for seq, (pitr, item) in enumerate(entries)
-    ]
-    rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    return [Emitted(name, pitr, item) for pitr, _, _, name, item in rows]
