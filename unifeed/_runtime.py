@@ -1487,12 +1487,19 @@ class StatusLine:
 
 
 def _fmt_lag(ms: int) -> str:
+    """A lag for the status line, in the unit a person reads it in.
+
+    >>> [_fmt_lag(ms) for ms in (-200, 1_500, 600_000, 36_000_000, 96_062_400_000)]
+    ['-0.2s', '1.5s', '10.0m', '10.0h', '1111.8d']
+    """
     s = ms / 1000
-    if s < 120:
+    if abs(s) < 120:
         return f"{s:.1f}s"
-    if s < 7200:
+    if abs(s) < 7200:
         return f"{s / 60:.1f}m"
-    return f"{s / 3600:.1f}h"
+    if abs(s) < 172_800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86_400:.1f}d"
 
 
 def _install_signals(state: RunState) -> None:
