@@ -39,7 +39,7 @@ from benchmarks._data import FEEDS, REPO, FeedSource
 from unifeed._kafkautil import producer_config
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 
-#: Record values waiting in an input ahead of its reader, at most (SPEC: broker keeps 5 MB).
+#: Record values waiting in an input ahead of its reader, at most (the embedded broker keeps 5 MB a partition).
 BUDGET_BYTES = 3 * 1024 * 1024
 _KEEPALIVE = b'{"type":"keepalive"'
 _POLL_S = 0.002

@@ -1,6 +1,6 @@
 """Shared fixtures: a Kafka-protocol broker for the whole session, topic names, golden flag.
 
-The broker comes from, in this order (SPEC §4):
+The broker comes from, in this order:
 
 1. ``UNIFEED_TEST_BOOTSTRAP`` - an existing cluster (``external``);
 2. testcontainers' Kafka module, when a Docker engine answers a quick ping (``container``);

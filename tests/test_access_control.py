@@ -1,4 +1,4 @@
-"""The security invariant (SPEC §2): an annotated surface position carries exactly the
+"""The security invariant (docs/guarantees.md, "Access control"): an annotated surface position carries exactly the
 access level of its flight at that ``pitr``, never weaker; an unlink takes effect at
 once; ``unifeed dump --audience A`` never shows a message whose access is stronger than A.
 
@@ -350,7 +350,7 @@ def test_dump_audience_never_shows_a_stronger_message(kafka_bootstrap: str) -> N
 def test_dump_judges_a_control_message_by_its_flight_not_by_a_weaker_own_field(
     kafka_bootstrap: str,
 ) -> None:
-    """controlstream messages pass through with unknown fields untouched (SPEC §2), so an
+    """controlstream messages pass through with unknown fields untouched (README, "Records"), so an
     upstream ``"access":"public"`` on a restricted flight's position reaches the output;
     the position's access is still its flight's, and a public audience must not see it."""
     control = [

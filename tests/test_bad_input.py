@@ -1,4 +1,4 @@
-"""Malformed records mixed into valid feeds (SPEC §2, invalid input).
+"""Malformed records mixed into valid feeds (docs/guarantees.md, "Late and invalid data").
 
 Hypothesis builds feeds of valid messages with bad records in between: random bytes,
 invalid UTF-8, JSON that is not an object, wrong field types, missing required fields,
@@ -453,7 +453,7 @@ def test_invalid_utf8_inside_a_decoded_string_is_a_dead_letter_not_a_crash() -> 
 
 
 def test_invalid_utf8_in_an_unknown_field_is_a_dead_letter() -> None:
-    """Such a message is not JSON text at all (SPEC §2: UTF-8), so it must not be written
+    """Such a message is not JSON text at all (a record is UTF-8 JSON), so it must not be written
     to the unified feed byte for byte."""
     good = b'{"type":"departure","pitr":%d,"id":"F1"}' % T0
     bad = b'{"type":"departure","pitr":%d,"id":"F1","note":"gate \xff"}' % (T0 + 1)
@@ -529,7 +529,7 @@ def test_kafka_dead_letter_of_an_oversized_record_does_not_stop_combine(
 ) -> None:
     """A 300 kB record of raw control characters is invalid JSON; as a dead letter its
     ``raw`` is JSON-escaped (six bytes each), far above the producer's 1 MB record limit.
-    Invalid input must never stop the process (SPEC §2)."""
+    Invalid input must never stop the process (docs/guarantees.md)."""
     tag = uuid.uuid4().hex[:12]
     ctl, srf, out = f"ctl-{tag}", f"srf-{tag}", f"out-{tag}"
     control = [

@@ -1,4 +1,4 @@
-"""The combining rule: unit tests and hypothesis properties (SPEC §3)."""
+"""The combining rule: unit tests and hypothesis properties (docs/guarantees.md, "Ordering")."""
 
 from __future__ import annotations
 

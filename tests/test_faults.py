@@ -208,7 +208,7 @@ def test_a_fencing_broker_fences_the_older_transactional_producer(
         assert exc.args[0].fatal() or "fenc" in str(exc).lower(), exc
         return
     if kafka_broker_kind == "embedded":
-        pytest.skip("the embedded broker does not fence transactional producers (SPEC §4); "
+        pytest.skip("the embedded broker does not fence transactional producers (README, its limits); "
                     "test_second_instance_with_the_same_name_stops_the_older_one covers it")
     pytest.fail("the broker let a fenced producer commit")
 

@@ -1,4 +1,4 @@
-"""The reorder buffer: seeded examples and hypothesis properties (SPEC §3)."""
+"""The reorder buffer: seeded examples and hypothesis properties."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The embedded broker: librdkafka's mock cluster, a real Kafka-protocol broker in memory.
 
 It ships inside the confluent-kafka wheel (``test.mock.num.brokers``) and lives as long as
-the client object that hosts it. Its limits (SPEC §4): 5 MB per partition, topics
+the client object that hosts it. Its limits (README): 5 MB per partition, topics
 auto-created with 4 partitions, no CreateTopics, ``offsets_for_times`` answers -1,
 ``read_committed`` ignored and no producer fencing. Good for tests, demos and a laptop;
 not for production.

@@ -1,4 +1,4 @@
-"""Checkpoints (SPEC §4): per-feed progress of one instance, kept in a Kafka partition.
+"""Checkpoints: per-feed progress of one instance, kept in a Kafka partition.
 
 The topic (``unifeed.checkpoints`` by default) is used at **partition 0 only**, keyed by
 instance name. A record's value is one JSON object, keys always in this order::

@@ -3,7 +3,7 @@
 Each module that offers a subcommand exposes ``register(subparsers)``; the handler it
 sets with ``set_defaults(handler=...)`` takes the parsed namespace and returns the exit
 code. Errors derived from `UnifeedError` end the command with one line on stderr and
-the error's exit code (SPEC §5: 0 ok, 2 usage, 3 broker unreachable, 4 bad data, 1 other).
+the error's exit code (0 ok, 2 usage, 3 broker unreachable, 4 bad data, 1 other).
 
 Before the command line is parsed, the configuration file (``--config``) and the
 ``UNIFEED_*`` environment variables become the options' defaults (``unifeed._config``),

@@ -1,4 +1,4 @@
-"""The combining rule (SPEC §3): one FIFO queue per feed, emitted by ``(pitr, rank)``.
+"""The combining rule (docs/guarantees.md, "Ordering"): one FIFO queue per feed, emitted by ``(pitr, rank)``.
 
 Pure: no I/O, no threads, the clock is injected. Everything that reads Kafka or files
 drives a `Combiner` from the outside.

@@ -1,4 +1,4 @@
-"""Mapping derivation: controlstream surface events → mappingstream (SPEC §2).
+"""Mapping derivation: controlstream surface events → mappingstream (README, "What it is").
 
 Pure: feed it controlstream records in order, it returns the mappingstream lines they
 cause. State (each flight's access level, the active links) is rebuilt after a restart

@@ -146,7 +146,7 @@ def _backwards(pitr: int, floor: int) -> str:
 
 
 class FeedIntake:
-    """Validates one feed's messages (SPEC §2) and keeps its ``pitr`` order.
+    """Validates one feed's messages (README, "Records") and keeps its ``pitr`` order.
 
     A message that is invalid, or whose ``pitr`` is below the previous one or the last
     keepalive, becomes a `DeadLetter`; the feed carries on as if it had not been there.

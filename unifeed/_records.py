@@ -1,4 +1,4 @@
-"""Feed records (SPEC §2) as msgspec structs.
+"""Feed records (README, "Records") as msgspec structs.
 
 Each feed has one tagged union, decoded once per message. A struct declares only
 the fields unifeed needs or must check are present; every other field is skipped

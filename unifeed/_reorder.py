@@ -1,5 +1,5 @@
-"""The reorder buffer (SPEC §3, last paragraph): hold messages for a window of feed time,
-then release them sorted by another timestamp, such as ``clock``.
+"""The reorder buffer: hold messages for a window of feed time, then release them
+sorted by another timestamp, such as ``clock``.
 
 A feed is ordered by ``pitr``, the time a message was received; the time an aircraft
 emitted a position (``clock``) arrives out of order. Holding each message for a window

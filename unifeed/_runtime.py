@@ -1,4 +1,4 @@
-"""The Kafka runtime (SPEC §4): reader threads, the annotator thread, the writer thread.
+"""The Kafka runtime: reader threads, the annotator thread, the writer thread.
 
     control reader ──(control batches)──────────────────────────────► writer ──► output topic
         │ MappingDeriver (in-process) or mapping reader                   ▲     + checkpoints
