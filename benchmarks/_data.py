@@ -169,38 +169,59 @@ class KafkaTraffic:
         return KafkaTraffic(feeds, self.start_ms, self.end_ms)
 
 
+_KEEPALIVE: Final = b'{"type":"keepalive"'
+
+
+@dataclass
+class Chunk:
+    """Records the loader produces in one call, with what it counts about them: built
+    before the run when the input is in memory, so the loader does less while it runs."""
+
+    records: list[dict[str, bytes]]  # produce_batch's form
+    size: int  # bytes of the values
+    keepalives: int
+
+    @classmethod
+    def of(cls, values: list[bytes]) -> Chunk:
+        return cls(
+            [{"value": v} for v in values],
+            sum(map(len, values)),
+            sum(1 for v in values if v.startswith(_KEEPALIVE)),
+        )
+
+
 class FeedSource:
-    """One feed's records for the loader, in chunks: ``(values, bytes)``.
+    """One feed's records for the loader, in chunks.
 
     ``total`` records, then a keepalive past ``stop_at`` so that a run with
     ``--stop-at stop_at`` ends (its readers see a ``pitr`` beyond it).
     """
 
-    def __init__(self, chunks: Iterator[list[bytes]], total: int, stop_at: int) -> None:
+    def __init__(self, chunks: Iterator[Chunk], total: int, stop_at: int) -> None:
         self._chunks = chunks
         self.total = total + 1
         self.stop_at = stop_at
         self._tail_sent = False
 
-    def next_chunk(self) -> list[bytes] | None:
+    def next_chunk(self) -> Chunk | None:
         chunk = next(self._chunks, None)
         if chunk is not None:
             return chunk
         if self._tail_sent:
             return None
         self._tail_sent = True
-        return [keepalive(self.stop_at + 1000)]
+        return Chunk.of([keepalive(self.stop_at + 1000)])
 
 
-def _chunked(lines: list[bytes], size: int) -> Iterator[list[bytes]]:
+def _chunked(lines: list[bytes], size: int) -> Iterator[Chunk]:
     for i in range(0, len(lines), size):
-        yield lines[i : i + size]
+        yield Chunk.of(lines[i : i + size])
 
 
 def materialize(traffic: KafkaTraffic, chunk: int = 2000) -> dict[str, FeedSource]:
-    """Each feed's lines as they are."""
+    """Each feed's lines as they are, in chunks prepared now (before any timing)."""
     return {
-        feed: FeedSource(_chunked(f.lines, chunk), len(f), traffic.end_ms)
+        feed: FeedSource(iter(list(_chunked(f.lines, chunk))), len(f), traffic.end_ms)
         for feed, f in traffic.feeds.items()
     }
 
@@ -210,7 +231,8 @@ def cycle(traffic: KafkaTraffic, total: int, chunk: int = 2000) -> dict[str, Fee
 
     Each lap moves every ``pitr`` forward by the span of the pool plus one second, so both
     feeds stay in order and in step; the rest of each line is unchanged (flights repeat).
-    The feeds keep their relative rates.
+    The feeds keep their relative rates. Chunks are built as the loader asks for them
+    (a whole run would not fit in memory).
     """
     pool = sum(len(f) for f in traffic.feeds.values())
     laps = max(1, -(-total // pool))
@@ -219,7 +241,7 @@ def cycle(traffic: KafkaTraffic, total: int, chunk: int = 2000) -> dict[str, Fee
     for feed, f in traffic.feeds.items():
         n = round(len(f) * total / pool)
         sources[feed] = FeedSource(
-            _shifted(f, span, n, chunk), n, traffic.end_ms + (laps - 1) * span
+            map(Chunk.of, _shifted(f, span, n, chunk)), n, traffic.end_ms + (laps - 1) * span
         )
     return sources
 

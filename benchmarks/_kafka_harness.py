@@ -35,13 +35,12 @@ from typing import Any
 import msgspec
 from confluent_kafka import Producer
 
-from benchmarks._data import FEEDS, REPO, FeedSource
+from benchmarks._data import FEEDS, REPO, Chunk, FeedSource
 from unifeed._kafkautil import producer_config
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 
 #: Record values waiting in an input ahead of its reader, at most (the embedded broker keeps 5 MB a partition).
 BUDGET_BYTES = 3 * 1024 * 1024
-_KEEPALIVE = b'{"type":"keepalive"'
 _POLL_S = 0.002
 _RSS_SAMPLE_S = 0.1
 
@@ -56,7 +55,7 @@ class FeedState:
     consumed: int = 0  # the reader's next offset, as last reported
     consumed_bytes: int = 0  # bytes of the chunks the reader has finished (a lower bound)
     marks: deque[tuple[int, int]] = field(default_factory=deque)  # (chunk end, bytes to it)
-    pending: list[bytes] | None = None
+    pending: Chunk | None = None
     exhausted: bool = False
     starved_reports: int = 0  # progress reports that found the reader at the loader's end
     max_ahead_bytes: int = 0
@@ -145,21 +144,19 @@ class Loader:
                 if chunk is None:
                     st.exhausted = True
                     break
-                size = sum(map(len, chunk))
-                if st.ahead_bytes + size > self.budget and st.produced > st.consumed:
+                if st.ahead_bytes + chunk.size > self.budget and st.produced > st.consumed:
                     st.pending = chunk
                     break
                 st.pending = None
-                self._produce(st.topic, chunk)
-                st.produced += len(chunk)
-                st.produced_bytes += size
-                st.keepalives += sum(1 for value in chunk if value.startswith(_KEEPALIVE))
+                self._produce(st.topic, chunk.records)
+                st.produced += len(chunk.records)
+                st.produced_bytes += chunk.size
+                st.keepalives += chunk.keepalives
                 st.marks.append((st.produced, st.produced_bytes))
                 st.max_ahead_bytes = max(st.max_ahead_bytes, st.ahead_bytes)
         self.producer.poll(0)
 
-    def _produce(self, topic: str, chunk: list[bytes]) -> None:
-        records = [{"value": value} for value in chunk]
+    def _produce(self, topic: str, records: list[dict[str, bytes]]) -> None:
         for _attempt in range(1000):
             queued = self.producer.produce_batch(topic, records, partition=0)
             if queued == len(records):
