@@ -39,7 +39,8 @@ from benchmarks._data import FEEDS, REPO, Chunk, FeedSource
 from unifeed._kafkautil import producer_config
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 
-#: Record values waiting in an input ahead of its reader, at most (the embedded broker keeps 5 MB a partition).
+#: Record values waiting in an input ahead of its reader, at most (the embedded broker
+#: keeps 5 MB a partition).
 BUDGET_BYTES = 3 * 1024 * 1024
 _POLL_S = 0.002
 _RSS_SAMPLE_S = 0.1

@@ -1,4 +1,5 @@
-"""The combining rule (docs/guarantees.md, "Ordering"): one FIFO queue per feed, emitted by ``(pitr, rank)``.
+"""The combining rule: one FIFO queue per feed, emitted by ``(pitr, rank)``
+(docs/guarantees.md, "Ordering").
 
 Pure: no I/O, no threads, the clock is injected. Everything that reads Kafka or files
 drives a `Combiner` from the outside.

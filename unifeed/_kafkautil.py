@@ -1,7 +1,7 @@
 """Kafka plumbing shared by every command: targets, client settings, bounded reads, seek by pitr.
 
-Everything here works on one topic partition at a time (a feed is one partition, ``kafka:TOPIC[:N]``)
-and never waits without a bound: each call takes a timeout and counts its iterations.
+Everything here works on one topic partition at a time (a feed is one partition,
+``kafka:TOPIC[:N]``) and never waits without a bound: each call takes a timeout and counts its iterations.
 Errors from confluent-kafka are re-raised as `KafkaRuntimeError` (keeping the librdkafka
 error name) or `BrokerUnreachableError`.
 
