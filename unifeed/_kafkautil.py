@@ -1,9 +1,9 @@
 """Kafka plumbing shared by every command: targets, client settings, bounded reads, seek by pitr.
 
 Everything here works on one topic partition at a time (a feed is one partition,
-``kafka:TOPIC[:N]``) and never waits without a bound: each call takes a timeout and counts its iterations.
-Errors from confluent-kafka are re-raised as `KafkaRuntimeError` (keeping the librdkafka
-error name) or `BrokerUnreachableError`.
+``kafka:TOPIC[:N]``) and never waits without a bound: each call takes a timeout and
+counts its iterations. Errors from confluent-kafka are re-raised as `KafkaRuntimeError`
+(keeping the librdkafka error name) or `BrokerUnreachableError`.
 
 The helpers take any object with the few `confluent_kafka.Consumer` methods they use
 (`PartitionConsumer`), so tests can hand them an in-memory fake.
