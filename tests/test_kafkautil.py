@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unifeed._errors import BrokerUnreachableError, ConfigError, KafkaRuntimeError
 from unifeed._kafkautil import (
@@ -432,7 +434,7 @@ def test_seek_checks_an_unknown_answer_against_the_last_record() -> None:
     fake = FakePartition(entries, high, None)  # always -1
     result = find_offset_for_pitr(fake, Target("t"), 1_000)
     assert (result.offset, result.method) == (high, "after_last")
-    assert result.reads == 1
+    assert result.reads <= 2  # the last few records, not a search
     result = find_offset_for_pitr(fake, Target("t"), 40)
     assert result.method == "bisection"
     assert result.offset == _truth(entries, high)(40)
@@ -447,3 +449,41 @@ def test_bisection_cost_is_logarithmic() -> None:
         result = find_offset_for_pitr(fake, Target("t"), wanted)
         assert result.offset == truth(wanted)
         assert result.reads <= 20, result
+
+
+@st.composite
+def _disordered(draw: st.DrawFn) -> list[int | None]:
+    """Non-decreasing pitrs with runs of up to 15 backwards ones (and unreadable records)
+    inserted anywhere: a feed's partition after a few upstream mistakes."""
+    valid = sorted(draw(st.lists(st.integers(100, 400), min_size=1, max_size=120)))
+    out: list[int | None] = []
+    for p in valid:
+        out.append(p)
+        if draw(st.integers(0, 3)) == 0:
+            floor = max(x for x in out if x is not None)
+            out += draw(st.lists(st.one_of(st.none(), st.integers(0, floor - 1)), max_size=15))
+    return out
+
+
+@given(_disordered(), st.integers(0, 420), st.integers(2, 7))
+@settings(max_examples=300, deadline=None)
+def test_seek_finds_where_the_highest_pitr_so_far_reaches_the_target(
+    pitrs: list[int | None], wanted: int, gap_every: int
+) -> None:
+    """A record with a backwards pitr (a dead letter) must not send the search past the
+    answer: the offset found is the first at which the largest pitr so far reaches the
+    target, whatever the broker answers. Earlier would repeat work; later would lose it."""
+    entries, high = _fake(pitrs, gap_every=gap_every)
+    readable = [(o, record_pitr(Message(value=v))) for o, v in sorted(entries.items())]
+    top = -1
+    expected = high
+    for offset, p in readable:
+        if p is not None:
+            top = max(top, p)
+            if top >= wanted:
+                expected = offset
+                break
+    first_at_least = next((o for o, p in readable if p is not None and p >= wanted), high)
+    for answer in (None, lambda ts: first_at_least if first_at_least < high else -1):
+        fake = FakePartition(entries, high, answer)
+        assert find_offset_for_pitr(fake, Target("t"), wanted).offset == expected

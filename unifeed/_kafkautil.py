@@ -562,6 +562,40 @@ class _Reader:
                 return pitr, _offset(message)
         return None, end
 
+    def window_from(
+        self, start: int, end: int, pitr_of: Callable[[Message], int | None], size: int
+    ) -> list[tuple[int, int]]:
+        """``(pitr, offset)`` of the first ``size`` records in ``[start, end)`` with a
+        readable pitr (fewer at the end)."""
+        out: list[tuple[int, int]] = []
+        for message in self.scan(start, end, batch=max(16, size)):
+            pitr = pitr_of(message)
+            if pitr is not None:
+                out.append((pitr, _offset(message)))
+                if len(out) >= size:
+                    break
+        return out
+
+    def window_before(
+        self, end: int, low: int, pitr_of: Callable[[Message], int | None], size: int
+    ) -> list[tuple[int, int]]:
+        """``(pitr, offset)`` of the last ``size`` records in ``[low, end)`` with a readable
+        pitr, in offset order (fewer when the partition holds fewer)."""
+        window = max(8, size)
+        upper = end
+        found: list[tuple[int, int]] = []
+        while upper > low and len(found) < size:
+            start = max(low, upper - window)
+            chunk = [
+                (pitr, _offset(m))
+                for m in self.scan(start, upper)
+                if (pitr := pitr_of(m)) is not None
+            ]
+            found = chunk + found
+            upper = start
+            window = min(window * 4, 65536)
+        return found[-size:]
+
     def last_before(
         self, end: int, low: int, pitr_of: Callable[[Message], int | None]
     ) -> tuple[int | None, int]:
@@ -708,6 +742,10 @@ class PitrSeek(msgspec.Struct, frozen=True, gc=False):
     high: int
 
 
+#: Records read at each probe of the search by pitr (see `find_offset_for_pitr`).
+_PROBE: Final = 16
+
+
 def find_offset_for_pitr(
     consumer: PartitionConsumer,
     target: Target,
@@ -771,21 +809,31 @@ def find_offset_for_pitr(
                 hi = hi_record = before_offset
         else:
             # -1: "unknown" on brokers that cannot answer, "nothing that late" on the rest.
-            last, last_offset = reader.last_before(high, low, pitr_of)
-            if last is None or last < pitr:
+            tail = reader.window_before(high, low, pitr_of, _PROBE)
+            if not tail or max(p for p, _ in tail) < pitr:
                 return done(high, "after_last", answer)
-            hi = hi_record = last_offset
+            hi = hi_record = next(o for p, o in tail if p >= pitr)
+    # A feed's pitr never decreases, but its partition can hold records that break the
+    # order (a backwards pitr is a dead letter, not a reason to stop), and one of them
+    # must not steer the search past the answer. So the search is for the first record
+    # at which the largest pitr so far reaches the target, and every probe reads a window
+    # of records: the answer is after the window only when every pitr in it is below the
+    # target. (Only a run of more than _PROBE backwards records in a row can still
+    # mislead it; a restart from a checkpoint does not depend on this search alone.)
     for _step in range(128):  # 2**128 offsets is more than any partition holds
         if lo >= hi:
             break
         mid = (lo + hi) // 2
-        found, found_offset = reader.first_from(mid, hi, pitr_of)
-        if found is None:
+        # The window may reach past hi: a window cut short there could hold nothing but
+        # backwards records and send the search past an earlier answer.
+        window = reader.window_from(mid, high, pitr_of, _PROBE)
+        if not window or window[0][1] >= hi:
             hi = mid  # nothing readable in [mid, hi): the first match is still hi_record
-        elif found >= pitr:
-            hi, hi_record = mid, found_offset
+        elif max(p for p, _ in window) >= pitr:
+            hi = mid
+            hi_record = min(hi_record, next(o for p, o in window if p >= pitr))
         else:
-            lo = found_offset + 1
+            lo = window[-1][1] + 1
     return done(hi_record, "bisection", answer)
 
 
