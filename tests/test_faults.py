@@ -113,8 +113,10 @@ def test_two_same_name_instances_started_at_once_leave_one_writer(
 ) -> None:
     """Two processes of a new instance name start at the same moment: both claim
     generation 1, and their incarnation tokens decide. Exactly one runs to the end, the
-    other stops with the takeover message, and the committed output has no duplicate."""
-    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 20)
+    other stops with the takeover message, and the committed output has no duplicate.
+    (The scenario is long enough that neither can finish before a slow machine has
+    started the other.)"""
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 60)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"twin-{out}", "--exit-at-end")
     procs = [start_cli(args), start_cli(args)]
     try:

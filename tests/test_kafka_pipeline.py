@@ -525,3 +525,39 @@ def test_resume_is_exact_when_backwards_records_sit_near_the_checkpoint(
     assert got == expected
     dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
     assert len({(d["feed"], d["offset"]) for d in dead}) == len(dead) == n_dead
+
+
+def test_resume_is_exact_before_a_burst_of_backwards_records(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """An upstream that re-sends old messages leaves hundreds of backwards records in a
+    row, too many for any search by pitr to see past. A run stopped just before such a
+    burst restarts from the offset its checkpoint keeps and writes exactly the file
+    pipeline's output."""
+    control, surface = _long_scenario(10)
+    valid = [pitr_of(x) for x in surface]
+    stop_at = valid[len(valid) * 3 // 5]
+    burst = 300
+    surface_at = next(i for i, p in enumerate(valid) if p > stop_at) + 5
+    surface = surface[:surface_at] + [
+        b'{"type":"ground_position","pitr":%d,"surface_id":"S9","facility":"KSFO",'
+        b'"clock":1,"lat":1,"lon":2}' % (stop_at - 10_000_000 + i) for i in range(burst)
+    ] + surface[surface_at:]
+    control_at = next(i for i, x in enumerate(control) if pitr_of(x) > stop_at) + 5
+    control = control[:control_at] + [
+        b'{"type":"position","pitr":%d,"id":"F9","clock":1,"lat":1,"lon":2}'
+        % (stop_at - 10_000_000 + i) for i in range(burst)
+    ] + control[control_at:]
+    expected, run = unify_lines(control, surface)
+    assert sum(run.stats().dead_letters.values()) == 2 * burst
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    first = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"burst-{out}",
+                                 "--stop-at", str(stop_at)))
+    assert first.returncode == 0, first.stderr.decode()
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"burst-{out}", "--exit-at-end"))
+    assert done.returncode == 0, done.stderr.decode()
+    got = read_all(kafka_bootstrap, out)
+    assert len(got) == len(expected), "lost or duplicated records"
+    assert got == expected

@@ -12,8 +12,13 @@ instance name. A record's value is one JSON object, keys always in this order::
   many messages with exactly that pitr were processed (a resume seeks to ``pitr`` and
   skips that many). Feeds keep the order the writer gave them. ``dead_offset``, when
   present, is the offset of the last dead letter written for that feed (a restart that
-  reads it again does not write it twice). An external mappingstream has only that
-  mark (its ``pitr`` and ``skip`` are 0: combine resumes it from the surfacestream's).
+  reads it again does not write it twice). ``offset``, when present, is an input offset
+  from which a restart may read: every message before it is done. A restart reads from
+  there or from where a search by ``pitr`` lands, whichever is earlier (a partition whose
+  ``pitr`` order is broken by backwards records, dead letters, can mislead a search), and
+  skips what ``pitr`` and ``skip`` say is done. An external mappingstream has only
+  ``dead_offset`` (its ``pitr`` and ``skip`` are 0: combine resumes it from the
+  surfacestream's).
 * ``output``: the output partition and ``next_offset``, the offset after the last output
   record this checkpoint covers (output-tail reconciliation); null before any output.
 * ``generation``: incarnation counter; a run resuming from generation g writes g + 1.
@@ -93,6 +98,8 @@ class FeedCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_d
     #: Highest input offset whose dead letter is committed (Kafka input), so that a
     #: restart does not write it again; absent until the feed had a dead letter.
     dead_offset: int | None = None
+    #: An input offset from which a restart may read (every message before it is done).
+    offset: int | None = None
 
 
 class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -79,6 +80,7 @@ log = logging.getLogger("unifeed")
 
 _READ_BATCH: Final = 5000
 _LANE_BATCHES: Final = 8
+_MARK_SPAN: Final = 5000  # offsets: restart marks closer than this are merged
 _STAGE_CAPACITY: Final = 50_000
 _JOIN_TIMEOUT_S: Final = 30.0
 _IDLE_S: Final = 0.05
@@ -210,6 +212,47 @@ class ReadPlan:
     dead_offset: int | None = None
 
 
+class RestartMarks:
+    """Where a restart may read one feed from, kept by its reader for the checkpoints.
+
+    Each mark is ``(first offset, last pitr)``: the offset of the first message of a
+    batch the reader handed on and the highest pitr it accepted up to the end of it.
+    Marks closer than ``_MARK_SPAN`` offsets are merged, so a long lookback keeps few. A
+    commit asks `offset_for` a pitr: every accepted message of the marks before the first
+    whose last pitr reaches it has a lower pitr, so it is done, and reading again from
+    that mark's offset repeats only what (pitr, skip) tells a restart to skip. The reader
+    appends and the writer pops, on a deque (both atomic).
+
+    >>> m = RestartMarks(start=100)
+    >>> m.offset_for(5)                  # nothing handed on yet: where the run began
+    100
+    >>> m.add(100, 10); m.add(6000, 20); m.add(9000, 20); m.add(12000, 30)
+    >>> [m.offset_for(p) for p in (10, 15, 20, 25)]    # 9000 was merged into 6000
+    [100, 6000, 6000, 12000]
+    >>> m.offset_for(31)                 # past every mark: where the run began
+    100
+    """
+
+    def __init__(self, start: int) -> None:
+        self._marks: deque[tuple[int, int]] = deque()
+        self._start = start  # where this run began reading: the answer before any mark
+
+    def add(self, first_offset: int, last_pitr: int) -> None:
+        marks = self._marks
+        if marks:
+            prev_offset, prev_pitr = marks[-1]
+            if first_offset - prev_offset < _MARK_SPAN:
+                marks[-1] = (prev_offset, max(prev_pitr, last_pitr))
+                return
+        marks.append((first_offset, last_pitr))
+
+    def offset_for(self, pitr: int) -> int:
+        marks = self._marks
+        while marks and marks[0][1] < pitr:
+            marks.popleft()
+        return marks[0][0] if marks else self._start
+
+
 class FeedReader(Worker):
     """Reads one feed's partition; validates; hands batches on; reports end of log."""
 
@@ -240,6 +283,7 @@ class FeedReader(Worker):
         self.intake = FeedIntake(feed, where="offset")
         self.next_offset = plan.offset
         self.high = -1
+        self.marks = RestartMarks(plan.offset)
 
     def work(self) -> None:
         consumer = Consumer(self.config)
@@ -361,6 +405,9 @@ class FeedReader(Worker):
                 self.state.add(f"in.{self.feed}", len(records))
                 if good:
                     self.state.lag_pitr[self.feed] = good[-1].rec.pitr
+                if good or replay:
+                    # Before the batch goes on: no commit can cover it without its mark.
+                    self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
                 if not self._hand_on(consumer, tp, replay, good, dead, caught_up, closed):
                     return
 
@@ -470,6 +517,10 @@ class Committer:
         self.last_commit = time.monotonic()
         self.commits = 0
         self.checkpoint: Checkpoint | None = None
+        #: Per input feed: its reader's restart marks and how far before the feeds'
+        #: lowest position a restart must read it (the lookback that rebuilds state), or
+        #: None: from the feed's own position.
+        self.marks: dict[str, tuple[RestartMarks, int | None]] = {}
         self._dirty = False
         self._in_txn = False
         self.generation = 1
@@ -731,6 +782,15 @@ class Committer:
         for f, pos in self.positions.items():
             if f not in out:
                 out[f] = pos
+        if self.marks and all(f in out for f in self.marks):
+            lowest = min(out[f].pitr for f in self.marks)
+            for f, (marks, lookback) in self.marks.items():
+                pos = out[f]
+                offset = marks.offset_for(pos.pitr if lookback is None else lowest - lookback)
+                if offset != pos.offset:
+                    out[f] = self.positions[f] = FeedPosition(
+                        pitr=pos.pitr, skip=pos.skip, dead_offset=pos.dead_offset, offset=offset
+                    )
         return out
 
     def _reconcile(self, feed_items: list[Emitted]) -> int:
@@ -1131,6 +1191,17 @@ def _seek(options: RuntimeOptions, target: Target, pitr: int) -> int:
         consumer.close()
 
 
+def _restart_offset(options: RuntimeOptions, target: Target, pitr: int, hint: int | None) -> int:
+    """Where a restart reads a feed from: the search by ``pitr``, or the checkpoint's
+    offset when that is earlier and still stored (a partition with backwards records can
+    mislead a search; reading too early only repeats what the reader skips)."""
+    found = _seek(options, target, pitr)
+    if hint is None or hint >= found:
+        return found
+    low, _high = _watermarks_or_empty(options, target)
+    return hint if hint >= low else found
+
+
 def _start_positions(
     options: RuntimeOptions, targets: dict[str, Target]
 ) -> dict[str, tuple[int, FeedPosition]]:
@@ -1220,8 +1291,12 @@ class CombineRun:
         if cp is not None and all(f in cp.feeds for f in targets):
             pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
             replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
-            plans[CONTROLSTREAM] = ReadPlan(_seek(o, self.control, replay_from), pc, pc.dead_offset)
-            plans[SURFACESTREAM] = ReadPlan(_seek(o, self.surface, ps.pitr), ps, ps.dead_offset)
+            plans[CONTROLSTREAM] = ReadPlan(
+                _restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
+            )
+            plans[SURFACESTREAM] = ReadPlan(
+                _restart_offset(o, self.surface, ps.pitr, ps.offset), ps, ps.dead_offset
+            )
             mapping_from = ps.pitr - o.lookback_ms
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
@@ -1295,32 +1370,35 @@ class CombineRun:
         ) -> Batch | None:
             return Batch(good, dead, None, caught_up, closed)
 
-        self.threads.append(
-            FeedReader(
-                state=st,
-                feed=CONTROLSTREAM,
-                target=self.control,
-                config=rconf,
-                plan=plans[CONTROLSTREAM],
-                deliver=_Delivery(control_steps),
-                stop_at=o.stop_at,
-                exit_at_end=o.exit_at_end,
-                end_of_log_grace_s=o.end_of_log_grace_s,
-            )
+        control_reader = FeedReader(
+            state=st,
+            feed=CONTROLSTREAM,
+            target=self.control,
+            config=rconf,
+            plan=plans[CONTROLSTREAM],
+            deliver=_Delivery(control_steps),
+            stop_at=o.stop_at,
+            exit_at_end=o.exit_at_end,
+            end_of_log_grace_s=o.end_of_log_grace_s,
         )
-        self.threads.append(
-            FeedReader(
-                state=st,
-                feed=SURFACESTREAM,
-                target=self.surface,
-                config=rconf,
-                plan=plans[SURFACESTREAM],
-                deliver=_Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
-                stop_at=o.stop_at,
-                exit_at_end=o.exit_at_end,
-                end_of_log_grace_s=o.end_of_log_grace_s,
-            )
+        surface_reader = FeedReader(
+            state=st,
+            feed=SURFACESTREAM,
+            target=self.surface,
+            config=rconf,
+            plan=plans[SURFACESTREAM],
+            deliver=_Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
+            stop_at=o.stop_at,
+            exit_at_end=o.exit_at_end,
+            end_of_log_grace_s=o.end_of_log_grace_s,
         )
+        self.threads += [control_reader, surface_reader]
+        # controlstream restarts a lookback before the lowest position (it rebuilds the
+        # links from there; with derived mappings, the surface's links come from it too).
+        committer.marks = {
+            CONTROLSTREAM: (control_reader.marks, o.lookback_ms),
+            SURFACESTREAM: (surface_reader.marks, None),
+        }
         if self.mapping is not None:
             cp = committer.checkpoint
             mapping_dead = (
