@@ -561,3 +561,33 @@ def test_resume_is_exact_before_a_burst_of_backwards_records(
     got = read_all(kafka_bootstrap, out)
     assert len(got) == len(expected), "lost or duplicated records"
     assert got == expected
+
+
+def test_mappings_resume_is_exact_before_a_burst_of_backwards_records(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """`unifeed mappings` restarts a lookback before its checkpoint to rebuild its links.
+    A burst of very old records in the middle of controlstream, where a search by pitr
+    first looks, must not make it start after the burst (losing links and the records
+    between the checkpoint and the burst): it restarts from its checkpoint's offset."""
+    from unifeed._unify import derive_mapping_lines
+
+    control, _ = _long_scenario(20)
+    burst = 300
+    at = len(control) // 2  # the burst then covers the middle of the partition
+    stop_at = pitr_of(control[at - 15])  # 1.5 s before it: a keepalive is due in between
+    control = control[:at] + [
+        b'{"type":"position","pitr":%d,"id":"F9","clock":1,"lat":1,"lon":2}' % (1000 + i)
+        for i in range(burst)
+    ] + control[at:]
+    expected, _ = derive_mapping_lines(control)
+    ctl, mp = unique_topic("ctl"), unique_topic("map")
+    load(kafka_bootstrap, ctl, control)
+    args = ["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
+            "--bootstrap-servers", kafka_bootstrap, "--instance", f"mb-{mp}",
+            "--checkpoint-topic", f"{mp}.checkpoints", "-q"]
+    first = run_cli([*args, "--stop-at", str(stop_at)])
+    assert first.returncode == 0, first.stderr.decode()
+    done = run_cli([*args, "--exit-at-end"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, mp) == expected

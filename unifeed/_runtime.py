@@ -1622,7 +1622,8 @@ def mappings_command(args: argparse.Namespace) -> int:
     cp = committer.checkpoint
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
-        plan = ReadPlan(_seek(o, control, pos.pitr - o.lookback_ms), pos, pos.dead_offset)
+        start = _restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
+        plan = ReadPlan(start, pos, pos.dead_offset)
         log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
     else:
         off, pos = _start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
@@ -1676,6 +1677,7 @@ def mappings_command(args: argparse.Namespace) -> int:
         end_of_log_grace_s=o.end_of_log_grace_s,
         count_keepalives=True,
     )
+    committer.marks = {CONTROLSTREAM: (reader.marks, o.lookback_ms)}
     reader.start()
     watcher = ClaimWatcher(state, o, committer)
     watcher.start()
