@@ -221,7 +221,7 @@ class RestartMarks:
     commit asks `offset_for` a pitr: every accepted message of the marks before the first
     whose last pitr reaches it has a lower pitr, so it is done, and reading again from
     that mark's offset repeats only what (pitr, skip) tells a restart to skip. The reader
-    appends and the writer pops, on a deque (both atomic).
+    adds (once a batch) and the writer asks (once a commit) under a lock.
 
     >>> m = RestartMarks(start=100)
     >>> m.offset_for(5)                  # nothing handed on yet: where the run began
@@ -236,21 +236,24 @@ class RestartMarks:
     def __init__(self, start: int) -> None:
         self._marks: deque[tuple[int, int]] = deque()
         self._start = start  # where this run began reading: the answer before any mark
+        self._lock = threading.Lock()
 
     def add(self, first_offset: int, last_pitr: int) -> None:
-        marks = self._marks
-        if marks:
-            prev_offset, prev_pitr = marks[-1]
-            if first_offset - prev_offset < _MARK_SPAN:
-                marks[-1] = (prev_offset, max(prev_pitr, last_pitr))
-                return
-        marks.append((first_offset, last_pitr))
+        with self._lock:
+            marks = self._marks
+            if marks:
+                prev_offset, prev_pitr = marks[-1]
+                if first_offset - prev_offset < _MARK_SPAN:
+                    marks[-1] = (prev_offset, max(prev_pitr, last_pitr))
+                    return
+            marks.append((first_offset, last_pitr))
 
     def offset_for(self, pitr: int) -> int:
-        marks = self._marks
-        while marks and marks[0][1] < pitr:
-            marks.popleft()
-        return marks[0][0] if marks else self._start
+        with self._lock:
+            marks = self._marks
+            while marks and marks[0][1] < pitr:
+                marks.popleft()
+            return marks[0][0] if marks else self._start
 
 
 class FeedReader(Worker):
