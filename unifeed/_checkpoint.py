@@ -130,12 +130,14 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
         """One line for people: where each feed resumes and what the output holds.
 
         >>> Checkpoint(instance="uf-a", generation=3, feeds={
-        ...     "controlstream": FeedCheckpoint(pitr=1700000000000, skip=2)},
+        ...     "controlstream": FeedCheckpoint(pitr=1700000000000, skip=2, offset=7)},
         ...     output=OutputCheckpoint(topic="out", partition=0, next_offset=41)).describe()
-        'generation 3: controlstream after pitr 1700000000000 (2023-11-14T22:13:20.000Z, 2 done at it); output kafka:out:0 up to offset 41'
+        'generation 3: controlstream after pitr 1700000000000 (2023-11-14T22:13:20.000Z, 2 done at it, read from offset 7); output kafka:out:0 up to offset 41'
         """
         feeds = "; ".join(
-            f"{name} after pitr {f.pitr} ({_iso_ms(f.pitr)}, {f.skip} done at it)"
+            f"{name} after pitr {f.pitr} ({_iso_ms(f.pitr)}, {f.skip} done at it"
+            + (f", read from offset {f.offset}" if f.offset is not None else "")
+            + ")"
             for name, f in sorted(self.feeds.items())
         )
         out = (
