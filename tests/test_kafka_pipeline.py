@@ -491,6 +491,25 @@ def test_at_least_once_delivery_sigkill_and_restart_gives_exact_output(
     assert read_all(kafka_bootstrap, out) == expected
 
 
+def _stop_then_finish(bootstrap: str, unique_topic: Callable[..., str], control: list[bytes],
+                      surface: list[bytes], expected: list[bytes], stops: list[int]) -> str:
+    """Load both feeds, run `unifeed combine --stop-at` at each of `stops` in turn, then to
+    the end; the output must be `expected`. Returns the output topic."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    load(bootstrap, ctl, control)
+    load(bootstrap, srf, surface)
+    for stop_at in stops:
+        first = run_cli(combine_args(bootstrap, ctl, srf, out, f"st-{out}", "--stop-at",
+                                     str(stop_at)))
+        assert first.returncode == 0, first.stderr.decode()
+    done = run_cli(combine_args(bootstrap, ctl, srf, out, f"st-{out}", "--exit-at-end"))
+    assert done.returncode == 0, done.stderr.decode()
+    got = read_all(bootstrap, out)
+    assert len(got) == len(expected), "lost or duplicated records"
+    assert got == expected
+    return out
+
+
 def test_resume_is_exact_when_backwards_records_sit_near_the_checkpoint(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -510,19 +529,9 @@ def test_resume_is_exact_when_backwards_records_sit_near_the_checkpoint(
     expected, run = unify_lines(control, surface)
     n_dead = sum(run.stats().dead_letters.values())
     assert n_dead > 3000
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
     valid = sorted(pitr_of(x) for x in surface if pitr_of(x) > 2)
-    for stop_at in (valid[len(valid) * 3 // 5], valid[len(valid) * 4 // 5]):
-        first = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"bw-{out}",
-                                     "--stop-at", str(stop_at)))
-        assert first.returncode == 0, first.stderr.decode()
-    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"bw-{out}", "--exit-at-end"))
-    assert done.returncode == 0, done.stderr.decode()
-    got = read_all(kafka_bootstrap, out)
-    assert len(got) == len(expected), "lost or duplicated records"
-    assert got == expected
+    out = _stop_then_finish(kafka_bootstrap, unique_topic, control, surface, expected,
+                            [valid[len(valid) * 3 // 5], valid[len(valid) * 4 // 5]])
     dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
     assert len({(d["feed"], d["offset"]) for d in dead}) == len(dead) == n_dead
 
@@ -550,17 +559,7 @@ def test_resume_is_exact_before_a_burst_of_backwards_records(
     ] + control[control_at:]
     expected, run = unify_lines(control, surface)
     assert sum(run.stats().dead_letters.values()) == 2 * burst
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    load(kafka_bootstrap, ctl, control)
-    load(kafka_bootstrap, srf, surface)
-    first = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"burst-{out}",
-                                 "--stop-at", str(stop_at)))
-    assert first.returncode == 0, first.stderr.decode()
-    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"burst-{out}", "--exit-at-end"))
-    assert done.returncode == 0, done.stderr.decode()
-    got = read_all(kafka_bootstrap, out)
-    assert len(got) == len(expected), "lost or duplicated records"
-    assert got == expected
+    _stop_then_finish(kafka_bootstrap, unique_topic, control, surface, expected, [stop_at])
 
 
 def test_mappings_resume_is_exact_before_a_burst_of_backwards_records(
