@@ -549,19 +549,6 @@ class _Reader:
             "_TIMED_OUT",
         )
 
-    def first_from(
-        self, start: int, end: int, pitr_of: Callable[[Message], int | None]
-    ) -> tuple[int | None, int]:
-        """``(pitr, offset)`` of the first record in ``[start, end)`` with a readable pitr.
-
-        ``(None, end)`` when there is none. Records whose pitr cannot be read are stepped over.
-        """
-        for message in self.scan(start, end, batch=16):
-            pitr = pitr_of(message)
-            if pitr is not None:
-                return pitr, _offset(message)
-        return None, end
-
     def window_from(
         self, start: int, end: int, pitr_of: Callable[[Message], int | None], size: int
     ) -> list[tuple[int, int]]:
@@ -595,28 +582,6 @@ class _Reader:
             upper = start
             window = min(window * 4, 65536)
         return found[-size:]
-
-    def last_before(
-        self, end: int, low: int, pitr_of: Callable[[Message], int | None]
-    ) -> tuple[int | None, int]:
-        """``(pitr, offset)`` of the last record in ``[low, end)`` with a readable pitr.
-
-        Scans back in doubling windows; ``(None, low)`` when there is none.
-        """
-        window = 8
-        upper = end
-        while upper > low:
-            start = max(low, upper - window)
-            found: tuple[int | None, int] = (None, low)
-            for message in self.scan(start, upper):
-                pitr = pitr_of(message)
-                if pitr is not None:
-                    found = (pitr, _offset(message))
-            if found[0] is not None:
-                return found
-            upper = start
-            window = min(window * 4, 65536)
-        return None, low
 
 
 def _offset(message: Message) -> int:
@@ -788,10 +753,10 @@ def find_offset_for_pitr(
         if 0 <= answer <= high:
             # Verify: the record at the answer is new enough, the one before it is older.
             start = max(answer, low)
-            after, after_offset = (
-                reader.first_from(start, high, pitr_of) if start < high else (None, high)
-            )
-            before, before_offset = reader.last_before(start, low, pitr_of)
+            first = reader.window_from(start, high, pitr_of, 1) if start < high else []
+            after, after_offset = first[0] if first else (None, high)
+            last = reader.window_before(start, low, pitr_of, 1)
+            before, before_offset = last[0] if last else (None, low)
             after_ok = after is None or after >= pitr
             before_ok = before is None or before < pitr
             if after_ok and before_ok:

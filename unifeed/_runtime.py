@@ -45,6 +45,7 @@ from ._errors import (
 )
 from ._inbox import Batch, Inbox
 from ._kafkautil import (
+    PitrSeek,
     Target,
     consume_batch,
     consumer_config,
@@ -1186,23 +1187,26 @@ class BrokerHealth:
 # --- start-up planning -----------------------------------------------------
 
 
-def _seek(options: RuntimeOptions, target: Target, pitr: int) -> int:
+def _find(options: RuntimeOptions, target: Target, pitr: int) -> PitrSeek:
     consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra, fetch_wait_ms=10))
     try:
-        return find_offset_for_pitr(consumer, target, max(pitr, 0)).offset
+        return find_offset_for_pitr(consumer, target, max(pitr, 0))
     finally:
         consumer.close()
+
+
+def _seek(options: RuntimeOptions, target: Target, pitr: int) -> int:
+    return _find(options, target, pitr).offset
 
 
 def _restart_offset(options: RuntimeOptions, target: Target, pitr: int, hint: int | None) -> int:
     """Where a restart reads a feed from: the search by ``pitr``, or the checkpoint's
     offset when that is earlier and still stored (a partition with backwards records can
     mislead a search; reading too early only repeats what the reader skips)."""
-    found = _seek(options, target, pitr)
-    if hint is None or hint >= found:
-        return found
-    low, _high = _watermarks_or_empty(options, target)
-    return hint if hint >= low else found
+    found = _find(options, target, pitr)
+    if hint is not None and found.low <= hint < found.offset:
+        return hint
+    return found.offset
 
 
 def _start_positions(
