@@ -1377,27 +1377,30 @@ class CombineRun:
         ) -> Batch | None:
             return Batch(good, dead, None, caught_up, closed)
 
-        control_reader = FeedReader(
-            state=st,
-            feed=CONTROLSTREAM,
-            target=self.control,
-            config=rconf,
-            plan=plans[CONTROLSTREAM],
-            deliver=_Delivery(control_steps),
-            stop_at=o.stop_at,
-            exit_at_end=o.exit_at_end,
-            end_of_log_grace_s=o.end_of_log_grace_s,
+        def reader(
+            feed: str, target: Target, plan: ReadPlan, deliver: _Delivery
+        ) -> FeedReader:
+            """A reader of this run: the settings every feed shares."""
+            return FeedReader(
+                state=st,
+                feed=feed,
+                target=target,
+                config=rconf,
+                plan=plan,
+                deliver=deliver,
+                stop_at=o.stop_at,
+                exit_at_end=o.exit_at_end,
+                end_of_log_grace_s=o.end_of_log_grace_s,
+            )
+
+        control_reader = reader(
+            CONTROLSTREAM, self.control, plans[CONTROLSTREAM], _Delivery(control_steps)
         )
-        surface_reader = FeedReader(
-            state=st,
-            feed=SURFACESTREAM,
-            target=self.surface,
-            config=rconf,
-            plan=plans[SURFACESTREAM],
-            deliver=_Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
-            stop_at=o.stop_at,
-            exit_at_end=o.exit_at_end,
-            end_of_log_grace_s=o.end_of_log_grace_s,
+        surface_reader = reader(
+            SURFACESTREAM,
+            self.surface,
+            plans[SURFACESTREAM],
+            _Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
         )
         self.threads += [control_reader, surface_reader]
         # controlstream restarts a lookback before the lowest position (it rebuilds the
@@ -1431,16 +1434,11 @@ class CombineRun:
                 )
 
             self.threads.append(
-                FeedReader(
-                    state=st,
-                    feed=MAPPINGSTREAM,
-                    target=self.mapping,
-                    config=rconf,
-                    plan=ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead),
-                    deliver=_Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
-                    stop_at=None if o.stop_at is None else o.stop_at,
-                    exit_at_end=o.exit_at_end,
-                    end_of_log_grace_s=o.end_of_log_grace_s,
+                reader(
+                    MAPPINGSTREAM,
+                    self.mapping,
+                    ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead),
+                    _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
                 )
             )
         self.threads.append(AnnotatorThread(st, annot_inbox, writer_inbox, o))
