@@ -19,8 +19,8 @@ from typing import Final
 
 import msgspec
 
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM
-from unifeed._simulate import iter_traffic, write_simulation
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.sim.traffic import iter_traffic, write_simulation
 
 REPO: Final = Path(__file__).resolve().parent.parent
 #: Far in the future of every simulated ``pitr``: every candidate is in catch-up.

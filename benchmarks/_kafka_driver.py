@@ -31,9 +31,9 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from unifeed._kafkautil import Target, consumer_config, producer_config
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM
-from unifeed._runtime import CombineRun, FeedReader, RuntimeOptions
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.kafka.clients import Target, consumer_config, producer_config
+from unifeed.runtime.run import CombineRun, FeedReader, RuntimeOptions
 
 _REPORT_S = 0.005
 _CPU_SAMPLE_S = 0.25

@@ -36,8 +36,8 @@ import msgspec
 from confluent_kafka import Producer
 
 from benchmarks._data import FEEDS, REPO, Chunk, FeedSource
-from unifeed._kafkautil import producer_config
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.kafka.clients import producer_config
 
 #: Record values waiting in an input ahead of its reader, at most (the embedded broker
 #: keeps 5 MB a partition).

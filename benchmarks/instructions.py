@@ -25,10 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.stage_costs import _batches, _lines
-from unifeed._inbox import Batch
-from unifeed._mapping import MappingDeriver
-from unifeed._pipeline import AnnotateStage, FeedIntake, WriterStage
-from unifeed._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Mapping
+from unifeed.core.mapping import MappingDeriver
+from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Mapping
+from unifeed.core.stages import AnnotateStage, FeedIntake, WriterStage
+from unifeed.runtime.inbox import Batch
 
 _FAR_FUTURE = 2**62  # every message is old: catch-up mode throughout
 

@@ -24,10 +24,10 @@ import msgspec
 from confluent_kafka import Producer
 
 from benchmarks._data import REPO
-from unifeed._mapping import MappingDeriver
-from unifeed._pipeline import AnnotateStage, FeedIntake, WriterStage
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM, Head, Mapping
-from unifeed._simulate import iter_traffic
+from unifeed.core.mapping import MappingDeriver
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM, Head, Mapping
+from unifeed.core.stages import AnnotateStage, FeedIntake, WriterStage
+from unifeed.sim.traffic import iter_traffic
 
 _BATCH = 5000
 

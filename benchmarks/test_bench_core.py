@@ -22,8 +22,8 @@ from benchmarks._data import FAR_FUTURE_MS, TwoFeedInput, decode_pitr, two_feed_
 from benchmarks._options import BenchOptions
 from benchmarks._peers import Interleaved
 from unifeed import Combiner, Feed
-from unifeed._cli import main as unifeed_main
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.cli.main import main as unifeed_main
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 
 MERGE_TARGET = 0.4
 PIPELINE_TARGET = 0.5

@@ -29,8 +29,8 @@ from benchmarks._data import KafkaTraffic, cycle, materialize
 from benchmarks._kafka_harness import RunResult, run_measured
 from benchmarks._options import BenchOptions
 from benchmarks._peers import SUMMARY
-from unifeed._broker import EmbeddedBroker
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.kafka.embedded import EmbeddedBroker
 
 pytestmark = pytest.mark.kafka_bench
 

@@ -24,8 +24,8 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from tests.kafkatools import forget_broker
-from unifeed._broker import EmbeddedBroker
-from unifeed._kafkautil import consumer_config, producer_config
+from unifeed.kafka.clients import consumer_config, producer_config
+from unifeed.kafka.embedded import EmbeddedBroker
 
 _DOCKER_PROBE_S = 3.0
 

@@ -137,7 +137,7 @@ def bad_input() -> tuple[list[bytes], list[bytes]]:
 
 def busy_airport() -> tuple[list[bytes], list[bytes]]:
     """Simulated traffic at two busy airports: about 97,000 messages."""
-    from unifeed._simulate import simulate
+    from unifeed.sim.traffic import simulate
 
     sim = simulate(seed=2024, minutes=2.0, airports=2, rate=200.0, start_ms=T0)
     return list(sim.controlstream), list(sim.surfacestream)

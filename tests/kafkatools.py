@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-CLI = [sys.executable, "-m", "unifeed._cli"]
+CLI = [sys.executable, "-m", "unifeed"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

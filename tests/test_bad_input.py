@@ -39,7 +39,7 @@ from tests.reference import (
     valid_messages,
 )
 from unifeed import unify_lines
-from unifeed._pipeline import DeadLetter
+from unifeed.core.stages import DeadLetter
 
 CONTROL, SURFACE = "controlstream", "surfacestream"
 T0 = 1_700_000_000_000

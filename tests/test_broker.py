@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from unifeed._broker import EmbeddedBroker, spawn_broker_process
-from unifeed._kafkautil import (
+from unifeed.kafka.clients import (
     Target,
     consumer_config,
     ensure_reachable,
     producer_config,
     read_range,
 )
+from unifeed.kafka.embedded import EmbeddedBroker, spawn_broker_process
 
 
 def _accepts_connections(address: str) -> bool:

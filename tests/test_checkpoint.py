@@ -1,4 +1,4 @@
-"""Checkpoint values, the checkpoint store and ``unifeed checkpoint`` (unifeed._checkpoint)."""
+"""Checkpoint values, the checkpoint store and ``unifeed checkpoint`` (unifeed.checkpoint.store)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from unifeed._checkpoint import (
+from unifeed.checkpoint.store import (
     CHECKPOINT_PARTITION,
     Checkpoint,
     CheckpointStore,
@@ -23,8 +23,8 @@ from unifeed._checkpoint import (
     encode_checkpoint,
     encode_record,
 )
-from unifeed._errors import CheckpointError
-from unifeed._kafkautil import producer_config
+from unifeed.core.errors import CheckpointError
+from unifeed.kafka.clients import producer_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def _unifeed(*args: str, bootstrap: str | None = None) -> subprocess.CompletedPr
     if bootstrap is not None:
         env["UNIFEED_BOOTSTRAP_SERVERS"] = bootstrap
     return subprocess.run(
-        [sys.executable, "-m", "unifeed._cli", *args],
+        [sys.executable, "-m", "unifeed", *args],
         env=env,
         capture_output=True,
         text=True,

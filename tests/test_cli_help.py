@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from unifeed._cli import build_command_line
+from unifeed.cli.main import build_command_line
 
 ROOT = Path(__file__).resolve().parent.parent
 _TIMEOUT_S = 60
@@ -21,7 +21,7 @@ def _help_of_all() -> dict[str, subprocess.CompletedProcess[str]]:
     # All at once: each is a fresh interpreter, mostly waiting on imports.
     running = {
         path: subprocess.Popen(
-            [sys.executable, "-m", "unifeed._cli", *path.split(), "--help"],
+            [sys.executable, "-m", "unifeed", *path.split(), "--help"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from unifeed._cli_kafka import dump_partition, load_lines, parse_time_ms
-from unifeed._errors import BadRecordError, ConfigError, KafkaRuntimeError
-from unifeed._kafkautil import Target, consumer_config, read_range, watermarks
+from unifeed.cli.kafka import dump_partition, load_lines, parse_time_ms
+from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
+from unifeed.kafka.clients import Target, consumer_config, read_range, watermarks
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -32,7 +32,7 @@ def _unifeed(
     if bootstrap is not None:
         env["UNIFEED_BOOTSTRAP_SERVERS"] = bootstrap
     return subprocess.run(
-        [sys.executable, "-m", "unifeed._cli", *args],
+        [sys.executable, "-m", "unifeed", *args],
         env=env,
         input=stdin,
         capture_output=True,

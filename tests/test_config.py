@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from unifeed._cli import build_command_line, main
-from unifeed._config import Configuration, config_path_from_argv, mask_secrets
-from unifeed._logging import teardown_logging
+from unifeed.cli.config import Configuration, config_path_from_argv, mask_secrets
+from unifeed.cli.logs import teardown_logging
+from unifeed.cli.main import build_command_line, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def run(
     environ["PYTHONPATH"] = str(ROOT)
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "unifeed._cli", *args],
+        [sys.executable, "-m", "unifeed", *args],
         capture_output=True,
         text=True,
         env=environ,

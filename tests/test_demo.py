@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unifeed._demo import (
+from unifeed.demo.run import (
     compress_time,
     parse_status,
     public_view,
@@ -55,7 +55,7 @@ def test_demo_end_to_end_with_outage_passes_every_check() -> None:
     started = time.monotonic()
     done = subprocess.run(
         [
-            sys.executable, "-m", "unifeed._cli", "demo",
+            sys.executable, "-m", "unifeed", "demo",
             "--minutes", "3", "--speed", "12", "--seed", "3", "--keep-broker",
         ],
         capture_output=True,
@@ -83,7 +83,7 @@ def test_demo_end_to_end_with_outage_passes_every_check() -> None:
         # --keep-broker: the printed command works against the broker left running.
         assert pid_match is not None, out
         dumped = subprocess.run(
-            [sys.executable, "-m", "unifeed._cli", "dump", "kafka:unified",
+            [sys.executable, "-m", "unifeed", "dump", "kafka:unified",
              "--bootstrap-servers", pid_match.group(1)],
             capture_output=True,
             env=_environment(),
@@ -117,7 +117,7 @@ def test_demo_refuses_bad_options_before_starting_anything(
     arguments: list[str], needle: str
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "unifeed._cli", "demo", *arguments],
+        [sys.executable, "-m", "unifeed", "demo", *arguments],
         capture_output=True,
         text=True,
         env=_environment(),

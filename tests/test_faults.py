@@ -23,7 +23,7 @@ from tests.kafkatools import (
 )
 from tests.test_kafka_pipeline import _long_scenario, combine_args, loaded_long_scenario
 from unifeed import unify_lines
-from unifeed._broker import spawn_broker_process
+from unifeed.kafka.embedded import spawn_broker_process
 
 pytestmark = pytest.mark.kafka
 
@@ -140,7 +140,7 @@ def test_an_equal_generation_with_a_greater_incarnation_stops_the_run(
     a process that claimed at the same moment writes) appears; the run stops."""
     import msgspec
 
-    from unifeed._checkpoint import CheckpointStore
+    from unifeed.checkpoint.store import CheckpointStore
 
     ctl, srf, out, _ = loaded_long_scenario(kafka_bootstrap, unique_topic, 20)
     name = f"tie-{out}"
@@ -165,7 +165,7 @@ def test_second_mappings_instance_with_the_same_name_stops_the_older_one(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
     """`unifeed mappings` claims its name like combine: the older process stops."""
-    from unifeed._unify import derive_mapping_lines
+    from unifeed.core.unify import derive_mapping_lines
 
     ctl, mp = unique_topic("ctl"), unique_topic("map")
     control, _ = _long_scenario(20)

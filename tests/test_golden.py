@@ -18,7 +18,7 @@ import pytest
 from tests.golden_scenarios import COMPRESSED, SCENARIOS
 from tests.reference import assert_matches_reference, reference_unified
 from unifeed import unify_lines
-from unifeed._unify import derive_mapping_lines
+from unifeed.core.unify import derive_mapping_lines
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 FILES = ("controlstream", "surfacestream", "expected.mappingstream", "expected.unified",
@@ -108,7 +108,7 @@ def test_golden_cli(name: str, tmp_path: Path) -> None:
     mapping = tmp_path / "mapping.jsonl"
     control = str(golden_path(name, "controlstream"))
     surface = str(golden_path(name, "surfacestream"))
-    cli = [sys.executable, "-m", "unifeed._cli"]
+    cli = [sys.executable, "-m", "unifeed"]
     done = subprocess.run(
         [*cli, "combine", "--control", control, "--surface", surface, "--output", str(out),
          "--dead-letter", str(dead)],

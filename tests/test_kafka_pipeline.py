@@ -410,7 +410,7 @@ def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
 ) -> None:
     ctl, mp = unique_topic("ctl"), unique_topic("map")
     control, _ = _long_scenario()
-    from unifeed._unify import derive_mapping_lines
+    from unifeed.core.unify import derive_mapping_lines
 
     expected, _ = derive_mapping_lines(control)
     load(kafka_bootstrap, ctl, control)
@@ -569,7 +569,7 @@ def test_mappings_resume_is_exact_before_a_burst_of_backwards_records(
     A burst of very old records in the middle of controlstream, where a search by pitr
     first looks, must not make it start after the burst (losing links and the records
     between the checkpoint and the burst): it restarts from its checkpoint's offset."""
-    from unifeed._unify import derive_mapping_lines
+    from unifeed.core.unify import derive_mapping_lines
 
     control, _ = _long_scenario(20)
     burst = 300

@@ -1,4 +1,4 @@
-"""Targets, settings, reachability, bounded reads and seek-by-pitr (unifeed._kafkautil)."""
+"""Targets, settings, reachability, bounded reads and seek-by-pitr (unifeed.kafka.clients)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unifeed._errors import BrokerUnreachableError, ConfigError, KafkaRuntimeError
-from unifeed._kafkautil import (
+from unifeed.core.errors import BrokerUnreachableError, ConfigError, KafkaRuntimeError
+from unifeed.kafka.clients import (
     ASSIGN_ONLY_GROUP_ID,
     BOOTSTRAP_ENV,
     RdkafkaLog,

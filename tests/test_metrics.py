@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from unifeed import ConfigError
-from unifeed._metrics import MetricsServer, MetricsSnapshot, snapshot_from_counters
+from unifeed.runtime.metrics import MetricsServer, MetricsSnapshot, snapshot_from_counters
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import unifeed._reorder as reorder_module
-from unifeed._errors import BadRecordError
-from unifeed._reorder import ReorderBuffer, ReorderStats, reorder_lines
-from unifeed._simulate import simulate
+import unifeed.core.reorder as reorder_module
+from unifeed.core.errors import BadRecordError
+from unifeed.core.reorder import ReorderBuffer, ReorderStats, reorder_lines
+from unifeed.sim.traffic import simulate
 
 # -- seeded examples -------------------------------------------------------------
 

@@ -19,11 +19,11 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.kafkatools import Follower, keepalive, start_cli
-from unifeed._annotate import Annotator
-from unifeed._mapping import MappingDeriver
-from unifeed._records import Keepalive, Mapping, PowerOff, PowerOn
-from unifeed._simulate import iter_traffic
-from unifeed._unify import CATCHUP_CLOCK, Unifier, run_unifier
+from unifeed.core.annotate import Annotator
+from unifeed.core.mapping import MappingDeriver
+from unifeed.core.records import Keepalive, Mapping, PowerOff, PowerOn
+from unifeed.core.unify import CATCHUP_CLOCK, Unifier, run_unifier
+from unifeed.sim.traffic import iter_traffic
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000

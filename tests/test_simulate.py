@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 
-import unifeed._simulate as simulate_module
-from unifeed._records import CONTROLSTREAM, SURFACESTREAM, RecordDecoder
-from unifeed._simulate import (
+import unifeed.sim.traffic as simulate_module
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM, RecordDecoder
+from unifeed.sim.traffic import (
     MAX_AIRPORTS,
     Simulation,
     iter_traffic,
@@ -27,7 +27,7 @@ from unifeed._simulate import (
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parent.parent
-CLI = (sys.executable, "-m", "unifeed._cli")
+CLI = (sys.executable, "-m", "unifeed")
 
 CONTROL_TYPES = {
     "position",

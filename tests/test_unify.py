@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from tests.reference import assert_matches_reference, reference_unified
 from unifeed import unify_lines
-from unifeed._records import ACCESS_RANK
-from unifeed._unify import derive_mapping_lines
+from unifeed.core.records import ACCESS_RANK
+from unifeed.core.unify import derive_mapping_lines
 
 FLIGHTS = ["F1", "F2", "F3"]
 TRACKS = ["S1", "S2", "S3", "S4"]
@@ -203,8 +203,8 @@ def test_pipeline_annotation_is_the_public_annotators_byte_for_byte(
     """The annotator stage's inlined splice and `Annotator.annotate_ground` agree exactly,
     and the result has the flight's id and access at the top level and nothing else changed."""
     from unifeed import Annotator
-    from unifeed._pipeline import AnnotateStage, FeedIntake
-    from unifeed._records import MAPPINGSTREAM, SURFACESTREAM, Mapping
+    from unifeed.core.records import MAPPINGSTREAM, SURFACESTREAM, Mapping
+    from unifeed.core.stages import AnnotateStage, FeedIntake
 
     msg = {"type": "ground_position", "pitr": 5, "surface_id": "S1", "facility": "K",
            "clock": 4, "lat": 1.5, "lon": 2, **extra}
@@ -244,9 +244,9 @@ def test_pushing_runs_between_keepalives_is_pushing_one_at_a_time(
 ) -> None:
     """`push_control`'s fast path (runs between a batch's keepalives), its plain-list path
     and a push or advance per message leave the combiner in the same state."""
-    from unifeed._combine import Combiner, Feed
-    from unifeed._pipeline import FeedIntake, Intake, _push_runs
-    from unifeed._records import CONTROLSTREAM
+    from unifeed.core.combine import Combiner, Feed
+    from unifeed.core.records import CONTROLSTREAM
+    from unifeed.core.stages import FeedIntake, Intake, _push_runs
 
     pitr = 100
     lines = []

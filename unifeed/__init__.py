@@ -28,23 +28,23 @@ The whole pipeline over complete JSON-lines inputs:
 {"type":"ground_position","pitr":3,"surface_id":"S9","facility":"KSFO","clock":3,"lat":37.6,"lon":-122.4,"id":"F1","access":"restricted"}
 """
 
-from ._annotate import Annotator as Annotator
-from ._combine import Combiner as Combiner
-from ._combine import CombinerStats as CombinerStats
-from ._combine import Emitted as Emitted
-from ._combine import Feed as Feed
-from ._combine import Mode as Mode
-from ._errors import BadRecordError as BadRecordError
-from ._errors import BrokerUnreachableError as BrokerUnreachableError
-from ._errors import CheckpointError as CheckpointError
-from ._errors import ConfigError as ConfigError
-from ._errors import FeedOrderError as FeedOrderError
-from ._errors import KafkaRuntimeError as KafkaRuntimeError
-from ._errors import UnifeedError as UnifeedError
-from ._mapping import MappingDeriver as MappingDeriver
-from ._pipeline import DeadLetter as DeadLetter
-from ._unify import Unifier as Unifier
-from ._unify import unify_lines as unify_lines
+from unifeed.core.annotate import Annotator as Annotator
+from unifeed.core.combine import Combiner as Combiner
+from unifeed.core.combine import CombinerStats as CombinerStats
+from unifeed.core.combine import Emitted as Emitted
+from unifeed.core.combine import Feed as Feed
+from unifeed.core.combine import Mode as Mode
+from unifeed.core.errors import BadRecordError as BadRecordError
+from unifeed.core.errors import BrokerUnreachableError as BrokerUnreachableError
+from unifeed.core.errors import CheckpointError as CheckpointError
+from unifeed.core.errors import ConfigError as ConfigError
+from unifeed.core.errors import FeedOrderError as FeedOrderError
+from unifeed.core.errors import KafkaRuntimeError as KafkaRuntimeError
+from unifeed.core.errors import UnifeedError as UnifeedError
+from unifeed.core.mapping import MappingDeriver as MappingDeriver
+from unifeed.core.stages import DeadLetter as DeadLetter
+from unifeed.core.unify import Unifier as Unifier
+from unifeed.core.unify import unify_lines as unify_lines
 
 __all__ = [
     "Annotator",

@@ -2,7 +2,7 @@
 
 Every unifeed module logs to a child of the ``unifeed`` logger; librdkafka's own lines
 arrive on ``unifeed.rdkafka`` (each client's ``logger`` setting, see
-`unifeed._kafkautil.RdkafkaLog`), so one handler formats them all. Context travels in
+`unifeed.kafka.clients.RdkafkaLog`), so one handler formats them all. Context travels in
 ``extra=``: ``instance``, ``feed``, ``offset`` (Kafka input) and ``line`` (file input).
 
 Text (the default), one line per record, UTC, context first::
@@ -32,7 +32,7 @@ import sys
 import time
 from typing import IO, Final, Literal
 
-from ._errors import ConfigError
+from unifeed.core.errors import ConfigError
 
 __all__ = [
     "LOG_FORMATS",

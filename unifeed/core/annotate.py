@@ -14,7 +14,7 @@ from typing import Any, Final
 import msgspec
 from msgspec import UNSET
 
-from ._records import ACCESS_LEVELS, GroundPosition, Ident, Mapping
+from unifeed.core.records import ACCESS_LEVELS, GroundPosition, Ident, Mapping
 
 _encode: Final = msgspec.json.Encoder().encode
 _decode_object: Final = msgspec.json.Decoder(dict[str, Any]).decode

@@ -30,12 +30,12 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from ._checkpoint import Checkpoint, CheckpointStore, encode_record
-from ._checkpoint import FeedCheckpoint as FeedPosition
-from ._checkpoint import OutputCheckpoint as OutputPosition
-from ._cli_kafka import parse_time_ms
-from ._combine import Emitted
-from ._errors import (
+from unifeed.checkpoint.store import Checkpoint, CheckpointStore, encode_record
+from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
+from unifeed.checkpoint.store import OutputCheckpoint as OutputPosition
+from unifeed.cli.kafka import parse_time_ms
+from unifeed.core.combine import Emitted
+from unifeed.core.errors import (
     BrokerUnreachableError,
     CheckpointError,
     ConfigError,
@@ -43,8 +43,25 @@ from ._errors import (
     KafkaRuntimeError,
     UnifeedError,
 )
-from ._inbox import Batch, Inbox
-from ._kafkautil import (
+from unifeed.core.mapping import MappingDeriver, encode_mapping
+from unifeed.core.records import (
+    CONTROLSTREAM,
+    MAPPINGSTREAM,
+    SURFACESTREAM,
+    Keepalive,
+    Mapping,
+    dead_letter_raw,
+)
+from unifeed.core.stages import (
+    ANNOTATED,
+    Accepted,
+    AnnotateStage,
+    DeadLetter,
+    FeedIntake,
+    WriterStage,
+    dead_letter_category,
+)
+from unifeed.kafka.clients import (
     PitrSeek,
     Target,
     consume_batch,
@@ -58,24 +75,7 @@ from ._kafkautil import (
     resolve_bootstrap,
     watermarks,
 )
-from ._mapping import MappingDeriver, encode_mapping
-from ._pipeline import (
-    ANNOTATED,
-    Accepted,
-    AnnotateStage,
-    DeadLetter,
-    FeedIntake,
-    WriterStage,
-    dead_letter_category,
-)
-from ._records import (
-    CONTROLSTREAM,
-    MAPPINGSTREAM,
-    SURFACESTREAM,
-    Keepalive,
-    Mapping,
-    dead_letter_raw,
-)
+from unifeed.runtime.inbox import Batch, Inbox
 
 log = logging.getLogger("unifeed")
 
@@ -1104,7 +1104,7 @@ class ClaimWatcher(Worker):
         self.target = Target(options.checkpoint_topic, 0)
 
     def work(self) -> None:
-        from ._checkpoint import decode_checkpoint
+        from unifeed.checkpoint.store import decode_checkpoint
 
         consumer = Consumer(
             consumer_config(self.options.bootstrap, self.options.kafka_extra, fetch_wait_ms=100)
@@ -1228,7 +1228,7 @@ def _start_positions(
 
 
 def _last_pitr(options: RuntimeOptions, target: Target, low: int, high: int) -> int | None:
-    from ._kafkautil import last_record_before, record_pitr
+    from unifeed.kafka.clients import last_record_before, record_pitr
 
     if high <= low:
         return None
@@ -1506,7 +1506,7 @@ def _metrics_server(
 ) -> Any:
     if options.metrics_port is None:
         return None
-    from ._metrics import MetricsServer, snapshot_from_counters
+    from unifeed.runtime.metrics import MetricsServer, snapshot_from_counters
 
     def collect() -> Any:
         return snapshot_from_counters(

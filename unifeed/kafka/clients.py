@@ -24,7 +24,7 @@ import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from ._errors import BrokerUnreachableError, ConfigError, KafkaRuntimeError
+from unifeed.core.errors import BrokerUnreachableError, ConfigError, KafkaRuntimeError
 
 __all__ = [
     "ASSIGN_ONLY_GROUP_ID",
@@ -126,7 +126,7 @@ def parse_target(text: str) -> Target:
     >>> parse_target("surfacestream")
     Traceback (most recent call last):
     ...
-    unifeed._errors.ConfigError: a Kafka feed must be written kafka:TOPIC or \
+    unifeed.core.errors.ConfigError: a Kafka feed must be written kafka:TOPIC or \
 kafka:TOPIC:PARTITION, got 'surfacestream'
     """
     if not text.startswith("kafka:"):

@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._errors import ConfigError
+from unifeed.core.errors import ConfigError
 
 __all__ = [
     "MODES",
@@ -255,7 +255,7 @@ class MetricsServer:
     ) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"--metrics-port must be between 0 and 65535, got {port}")
-        from . import __version__
+        from unifeed import __version__
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(

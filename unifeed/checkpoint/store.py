@@ -50,8 +50,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from ._errors import CheckpointError, ConfigError, KafkaRuntimeError
-from ._kafkautil import (
+from unifeed.core.errors import CheckpointError, ConfigError, KafkaRuntimeError
+from unifeed.kafka.clients import (
     BOOTSTRAP_ENV,
     Target,
     client_config,

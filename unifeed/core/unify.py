@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from ._combine import Emitted
-from ._errors import ConfigError
-from ._mapping import encode_mapping
-from ._pipeline import (
+from unifeed.core.combine import Emitted
+from unifeed.core.errors import ConfigError
+from unifeed.core.mapping import encode_mapping
+from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
+from unifeed.core.stages import (
     ANNOTATED,
     AnnotateStage,
     ControlIntake,
@@ -26,7 +27,6 @@ from ._pipeline import (
     FeedIntake,
     WriterStage,
 )
-from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
 
 #: A clock for complete inputs: every candidate is in catch-up, whatever the wall clock.
 CATCHUP_CLOCK: Final = lambda: 2**62  # noqa: E731

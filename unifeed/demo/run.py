@@ -4,14 +4,14 @@ What it does, in well under a minute with the defaults:
 
 1. starts the embedded broker in a child process (``unifeed broker``), so that the
    real commands can connect to it like to any Kafka cluster;
-2. simulates traffic (`unifeed._simulate`) and plays it into ``controlstream`` and
+2. simulates traffic (`unifeed.sim.traffic`) and plays it into ``controlstream`` and
    ``surfacestream`` **as real time, time-compressed**: simulated time is squeezed by
    ``--speed`` into wall time starting now (``pitr' = t0 + (pitr - t0) / speed``, and
    ``clock`` likewise), and each message is produced when the wall clock reaches its
    new ``pitr``. So ``pitr`` stays at the wall clock, and ``combine`` sees a live feed
    (real-time mode), while eight simulated minutes pass in thirty seconds;
 3. runs ``unifeed mappings`` and ``unifeed combine --strict-order`` as subprocesses,
-   exactly as a user would (``python -m unifeed._cli ...``);
+   exactly as a user would (``python -m unifeed ...``);
 4. kills ``combine`` with SIGKILL part way through (an outage) while the traffic keeps
    coming, restarts it, and lets it catch up from its checkpoint: the backlog is older
    than the real-time threshold (5 s here), so it is processed in catch-up mode;
@@ -57,13 +57,13 @@ from typing import IO, Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from ._broker import spawn_broker_process
-from ._cli_pipeline import parse_duration_ms
-from ._errors import ConfigError, KafkaRuntimeError, UnifeedError
-from ._kafkautil import Target, consumer_config, producer_config, watermarks
-from ._records import ACCESS_RANK, CONTROLSTREAM, SURFACESTREAM
-from ._simulate import iter_traffic
-from ._unify import unify_lines
+from unifeed.cli.pipeline import parse_duration_ms
+from unifeed.core.errors import ConfigError, KafkaRuntimeError, UnifeedError
+from unifeed.core.records import ACCESS_RANK, CONTROLSTREAM, SURFACESTREAM
+from unifeed.core.unify import unify_lines
+from unifeed.kafka.clients import Target, consumer_config, producer_config, watermarks
+from unifeed.kafka.embedded import spawn_broker_process
+from unifeed.sim.traffic import iter_traffic
 
 __all__ = [
     "DemoOptions",
@@ -354,7 +354,7 @@ class Command:
         self.name = name
         self.arguments = list(arguments)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "unifeed._cli", *arguments],
+            [sys.executable, "-m", "unifeed", *arguments],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -423,7 +423,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[bytes]:
     """A short ``unifeed`` command (``dump``), bounded in time."""
     return subprocess.run(
-        [sys.executable, "-m", "unifeed._cli", *arguments],
+        [sys.executable, "-m", "unifeed", *arguments],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         env=_cli_environment(),

@@ -30,7 +30,7 @@ from typing import Any, Final, Generic, TypeVar
 import msgspec
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from ._errors import BadRecordError
+from unifeed.core.errors import BadRecordError
 
 __all__ = ["ReorderBuffer", "ReorderStats", "reorder_lines"]
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from ._errors import BadRecordError
+from unifeed.core.errors import BadRecordError
 
 CONTROLSTREAM: Final = "controlstream"
 SURFACESTREAM: Final = "surfacestream"

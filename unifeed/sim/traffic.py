@@ -57,8 +57,8 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import ConfigError
-from ._records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.core.errors import ConfigError
+from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 
 __all__ = ["Simulation", "iter_traffic", "simulate", "write_simulation"]
 
@@ -1050,7 +1050,7 @@ def _write_streaming(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._cli_kafka import parse_time_ms  # the CLI's one reading of times
+    from unifeed.cli.kafka import parse_time_ms  # the CLI's one reading of times
 
     start_ms = parse_time_ms(args.start, "--start")
     try:

@@ -20,11 +20,11 @@ import msgspec
 import msgspec.structs
 from msgspec import UNSET
 
-from ._annotate import DEFAULT_LINK_TTL_MS, Annotator
-from ._combine import Combiner, Emitted, Feed
-from ._errors import BadRecordError
-from ._mapping import MappingDeriver
-from ._records import (
+from unifeed.core.annotate import DEFAULT_LINK_TTL_MS, Annotator
+from unifeed.core.combine import Combiner, Emitted, Feed
+from unifeed.core.errors import BadRecordError
+from unifeed.core.mapping import MappingDeriver
+from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
     SURFACESTREAM,

@@ -36,10 +36,10 @@ from typing import IO, Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
-from . import _checkpoint
-from ._broker import run_broker_foreground
-from ._errors import BadRecordError, ConfigError, KafkaRuntimeError
-from ._kafkautil import (
+import unifeed.checkpoint.store as _checkpoint
+from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
+from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK
+from unifeed.kafka.clients import (
     COMPRESSIONS,
     Target,
     consume_batch,
@@ -49,7 +49,7 @@ from ._kafkautil import (
     producer_config,
     watermarks,
 )
-from ._records import ACCESS_LEVELS, ACCESS_RANK
+from unifeed.kafka.embedded import run_broker_foreground
 
 __all__ = [
     "DumpReport",

@@ -29,8 +29,8 @@ from typing import IO, Final
 
 from confluent_kafka import KafkaException, Producer
 
-from ._errors import KafkaRuntimeError
-from ._kafkautil import RdkafkaLog
+from unifeed.core.errors import KafkaRuntimeError
+from unifeed.kafka.clients import RdkafkaLog
 
 __all__ = ["EmbeddedBroker", "run_broker_foreground", "spawn_broker_process"]
 
@@ -162,7 +162,7 @@ def spawn_broker_process(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``unifeed broker`` as a child process; return it and the address it prints.
 
-    The child runs ``python -m unifeed._cli broker`` with this interpreter and this copy
+    The child runs ``python -m unifeed broker`` with this interpreter and this copy
     of unifeed on its path. Stop it with ``terminate()`` (clean exit 0) or ``kill()``
     (a broker dying under its clients). Raises `KafkaRuntimeError` if it has not printed
     its address within ``timeout_s`` (the child is killed then).
@@ -171,7 +171,7 @@ def spawn_broker_process(
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen(
-        [sys.executable, "-m", "unifeed._cli", "broker"],
+        [sys.executable, "-m", "unifeed", "broker"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,

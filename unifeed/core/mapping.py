@@ -12,7 +12,7 @@ from typing import Final, assert_never
 
 import msgspec
 
-from ._records import (
+from unifeed.core.records import (
     Access,
     Arrival,
     Cancellation,
@@ -70,7 +70,7 @@ class MappingDeriver:
       time), and for every controlstream keepalive.
 
     >>> d = MappingDeriver()
-    >>> from unifeed._records import PowerOn
+    >>> from unifeed.core.records import PowerOn
     >>> out = d.process(PowerOn(pitr=5, id="F1", surface_id="S1", facility="KSFO"))
     >>> for m in out: print(encode_mapping(m).decode())
     {"type":"mapping","pitr":5,"surface_id":"S1","id":"F1","action":"link","access":"public","facility":"KSFO"}

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from ._errors import ConfigError, DeadLetterLimitError
-from ._pipeline import DeadLetter
-from ._records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
-from ._unify import (
+from unifeed.core.errors import ConfigError, DeadLetterLimitError
+from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
+from unifeed.core.stages import DeadLetter
+from unifeed.core.unify import (
     CATCHUP_CLOCK,
     Unifier,
     iter_mapping_lines,
@@ -215,7 +215,7 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
 
 def _kafka_handler(name: str) -> Any:
     try:
-        module = importlib.import_module("unifeed._runtime")
+        module = importlib.import_module("unifeed.runtime.run")
     except ModuleNotFoundError as exc:  # pragma: no cover - only in a partial install
         raise ConfigError("Kafka inputs need unifeed's Kafka runtime, which is missing") from exc
     return getattr(module, name)
@@ -262,7 +262,7 @@ def _combine(args: argparse.Namespace) -> int:
         if args.mapping is not None:
             inputs[MAPPINGSTREAM] = stack.enter_context(open_input(args.mapping))
         if reorder is not None:
-            from ._reorder import reorder_lines
+            from unifeed.core.reorder import reorder_lines
 
             feed, field, window = reorder
             inputs[feed] = reorder_lines(inputs[feed], window, field)

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from ._errors import ConfigError, UnifeedError
+from unifeed.core.errors import ConfigError, UnifeedError
 
 __all__ = [
     "CONFIG_ENV",
@@ -102,7 +102,7 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
 
 class OptionParser(Protocol):
-    """A parser that remembers the options added to it (``unifeed._cli``'s parser)."""
+    """A parser that remembers the options added to it (``unifeed.cli.main``'s parser)."""
 
     recorded_options: list[argparse.Action]
 

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._errors import FeedOrderError
+from unifeed.core.errors import FeedOrderError
 
 _NO_MARKER: Final = -(2**63)
 

@@ -6,10 +6,10 @@ code. Errors derived from `UnifeedError` end the command with one line on stderr
 the error's exit code (0 ok, 2 usage, 3 broker unreachable, 4 bad data, 1 other).
 
 Before the command line is parsed, the configuration file (``--config``) and the
-``UNIFEED_*`` environment variables become the options' defaults (``unifeed._config``),
+``UNIFEED_*`` environment variables become the options' defaults (``unifeed.cli.config``),
 so the command line wins over the environment, which wins over the file. Handlers also
 get ``args.kafka_properties``, the file's ``[kafka]`` table, and logging is set up from
-``--log-format`` / ``--log-level`` (``unifeed._logging``).
+``--log-format`` / ``--log-level`` (``unifeed.cli.logs``).
 """
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._config import Configuration, add_global_options, config_path_from_argv
-from ._errors import UnifeedError
-from ._logging import setup_logging
+from unifeed.cli.config import Configuration, add_global_options, config_path_from_argv
+from unifeed.cli.logs import setup_logging
+from unifeed.core.errors import UnifeedError
 
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
-    "unifeed._cli_pipeline",
-    "unifeed._simulate",
-    "unifeed._cli_kafka",
-    "unifeed._demo",
-    "unifeed._config",
+    "unifeed.cli.pipeline",
+    "unifeed.sim.traffic",
+    "unifeed.cli.kafka",
+    "unifeed.demo.run",
+    "unifeed.cli.config",
 )
 
 Handler = Callable[[argparse.Namespace], int]

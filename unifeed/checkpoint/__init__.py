@@ -1,0 +1,5 @@
+"""Checkpoints: the wire format of one instance's progress and its store in a Kafka
+partition.
+
+May import: `unifeed.core` and `unifeed.kafka`.
+"""
