@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from unifeed.cli.kafka import dump_partition, load_lines, parse_time_ms
+from unifeed.cli.kafka import dump_partition, load_lines
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
+from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import Target, consumer_config, read_range, watermarks
 
 REPO = Path(__file__).resolve().parent.parent

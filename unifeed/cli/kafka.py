@@ -39,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 import unifeed.checkpoint.store as _checkpoint
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK
+from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
     COMPRESSIONS,
     Target,
@@ -56,7 +57,6 @@ __all__ = [
     "LoadReport",
     "dump_partition",
     "load_lines",
-    "parse_time_ms",
     "register",
 ]
 
@@ -66,31 +66,6 @@ _BLOCKED_RANK: Final = ACCESS_RANK["blocked"]
 _NAMED_BAD_LINES: Final = 5
 #: ``dump`` gives up when the broker sends nothing for this long.
 _STALL_S: Final = 30.0
-
-
-def parse_time_ms(text: str, option: str = "time") -> int:
-    """Epoch milliseconds from ``text``: an integer, or ISO-8601 (no zone = UTC).
-
-    >>> parse_time_ms("1700000000000")
-    1700000000000
-    >>> parse_time_ms("2023-11-14T22:13:20Z")
-    1700000000000
-    >>> parse_time_ms("2023-11-14T23:13:20.5+01:00")
-    1700000000500
-    """
-    stripped = text.strip()
-    if stripped.lstrip("-").isdigit() and stripped.isascii():
-        return int(stripped)
-    try:
-        moment = dt.datetime.fromisoformat(stripped)
-    except ValueError:
-        raise ConfigError(
-            f"{option} must be epoch milliseconds or ISO-8601 "
-            f"(e.g. 2024-05-01T12:00:00Z), got {text!r}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return (moment - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
 # --- load ------------------------------------------------------------------

@@ -29,9 +29,9 @@ from unifeed.core.errors import UnifeedError
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
     "unifeed.cli.pipeline",
-    "unifeed.sim.traffic",
+    "unifeed.cli.simulate",
     "unifeed.cli.kafka",
-    "unifeed.demo.run",
+    "unifeed.cli.demo",
     "unifeed.cli.config",
 )
 

@@ -21,22 +21,19 @@ from unifeed.core.unify import (
     open_output,
     run_unifier,
 )
+from unifeed.core.units import parse_duration_ms
 
 
 def is_kafka(target: str | None) -> bool:
     return target is not None and target.startswith("kafka:")
 
 
-def parse_duration_ms(text: str) -> int:
-    """``30s``, ``6h``, ``100ms``, ``2m`` or plain milliseconds."""
-    units = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    t = text.strip().lower()
-    for suffix in ("ms", "s", "m", "h", "d"):
-        if t.endswith(suffix) and t[: -len(suffix)].replace(".", "", 1).isdigit():
-            return int(float(t[: -len(suffix)]) * units[suffix])
-    if t.isdigit():
-        return int(t)
-    raise argparse.ArgumentTypeError(f"expected a duration like 30s, 6h or 250ms, got {text!r}")
+def duration_arg(text: str) -> int:
+    """argparse ``type=`` for durations (`unifeed.core.units.parse_duration_ms`)."""
+    try:
+        return parse_duration_ms(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class DeadLetterSink:
@@ -108,7 +105,7 @@ def register(sub: Any) -> None:
     )
     combine.add_argument(
         "--realtime-threshold",
-        type=parse_duration_ms,
+        type=duration_arg,
         default=30_000,
         metavar="DURATION",
         help="messages younger than this are real time (default 30s)",
@@ -160,7 +157,7 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delivery", choices=("exactly-once", "at-least-once"), default="exactly-once")
     g.add_argument(
         "--lookback",
-        type=parse_duration_ms,
+        type=duration_arg,
         default=6 * 3_600_000,
         metavar="DURATION",
         help="replay this much input before a checkpoint to "
@@ -168,14 +165,14 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--commit-interval",
-        type=parse_duration_ms,
+        type=duration_arg,
         default=100,
         metavar="DURATION",
         help="how often output and checkpoint are committed (default 100ms)",
     )
     g.add_argument(
         "--end-of-log-grace",
-        type=parse_duration_ms,
+        type=duration_arg,
         default=2000,
         metavar="DURATION",
         help="a reader that has stayed at the end of its partition this long lets catch-up "
@@ -183,7 +180,7 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--broker-timeout",
-        type=parse_duration_ms,
+        type=duration_arg,
         default=30_000,
         metavar="DURATION",
         help="give up (exit 3) when the broker has not answered for this long (default 30s)",

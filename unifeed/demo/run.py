@@ -37,7 +37,6 @@ every check passes. All sizes stay within the embedded broker's 5 MB per partiti
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import itertools
@@ -57,7 +56,6 @@ from typing import IO, Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from unifeed.cli.pipeline import parse_duration_ms
 from unifeed.core.errors import ConfigError, KafkaRuntimeError, UnifeedError
 from unifeed.core.records import ACCESS_RANK, CONTROLSTREAM, SURFACESTREAM
 from unifeed.core.unify import unify_lines
@@ -69,7 +67,6 @@ __all__ = [
     "DemoOptions",
     "Verdict",
     "public_view",
-    "register",
     "run_demo",
     "verify_access",
     "verify_audience",
@@ -682,6 +679,7 @@ class DemoReport:
     verdicts: list[Verdict] = field(default_factory=list)
     duration_s: float = 0.0
     bootstrap: str = ""
+    broker_pid: int | None = None
     failure: str | None = None
 
     @property
@@ -716,6 +714,7 @@ class _Run:
         try:
             self.display.event("starting the embedded broker (unifeed broker)")
             self.broker, self.bootstrap = spawn_broker_process(timeout_s=_SUBPROCESS_START_S)
+            self.report.broker_pid = self.broker.pid
             self.report.bootstrap = self.bootstrap
             t0 = _now_ms() + 300
             traffic = compress_traffic(simulated, base, t0, o.speed)
@@ -1071,77 +1070,3 @@ def format_summary(options: DemoOptions, report: DemoReport, broker_pid: int | N
             "Stop it with " + (f"kill {broker_pid}" if broker_pid else "kill") + ".",
         ]
     return "\n".join(lines) + "\n"
-
-
-# --- CLI -------------------------------------------------------------------
-
-
-def register(subparsers: Any) -> None:
-    """Add ``unifeed demo``."""
-    p = subparsers.add_parser(
-        "demo",
-        help="run the whole pipeline on the embedded broker, with an outage, and verify it",
-        description=(
-            "Start the embedded broker, play simulated traffic into it as real time "
-            "(time-compressed), run `unifeed mappings` and `unifeed combine --strict-order`, "
-            "kill combine for a while and restart it, then check that the output equals "
-            "the file pipeline's exactly and that no access level leaks. Exits 1 if a "
-            "check fails."
-        ),
-    )
-    p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-    p.add_argument(
-        "--minutes", type=float, default=8.0, help="simulated minutes of traffic (default 8)"
-    )
-    p.add_argument(
-        "--speed",
-        type=float,
-        default=16.0,
-        help="time compression: simulated seconds per wall-clock second (default 16)",
-    )
-    p.add_argument("--airports", type=int, default=3, help="simulated airports (default 3)")
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=10.0,
-        help="controlstream messages per simulated second per airport (default 10)",
-    )
-    p.add_argument(
-        "--outage",
-        type=float,
-        metavar="SECONDS",
-        help="how long combine stays killed (default: enough to need a catch-up; 0: none)",
-    )
-    p.add_argument(
-        "--realtime-threshold",
-        type=parse_duration_ms,
-        default=5_000,
-        metavar="DURATION",
-        help="combine's real-time threshold (default 5s, so a short outage means catch-up)",
-    )
-    p.add_argument(
-        "--keep-broker",
-        action="store_true",
-        help="leave the broker running afterwards and print how to look at the output",
-    )
-    p.set_defaults(handler=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    options = DemoOptions(
-        seed=args.seed,
-        minutes=args.minutes,
-        speed=args.speed,
-        airports=args.airports,
-        rate=args.rate,
-        outage_s=args.outage,
-        realtime_threshold_ms=args.realtime_threshold,
-        keep_broker=args.keep_broker,
-    )
-    options.check()
-    run = _Run(options, sys.stdout, sys.stderr)
-    report = run.execute()
-    pid = run.broker.pid if run.broker is not None else None
-    sys.stdout.write(format_summary(options, report, pid))
-    sys.stdout.flush()
-    return 0 if report.ok else 1

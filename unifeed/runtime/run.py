@@ -33,7 +33,6 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from unifeed.checkpoint.store import Checkpoint, CheckpointStore, encode_record
 from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
 from unifeed.checkpoint.store import OutputCheckpoint as OutputPosition
-from unifeed.cli.kafka import parse_time_ms
 from unifeed.core.combine import Emitted
 from unifeed.core.errors import (
     BrokerUnreachableError,
@@ -61,6 +60,7 @@ from unifeed.core.stages import (
     WriterStage,
     dead_letter_category,
 )
+from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
     PitrSeek,
     Target,

@@ -43,11 +43,9 @@ True
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import math
 import random
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -57,7 +55,6 @@ from typing import Any, Final
 
 import msgspec
 
-from unifeed.core.errors import ConfigError
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 
 __all__ = ["Simulation", "iter_traffic", "simulate", "write_simulation"]
@@ -911,7 +908,7 @@ def _segments(keys: list[_Key]) -> tuple[list[int], list[int]]:
     return speeds, headings
 
 
-def _check_arguments(minutes: float, airports: int, rate: float, start_ms: int) -> None:
+def check_arguments(minutes: float, airports: int, rate: float, start_ms: int) -> None:
     if not (minutes > 0 and math.isfinite(minutes)):
         raise ValueError(f"minutes must be a positive number, got {minutes}")
     if not 2 <= airports <= MAX_AIRPORTS:
@@ -941,7 +938,7 @@ def iter_traffic(
     >>> feed, pitr >= 1_700_000_000_000, line.startswith(b'{"type":')
     ('controlstream', True, True)
     """
-    _check_arguments(minutes, airports, rate, start_ms)
+    check_arguments(minutes, airports, rate, start_ms)
     return iter(
         _Traffic(seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms)
     )
@@ -1015,7 +1012,7 @@ def write_simulation(
 # -- command line -----------------------------------------------------------
 
 
-def _write_streaming(
+def write_streaming(
     out_dir: Path, *, seed: int, minutes: float, airports: int, rate: float, start_ms: int
 ) -> dict[str, tuple[int, int]]:
     """Write both files with memory independent of duration; ``{feed: (lines, bytes)}``."""
@@ -1047,72 +1044,3 @@ def _write_streaming(
         flush(CONTROLSTREAM)
         flush(SURFACESTREAM)
     return {feed: (n, size) for feed, (n, size) in stats.items()}
-
-
-def _run(args: argparse.Namespace) -> int:
-    from unifeed.cli.kafka import parse_time_ms  # the CLI's one reading of times
-
-    start_ms = parse_time_ms(args.start, "--start")
-    try:
-        _check_arguments(args.minutes, args.airports, args.rate, start_ms)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
-    try:
-        stats = _write_streaming(
-            out_dir,
-            seed=args.seed,
-            minutes=args.minutes,
-            airports=args.airports,
-            rate=args.rate,
-            start_ms=start_ms,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
-    seconds = args.minutes * 60
-    for feed, (lines, size) in stats.items():
-        print(
-            f"{out_dir / f'{feed}.jsonl'}: {lines:,} messages over {seconds:g} s "
-            f"({lines / seconds:,.0f}/s), {size / 1e6:.1f} MB",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add ``unifeed simulate`` to the command line."""
-    p = subparsers.add_parser(
-        "simulate",
-        help="write deterministic synthetic controlstream and surfacestream files",
-        description=(
-            "Write controlstream.jsonl and surfacestream.jsonl: flights filing, taxiing, "
-            "departing and arriving between airports, ground vehicles, de-icing and cargo "
-            "areas, access levels. The same arguments always give the same bytes."
-        ),
-    )
-    p.add_argument("--out-dir", required=True, help="directory to write the two files into")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument(
-        "--minutes", type=float, default=10.0, help="simulated minutes of pitr (default 10)"
-    )
-    p.add_argument(
-        "--airports",
-        type=int,
-        default=3,
-        help=f"number of airports, 2 to {MAX_AIRPORTS} (default 3)",
-    )
-    p.add_argument(
-        "--rate",
-        type=float,
-        default=200.0,
-        help="controlstream messages per second per airport (default 200)",
-    )
-    p.add_argument(
-        "--start",
-        default="1700000000000",
-        metavar="TIME",
-        help="pitr of the first message: epoch ms or ISO-8601 (default 1700000000000)",
-    )
-    p.set_defaults(handler=_run)

@@ -1,0 +1,79 @@
+"""``unifeed simulate``: the command line of the traffic simulator (`unifeed.sim.traffic`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from unifeed.core.errors import ConfigError
+from unifeed.core.units import parse_time_ms
+from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    start_ms = parse_time_ms(args.start, "--start")
+    try:
+        check_arguments(args.minutes, args.airports, args.rate, start_ms)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
+    try:
+        stats = write_streaming(
+            out_dir,
+            seed=args.seed,
+            minutes=args.minutes,
+            airports=args.airports,
+            rate=args.rate,
+            start_ms=start_ms,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+    seconds = args.minutes * 60
+    for feed, (lines, size) in stats.items():
+        print(
+            f"{out_dir / f'{feed}.jsonl'}: {lines:,} messages over {seconds:g} s "
+            f"({lines / seconds:,.0f}/s), {size / 1e6:.1f} MB",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``unifeed simulate`` to the command line."""
+    p = subparsers.add_parser(
+        "simulate",
+        help="write deterministic synthetic controlstream and surfacestream files",
+        description=(
+            "Write controlstream.jsonl and surfacestream.jsonl: flights filing, taxiing, "
+            "departing and arriving between airports, ground vehicles, de-icing and cargo "
+            "areas, access levels. The same arguments always give the same bytes."
+        ),
+    )
+    p.add_argument("--out-dir", required=True, help="directory to write the two files into")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument(
+        "--minutes", type=float, default=10.0, help="simulated minutes of pitr (default 10)"
+    )
+    p.add_argument(
+        "--airports",
+        type=int,
+        default=3,
+        help=f"number of airports, 2 to {MAX_AIRPORTS} (default 3)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="controlstream messages per second per airport (default 200)",
+    )
+    p.add_argument(
+        "--start",
+        default="1700000000000",
+        metavar="TIME",
+        help="pitr of the first message: epoch ms or ISO-8601 (default 1700000000000)",
+    )
+    p.set_defaults(handler=_simulate)
