@@ -33,3 +33,23 @@ def test_import_contract_is_kept() -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_public_api_is_pinned() -> None:
+    """The names `import unifeed` offers: the core and every error a caller can meet."""
+    import unifeed
+
+    assert sorted(unifeed.__all__) == sorted([
+        "Annotator", "BadRecordError", "BrokerUnreachableError", "CheckpointError",
+        "Combiner", "CombinerStats", "ConfigError", "DeadLetter", "DeadLetterLimitError",
+        "Emitted", "Feed", "FeedOrderError", "InstanceFencedError", "KafkaRuntimeError",
+        "MappingDeriver", "Mode", "UnifeedError", "Unifier", "__version__", "unify_lines",
+    ])
+    for name in unifeed.__all__:
+        assert getattr(unifeed, name) is not None
+    errors = [getattr(unifeed, n) for n in unifeed.__all__ if n.endswith("Error")]
+    assert all(issubclass(e, unifeed.UnifeedError) for e in errors)
+    from unifeed.core import errors as module
+
+    declared = {n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Exception)}
+    assert declared <= set(unifeed.__all__), declared - set(unifeed.__all__)

@@ -38,7 +38,9 @@ from unifeed.core.errors import BadRecordError as BadRecordError
 from unifeed.core.errors import BrokerUnreachableError as BrokerUnreachableError
 from unifeed.core.errors import CheckpointError as CheckpointError
 from unifeed.core.errors import ConfigError as ConfigError
+from unifeed.core.errors import DeadLetterLimitError as DeadLetterLimitError
 from unifeed.core.errors import FeedOrderError as FeedOrderError
+from unifeed.core.errors import InstanceFencedError as InstanceFencedError
 from unifeed.core.errors import KafkaRuntimeError as KafkaRuntimeError
 from unifeed.core.errors import UnifeedError as UnifeedError
 from unifeed.core.mapping import MappingDeriver as MappingDeriver
@@ -55,9 +57,11 @@ __all__ = [
     "CombinerStats",
     "ConfigError",
     "DeadLetter",
+    "DeadLetterLimitError",
     "Emitted",
     "Feed",
     "FeedOrderError",
+    "InstanceFencedError",
     "KafkaRuntimeError",
     "MappingDeriver",
     "Mode",
@@ -65,4 +69,20 @@ __all__ = [
     "Unifier",
     "unify_lines",
 ]
-__version__ = "0.1.0"
+
+__all__ += ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    # The version comes from the installed package's metadata, read on first use:
+    # importlib.metadata is heavy (it loads threading), and `import unifeed` stays light.
+    if name != "__version__":
+        raise AttributeError(f"module 'unifeed' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("unifeed")
+    except PackageNotFoundError:  # a checkout run without installing it (bin/unifeed)
+        found = "0+unknown"
+    globals()["__version__"] = found
+    return found
