@@ -23,7 +23,7 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from tests.kafkatools import forget_broker
+from tests.support.kafkatools import forget_broker
 from unifeed.kafka.clients import consumer_config, producer_config
 from unifeed.kafka.embedded import EmbeddedBroker
 

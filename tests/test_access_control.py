@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kafkatools import load, run_cli
+from tests.support.kafkatools import load, run_cli
 from unifeed import unify_lines
 
 RANK = {"public": 0, "restricted": 1, "blocked": 2}

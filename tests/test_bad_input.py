@@ -31,8 +31,8 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kafkatools import load, pitr_of, read_all, run_cli
-from tests.reference import (
+from tests.support.kafkatools import load, pitr_of, read_all, run_cli
+from tests.support.reference import (
     _valid_shape,
     assert_matches_reference,
     reference_unified,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reference import naive_priority_queue_merge, stable_merge
+from tests.support.reference import naive_priority_queue_merge, stable_merge
 from unifeed import Combiner, Emitted, Feed, FeedOrderError, Mode
 
 FAR_FUTURE = 10**13  # a clock for which every pitr below is old: catch-up

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from tests.kafkatools import (
+from tests.support.kafkatools import (
     forget_broker,
     high_watermark,
     load,
@@ -21,7 +21,7 @@ from tests.kafkatools import (
     start_cli,
     wait_for,
 )
-from tests.test_kafka_pipeline import _long_scenario, combine_args, loaded_long_scenario
+from tests.support.scenarios import combine_args, loaded_long_scenario, long_scenario
 from unifeed import unify_lines
 from unifeed.kafka.embedded import spawn_broker_process
 
@@ -37,7 +37,7 @@ def test_broker_death_mid_run_exits_nonzero_then_a_rerun_completes() -> None:
     """The broker (a separate process) is killed while combine is working: combine exits
     with code 3 and a clear reason within a bounded time; on a new broker loaded again, a
     rerun completes with exactly the expected output."""
-    control, surface = _long_scenario(30)
+    control, surface = long_scenario(30)
     expected, _ = unify_lines(control, surface)
     broker, bootstrap = spawn_broker_process()
     try:
@@ -168,7 +168,7 @@ def test_second_mappings_instance_with_the_same_name_stops_the_older_one(
     from unifeed.core.unify import derive_mapping_lines
 
     ctl, mp = unique_topic("ctl"), unique_topic("map")
-    control, _ = _long_scenario(20)
+    control, _ = long_scenario(20)
     expected, _ = derive_mapping_lines(control)
     load(kafka_bootstrap, ctl, control)
     args = ["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
@@ -247,7 +247,7 @@ def test_aborted_transaction_leaves_no_trace_or_is_refused(
     broker shows them to every reader, and the output-tail reconciliation refuses to
     carry on past records that differ from what it would write, naming both offsets."""
     ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(4)
+    control, surface = long_scenario(4)
     expected, _ = unify_lines(control, surface)
     half = len(control) // 2
     load(kafka_bootstrap, ctl, control[:half])

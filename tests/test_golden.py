@@ -7,7 +7,6 @@ against the independent model in ``tests/reference.py``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys
@@ -15,34 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.golden_scenarios import COMPRESSED, SCENARIOS
-from tests.reference import assert_matches_reference, reference_unified
+from tests.support.golden import FILES, golden_path, read_lines, write_lines
+from tests.support.golden_scenarios import SCENARIOS
+from tests.support.reference import assert_matches_reference, reference_unified
 from unifeed import unify_lines
 from unifeed.core.unify import derive_mapping_lines
-
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-FILES = ("controlstream", "surfacestream", "expected.mappingstream", "expected.unified",
-         "expected.dead-letters")
-
-
-def golden_path(name: str, stem: str) -> Path:
-    suffix = ".jsonl.gz" if name in COMPRESSED and stem != "expected.dead-letters" else ".jsonl"
-    return GOLDEN / name / (stem + suffix)
-
-
-def read_lines(path: Path) -> list[bytes]:
-    data = path.read_bytes()
-    if path.suffix == ".gz":
-        data = gzip.decompress(data)
-    return data.splitlines()
-
-
-def write_lines(path: Path, lines: list[bytes]) -> None:
-    data = b"".join(line + b"\n" for line in lines)
-    if path.suffix == ".gz":
-        data = gzip.compress(data, compresslevel=9, mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
 
 
 def compute(control: list[bytes], surface: list[bytes]) -> dict[str, list[bytes]]:

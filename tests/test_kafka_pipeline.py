@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.kafkatools import (
+from tests.support.golden import golden_path, read_lines
+from tests.support.kafkatools import (
     Follower,
     PacedLoader,
     high_watermark,
@@ -30,18 +31,12 @@ from tests.kafkatools import (
     start_cli,
     wait_for,
 )
-from tests.test_golden import golden_path, read_lines
+from tests.support.scenarios import combine_args, loaded_long_scenario, long_scenario
 from unifeed import unify_lines
 
 pytestmark = pytest.mark.kafka
 
 SMALL = ["basic", "catchup-desync", "access-change", "bad-input"]
-
-
-def combine_args(bootstrap: str, ctl: str, srf: str, out: str, instance: str, *extra: str) -> list[str]:
-    return ["combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
-            "--output", f"kafka:{out}", "--bootstrap-servers", bootstrap, "--instance", instance,
-            "--checkpoint-topic", f"{out}.checkpoints", "--status-interval", "0", *extra]
 
 
 def golden_inputs(name: str) -> tuple[list[bytes], list[bytes]]:
@@ -171,43 +166,6 @@ def test_paced_realtime_gives_the_same_output(name: str, kafka_bootstrap: str,
             proc.kill()
             proc.wait(10)
     assert read_all(kafka_bootstrap, out) == expected
-
-
-def _long_scenario(minutes: int = 60) -> tuple[list[bytes], list[bytes]]:
-    """Small messages, many of them: control every 100 ms, surface every 250 ms, flights
-    linking and unlinking every few minutes (so a restart must rebuild links)."""
-    t0 = 1_700_000_000_000
-    control: list[bytes] = []
-    surface: list[bytes] = []
-    for k in range(minutes * 600):
-        t = t0 + k * 100
-        flight = b"F%d" % (k // 3000)
-        if k % 3000 == 0:
-            control.append(b'{"type":"flightplan","pitr":%d,"id":"%s","ident":"X","access":"%s"}'
-                           % (t, flight, [b"public", b"restricted"][k // 3000 % 2]))
-            control.append(b'{"type":"power_on","pitr":%d,"id":"%s","surface_id":"S%d",'
-                           b'"facility":"KSFO"}' % (t, flight, k // 3000))
-        elif k % 3000 == 2500:
-            control.append(b'{"type":"power_off","pitr":%d,"id":"%s","surface_id":"S%d",'
-                           b'"facility":"KSFO"}' % (t, flight, k // 3000))
-        else:
-            control.append(b'{"type":"position","pitr":%d,"id":"%s","clock":%d,"lat":1,"lon":2}'
-                           % (t, flight, t - 50))
-        if k % 5 in (0, 2):
-            surface.append(b'{"type":"ground_position","pitr":%d,"surface_id":"S%d",'
-                           b'"facility":"KSFO","clock":%d,"lat":1,"lon":2}' % (t, k // 3000, t))
-    return control, surface
-
-
-def loaded_long_scenario(bootstrap: str, unique_topic: Callable[..., str],
-                         minutes: int) -> tuple[str, str, str, list[bytes]]:
-    """`_long_scenario(minutes)` loaded into fresh control and surface topics: their names,
-    a fresh output topic's name and the expected output."""
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(minutes)
-    load(bootstrap, ctl, control)
-    load(bootstrap, srf, surface)
-    return ctl, srf, out, unify_lines(control, surface)[0]
 
 
 def _kill_while_writing(bootstrap: str, out: str, args: list[str], rng: random.Random,
@@ -409,7 +367,7 @@ def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
     ctl, mp = unique_topic("ctl"), unique_topic("map")
-    control, _ = _long_scenario()
+    control, _ = long_scenario()
     from unifeed.core.unify import derive_mapping_lines
 
     expected, _ = derive_mapping_lines(control)
@@ -517,7 +475,7 @@ def test_resume_is_exact_when_backwards_records_sit_near_the_checkpoint(
     inputs' ``pitr`` unordered, so a search by ``pitr`` cannot be trusted near them. A run
     stopped at a checkpoint in the middle of such a stretch, then run again to the end,
     still writes exactly the file pipeline's output: nothing skipped, nothing twice."""
-    control, surface = _long_scenario(10)
+    control, surface = long_scenario(10)
     bogus_surface = (b'{"type":"ground_position","pitr":1,"surface_id":"S9","facility":"KSFO",'
                      b'"clock":1,"lat":1,"lon":2}')
     bogus_control = b'{"type":"position","pitr":2,"id":"F9","clock":1,"lat":1,"lon":2}'
@@ -543,7 +501,7 @@ def test_resume_is_exact_before_a_burst_of_backwards_records(
     row, too many for any search by pitr to see past. A run stopped just before such a
     burst restarts from the offset its checkpoint keeps and writes exactly the file
     pipeline's output."""
-    control, surface = _long_scenario(10)
+    control, surface = long_scenario(10)
     valid = [pitr_of(x) for x in surface]
     stop_at = valid[len(valid) * 3 // 5]
     burst = 300
@@ -571,7 +529,7 @@ def test_mappings_resume_is_exact_before_a_burst_of_backwards_records(
     between the checkpoint and the burst): it restarts from its checkpoint's offset."""
     from unifeed.core.unify import derive_mapping_lines
 
-    control, _ = _long_scenario(20)
+    control, _ = long_scenario(20)
     burst = 300
     at = len(control) // 2  # the burst then covers the middle of the partition
     stop_at = pitr_of(control[at - 15])  # 1.5 s before it: a keepalive is due in between

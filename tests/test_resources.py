@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from tests.kafkatools import Follower, keepalive, start_cli
+from tests.support.kafkatools import Follower, keepalive, start_cli
 from unifeed.core.annotate import Annotator
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import Keepalive, Mapping, PowerOff, PowerOn

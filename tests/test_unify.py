@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.reference import assert_matches_reference, reference_unified
+from tests.support.reference import assert_matches_reference, reference_unified
 from unifeed import unify_lines
 from unifeed.core.records import ACCESS_RANK
 from unifeed.core.unify import derive_mapping_lines
