@@ -11,7 +11,7 @@ import enum
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import attrgetter
@@ -105,6 +105,7 @@ class _FeedState:
 
 
 _PITR: Final = attrgetter("pitr")
+_FEED: Final = attrgetter("feed")
 
 
 _POPLEFT: Final = deque.popleft
@@ -193,27 +194,36 @@ class Combiner:
         feed's previous ``pitr`` or its last `advance` marker.
         Runtime complexity: O(1).
         """
-        st = self._state(feed)
-        if st.closed:
-            raise ValueError(f"feed {feed!r} is closed; nothing can be pushed to it")
-        if pitr < st.marker:
-            raise FeedOrderError(feed, pitr, st.marker, "the feed's progress")
-        if (pitr, st.rank) < self._last_key:
-            self._late += 1
-        st.marker = pitr
-        st.caught_up = False
-        st.pushed += 1
-        st.queue.append(Emitted(feed, pitr, item))
-        return len(st.queue) < st.capacity
+        return self.push_emitted(feed, (Emitted(feed, pitr, item),))
 
     def push_many(self, feed: str, pitrs: Sequence[int], items: Sequence[Any]) -> bool:
         """Queue a batch (all or nothing); same rules and return value as `push`.
 
         Runtime complexity: O(len(batch)).
         """
-        st = self._state(feed)
         if len(pitrs) != len(items):
             raise ValueError("pitrs and items must have the same length")
+        return self._enqueue(feed, pitrs, map(Emitted, repeat(feed, len(pitrs)), pitrs, items))
+
+    def push_emitted(self, feed: str, entries: Sequence[Emitted]) -> bool:
+        """Queue ready-made `Emitted` entries of ``feed`` (all or nothing), without copying
+        them: the one way messages enter a combiner (`push` and `push_many` build entries
+        and come here). Same rules and return value as `push`.
+
+        Runtime complexity: O(len(batch)).
+        """
+        if entries and (
+            entries[0].feed != feed
+            or entries[-1].feed != feed
+            or (len(entries) > 2 and set(map(_FEED, entries)) != {feed})
+        ):
+            other = next(e.feed for e in entries if e.feed != feed)
+            raise ValueError(f"an entry of feed {other!r} cannot be pushed to {feed!r}")
+        return self._enqueue(feed, list(map(_PITR, entries)), entries)
+
+    def _enqueue(self, feed: str, pitrs: Sequence[int], entries: Iterable[Emitted]) -> bool:
+        """The one path into a feed's queue: order check, late count, bookkeeping."""
+        st = self._state(feed)
         if not pitrs:
             return len(st.queue) < st.capacity
         if st.closed:
@@ -227,42 +237,14 @@ class Combiner:
                     why = "the feed's progress" if prev == st.marker else "the batch's previous pitr"
                     raise FeedOrderError(feed, p, prev, why)
                 prev = p
-        prev = pitrs[-1]
         last_pitr, last_rank = self._last_key
         if pitrs[0] < last_pitr or (pitrs[0] == last_pitr and st.rank < last_rank):
+            # Late: queued behind a message already emitted (real time only).
             bound = last_pitr if st.rank < last_rank else last_pitr - 1
-            self._late += bisect_left(pitrs, bound + 1) if bound >= pitrs[0] else 0
-        st.marker = prev
+            self._late += bisect_left(pitrs, bound + 1)
+        st.marker = pitrs[-1]
         st.caught_up = False
         st.pushed += len(pitrs)
-        st.queue.extend(map(Emitted, [feed] * len(pitrs), pitrs, items))
-        return len(st.queue) < st.capacity
-
-    def push_emitted(self, feed: str, entries: Sequence[Emitted]) -> bool:
-        """Queue ready-made `Emitted` entries of ``feed`` (all or nothing), without copying
-        them: how one combiner's output feeds another. Same rules as `push_many`.
-        """
-        st = self._state(feed)
-        if not entries:
-            return len(st.queue) < st.capacity
-        if st.closed:
-            raise ValueError(f"feed {feed!r} is closed; nothing can be pushed to it")
-        prev = st.marker
-        for e in entries:
-            p = e.pitr
-            if p < prev:
-                raise FeedOrderError(feed, p, prev, "the feed's progress")
-            if e.feed != feed:
-                raise ValueError(f"an entry of feed {e.feed!r} cannot be pushed to {feed!r}")
-            prev = p
-        last_pitr, last_rank = self._last_key
-        first = entries[0].pitr
-        if first < last_pitr or (first == last_pitr and st.rank < last_rank):
-            bound = last_pitr if st.rank < last_rank else last_pitr - 1
-            self._late += sum(1 for e in entries if e.pitr <= bound)
-        st.marker = prev
-        st.caught_up = False
-        st.pushed += len(entries)
         st.queue.extend(entries)
         return len(st.queue) < st.capacity
 
