@@ -128,10 +128,6 @@ def build_command_line() -> CommandLine:
     return cli
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return build_command_line().parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     cli = build_command_line()

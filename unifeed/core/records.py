@@ -216,11 +216,6 @@ _UNIONS: Final[dict[str, object]] = {
 _probe: Final = msgspec.json.Decoder()
 
 
-def message_types(feed: str) -> frozenset[str]:
-    """The ``type`` values a feed may carry."""
-    return _TYPES[feed]
-
-
 class RecordDecoder:
     """Decodes and checks the messages of one feed; built once, reused for every message.
 

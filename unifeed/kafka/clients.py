@@ -113,11 +113,6 @@ class Target(msgspec.Struct, frozen=True, gc=False):
         return TopicPartition(self.topic, self.partition, offset)
 
 
-def is_kafka_target(text: str) -> bool:
-    """Whether a feed argument names Kafka (``kafka:...``) rather than a file."""
-    return text.startswith("kafka:")
-
-
 def parse_target(text: str) -> Target:
     """Parse ``kafka:TOPIC[:PARTITION]``; raise `ConfigError` saying what is wrong.
 

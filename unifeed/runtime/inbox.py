@@ -90,7 +90,3 @@ class Inbox:
 
     def depth(self, lane: str) -> int:
         return len(self._lanes[lane])
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
