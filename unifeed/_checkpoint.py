@@ -201,7 +201,7 @@ def decode_checkpoint(
                 f"{CHECKPOINT_VERSION} only; upgrade unifeed or {fix}"
             ) from None
         raise CheckpointError(f"{where} is not a valid checkpoint ({exc}); {fix}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise CheckpointError(f"{where} is corrupt ({exc}); {fix}") from None
     if checkpoint.instance != instance:
         raise CheckpointError(f"{where} names instance {checkpoint.instance!r} in its value; {fix}")

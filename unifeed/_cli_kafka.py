@@ -49,7 +49,7 @@ from ._kafkautil import (
     producer_config,
     watermarks,
 )
-from ._records import ACCESS_LEVELS, ACCESS_RANK
+from ._records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
 
 __all__ = [
     "DumpReport",
@@ -125,6 +125,8 @@ def _pitr_of_line(line: bytes) -> tuple[int | None, str]:
         pitr = _stamp_decoder.decode(line).pitr
     except msgspec.DecodeError as exc:
         return None, str(exc)
+    except RecursionError:
+        return None, TOO_DEEP
     if pitr < 0:
         return None, f"`pitr` must not be negative, got {pitr}"
     return pitr, ""
@@ -375,7 +377,7 @@ def _judge(
     """``keep``, ``range`` (outside --from/--to) or ``hidden`` (stronger than the audience)."""
     try:
         view: _View | None = _view_decoder.decode(value)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         view = None
     flight = None
     own_access: object = None

@@ -205,7 +205,7 @@ class FeedIntake:
                 # `RecordDecoder.decode`'s common case inlined (no call frame per message);
                 # anything unusual goes through it for the checks and the reason.
                 rec = fast_decode(raw) if raw.isascii() else decode(raw)
-            except (BadRecordError, msgspec.DecodeError, AttributeError):
+            except (BadRecordError, msgspec.DecodeError, AttributeError, RecursionError):
                 try:
                     rec = decode(raw)
                 except BadRecordError as exc:

@@ -1,0 +1,149 @@
+"""Bad input at the extremes, through the real command line (docs/guarantees.md,
+"Bad input at the extremes"): nesting deeper than any JSON decoder goes, 10 MB values,
+long keys and many keys; dead letters carry unknown access; `--max-dead-letters` on
+Kafka; padded lines; unguarded I/O ends in one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.kafkatools import load, read_all, run_cli
+from unifeed import unify_lines
+
+CONTROL, SURFACE = "controlstream", "surfacestream"
+T0 = 1_700_000_000_000
+DEPTH = 1_000
+
+
+def _deep(depth: int = DEPTH) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _departure(pitr: int, **extra: object) -> bytes:
+    return json.dumps({"type": "departure", "pitr": pitr, "id": "F1", **extra},
+                      separators=(",", ":")).encode()
+
+
+def _control_with_deep_records() -> list[bytes]:
+    """A valid record, a valid-looking one with a deep field, a deep array, a valid one."""
+    deep_field = _departure(T0 + 1, extra="@@").replace(b'"@@"', _deep())
+    return [_departure(T0), deep_field, _deep(), _departure(T0 + 2)]
+
+
+def _no_traceback(stderr: bytes) -> None:
+    assert b"Traceback" not in stderr, stderr.decode(errors="replace")[-2000:]
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# -- item: JSON nested 1,000 deep --------------------------------------------
+
+
+def test_deep_nesting_is_a_dead_letter_in_file_combine_and_mappings(tmp_path: Path) -> None:
+    control = _control_with_deep_records()
+    ctl, srf = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl"
+    ctl.write_bytes(b"\n".join(control) + b"\n")
+    srf.write_bytes(b'{"type":"keepalive","pitr":%d}\n' % (T0 + 2))
+    out, dead = tmp_path / "out.jsonl", tmp_path / "dead.jsonl"
+    done = run_cli(["combine", "--control", str(ctl), "--surface", str(srf), "--output",
+                    str(out), "--dead-letter", str(dead), "--quiet"], timeout_s=60)
+    _no_traceback(done.stderr)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert out.read_bytes().splitlines() == [control[0], control[3]]
+    letters = [json.loads(x) for x in dead.read_bytes().splitlines()]
+    assert [(d["feed"], d["line"]) for d in letters] == [(CONTROL, 2), (CONTROL, 3)]
+    assert [d["raw"].encode() for d in letters] == control[1:3]
+    assert all("nested too deeply" in d["reason"] for d in letters)
+
+    mapped, mdead = tmp_path / "map.jsonl", tmp_path / "mdead.jsonl"
+    done = run_cli(["mappings", "--control", str(ctl), "--output", str(mapped),
+                    "--dead-letter", str(mdead), "--quiet"], timeout_s=60)
+    _no_traceback(done.stderr)
+    assert done.returncode == 0
+    assert [json.loads(x)["line"] for x in mdead.read_bytes().splitlines()] == [2, 3]
+
+
+def test_ten_megabyte_values_long_keys_and_many_keys_pass_the_file_pipeline(
+    tmp_path: Path,
+) -> None:
+    """Valid however large: a 10 MB value, a 1 MB key, 100,000 keys; a 10 MB invalid one
+    is a dead letter whose reason stays short."""
+    control = [
+        _departure(T0, blob="y" * (10 << 20)),
+        _departure(T0 + 1, **{"k" * (1 << 20): 1}),
+        _departure(T0 + 2, **{f"k{i}": i for i in range(100_000)}),
+        json.dumps({"type": "x" * (10 << 20), "pitr": T0 + 3}).encode(),
+        _departure(T0 + 4),
+    ]
+    ctl, srf = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl"
+    ctl.write_bytes(b"\n".join(control) + b"\n")
+    srf.write_bytes(b'{"type":"keepalive","pitr":%d}\n' % (T0 + 4))
+    out, dead = tmp_path / "out.jsonl", tmp_path / "dead.jsonl"
+    done = run_cli(["combine", "--control", str(ctl), "--surface", str(srf), "--output",
+                    str(out), "--dead-letter", str(dead), "--quiet"], timeout_s=120)
+    _no_traceback(done.stderr)
+    assert done.returncode == 0
+    assert out.read_bytes().splitlines() == [control[0], control[1], control[2], control[4]]
+    (letter,) = [json.loads(x) for x in dead.read_bytes().splitlines()]
+    assert letter["line"] == 4 and len(letter["reason"]) < 400
+
+
+@pytest.mark.kafka
+def test_deep_nesting_is_a_dead_letter_in_kafka_load_combine_mappings_and_dump(
+    kafka_bootstrap: str, tmp_path: Path,
+) -> None:
+    tag = _tag()
+    ctl, srf, out = f"ctl-{tag}", f"srf-{tag}", f"out-{tag}"
+    control = _control_with_deep_records()
+    path = tmp_path / "ctl.jsonl"
+    path.write_bytes(b"\n".join(control) + b"\n")
+    common = ["--bootstrap-servers", kafka_bootstrap]
+
+    # load: refused with the lines named (exit 4), or loaded as they are when allowed.
+    refused = run_cli(["load", str(path), "--topic", f"kafka:{ctl}", *common])
+    _no_traceback(refused.stderr)
+    assert refused.returncode == 4
+    assert b"line 2: message is nested too deeply" in refused.stderr
+    loaded = run_cli(["load", str(path), "--topic", f"kafka:{ctl}", "--allow-invalid", *common])
+    _no_traceback(loaded.stderr)
+    assert loaded.returncode == 0 and b"loaded 4 records" in loaded.stdout
+    load(kafka_bootstrap, srf, [b'{"type":"keepalive","pitr":%d}' % (T0 + 2)])
+
+    done = run_cli(["combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
+                    "--output", f"kafka:{out}", *common, "--instance", f"deep-{tag}",
+                    "--checkpoint-topic", f"{out}.checkpoints", "--status-interval", "0",
+                    "--exit-at-end"], timeout_s=90)
+    _no_traceback(done.stderr)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert read_all(kafka_bootstrap, out) == [control[0], control[3]]
+    letters = [json.loads(v) for v in read_all(kafka_bootstrap, f"{out}.dead-letter")]
+    assert sorted((d["feed"], d["offset"]) for d in letters) == [(CONTROL, 1), (CONTROL, 2)]
+
+    maps = f"map-{tag}"
+    done = run_cli(["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{maps}",
+                    *common, "--instance", f"deepm-{tag}", "--checkpoint-topic",
+                    f"{maps}.checkpoints", "--status-interval", "0", "--exit-at-end"],
+                   timeout_s=90)
+    _no_traceback(done.stderr)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    letters = [json.loads(v) for v in read_all(kafka_bootstrap, f"{maps}.dead-letter")]
+    assert sorted(d["offset"] for d in letters) == [1, 2]
+
+    # dump: a record that cannot be judged is hidden from an audience, printed without one.
+    for audience in ("public", "blocked"):
+        shown = run_cli(["dump", f"kafka:{ctl}", "--audience", audience, *common])
+        _no_traceback(shown.stderr)
+        assert shown.returncode == 0
+        assert shown.stdout.splitlines() == [control[0], control[3]]
+    shown = run_cli(["dump", f"kafka:{ctl}", *common])
+    assert shown.returncode == 0 and shown.stdout.splitlines() == control
+    shown = run_cli(["dump", f"kafka:{ctl}", "--from", str(T0 + 2), *common])
+    assert shown.returncode == 0 and shown.stdout.splitlines() == [control[3]]
+    assert unify_lines(control, [])[0] == [control[0], control[3]]
