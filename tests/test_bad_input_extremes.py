@@ -147,3 +147,63 @@ def test_deep_nesting_is_a_dead_letter_in_kafka_load_combine_mappings_and_dump(
     shown = run_cli(["dump", f"kafka:{ctl}", "--from", str(T0 + 2), *common])
     assert shown.returncode == 0 and shown.stdout.splitlines() == [control[3]]
     assert unify_lines(control, [])[0] == [control[0], control[3]]
+
+
+# -- item: --max-dead-letters on Kafka -----------------------------------------
+
+
+@pytest.mark.kafka
+def test_max_dead_letters_stops_kafka_combine_and_mappings_with_exit_4(
+    kafka_bootstrap: str,
+) -> None:
+    """Beyond the limit: exit 4 with one line, after committing what was processed
+    (the dead letters are in their topic once); a rerun resumes and finishes."""
+    tag = _tag()
+    ctl, srf, out = f"ctl-{tag}", f"srf-{tag}", f"out-{tag}"
+    control = [_departure(T0 + i) for i in range(10)]
+    for i in (2, 4, 5, 7, 8):
+        control[i] = b"bad %d" % i
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, [b'{"type":"keepalive","pitr":%d}' % (T0 + 9)])
+    common = ["--bootstrap-servers", kafka_bootstrap, "--status-interval", "0", "--exit-at-end"]
+
+    def combine(*extra: str) -> tuple[int, str]:
+        done = run_cli(["combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
+                        "--output", f"kafka:{out}", "--instance", f"max-{tag}",
+                        "--checkpoint-topic", f"{out}.checkpoints", *common, *extra],
+                       timeout_s=90)
+        _no_traceback(done.stderr)
+        return done.returncode, done.stderr.decode(errors="replace")
+
+    code, err = combine("--max-dead-letters", "2")
+    assert code == 4, err[-2000:]
+    assert "5 dead letters exceed --max-dead-letters 2" in err
+    letters = [json.loads(v) for v in read_all(kafka_bootstrap, f"{out}.dead-letter")]
+    assert [d["offset"] for d in letters] == [2, 4, 5, 7, 8]
+    code, err = combine()
+    assert code == 0, err[-2000:]
+    assert read_all(kafka_bootstrap, out) == unify_lines(control, [])[0]
+    assert len(read_all(kafka_bootstrap, f"{out}.dead-letter")) == 5  # not written again
+
+    maps = f"map-{tag}"
+    done = run_cli(["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{maps}",
+                    "--instance", f"maxm-{tag}", "--checkpoint-topic", f"{maps}.checkpoints",
+                    *common, "--max-dead-letters", "0"], timeout_s=90)
+    _no_traceback(done.stderr)
+    assert done.returncode == 4, done.stderr.decode(errors="replace")[-2000:]
+    assert b"exceed --max-dead-letters 0" in done.stderr
+
+
+def test_max_dead_letters_stops_file_combine_with_exit_4(tmp_path: Path) -> None:
+    control = [_departure(T0 + i) for i in range(10)]
+    for i in (2, 4, 5, 7, 8):
+        control[i] = b"bad %d" % i
+    ctl, srf = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl"
+    ctl.write_bytes(b"\n".join(control) + b"\n")
+    srf.write_bytes(b'{"type":"keepalive","pitr":%d}\n' % (T0 + 9))
+    done = run_cli(["combine", "--control", str(ctl), "--surface", str(srf), "--output",
+                    str(tmp_path / "out.jsonl"), "--dead-letter", str(tmp_path / "dead.jsonl"),
+                    "--max-dead-letters", "2"], timeout_s=60)
+    _no_traceback(done.stderr)
+    assert done.returncode == 4
+    assert b"dead letters exceed --max-dead-letters 2" in done.stderr

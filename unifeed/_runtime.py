@@ -39,6 +39,7 @@ from ._errors import (
     BrokerUnreachableError,
     CheckpointError,
     ConfigError,
+    DeadLetterLimitError,
     InstanceFencedError,
     KafkaRuntimeError,
     UnifeedError,
@@ -119,6 +120,7 @@ class RuntimeOptions:
     commit_interval_ms: int = 100
     commit_max_records: int = 10_000
     dead_letter: str | None = None
+    max_dead_letters: int | None = None
     kafka_extra: dict[str, Any] = field(default_factory=dict)
     status_interval_s: float = 2.0
     metrics_port: int | None = None
@@ -149,6 +151,7 @@ class RuntimeOptions:
             lookback_ms=args.lookback,
             commit_interval_ms=args.commit_interval,
             dead_letter=args.dead_letter,
+            max_dead_letters=getattr(args, "max_dead_letters", None),
             kafka_extra=extra,
             status_interval_s=args.status_interval if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
@@ -532,6 +535,9 @@ class Committer:
         self.incarnation = secrets.token_hex(8)
         self.watch_from: int | None = None  # checkpoint offset the claim watcher starts at
         self._dead_offsets: dict[str, int] = {}
+        #: Dead letters this run has written (those a restart skips are not counted).
+        self.dead_written = 0
+        self._last_dead: DeadLetter | None = None
 
     # start-up ----------------------------------------------------------------
 
@@ -838,12 +844,33 @@ class Committer:
                 except BufferError:
                     self.producer.poll(0.05)
         self.state.add("dead_letters", len(letters))
+        self.dead_written += len(letters)
+        self._last_dead = letters[-1]
         for d in letters:
             if d.offset is not None and d.offset > self._dead_offsets.get(d.feed, -1):
                 self._dead_offsets[d.feed] = d.offset
         for d in letters:
             self.state.add(f"dead_letters.{dead_letter_category(d.reason)}")
         self._dirty = True
+
+    def stop_if_over_dead_letter_limit(self) -> None:
+        """Beyond ``--max-dead-letters``: commit what is processed, then stop (exit 4).
+
+        The commit holds, in one transaction, the output written so far, every dead letter
+        written (also those beyond the limit that came in the same batch) and the
+        checkpoint of both, so a rerun resumes after them with a fresh count.
+        """
+        limit = self.options.max_dead_letters
+        if limit is None or self.dead_written <= limit:
+            return
+        self.commit(reopen=False)
+        last = self._last_dead
+        where = "" if last is None else f"; the last: {last.feed} {last.offset}: {last.reason}"
+        raise DeadLetterLimitError(
+            f"{self.dead_written} dead letters exceed --max-dead-letters {limit}{where}; "
+            "the output, dead letters and checkpoint up to here are committed, so a rerun "
+            "resumes after them"
+        )
 
     def due(self) -> bool:
         """Asked after each merge step; a catch-up step can be bigger than
@@ -1076,6 +1103,7 @@ class WriterThread(Worker):
                     self.state.counters["late"] = c.late
                 if c.last_mode is not None:
                     self.state.mode = c.last_mode.value
+                committer.stop_if_over_dead_letter_limit()
                 if c.exhausted():
                     committer.commit(reopen=False)
                     self.finished = True
@@ -1700,6 +1728,7 @@ def mappings_command(args: argparse.Namespace) -> int:
                 )
                 if batch.closed:
                     finished = True
+            committer.stop_if_over_dead_letter_limit()
             if finished or stopping:
                 if state.failure is None:
                     committer.commit(reopen=False)
