@@ -207,3 +207,42 @@ def test_max_dead_letters_stops_file_combine_with_exit_4(tmp_path: Path) -> None
     _no_traceback(done.stderr)
     assert done.returncode == 4
     assert b"dead letters exceed --max-dead-letters 2" in done.stderr
+
+
+# -- item: dump --audience of dead letters -------------------------------------
+
+
+@pytest.mark.kafka
+def test_dump_audience_shows_dead_letters_to_blocked_only(kafka_bootstrap: str) -> None:
+    """Dead letters carry input of unknown access (here a restricted flight's records):
+    they count as `blocked`, by their topic's name and, in any topic, by their shape."""
+    tag = _tag()
+    ctl, srf, out = f"ctl-{tag}", f"srf-{tag}", f"out-{tag}"
+    control = [
+        b'{"type":"flightplan","pitr":%d,"id":"F9","ident":"SECRET1","access":"restricted"}'
+        % T0,
+        b'{"type":"position","pitr":%d,"id":"F9","clock":1,"lat":"north","lon":2}' % (T0 + 1),
+        b'{"type":"teleport","pitr":%d,"id":"F9","ident":"SECRET1"}' % (T0 + 2),
+        b'{"type":"departure","pitr":%d,"id":"F9"}' % (T0 + 3),
+    ]
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, [b'{"type":"keepalive","pitr":%d}' % (T0 + 3)])
+    common = ["--bootstrap-servers", kafka_bootstrap]
+    done = run_cli(["combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
+                    "--output", f"kafka:{out}", *common, "--instance", f"dl-{tag}",
+                    "--checkpoint-topic", f"{out}.checkpoints", "--status-interval", "0",
+                    "--exit-at-end"], timeout_s=90)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    letters = read_all(kafka_bootstrap, f"{out}.dead-letter")
+    assert len(letters) == 2
+    other = f"other-{tag}"  # dead letters under a name that does not say so
+    load(kafka_bootstrap, other, [control[0], *letters])
+    for topic, shown_to_all in ((f"{out}.dead-letter", []), (other, [control[0]])):
+        for audience in ("public", "restricted"):
+            shown = run_cli(["dump", f"kafka:{topic}", "--audience", audience, *common])
+            assert shown.returncode == 0, shown.stderr
+            expected = shown_to_all if audience == "restricted" else []
+            assert shown.stdout.splitlines() == expected, (topic, audience)
+        shown = run_cli(["dump", f"kafka:{topic}", "--audience", "blocked", *common])
+        assert shown.returncode == 0
+        assert shown.stdout.splitlines() == [*shown_to_all, *letters]

@@ -18,7 +18,10 @@
     of its own ``access`` field (an unknown level counts as ``blocked``) and that of
     its flight ``id`` as last seen in a ``flightplan`` earlier in the partition (a
     flightplan without ``access`` is ``public``), else ``public``. A record that is not a
-    JSON object cannot be judged and is hidden whenever ``--audience`` is given.
+    JSON object cannot be judged and is hidden whenever ``--audience`` is given. A dead
+    letter (any record of a topic named ``*.dead-letter``, or a record shaped like one:
+    ``reason`` and ``raw``/``raw_b64``, no ``type``) carries input of unknown access: it
+    counts as ``blocked``, so only ``--audience blocked`` shows it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ _BLOCKED_RANK: Final = ACCESS_RANK["blocked"]
 _NAMED_BAD_LINES: Final = 5
 #: ``dump`` gives up when the broker sends nothing for this long.
 _STALL_S: Final = 30.0
+#: A topic whose name ends so holds dead letters (the default sink is ``<output>.dead-letter``).
+DEAD_LETTER_SUFFIX: Final = ".dead-letter"
 
 
 def parse_time_ms(text: str, option: str = "time") -> int:
@@ -253,6 +258,14 @@ class _View(msgspec.Struct, gc=False):
     pitr: Any = None
     id: Any = None
     access: Any = None
+    # A dead letter's fields: kept undecoded, only their presence matters.
+    reason: msgspec.Raw = msgspec.Raw()
+    raw: msgspec.Raw = msgspec.Raw()
+    raw_b64: msgspec.Raw = msgspec.Raw()
+
+    def is_dead_letter(self) -> bool:
+        """Shaped like a dead-letter record: a reason and the raw input, no type."""
+        return self.type is None and bool(self.reason) and bool(self.raw or self.raw_b64)
 
 
 _view_decoder: Final = msgspec.json.Decoder(_View)
@@ -297,6 +310,7 @@ def dump_partition(
     low_bound = from_ms if from_ms is not None else -(2**63)
     high_bound = to_ms if to_ms is not None else 2**63
     flight_access: dict[object, int] = {}
+    dead_letters = target.topic.endswith(DEAD_LETTER_SUFFIX)
     read = written = hidden = out_of_range = 0
     consumer = Consumer(consumer_config(bootstrap, extra_config))
     try:
@@ -342,7 +356,13 @@ def dump_partition(
                 read += 1
                 if filtering:
                     verdict = _judge(
-                        message, value, flight_access, low_bound, high_bound, audience_rank
+                        message,
+                        value,
+                        flight_access,
+                        low_bound,
+                        high_bound,
+                        audience_rank,
+                        dead_letters,
                     )
                     if verdict == "range":
                         out_of_range += 1
@@ -373,6 +393,7 @@ def _judge(
     low_bound: int,
     high_bound: int,
     audience_rank: int | None,
+    dead_letters: bool = False,
 ) -> str:
     """``keep``, ``range`` (outside --from/--to) or ``hidden`` (stronger than the audience)."""
     try:
@@ -402,6 +423,10 @@ def _judge(
         return "keep"
     if view is None:
         return "hidden"
+    if dead_letters or view.is_dead_letter():
+        # A dead letter's access is unknown (its raw input may be any flight's): it counts
+        # as `blocked`, shown to that audience only.
+        return "keep" if audience_rank >= _BLOCKED_RANK else "hidden"
     # The stronger of the message's own level and its flight's: controlstream messages
     # pass through unchanged, so an own `access` field may be weaker than the flight's.
     rank = ACCESS_RANK["public"]
