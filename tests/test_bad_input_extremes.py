@@ -7,12 +7,14 @@ Kafka; padded lines; unguarded I/O ends in one line, never a traceback.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.kafkatools import load, read_all, run_cli
+from tests.kafkatools import CLI, load, read_all, run_cli
 from unifeed import unify_lines
 
 CONTROL, SURFACE = "controlstream", "surfacestream"
@@ -246,3 +248,53 @@ def test_dump_audience_shows_dead_letters_to_blocked_only(kafka_bootstrap: str) 
         shown = run_cli(["dump", f"kafka:{topic}", "--audience", "blocked", *common])
         assert shown.returncode == 0
         assert shown.stdout.splitlines() == [*shown_to_all, *letters]
+
+
+# -- item: one-line errors instead of tracebacks --------------------------------
+
+
+def _one_line_error(done: subprocess.CompletedProcess[bytes], code: int) -> str:
+    _no_traceback(done.stderr)
+    assert done.returncode == code, done.stderr.decode(errors="replace")[-2000:]
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unifeed "), lines
+    return lines[0]
+
+
+@pytest.mark.kafka
+def test_load_refuses_a_line_larger_than_a_record_may_be(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    tag = _tag()
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(_departure(T0) + b"\n" + _departure(T0 + 1, blob="y" * (1 << 20)) + b"\n")
+    for extra in ([], ["--allow-invalid"]):
+        done = run_cli(["load", str(path), "--topic", f"kafka:big-{tag}",
+                        "--bootstrap-servers", kafka_bootstrap, *extra])
+        line = _one_line_error(done, 4)
+        assert "line 2: 1,048,6" in line and "1,000,000 bytes" in line, line
+        assert "nothing was loaded" in line
+    assert read_all(kafka_bootstrap, f"big-{tag}", timeout_s=5) == []
+
+
+def test_closed_stdin_and_full_disk_end_in_one_line(tmp_path: Path) -> None:
+    ctl, srf = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl"
+    ctl.write_bytes(_departure(T0) + b"\nnot json\n")
+    srf.write_bytes(b'{"type":"keepalive","pitr":%d}\n' % T0)
+    files = ["--control", str(ctl), "--surface", str(srf)]
+
+    closed = run_cli(["combine", "--control", "-", "--surface", str(srf), "--output",
+                      str(tmp_path / "o.jsonl")], preexec_fn=lambda: os.close(0))
+    assert "standard input is closed" in _one_line_error(closed, 2)
+
+    full = run_cli(["combine", *files, "--output", "/dev/full", "--quiet",
+                    "--dead-letter", str(tmp_path / "d.jsonl")])
+    assert "cannot write /dev/full" in _one_line_error(full, 1)
+    full = run_cli(["combine", *files, "--output", str(tmp_path / "o.jsonl"), "--quiet",
+                    "--dead-letter", "/dev/full"])
+    assert "cannot write /dev/full" in _one_line_error(full, 1)
+    with open("/dev/full", "wb") as dev_full:
+        full = subprocess.run([*CLI, "combine", *files, "--output", "-", "--quiet",
+                               "--dead-letter", str(tmp_path / "d.jsonl")],
+                              stdout=dev_full, stderr=subprocess.PIPE, timeout=60, check=False)
+    assert "No space left on device" in _one_line_error(full, 1)

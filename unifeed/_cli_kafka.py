@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from . import _checkpoint
 from ._broker import run_broker_foreground
@@ -53,6 +53,7 @@ from ._kafkautil import (
     watermarks,
 )
 from ._records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
+from ._unify import stdin_bytes, stdout_bytes
 
 __all__ = [
     "DumpReport",
@@ -67,6 +68,8 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _BLOCKED_RANK: Final = ACCESS_RANK["blocked"]
 #: At most this many bad lines are named in the error message.
 _NAMED_BAD_LINES: Final = 5
+#: librdkafka's default ``message.max.bytes``: it refuses a larger record value at once.
+_MAX_RECORD_BYTES: Final = 1_000_000
 #: ``dump`` gives up when the broker sends nothing for this long.
 _STALL_S: Final = 30.0
 #: A topic whose name ends so holds dead letters (the default sink is ``<output>.dead-letter``).
@@ -137,25 +140,48 @@ def _pitr_of_line(line: bytes) -> tuple[int | None, str]:
     return pitr, ""
 
 
-def _check_lines(stream: IO[bytes], source: str) -> None:
+def _check_lines(stream: IO[bytes], source: str, max_bytes: int, allow_invalid: bool) -> None:
+    """Refuse the whole file (`BadRecordError`) if a line is larger than a record may be
+    or, unless ``allow_invalid``, is not a JSON object with an integer pitr >= 0."""
     bad: list[str] = []
-    count = 0
+    count = large = 0
     for number, line in _lines(stream):
         if not line.strip():
+            continue
+        if len(line) > max_bytes:
+            large += 1
+            count += 1
+            if len(bad) < _NAMED_BAD_LINES:
+                bad.append(f"line {number}: {len(line):,} bytes")
+            continue
+        if allow_invalid:
             continue
         pitr, reason = _pitr_of_line(line)
         if pitr is None:
             count += 1
             if len(bad) < _NAMED_BAD_LINES:
                 bad.append(f"line {number}: {reason}")
-    if count:
-        more = f" (and {count - len(bad)} more)" if count > len(bad) else ""
-        raise BadRecordError(
-            source,
-            f"{count} line(s) are not JSON objects with an integer pitr >= 0: "
-            f"{'; '.join(bad)}{more}; nothing was loaded (fix them, or pass "
-            "--allow-invalid to load them as they are)",
+    if not count:
+        return
+    more = f" (and {count - len(bad)} more)" if count > len(bad) else ""
+    named = f"{'; '.join(bad)}{more}"
+    if large and allow_invalid:
+        what = f"{count} line(s) are larger than a record may be ({max_bytes:,} bytes)"
+    elif large:
+        what = (
+            f"{count} line(s) are larger than a record may be ({max_bytes:,} bytes) or "
+            "are not JSON objects with an integer pitr >= 0"
         )
+    else:
+        what = f"{count} line(s) are not JSON objects with an integer pitr >= 0"
+    fix = "fix them, or pass --allow-invalid to load them as they are"
+    if large:
+        fix = (
+            "a line above the limit can never be a record: split or drop it, or raise "
+            "message.max.bytes (--kafka-config; the topic's max.message.bytes on the "
+            "broker must allow it too)"
+        )
+    raise BadRecordError(source, f"{what}: {named}; nothing was loaded ({fix})")
 
 
 def load_lines(
@@ -173,16 +199,17 @@ def load_lines(
 ) -> LoadReport:
     """Produce every non-blank line of ``stream`` to ``target`` (record timestamp = pitr).
 
-    Without ``allow_invalid`` the stream must be seekable: it is checked first and nothing
-    is produced if a line is invalid (`BadRecordError`, exit code 4). ``rate`` paces the
+    The stream must be seekable: it is checked first and nothing is produced if a line is
+    larger than a record may be (``message.max.bytes``, 1,000,000 by default) or, without
+    ``allow_invalid``, invalid (`BadRecordError`, exit code 4). ``rate`` paces the
     records per second. Waits up to ``timeout_s`` for the last acknowledgements; a record
     the broker refused raises `KafkaRuntimeError`.
     """
     if rate is not None and rate <= 0:
         raise ConfigError("--rate must be > 0")
-    if not allow_invalid:
-        _check_lines(stream, source)
-        stream.seek(0)
+    max_bytes = int(str((extra_config or {}).get("message.max.bytes", _MAX_RECORD_BYTES)))
+    _check_lines(stream, source, max_bytes, allow_invalid)
+    stream.seek(0)
     failures: list[KafkaError] = []
 
     def on_failure(error: KafkaError | None, message: Message) -> None:
@@ -197,7 +224,7 @@ def load_lines(
     started = last_note = time.monotonic()
     produce = producer.produce
     topic, partition = target.topic, target.partition
-    for _number, line in _lines(stream):
+    for number, line in _lines(stream):
         if not line.strip():
             blank += 1
             continue
@@ -213,6 +240,8 @@ def load_lines(
                 break
             except BufferError:
                 producer.poll(0.05)
+            except KafkaException as exc:
+                raise kafka_error(f"loading line {number} into {target} failed", exc.args[0]) from None
         else:
             raise KafkaRuntimeError(f"{target}: the producer queue stayed full", "_QUEUE_FULL")
         records += 1
@@ -508,7 +537,8 @@ def _load(args: argparse.Namespace) -> int:
             stream: IO[bytes] = stack.enter_context(
                 tempfile.SpooledTemporaryFile(max_size=64 << 20)
             )
-            for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+            stdin = stdin_bytes()
+            for block in iter(lambda: stdin.read(1 << 20), b""):
                 stream.write(block)
             stream.seek(0)
         else:
@@ -547,7 +577,7 @@ def _dump(args: argparse.Namespace) -> int:
     dump_partition(
         target,
         bootstrap,
-        sys.stdout.buffer,
+        stdout_bytes(),
         extra_config=extra,
         from_ms=from_ms,
         to_ms=to_ms,

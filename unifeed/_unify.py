@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from ._combine import Emitted
-from ._errors import ConfigError
+from ._errors import ConfigError, UnifeedError
 from ._mapping import encode_mapping
 from ._pipeline import (
     ANNOTATED,
@@ -275,11 +275,25 @@ def derive_mapping_lines(control: Iterable[bytes]) -> tuple[list[bytes], list[De
     return out, dead
 
 
+def stdin_bytes() -> IO[bytes]:
+    """Standard input as bytes; `ConfigError` when the process has none (closed)."""
+    if sys.stdin is None:
+        raise ConfigError("standard input is closed; give a file instead of -")
+    return sys.stdin.buffer
+
+
+def stdout_bytes() -> IO[bytes]:
+    """Standard output as bytes; `ConfigError` when the process has none (closed)."""
+    if sys.stdout is None:
+        raise ConfigError("standard output is closed; give a file instead of -")
+    return sys.stdout.buffer
+
+
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[Iterable[bytes]]:
     """A JSON-lines input path (``-`` = stdin; ``.gz`` is decompressed), read as bytes."""
     if path == "-":
-        yield sys.stdin.buffer
+        yield stdin_bytes()
         return
     try:
         f: IO[bytes] = (
@@ -295,13 +309,17 @@ def open_input(path: str) -> Iterator[Iterable[bytes]]:
 def open_output(path: str) -> Iterator[IO[bytes]]:
     """A JSON-lines output path (``-`` = stdout), written as bytes."""
     if path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        out = stdout_bytes()
+        yield out
+        out.flush()
         return
     target = Path(path)
     try:
         f = open(target, "wb")  # noqa: SIM115
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with f:
-        yield f
+    try:
+        with f:
+            yield f
+    except OSError as exc:
+        raise UnifeedError(f"cannot write {path}: {exc.strerror or exc}") from None
