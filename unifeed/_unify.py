@@ -161,11 +161,18 @@ class Unifier:
 
 
 def numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line)`` for the non-blank lines of a JSON-lines input."""
+    """``(line number, line)`` for the non-blank lines of a JSON-lines input.
+
+    A line is a message exactly as ``unifeed load`` makes it a Kafka record: without its
+    line ending (``\\n`` or ``\\r\\n``), any other spaces or tabs kept, so that a file
+    run and a Kafka run of the same lines write the same bytes. A line of nothing but
+    whitespace is blank: skipped (line numbers still count it).
+    """
     for number, line in enumerate(lines, 1):
-        stripped = line.strip()
-        if stripped:
-            yield number, stripped
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        if line and not line.isspace():
+            yield number, line
 
 
 def _chunks(lines: Iterator[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -194,20 +201,21 @@ def _numbered_chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[i
         return
     number = 1
     rest = b""
-    strip = bytes.strip
     while True:
         block = read(_BLOCK)
         if not block:
             break
         parts = (rest + block).split(b"\n")
         rest = parts.pop()
-        found = [(n, s) for n, s in zip(itertools.count(number), map(strip, parts)) if s]
+        if b"\r" in block:
+            # A "\r\n" line ending: the "\r" goes with it (as in `numbered`).
+            parts = [p[:-1] if p[-1:] == b"\r" else p for p in parts]
+        found = [(n, s) for n, s in zip(itertools.count(number), parts) if s and not s.isspace()]
         number += len(parts)
         if found:
             yield found
-    tail = rest.strip()
-    if tail:
-        yield [(number, tail)]
+    if rest and not rest.isspace():
+        yield [(number, rest)]
 
 
 def run_unifier(
