@@ -531,7 +531,14 @@ def test_kafka_pipeline_matches_file_pipeline_and_dead_letters_carry_offsets(
                            if v is False})
         assert set(got) == set(wanted)
         for key, d in got.items():
-            assert raw_of(d) == wanted[key]
+            if d.get("raw_truncated"):
+                # Above 512 kB as a dead letter (e.g. 100,000 levels of nesting): cut to
+                # fit, with the original's size and digest.
+                assert d["raw_size"] == len(wanted[key])
+                assert d["raw_sha256"] == hashlib.sha256(wanted[key]).hexdigest()
+                assert wanted[key].startswith(d["raw"].encode())
+            else:
+                assert raw_of(d) == wanted[key]
             assert_reason(d["reason"])
 
     check()

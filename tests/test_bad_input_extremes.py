@@ -352,3 +352,18 @@ def test_padded_lines_give_the_same_output_from_files_and_from_kafka(
     # Kept as they are: the vehicle position passes through with its padding.
     assert surface[1] in from_files
     assert control[3][:-1] in from_files  # the CRLF line without its "\r"
+
+
+def test_demo_verification_reads_past_a_record_nested_too_deeply() -> None:
+    """The demo's checks of an output judge a record they cannot decode instead of dying."""
+    from unifeed._demo import public_view, verify_access, verify_audience, verify_output
+
+    good = [_departure(T0), _departure(T0 + 1)]
+    deep = _control_with_deep_records()[1]  # a departure with a field nested too deeply
+    got = [good[0], deep, good[1]]
+    verdicts = verify_output(got, good)
+    assert not all(v.ok for v in verdicts)  # an extra record is found, not a crash
+    verify_access(got)
+    shown = public_view(got)
+    assert deep not in shown
+    verify_audience(got, shown)
