@@ -6,8 +6,9 @@
     its ``pitr``. lz4-compressed by default. A line must be a JSON object with an integer
     ``pitr`` >= 0; otherwise nothing is loaded and the command exits 4 naming the bad
     lines. ``--allow-invalid`` loads such lines as they are (to test dead-letter handling
-    through Kafka), stamped with the previous line's pitr. Blank lines are skipped.
-    Prints the count on stdout.
+    through Kafka), stamped with the previous line's pitr. A line larger than a record may
+    be (``message.max.bytes``, 1,000,000 bytes by default) is refused either way: nothing
+    is loaded, exit 4. Blank lines are skipped. Prints the count on stdout.
 
 ``unifeed dump kafka:T [--from T] [--to T] [--audience A]``
     Writes the partition's records, one per line, to stdout: from the start of the
@@ -488,7 +489,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Produce each non-blank line of FILE as one record (value = the line, "
             "timestamp = its pitr). Lines that are not JSON objects with an integer pitr "
-            "make the command exit 4 without loading anything, unless --allow-invalid."
+            "make the command exit 4 without loading anything, unless --allow-invalid; "
+            "so do lines above message.max.bytes (1,000,000 bytes by default), always."
         ),
     )
     load.add_argument("file", metavar="FILE", help="JSON-lines file, - for stdin")
