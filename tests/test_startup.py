@@ -240,15 +240,27 @@ def test_checkpoint_show_and_reset_work_on_a_junk_record(
 def test_a_refused_start_does_not_stop_the_running_instance(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
-    """With the instance running, a second start with a wrong --output is refused (exit 2)
-    before it claims the name: the running one carries on and finishes cleanly."""
+    """With the instance running, a second start with a wrong --output, and one whose
+    --metrics-port is taken (by the running one), are refused (exit 2) before they claim
+    the name: the running one carries on and finishes cleanly."""
+    import socket
+
     ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 20)
     name = f"s7-{out}"
-    running = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name))  # stays live
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    same = [*combine_args(kafka_bootstrap, ctl, srf, out, name), "--metrics-port", port]
+    running = start_cli(same)  # stays live
     try:
         wait_for(lambda: high_watermark(kafka_bootstrap, out) > 0 or running.poll() is not None,
                  60, "the running instance to write")
         assert running.poll() is None, _stderr(running)
+        done = run_cli([*same, "--exit-at-end"])
+        time.sleep(2.0)  # several polls of the running instance's claim watcher
+        assert running.poll() is None, _stderr(running)
+        assert done.returncode == 2, done.stderr.decode()
+        assert port in done.stderr.decode(), done.stderr.decode()
         wrong = [*combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"),
                  "--output", f"kafka:{out}-wrong"]
         done = run_cli(wrong)

@@ -1455,6 +1455,7 @@ class CombineRun:
         self.state = RunState()
         self.threads: list[Worker] = []
         self.writer: WriterThread | None = None
+        self.metrics: Any = None
 
     def setup(self) -> None:
         o = self.options
@@ -1620,8 +1621,15 @@ class CombineRun:
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 
+    def start_metrics(self) -> None:
+        """Bind the metrics port (`ConfigError`, exit 2, when taken): before `setup`
+        claims the instance, since a refused start must not stop a running incarnation."""
+        self.metrics = self._start_metrics()
+
     def _start_metrics(self) -> Any:
         def depths() -> dict[str, int]:
+            if self.writer is None:
+                return {}  # still starting: no queues yet
             return {
                 "writer.controlstream": self.writer_inbox.depth(CONTROLSTREAM),
                 "writer.surfacestream": self.writer_inbox.depth(ANNOTATED),
@@ -1644,7 +1652,7 @@ class CombineRun:
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 50, 1000)
         health = BrokerHealth(self.options)
-        metrics = self._start_metrics()
+        metrics = self.metrics
         try:
             while True:
                 writer = self.writer
@@ -1779,10 +1787,16 @@ def combine_command(args: argparse.Namespace) -> int:
         mapping=parse_target(args.mapping) if args.mapping else None,
     )
     _install_signals(run.state)
+    run.start_metrics()
     try:
-        run.setup()
-    except KafkaException as exc:
-        raise _wrap("start-up failed", exc) from None
+        try:
+            run.setup()
+        except KafkaException as exc:
+            raise _wrap("start-up failed", exc) from None
+    except BaseException:
+        if run.metrics is not None:
+            run.metrics.close()
+        raise
     return run.run()
 
 
@@ -1795,7 +1809,15 @@ def mappings_command(args: argparse.Namespace) -> int:
     output = parse_target(args.output)
     state = RunState()
     _install_signals(state)
-    committer = _open_committer(o, output, (CONTROLSTREAM,), state, {CONTROLSTREAM: control})
+    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
+    # Bound before the claim: a refused start must not stop a running incarnation.
+    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
+    try:
+        committer = _open_committer(o, output, (CONTROLSTREAM,), state, {CONTROLSTREAM: control})
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     cp = committer.checkpoint
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
@@ -1812,7 +1834,6 @@ def mappings_command(args: argparse.Namespace) -> int:
         committer.first_checkpoint({CONTROLSTREAM: pos})
     committer.begin()
     deriver = MappingDeriver()
-    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
     tracker: dict[str, int] = {}
     if plan.resume_after is not None:
         tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
@@ -1858,7 +1879,6 @@ def mappings_command(args: argparse.Namespace) -> int:
     reader.start()
     watcher = ClaimWatcher(state, o, committer)
     watcher.start()
-    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
     health = BrokerHealth(o)
     finished = False
     try:
