@@ -90,21 +90,26 @@ def test_a_missing_input_topic_is_refused_before_anything_is_written(
 def test_a_feed_whose_topic_does_not_exist_yet_is_never_passed(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
-    """With --wait-for-topics and --exit-at-end, surfacestream is at its end but
-    controlstream's topic does not exist: the run writes nothing and waits, however long
-    the end-of-log grace has passed; once controlstream is loaded it writes exactly the
-    expected output."""
-    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(2)
-    load(kafka_bootstrap, srf, surface)
+    """With --wait-for-topics, surfacestream is at its end but controlstream's topic does
+    not exist: the run writes nothing, long after the end-of-log grace (2 s) has passed;
+    once controlstream is loaded it writes exactly the expected output and stops at
+    --stop-at. (--stop-at, not --exit-at-end: a topic the loader has just created is empty
+    for a moment, and --exit-at-end ends a feed at the first end of its partition.)"""
+    from tests.kafkatools import keepalive, pitr_of
     from unifeed import unify_lines
 
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(2)
+    last = max(pitr_of(control[-1]), pitr_of(surface[-1]))
+    control, surface = [*control, keepalive(last + 1000)], [*surface, keepalive(last + 1000)]
+    load(kafka_bootstrap, srf, surface)
     expected, _ = unify_lines(control, surface)
-    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"wait-{out}", "--exit-at-end",
-                                  "--wait-for-topics", "--end-of-log-grace", "100ms"))
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"wait-{out}",
+                                  "--stop-at", str(last), "--wait-for-topics",
+                                  "--end-of-log-grace", "2s"))
     try:
-        # Well past the grace: the surface reader has reported its end many times over.
-        time.sleep(4.0)
+        # Well past the grace: the surface reader has reported its end long ago.
+        time.sleep(6.0)
         assert proc.poll() is None, _stderr(proc)
         assert high_watermark(kafka_bootstrap, out) == 0
         load(kafka_bootstrap, ctl, control)
