@@ -653,9 +653,11 @@ class Committer:
                     f"Start over: {reset}, then run into a new or empty output topic"
                 )
             if cp.output.next_offset < low:
-                raise CheckpointError(
+                raise StartRefusedError(
                     f"{where} points at output offset {cp.output.next_offset}, below the "
-                    f"first stored offset {low} of {self.output}"
+                    f"first stored offset {low} of {self.output}: retention deleted what a "
+                    "restart must compare its first records with, so it could write them "
+                    f"twice. Start over: {reset}, then run into a new or empty output topic"
                 )
         self._check_not_future(cp, where, reset)
         return low, high
