@@ -490,8 +490,10 @@ def register(subparsers: Any) -> None:
         description=(
             "Inspect or reset the checkpoint of a combine or mappings instance. `show` prints "
             "the stored JSON value on stdout and where it is on stderr; with no checkpoint it "
-            "prints nothing on stdout, says so on stderr and exits 0. `reset` writes a "
-            "tombstone: the instance's next run starts from --start."
+            "prints nothing on stdout, says so on stderr and exits 0; a record that is not a "
+            "checkpoint is printed escaped as {\"raw\":...} or {\"raw_b64\":...}. `reset` "
+            "writes a tombstone: a running incarnation of the instance stops without "
+            "committing again, and the next run starts from --start."
         ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
