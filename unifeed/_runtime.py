@@ -559,8 +559,12 @@ class Committer:
         claim: either of them stops a healthy incarnation of the same name.
         """
         self.store.ensure_topic()
+        # The output's end before the checkpoint is read: output written by an
+        # incarnation starting at the same time then comes after its first checkpoint,
+        # which this load sees (so it is not taken for a foreign output).
+        before = _watermarks_or_empty(self.options, self.output)
         cp, cp_offset = self.store.load(self.options.instance)
-        self._check_start(cp, cp_offset)
+        self._check_start(cp, cp_offset, output_before=before)
         if self.transactional:
             try:
                 self.producer.init_transactions(30)
@@ -572,7 +576,9 @@ class Committer:
                 ) from None
         self.generation = (cp.generation if cp is not None else 0) + 1
         cp, cp_offset = self._claim(cp)
-        # The latest record may be an older incarnation's last commit: check it too.
+        # The latest record may be an older incarnation's last commit: check it too. (Not
+        # the new-instance rule: a twin that claimed at the same moment and outranks this
+        # one may have written output by now; the claim already decided who goes on.)
         _low, high = self._check_start(cp, cp_offset)
         if cp is not None and not cp.feeds:
             cp = None  # a claim of a new instance: nothing to resume from
@@ -592,12 +598,19 @@ class Committer:
                 )
         return cp
 
-    def _check_start(self, cp: Checkpoint | None, cp_offset: int) -> tuple[int, int]:
+    def _check_start(
+        self,
+        cp: Checkpoint | None,
+        cp_offset: int,
+        *,
+        output_before: tuple[int, int] | None = None,
+    ) -> tuple[int, int]:
         """Refuse a start that would duplicate or lose output; the output's watermarks.
 
         Checks, with `StartRefusedError` (exit 2) naming what differs and the way out: a
         new instance (no checkpoint) writes to an empty output unless
-        ``allow_nonempty_output``; a checkpoint belongs to this output and these inputs,
+        ``allow_nonempty_output`` (judged on ``output_before``, the output's watermarks read
+        before ``cp``; skipped without them); a checkpoint belongs to this output and these inputs,
         its output offset is not past the output's end, and no feed is past both the
         wall clock and every record of its input.
         """
@@ -612,11 +625,14 @@ class Committer:
         reset = f"`unifeed checkpoint reset --instance {name}{topic_option}`"
         where = f"the checkpoint of instance {name!r} (kafka:{o.checkpoint_topic}:0 offset {cp_offset})"
         if cp is None or not cp.feeds:
-            if high > low and not o.allow_nonempty_output:
+            if output_before is None or o.allow_nonempty_output:
+                return low, high
+            first, end = output_before
+            if end > first:
                 raise StartRefusedError(
                     f"instance {name!r} has no checkpoint in kafka:{o.checkpoint_topic}:0, "
-                    f"but its output {self.output} already holds records (offsets {low} to "
-                    f"{high - 1}): starting over would write them again. Check "
+                    f"but its output {self.output} already holds records (offsets {first} to "
+                    f"{end - 1}): starting over would write them again. Check "
                     "--checkpoint-topic and --instance; or write to a new output topic; or "
                     "pass --allow-nonempty-output to append after those records"
                 )
@@ -673,8 +689,11 @@ class Committer:
                 continue
             if pos.pitr == start_ms and pos.skip == 0:
                 continue  # the first checkpoint of this very `--start` in the future
+            # (pitr, 0) says everything before pitr is done: a `--start latest` one is the
+            # last record's pitr + 1.
+            wanted = pos.pitr - 1 if pos.skip == 0 else pos.pitr
             try:
-                reached = _find(o, target, pos.pitr).method not in ("after_last", "empty")
+                reached = _find(o, target, wanted).method not in ("after_last", "empty")
             except KafkaRuntimeError as exc:
                 if exc.code not in _UNKNOWN_CODES:
                     raise
