@@ -485,6 +485,7 @@ def load_feeds(bootstrap: str, feeds: dict[str, list[bytes]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                          "compression.type": "lz4", "enable.idempotence": True})
     for topic, lines in feeds.items():
+        producer.list_topics(topic, timeout=10)  # creates it, also when it stays empty
         for raw in lines:
             if raw.strip():
                 producer.produce(topic, raw, partition=0, timestamp=pitr_of(raw))

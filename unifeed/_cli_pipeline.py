@@ -157,6 +157,18 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stop when every input has reached the end of its partition",
     )
+    g.add_argument(
+        "--wait-for-topics",
+        action="store_true",
+        help="wait for input topics that do not exist yet (default: a missing input is an "
+        "error, exit 2); a feed is never passed before its topic exists",
+    )
+    g.add_argument(
+        "--allow-nonempty-output",
+        action="store_true",
+        help="let an instance without a checkpoint append to an output that already holds "
+        "records (default: refused, exit 2, since it would write them again)",
+    )
     g.add_argument("--delivery", choices=("exactly-once", "at-least-once"), default="exactly-once")
     g.add_argument(
         "--lookback",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Final
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from ._checkpoint import Checkpoint, CheckpointStore, encode_record
@@ -42,6 +43,7 @@ from ._errors import (
     DeadLetterLimitError,
     InstanceFencedError,
     KafkaRuntimeError,
+    StartRefusedError,
     UnifeedError,
 )
 from ._inbox import Batch, Inbox
@@ -92,6 +94,11 @@ _POLL_EVERY_S: Final = 0.05
 _MESSAGE_VALUE: Final = Message.value
 _MESSAGE_ERROR: Final = Message.error
 _DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
+_MISSING_WARN_EVERY_S: Final = 30.0
+_UNKNOWN_CODES: Final = frozenset({"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"})
+#: A checkpoint position this far past the wall clock that no input record reaches is
+#: stale (a test's, another system's), not a future the inputs will bring: refused.
+_FUTURE_TOLERANCE_MS: Final = 5 * 60_000
 _TRANSIENT: Final = frozenset(
     {
         KafkaError._TRANSPORT,
@@ -129,6 +136,8 @@ class RuntimeOptions:
     broker_timeout_s: float = 30.0
     claim_grace_s: float = 1.0
     end_of_log_grace_s: float = 2.0
+    wait_for_topics: bool = False
+    allow_nonempty_output: bool = False
     clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
 
     @classmethod
@@ -158,6 +167,8 @@ class RuntimeOptions:
             metrics_host=args.metrics_host,
             end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
             broker_timeout_s=getattr(args, "broker_timeout", 30_000) / 1000,
+            wait_for_topics=getattr(args, "wait_for_topics", False),
+            allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
         )
 
 
@@ -311,7 +322,7 @@ class FeedReader(Worker):
         at_end_since: float | None = None
         reported_end = False
         idle_since = time.monotonic()
-        warned_missing = False
+        warned_missing = 0.0
         while not stop.is_set() and not closed:
             messages = consume_batch(consumer, _READ_BATCH, 0.1)
             eof = False
@@ -324,19 +335,21 @@ class FeedReader(Worker):
                 try:
                     _, high = watermarks(consumer, self.target, 5.0)
                 except KafkaRuntimeError as exc:
-                    if exc.code not in {
-                        "_UNKNOWN_PARTITION",
-                        "_UNKNOWN_TOPIC",
-                        "UNKNOWN_TOPIC_OR_PART",
-                    }:
+                    if exc.code not in _UNKNOWN_CODES:
                         raise
-                    high = 0
-                    if not warned_missing:
+                    # A feed never seen (no record, no end of its partition) is never
+                    # passed: it could still deliver anything.
+                    high = -1
+                    now = time.monotonic()
+                    if now - warned_missing >= _MISSING_WARN_EVERY_S:
                         log.warning(
-                            "%s: %s does not exist (yet); waiting for it", self.feed, self.target
+                            "%s: %s does not exist (yet); waiting for it (its feed is not "
+                            "passed until it exists)",
+                            self.feed,
+                            self.target,
                         )
-                        warned_missing = True
-                if self.next_offset >= high:
+                        warned_missing = now
+                if high >= 0 and self.next_offset >= high:
                     eof = True
             # Two passes in C (here and the map over the values below) instead of one Python
             # loop: this runs for every input message, and errors are rare (end of
@@ -495,8 +508,11 @@ class Committer:
         store: CheckpointStore,
         feeds: tuple[str, ...],
         state: RunState,
+        inputs: dict[str, Target] | None = None,
     ) -> None:
         self.options = options
+        #: Every input feed and where it is read from; checkpoints name them.
+        self.inputs = dict(inputs or {})
         self.output = output
         self.dead_target = dead_target
         self.store = store
@@ -542,7 +558,19 @@ class Committer:
     # start-up ----------------------------------------------------------------
 
     def start(self) -> Checkpoint | None:
-        """``init_transactions`` → find the checkpoint → read the output tail."""
+        """Find the checkpoint → check it against output and inputs → ``init_transactions``
+        → claim the instance → read the output tail.
+
+        Everything that can refuse the start runs before ``init_transactions`` and the
+        claim: either of them stops a healthy incarnation of the same name.
+        """
+        self.store.ensure_topic()
+        # The output's end before the checkpoint is read: output written by an
+        # incarnation starting at the same time then comes after its first checkpoint,
+        # which this load sees (so it is not taken for a foreign output).
+        before = _watermarks_or_empty(self.options, self.output)
+        cp, cp_offset = self.store.load(self.options.instance)
+        self._check_start(cp, cp_offset, output_before=before)
         if self.transactional:
             try:
                 self.producer.init_transactions(30)
@@ -552,32 +580,20 @@ class Committer:
                     "for brokers without them)",
                     exc,
                 ) from None
-        self.store.ensure_topic()
-        cp, cp_offset = self.store.load(self.options.instance)
         self.generation = (cp.generation if cp is not None else 0) + 1
         cp, cp_offset = self._claim(cp)
+        # The latest record may be an older incarnation's last commit: check it too. (Not
+        # the new-instance rule: a twin that claimed at the same moment and outranks this
+        # one may have written output by now; the claim already decided who goes on.)
+        _low, high = self._check_start(cp, cp_offset)
         if cp is not None and not cp.feeds:
             cp = None  # a claim of a new instance: nothing to resume from
         self.checkpoint = cp
-        low, high = _watermarks_or_empty(self.options, self.output)
         if cp is None:
             self.next_offset = high
         else:
-            if cp.output is not None and (
-                cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
-            ):
-                raise CheckpointError(
-                    f"instance {self.options.instance!r} wrote to {cp.output.topic}:"
-                    f"{cp.output.partition}, not {self.output}; use another --instance, or "
-                    f"`unifeed checkpoint reset --instance {self.options.instance}`"
-                )
             self.positions = dict(cp.feeds)
             self.next_offset = cp.output.next_offset if cp.output is not None else high
-            if self.next_offset < low:
-                raise CheckpointError(
-                    f"the checkpoint of {self.options.instance!r} (offset {cp_offset}) points "
-                    f"at output offset {self.next_offset}, below the first stored offset {low}"
-                )
             self._tail = _read_tail(self.options, self.output, self.next_offset, high)
             if self._tail:
                 log.info(
@@ -587,6 +603,115 @@ class Committer:
                     len(self._tail),
                 )
         return cp
+
+    def _check_start(
+        self,
+        cp: Checkpoint | None,
+        cp_offset: int,
+        *,
+        output_before: tuple[int, int] | None = None,
+    ) -> tuple[int, int]:
+        """Refuse a start that would duplicate or lose output; the output's watermarks.
+
+        Checks, with `StartRefusedError` (exit 2) naming what differs and the way out: a
+        new instance (no checkpoint) writes to an empty output unless
+        ``allow_nonempty_output`` (judged on ``output_before``, the output's watermarks read
+        before ``cp``; skipped without them); a checkpoint belongs to this output and these inputs,
+        its output offset is not past the output's end, and no feed is past both the
+        wall clock and every record of its input.
+        """
+        o = self.options
+        name = o.instance
+        low, high = _watermarks_or_empty(o, self.output)
+        topic_option = (
+            f" --checkpoint-topic {o.checkpoint_topic}"
+            if o.checkpoint_topic != "unifeed.checkpoints"
+            else ""
+        )
+        reset = f"`unifeed checkpoint reset --instance {name}{topic_option}`"
+        where = f"the checkpoint of instance {name!r} (kafka:{o.checkpoint_topic}:0 offset {cp_offset})"
+        if cp is None or not cp.feeds:
+            if output_before is None or o.allow_nonempty_output:
+                return low, high
+            first, end = output_before
+            if end > first:
+                raise StartRefusedError(
+                    f"instance {name!r} has no checkpoint in kafka:{o.checkpoint_topic}:0, "
+                    f"but its output {self.output} already holds records (offsets {first} to "
+                    f"{end - 1}): starting over would write them again. Check "
+                    "--checkpoint-topic and --instance; or write to a new output topic; or "
+                    "pass --allow-nonempty-output to append after those records"
+                )
+            return low, high
+        if cp.output is not None and (
+            cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
+        ):
+            raise StartRefusedError(
+                f"instance {name!r} wrote to kafka:{cp.output.topic}:{cp.output.partition}, "
+                f"not {self.output}; use another --instance, or {reset}"
+            )
+        recorded = {f: p.source for f, p in cp.feeds.items() if p.source is not None}
+        if recorded:  # records written before sources existed are not checked
+            now = {f: f"{t.topic}:{t.partition}" for f, t in self.inputs.items()}
+            changed = [f for f in sorted(set(recorded) | set(now)) if recorded.get(f) != now.get(f)]
+            if changed:
+                what = "; ".join(
+                    f"{f} was read from {_named(recorded.get(f))}, now from {_named(now.get(f))}"
+                    for f in changed
+                )
+                raise StartRefusedError(
+                    f"{where} belongs to other inputs ({what}): its positions mean nothing "
+                    f"in these, and resuming would mix two datasets in {self.output}. Give the "
+                    f"same inputs, or use another --instance and output topic, or {reset} "
+                    "(then write to a new output topic)"
+                )
+        if cp.output is not None:
+            if cp.output.next_offset > high:
+                raise StartRefusedError(
+                    f"{where} covers output {self.output} up to offset "
+                    f"{cp.output.next_offset}, but the output ends at offset {high}: the "
+                    "output topic was deleted, recreated or truncated since, and a restart "
+                    "could not tell what it already wrote (it would write records twice). "
+                    f"Start over: {reset}, then run into a new or empty output topic"
+                )
+            if cp.output.next_offset < low:
+                raise StartRefusedError(
+                    f"{where} points at output offset {cp.output.next_offset}, below the "
+                    f"first stored offset {low} of {self.output}: retention deleted what a "
+                    "restart must compare its first records with, so it could write them "
+                    f"twice. Start over: {reset}, then run into a new or empty output topic"
+                )
+        self._check_not_future(cp, where, reset)
+        return low, high
+
+    def _check_not_future(self, cp: Checkpoint, where: str, reset: str) -> None:
+        """A feed position past the wall clock must be one its input reaches."""
+        o = self.options
+        horizon = o.clock() + _FUTURE_TOLERANCE_MS
+        start_ms = None if o.start in ("earliest", "latest") else parse_time_ms(o.start)
+        for feed, pos in cp.feeds.items():
+            target = self.inputs.get(feed)
+            if target is None or pos.pitr <= horizon:
+                continue
+            if pos.pitr == start_ms and pos.skip == 0:
+                continue  # the first checkpoint of this very `--start` in the future
+            # (pitr, 0) says everything before pitr is done: a `--start latest` one is the
+            # last record's pitr + 1.
+            wanted = pos.pitr - 1 if pos.skip == 0 else pos.pitr
+            try:
+                reached = _find(o, target, wanted).method not in ("after_last", "empty")
+            except KafkaRuntimeError as exc:
+                if exc.code not in _UNKNOWN_CODES:
+                    raise
+                reached = False
+            if reached:
+                continue  # the input holds a record that late: a real position
+            raise StartRefusedError(
+                f"{where} says {feed} was processed up to pitr {pos.pitr} "
+                f"({_iso(pos.pitr)}), later than now and than every record of {target}: it "
+                "is stale (written for other data, or by a wrong clock), and resuming would "
+                f"skip everything before it. Start over: {reset}"
+            )
 
     @property
     def claim_rank(self) -> tuple[int, str]:
@@ -801,6 +926,13 @@ class Committer:
                     out[f] = self.positions[f] = FeedPosition(
                         pitr=pos.pitr, skip=pos.skip, dead_offset=pos.dead_offset, offset=offset
                     )
+        # Each feed names its input, so that a start with other inputs is refused (an
+        # external mappingstream too, with no position of its own).
+        for f, target in self.inputs.items():
+            source = f"{target.topic}:{target.partition}"
+            pos = out.get(f) or FeedPosition(pitr=0, skip=0)
+            if pos.source != source:
+                out[f] = msgspec.structs.replace(pos, source=source)
         return out
 
     def _reconcile(self, feed_items: list[Emitted]) -> int:
@@ -940,6 +1072,17 @@ class Committer:
         self.producer.flush(5)
 
 
+def _named(source: str | None) -> str:
+    return "nothing" if source is None else f"kafka:{source}"
+
+
+def _iso(ms: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
+    except (OverflowError, OSError, ValueError):
+        return "beyond the calendar"
+
+
 def _wrap(message: str, exc: KafkaException) -> KafkaRuntimeError:
     error = exc.args[0] if exc.args else None
     if isinstance(error, KafkaError):
@@ -953,7 +1096,7 @@ def _watermarks_or_empty(options: RuntimeOptions, target: Target) -> tuple[int, 
         try:
             return watermarks(consumer, target)
         except KafkaRuntimeError as exc:
-            if exc.code in {"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"}:
+            if exc.code in _UNKNOWN_CODES:
                 return 0, 0
             raise
     finally:
@@ -1145,7 +1288,16 @@ class ClaimWatcher(Worker):
             consumer.assign([self.target.topic_partition(start)])
             while not self.state.stop.is_set():
                 for m in consume_batch(consumer, 500, 0.2):
-                    if m.error() is not None or m.key() != key or not m.value():
+                    if m.error() is not None or m.key() != key:
+                        continue
+                    if m.value() is None:
+                        raise InstanceFencedError(
+                            f"the checkpoint of instance {self.options.instance!r} was reset "
+                            f"(tombstone at checkpoint offset {m.offset()}) while this "
+                            f"incarnation (generation {self.committer.generation}) ran; it "
+                            "stops without committing again"
+                        )
+                    if not m.value():
                         continue
                     try:
                         cp = decode_checkpoint(
@@ -1270,13 +1422,48 @@ def _last_pitr(options: RuntimeOptions, target: Target, low: int, high: int) -> 
         consumer.close()
 
 
+def _check_inputs_exist(options: RuntimeOptions, inputs: dict[str, Target]) -> None:
+    """A missing input is refused (`StartRefusedError`) unless ``wait_for_topics``: a
+    misspelt topic would otherwise be waited for as a silent feed."""
+    missing: list[str] = []
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    try:
+        for feed, target in inputs.items():
+            try:
+                watermarks(consumer, target)
+            except KafkaRuntimeError as exc:
+                if exc.code not in _UNKNOWN_CODES:
+                    raise
+                missing.append(f"{target} ({feed})")
+    finally:
+        consumer.close()
+    if not missing:
+        return
+    if options.wait_for_topics:
+        log.warning(
+            "%s: %s do(es) not exist yet; waiting for them (--wait-for-topics)",
+            options.instance,
+            ", ".join(missing),
+        )
+        return
+    raise StartRefusedError(
+        f"input {', '.join(missing)} does not exist: check the topic name and partition, "
+        "or pass --wait-for-topics to wait for it to be created"
+    )
+
+
 def _open_committer(
-    options: RuntimeOptions, output: Target, feeds: tuple[str, ...], state: RunState
+    options: RuntimeOptions,
+    output: Target,
+    feeds: tuple[str, ...],
+    state: RunState,
+    inputs: dict[str, Target],
 ) -> Committer:
-    """Check the broker, then the output side's start-up: transactions, the instance's
-    claim and checkpoint (in ``.checkpoint``), the output tail. Shared by combine and
-    mappings."""
+    """Check the broker and the inputs, then the output side's start-up: the checkpoint
+    checked against output and inputs, transactions, the instance's claim (checkpoint in
+    ``.checkpoint``), the output tail. Shared by combine and mappings."""
     ensure_reachable(options.bootstrap, options.connect_timeout_s, options.kafka_extra)
+    _check_inputs_exist(options, inputs)
     dead_target = (
         parse_target(options.dead_letter)
         if options.dead_letter
@@ -1289,6 +1476,7 @@ def _open_committer(
         store=CheckpointStore(options.bootstrap, options.checkpoint_topic, options.kafka_extra),
         feeds=feeds,
         state=state,
+        inputs=inputs,
     )
     committer.start()
     return committer
@@ -1316,10 +1504,16 @@ class CombineRun:
         self.state = RunState()
         self.threads: list[Worker] = []
         self.writer: WriterThread | None = None
+        self.metrics: Any = None
 
     def setup(self) -> None:
         o = self.options
-        committer = _open_committer(o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state)
+        inputs = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        if self.mapping is not None:
+            inputs[MAPPINGSTREAM] = self.mapping
+        committer = _open_committer(
+            o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state, inputs
+        )
         cp = committer.checkpoint
         targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
         plans: dict[str, ReadPlan] = {}
@@ -1476,8 +1670,15 @@ class CombineRun:
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 
+    def start_metrics(self) -> None:
+        """Bind the metrics port (`ConfigError`, exit 2, when taken): before `setup`
+        claims the instance, since a refused start must not stop a running incarnation."""
+        self.metrics = self._start_metrics()
+
     def _start_metrics(self) -> Any:
         def depths() -> dict[str, int]:
+            if self.writer is None:
+                return {}  # still starting: no queues yet
             return {
                 "writer.controlstream": self.writer_inbox.depth(CONTROLSTREAM),
                 "writer.surfacestream": self.writer_inbox.depth(ANNOTATED),
@@ -1500,7 +1701,7 @@ class CombineRun:
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 50, 1000)
         health = BrokerHealth(self.options)
-        metrics = self._start_metrics()
+        metrics = self.metrics
         try:
             while True:
                 writer = self.writer
@@ -1635,10 +1836,16 @@ def combine_command(args: argparse.Namespace) -> int:
         mapping=parse_target(args.mapping) if args.mapping else None,
     )
     _install_signals(run.state)
+    run.start_metrics()
     try:
-        run.setup()
-    except KafkaException as exc:
-        raise _wrap("start-up failed", exc) from None
+        try:
+            run.setup()
+        except KafkaException as exc:
+            raise _wrap("start-up failed", exc) from None
+    except BaseException:
+        if run.metrics is not None:
+            run.metrics.close()
+        raise
     return run.run()
 
 
@@ -1651,7 +1858,15 @@ def mappings_command(args: argparse.Namespace) -> int:
     output = parse_target(args.output)
     state = RunState()
     _install_signals(state)
-    committer = _open_committer(o, output, (CONTROLSTREAM,), state)
+    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
+    # Bound before the claim: a refused start must not stop a running incarnation.
+    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
+    try:
+        committer = _open_committer(o, output, (CONTROLSTREAM,), state, {CONTROLSTREAM: control})
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     cp = committer.checkpoint
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
@@ -1668,7 +1883,6 @@ def mappings_command(args: argparse.Namespace) -> int:
         committer.first_checkpoint({CONTROLSTREAM: pos})
     committer.begin()
     deriver = MappingDeriver()
-    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
     tracker: dict[str, int] = {}
     if plan.resume_after is not None:
         tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
@@ -1714,7 +1928,6 @@ def mappings_command(args: argparse.Namespace) -> int:
     reader.start()
     watcher = ClaimWatcher(state, o, committer)
     watcher.start()
-    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
     health = BrokerHealth(o)
     finished = False
     try:
