@@ -50,7 +50,7 @@ from .._records import ACCESS_RANK, Access
 from ._access import AccessList
 from ._readsb import Aircraft, Snapshot
 
-__all__ = ["IngestBatch", "Tracker", "TrackerConfig", "phase_of", "is_emergency"]
+__all__ = ["IngestBatch", "Tracker", "TrackerConfig", "is_emergency", "phase_of"]
 
 _encode: Final = msgspec.json.Encoder().encode
 
@@ -144,7 +144,7 @@ class _PositionOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
     hexid: str
     squawk: str | None = None
     air_ground: str
-    updateType: str  # noqa: N815 - the field name the spec gives
+    updateType: str
     phase: str
     emergency: bool
 
