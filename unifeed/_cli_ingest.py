@@ -273,12 +273,10 @@ def _ingest(args: argparse.Namespace) -> int:
         )
         metrics = _metrics(args, run, replay=args.replay is not None)
         try:
-            report = run.run()
+            run.run()
         finally:
             if metrics is not None:
                 metrics.close()
-    if not args.quiet:
-        log.info("ingest: %s", report)
     return 0
 
 
