@@ -277,3 +277,24 @@ def test_nearest_airport_from_airportsdata() -> None:
     assert nearest(37.6189 + 0.011, -122.375 + 0.012) == "KSFO"
     assert nearest(51.4700 - 0.009, -0.4543 - 0.012) == "EGLL"
     assert nearest(52.3105, 4.7683) == "EHAM"
+
+
+def test_nearest_airport_agrees_with_a_brute_force_search() -> None:
+    import random
+
+    import airportsdata
+
+    from unifeed.ingest import load_airports
+    from unifeed.ingest._airports import _km
+
+    data = [(code, a["lat"], a["lon"]) for code, a in airportsdata.load("ICAO").items()]
+    rng = random.Random(2024)
+    points = [(rng.uniform(-70, 70), rng.uniform(-180, 180)) for _ in range(12)]
+    points += [(lat + rng.uniform(-0.05, 0.05), lon + rng.uniform(-0.05, 0.05))
+               for _, lat, lon in rng.sample(data, 12)]  # fmt: skip
+    points += [(89.95, 10.0), (-89.5, 0.0), (0.5, 179.99), (10.0, -179.99)]
+    nearest = load_airports().nearest
+    for lat, lon in points:
+        expected = min((_km(lat, lon, a, o), code) for code, a, o in data)[1]
+        assert nearest(lat, lon) == expected, (lat, lon)
+        assert nearest(lat, lon) == expected  # the second look-up uses the cell's candidates
