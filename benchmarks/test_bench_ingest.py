@@ -17,7 +17,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import msgspec
 import pytest
 
 from benchmarks._adsb import response
-from benchmarks._peers import SUMMARY, Interleaved
+from benchmarks._peers import Interleaved
 from unifeed._broker import EmbeddedBroker
 from unifeed.ingest import Tracker, decode_response, load_airports
 
@@ -97,7 +96,8 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.kafka_bench
-def test_sustained_replay_into_kafka(broker: str, tmp_path: Path) -> None:
+@pytest.mark.benchmark(group="ingest-replay-kafka")
+def test_sustained_replay_into_kafka(benchmark: Any, broker: str, tmp_path: Path) -> None:
     replay = tmp_path / "responses.jsonl"
     with replay.open("wb") as f:
         for step in range(40):
@@ -110,26 +110,25 @@ def test_sustained_replay_into_kafka(broker: str, tmp_path: Path) -> None:
     both.write_bytes(ctl.read_bytes() + srf.read_bytes())
     records = sum(1 for _ in both.open("rb"))
     kafka = ["--bootstrap-servers", broker]
-    rounds: list[tuple[float, float]] = []
-    for n in range(3):
-        started = time.perf_counter()
+    rounds = iter(range(100))
+    finals: list[str] = []
+
+    def load() -> None:
+        _cli("load", str(both), "--topic", f"kafka:load{next(rounds)}", *kafka)
+
+    def ingest() -> None:
+        n = next(rounds)
         done = _cli("ingest", "--replay", str(replay), "--speed", "0", "--control",
-                    f"kafka:ctl{n}", "--surface", f"kafka:srf{n}", "--status-interval", "0.5",
+                    f"kafka:ctl{n}", "--surface", f"kafka:srf{n}", "--status-interval", "60",
                     *kafka)  # fmt: skip
-        ingest_s = time.perf_counter() - started
-        final = [line for line in done.stderr.splitlines() if "ingest done" in line][-1]
+        finals.append([line for line in done.stderr.splitlines() if "ingest done" in line][-1])
+
+    runs = Interleaved(load, ingest, (), warmup_rounds=1, rounds=3)
+    runs.run(benchmark)
+    for final in finals:
         written = [int(x) for x in re.findall(r"(?:control|surface)=(\d+)", final)]
         assert sum(written) == records, final
-        started = time.perf_counter()
-        _cli("load", str(both), "--topic", f"kafka:load{n}", *kafka)
-        rounds.append((ingest_s, time.perf_counter() - started))
-    ingest_s = sorted(r[0] for r in rounds)[1]
-    load_s = sorted(r[1] for r in rounds)[1]
-    line = (
-        f"ingest --replay into Kafka: {records / ingest_s:,.0f} records/s "
-        f"({records:,} records from 40 responses of 3,000 aircraft, median of 3, process "
-        f"start included) vs unifeed load of the same records {records / load_s:,.0f}/s: "
-        f"ratio {load_s / ingest_s:.3f}"
-    )
-    SUMMARY.append(line)
-    print(line)
+    ratio = runs.compare(benchmark, records, "ingest --replay into Kafka (40 x 3,000 aircraft, "
+                         "process start included)", "unifeed load of the same records")  # fmt: skip
+    benchmark.extra_info.update(responses=40, aircraft=3_000)
+    print(f"ingest --replay into Kafka: {records:,} records, ratio to load {ratio:.3f}")
