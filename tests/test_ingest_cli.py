@@ -395,3 +395,61 @@ def test_done_when_replay_into_kafka_then_combine(
     assert shown and not [r for r in shown if r.get("hexid") in hidden]
     dead = unifeed("dump", f"kafka:{ctl}.dead-letter", *kafka)
     assert len(dead.stdout.splitlines()) == 2
+
+
+def test_simulate_format_adsb(tmp_path: Path) -> None:
+    from unifeed.ingest import AccessList, decode_response
+
+    outs = []
+    for name in ("a", "b"):
+        done = unifeed("simulate", "--format", "adsb", "--out-dir", str(tmp_path / name),
+                       "--minutes", "2", "--airports", "2", "--rate", "10", "--seed", "3",
+                       "--interval", "5s")  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        outs.append(((tmp_path / name / "adsb.jsonl").read_bytes(),
+                     (tmp_path / name / "access.txt").read_text()))  # fmt: skip
+    assert outs[0] == outs[1]  # deterministic
+    lines = outs[0][0].splitlines()
+    assert len(lines) == 24  # one response every 5 s of 2 minutes
+    snapshots = [decode_response(line) for line in lines]
+    assert [s.now_ms for s in snapshots] == [T0 + 5_000 * (i + 1) for i in range(24)]
+    states = [a for s in snapshots for a in s.aircraft]
+    assert {a.category for a in states} == {"A3", "C1", "C2"}
+    assert any(a.alt_baro == "ground" for a in states if a.category == "A3")
+    assert any(isinstance(a.alt_baro, float) for a in states)
+    assert all(a.hex.startswith("~") for a in states if a.category != "A3")
+    AccessList.parse(outs[0][1].splitlines())
+
+
+def test_metrics_while_running(http_server: Callable[[Script], str], tmp_path: Path) -> None:
+    import urllib.request
+
+    now = int(time.time() * 1000)
+    url = http_server(Script([(200, {}, body(now, aircraft("a1b2c3", now)))]))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
+    env["PYTHONPATH"] = str(REPO)
+    process = subprocess.Popen([*CLI, "ingest", "--source", url, "--interval", "100ms",
+                                "--control", str(tmp_path / "c.jsonl"), "--surface",
+                                str(tmp_path / "s.jsonl"), "--metrics-port", str(port), "-q"],
+                               env=env, stderr=subprocess.PIPE)  # fmt: skip
+    text = ""
+    try:
+        for _ in range(300):  # at most 30 s
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+                if 'unifeed_messages_out_total' in text and "unifeed_messages_out_total 0.0" not in text:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert 'unifeed_info{command="ingest"' in text
+    assert 'unifeed_messages_in_total{feed="adsb"}' in text
