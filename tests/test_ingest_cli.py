@@ -28,9 +28,13 @@ T0 = 1_700_000_000_000
 CLI = [sys.executable, "-m", "unifeed._cli"]
 
 
-def unifeed(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+def unifeed(
+    *args: str, timeout: float = 120, bootstrap: str | None = None
+) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
     env["PYTHONPATH"] = str(REPO)
+    if bootstrap is not None:
+        env["UNIFEED_BOOTSTRAP_SERVERS"] = bootstrap
     return subprocess.run([*CLI, *args], env=env, capture_output=True, timeout=timeout,
                           check=False)  # fmt: skip
 
@@ -280,12 +284,13 @@ def golden_sample() -> tuple[list[bytes], str]:
     return lines, "# the sample's non-public addresses\n" + listed
 
 
-def ingest_golden(tmp_path: Path, *extra: str) -> dict[str, Path]:
+def ingest_golden(tmp_path: Path, *extra: str, access: bool = True) -> dict[str, Path]:
     out = {name: tmp_path / f"{name}.jsonl" for name in ("controlstream", "surfacestream",
                                                           "dead-letters")}  # fmt: skip
     tmp_path.mkdir(parents=True, exist_ok=True)
+    privacy = ["--access-file", str(GOLDEN / "access.txt")] if access else []
     done = unifeed("ingest", "--replay", str(GOLDEN / "responses.jsonl"), "--speed", "0",
-                   "--access-file", str(GOLDEN / "access.txt"), "--control",
+                   *privacy, "--control",
                    str(out["controlstream"]), "--surface", str(out["surfacestream"]),
                    "--dead-letter", str(out["dead-letters"]), "-q", *extra)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
@@ -334,16 +339,9 @@ def restricted_addresses() -> set[str]:
 
 
 def check_unified(unified: list[dict[str, Any]], control: list[dict[str, Any]]) -> None:
-    """Every aircraft ground position carries the id and access of the flight ingest made
-    for its address; nothing of a restricted address is public."""
-    flights = {r["id"]: r for r in control if r["type"] == "flightplan"}  # the latest plan
-    ground = [r for r in unified if r["type"] == "ground_position"]
-    assert ground
-    for r in ground:
-        assert r["id"] in flights, r
-        plan = flights[r["id"]]
-        assert plan["hexid"] == r["hexid"]
-        assert r["access"] == plan.get("access", "public")
+    """`check_annotated`, and nothing of a restricted address is public."""
+    check_annotated(unified, control)
+    flights = {r["id"]: r for r in control if r["type"] == "flightplan"}
     hidden = restricted_addresses()
     assert hidden
     assert any(r.get("hexid") in hidden for r in unified)  # they are there, but not public
@@ -365,36 +363,70 @@ def test_ingest_then_combine_files(tmp_path: Path) -> None:
     check_unified(records(unified), records(out["controlstream"]))
 
 
+def check_annotated(unified: list[dict[str, Any]], control: list[dict[str, Any]]) -> None:
+    """Every aircraft ground position carries the id and access of the flight ingest made
+    for its address."""
+    flights = {r["id"]: r for r in control if r["type"] == "flightplan"}  # the latest plan
+    ground = [r for r in unified if r["type"] == "ground_position"]
+    assert len(ground) > 100
+    for r in ground:
+        assert r["id"] in flights, r
+        assert flights[r["id"]]["hexid"] == r["hexid"]
+        assert r["access"] == flights[r["id"]].get("access", "public")
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_done_when_replay_into_kafka_then_combine(
     kafka_bootstrap: str, unique_topic: Callable[..., str], tmp_path: Path
 ) -> None:
+    """The issue's command, as written, then `unifeed combine`: aircraft surface positions
+    in the unified feed are annotated with the flights ingest made."""
+    ctl, srf, uf = unique_topic("ctl"), unique_topic("srf"), unique_topic("uf")
+    sample = str(GOLDEN / "responses.jsonl")
+    done = unifeed("ingest", "--replay", sample, "--speed", "20", "--control", f"kafka:{ctl}",
+                   "--surface", f"kafka:{srf}", bootstrap=kafka_bootstrap)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    done = unifeed("combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
+                   "--output", f"kafka:{uf}", "--instance", f"ingest-{uf}", "--exit-at-end",
+                   "--status-interval", "0", bootstrap=kafka_bootstrap)  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    unified = unifeed("dump", f"kafka:{uf}", bootstrap=kafka_bootstrap)
+    control = unifeed("dump", f"kafka:{ctl}", bootstrap=kafka_bootstrap)
+    assert unified.returncode == control.returncode == 0
+    check_annotated([json.loads(x) for x in unified.stdout.splitlines()],
+                    [json.loads(x) for x in control.stdout.splitlines()])  # fmt: skip
+    # Into Kafka at --speed 20 exactly what the file run writes at full speed.
+    files = ingest_golden(tmp_path, access=False)
+    assert control.stdout == files["controlstream"].read_bytes()
+    dead = unifeed("dump", f"kafka:{ctl}.dead-letter", bootstrap=kafka_bootstrap)
+    assert dead.stdout == files["dead-letters"].read_bytes()
+
+
+@pytest.mark.kafka
+def test_restricted_address_never_public_downstream_on_kafka(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
     ctl, srf, uf = unique_topic("ctl"), unique_topic("srf"), unique_topic("uf")
     kafka = ["--bootstrap-servers", kafka_bootstrap]
-    done = unifeed("ingest", "--replay", str(GOLDEN / "responses.jsonl"), "--speed", "20",
+    done = unifeed("ingest", "--replay", str(GOLDEN / "responses.jsonl"), "--speed", "0",
                    "--access-file", str(GOLDEN / "access.txt"), "--control", f"kafka:{ctl}",
-                   "--surface", f"kafka:{srf}", "--status-interval", "0", *kafka)  # fmt: skip
+                   "--surface", f"kafka:{srf}", "-q", *kafka)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     done = unifeed("combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
                    "--output", f"kafka:{uf}", "--instance", f"ingest-{uf}", "--exit-at-end",
                    "--status-interval", "0", *kafka)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
-    dumped = unifeed("dump", f"kafka:{uf}", *kafka)
-    assert dumped.returncode == 0, dumped.stderr.decode()
-    unified = [json.loads(x) for x in dumped.stdout.splitlines()]
-    control = unifeed("dump", f"kafka:{ctl}", *kafka)
-    check_unified(unified, [json.loads(x) for x in control.stdout.splitlines()])
-    # The same feed as the file pipeline gives from the golden sample.
-    files = ingest_golden(tmp_path)
-    assert control.stdout == files["controlstream"].read_bytes()
-    public = unifeed("dump", f"kafka:{uf}", "--audience", "public", *kafka)
-    assert public.returncode == 0
+    unified = [json.loads(x) for x in unifeed("dump", f"kafka:{uf}", *kafka).stdout.splitlines()]
+    control = [json.loads(x) for x in unifeed("dump", f"kafka:{ctl}", *kafka).stdout.splitlines()]
+    check_unified(unified, control)
     hidden = restricted_addresses()
-    shown = [json.loads(x) for x in public.stdout.splitlines()]
-    assert shown and not [r for r in shown if r.get("hexid") in hidden]
-    dead = unifeed("dump", f"kafka:{ctl}.dead-letter", *kafka)
-    assert len(dead.stdout.splitlines()) == 2
+    for audience in ("public",):
+        public = unifeed("dump", f"kafka:{uf}", "--audience", audience, *kafka)
+        assert public.returncode == 0
+        shown = [json.loads(x) for x in public.stdout.splitlines()]
+        assert shown and not [r for r in shown if r.get("hexid") in hidden]
+        assert len(shown) < len(unified)
 
 
 def test_simulate_format_adsb(tmp_path: Path) -> None:
