@@ -109,7 +109,8 @@ def test_airborne_flight_positions_phase_and_emergency() -> None:
     assert [p["phase"] for p in positions] == ["climb", "cruise", "descent", "cruise"]
     assert [p["emergency"] for p in positions] == [False, False, True, True]
     assert positions[0]["clock"] == T0 - 500 and positions[0]["alt"] == 12000
-    assert run.flight_ids() == [f"UAL1-{T0 // 1000}-adsb-a1b2c3"]
+    # First seen: the time of the first position (0.5 s before `now`), not its receipt.
+    assert run.flight_ids() == [f"UAL1-{(T0 - 500) // 1000}-adsb-a1b2c3"]
     assert run.types("surface") == []
 
 
@@ -166,8 +167,8 @@ def test_callsign_change_starts_a_new_flight_and_moves_the_link() -> None:
     run.poll(T0 + 10_000, ac(flight="SWA12 ", alt_baro="ground", lat=37.62, lon=-122.38))
     run.poll(T0 + 20_000, ac(flight="SWA99", alt_baro="ground", lat=37.62, lon=-122.38))
     first, second = run.flight_ids()
-    assert first == f"N123AB-{T0 // 1000}-adsb-a1b2c3"  # the registration until a callsign
-    assert second == f"SWA99-{T0 // 1000 + 20}-adsb-a1b2c3"
+    assert first == f"N123AB-{(T0 - 500) // 1000}-adsb-a1b2c3"  # registration until a callsign
+    assert second == f"SWA99-{(T0 + 20_000 - 500) // 1000}-adsb-a1b2c3"
     plans = [(r["id"], r["ident"]) for r in run.control if r["type"] == "flightplan"]
     assert plans == [(first, "N123AB"), (first, "SWA12"), (second, "SWA99")]
     assert [(r["type"], r["id"]) for r in run.control if r["type"].startswith("power")] == [
@@ -298,3 +299,13 @@ def test_nearest_airport_agrees_with_a_brute_force_search() -> None:
         expected = min((_km(lat, lon, a, o), code) for code, a, o in data)[1]
         assert nearest(lat, lon) == expected, (lat, lon)
         assert nearest(lat, lon) == expected  # the second look-up uses the cell's candidates
+
+
+def test_flight_ids_do_not_depend_on_when_responses_arrive() -> None:
+    ids = []
+    for delay in (0, 2_700):
+        run = Run()
+        run.poll(T0, ac(), ac("b1b2c3", flight="DLH4", alt_baro="ground"), pitr=T0 + delay)
+        run.poll(T0 + 10_000, ac(seen_pos=0.1), pitr=T0 + 10_000 + delay)
+        ids.append(run.flight_ids())
+    assert ids[0] == ids[1] and len(ids[0]) == 2

@@ -11,8 +11,8 @@ ADS-B has no flight IDs, so a flight is made from the track of one aircraft addr
   amends the flight's ``flightplan``), when the aircraft has been on the ground for
   ``flight_gap_ms`` after a landing, or after ``flight_gap_ms`` of silence;
 * its ``id`` is ``<ident>-<first seen, epoch s>-adsb-<hex>`` (``ident``: the callsign,
-  else the registration, else the address), so two ingests of the same responses make
-  the same IDs;
+  else the registration, else the address; first seen: the time of its first position,
+  ``now - seen_pos``), so two ingests of the same responses make the same IDs;
 * controlstream: a ``flightplan`` when a flight starts (``ident``, ``hexid``,
   ``registration``, ``aircrafttype``, ``access`` when not public); ``position`` for
   airborne states; ``departure`` / ``arrival`` on a ground/air change seen between two
@@ -251,8 +251,8 @@ class Tracker:
     ...         b'"alt_baro":"ground","lat":37.61,"lon":-122.38,"seen_pos":0.5}]}')
     >>> batch = t.process(decode_response(body), pitr=1_700_000_000_200)
     >>> for line in batch.control: print(line.decode())
-    {"type":"flightplan","pitr":1700000000200,"id":"UAL1-1700000000-adsb-a1b2c3","ident":"UAL1","hexid":"a1b2c3"}
-    {"type":"power_on","pitr":1700000000200,"id":"UAL1-1700000000-adsb-a1b2c3","surface_id":"adsb-a1b2c3","facility":"KSFO"}
+    {"type":"flightplan","pitr":1700000000200,"id":"UAL1-1699999999-adsb-a1b2c3","ident":"UAL1","hexid":"a1b2c3"}
+    {"type":"power_on","pitr":1700000000200,"id":"UAL1-1699999999-adsb-a1b2c3","surface_id":"adsb-a1b2c3","facility":"KSFO"}
     {"type":"keepalive","pitr":1700000000200}
     >>> print(batch.surface[0].decode())
     {"type":"ground_position","pitr":1700000000200,"surface_id":"adsb-a1b2c3","facility":"KSFO","clock":1699999999500,"lat":37.61,"lon":-122.38,"hexid":"a1b2c3","air_ground":"G","phase":"ground","emergency":false}
@@ -394,15 +394,15 @@ class Tracker:
         gap = self.config.flight_gap_ms
         if not track.flight_id or pitr - track.last_pitr >= gap:
             track.on_ground = None  # what it did before the silence says nothing now
-            self._start_flight(track, ac, callsign, pitr, control)
+            self._start_flight(track, ac, callsign, pitr, pos_ms, control)
         elif callsign and callsign != track.callsign:
             if track.callsign:
-                self._start_flight(track, ac, callsign, pitr, control)
+                self._start_flight(track, ac, callsign, pitr, pos_ms, control)
             else:
                 track.callsign = track.ident = callsign
                 self._amend(track, ac, pitr, control)
         elif on_ground and track.landed_at is not None and pitr - track.landed_at >= gap:
-            self._start_flight(track, ac, callsign, pitr, control)
+            self._start_flight(track, ac, callsign, pitr, pos_ms, control)
         elif ac.r and not track.registration:
             track.registration = ac.r
             if self._access.level(track.hexid, track.callsign, ac.r) != track.access:
@@ -485,14 +485,22 @@ class Tracker:
         self._count("position")
 
     def _start_flight(
-        self, track: _Track, ac: Aircraft, callsign: str, pitr: int, control: list[bytes]
+        self,
+        track: _Track,
+        ac: Aircraft,
+        callsign: str,
+        pitr: int,
+        pos_ms: int,
+        control: list[bytes],
     ) -> None:
         if track.facility is not None:
             self._power_off(track, pitr, control)
         track.callsign = callsign
         track.registration = ac.r or track.registration
         track.ident = callsign or track.registration or track.hexid.lstrip("~").upper()
-        track.first_seen_s = pitr // 1000
+        # From the data, not from when it was received: the same responses give the same
+        # IDs however long they took to arrive.
+        track.first_seen_s = pos_ms // 1000
         track.flight_id = f"{track.ident}-{track.first_seen_s}-adsb-{track.hexid}"
         track.access = "public"
         track.landed_at = None
