@@ -309,3 +309,14 @@ def test_flight_ids_do_not_depend_on_when_responses_arrive() -> None:
         run.poll(T0 + 10_000, ac(seen_pos=0.1), pitr=T0 + 10_000 + delay)
         ids.append(run.flight_ids())
     assert ids[0] == ids[1] and len(ids[0]) == 2
+
+
+def test_a_registration_heard_later_can_only_strengthen_access() -> None:
+    run = Run(access=AccessList.parse(["N5XY blocked"]))
+    run.poll(T0, ac(alt_baro="ground"))
+    run.poll(T0 + 10_000, ac(alt_baro="ground", r="N5XY", seen_pos=0.1))
+    plans = [r for r in run.control if r["type"] == "flightplan"]
+    assert [p.get("access", "public") for p in plans] == ["public", "blocked"]
+    assert len({p["id"] for p in plans}) == 1 and plans[1]["registration"] == "N5XY"
+    grounds = [r.get("access", "public") for r in run.surface if r["type"] == "ground_position"]
+    assert grounds == ["public", "blocked"]

@@ -392,6 +392,9 @@ class Tracker:
         callsign = ac.flight.strip().upper() if ac.flight else ""
         on_ground = ac.alt_baro == "ground"
         gap = self.config.flight_gap_ms
+        new_registration = bool(ac.r) and not track.registration and bool(track.flight_id)
+        if new_registration:
+            track.registration = ac.r  # type: ignore[assignment]
         if not track.flight_id or pitr - track.last_pitr >= gap:
             track.on_ground = None  # what it did before the silence says nothing now
             self._start_flight(track, ac, callsign, pitr, pos_ms, control)
@@ -402,11 +405,12 @@ class Tracker:
                 track.callsign = track.ident = callsign
                 self._amend(track, ac, pitr, control)
         elif on_ground and track.landed_at is not None and pitr - track.landed_at >= gap:
-            self._start_flight(track, ac, callsign, pitr, pos_ms, control)
-        elif ac.r and not track.registration:
-            track.registration = ac.r
-            if self._access.level(track.hexid, track.callsign, ac.r) != track.access:
-                self._amend(track, ac, pitr, control)
+            # The same callsign (a state without one keeps the known one) on a new flight.
+            self._start_flight(track, ac, callsign or track.callsign, pitr, pos_ms, control)
+        elif new_registration and (
+            self._access.level(track.hexid, track.callsign, track.registration) != track.access
+        ):
+            self._amend(track, ac, pitr, control)
         track.last_pitr = pitr
         track.pos_ms = pos_ms
         was_on_ground = track.on_ground
