@@ -29,10 +29,12 @@ CLI = [sys.executable, "-m", "unifeed._cli"]
 
 
 def unifeed(
-    *args: str, timeout: float = 120, bootstrap: str | None = None
+    *args: str, timeout: float = 120, bootstrap: str | None = None,
+    environ: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
     env["PYTHONPATH"] = str(REPO)
+    env.update(environ or {})
     if bootstrap is not None:
         env["UNIFEED_BOOTSTRAP_SERVERS"] = bootstrap
     return subprocess.run([*CLI, *args], env=env, capture_output=True, timeout=timeout,
@@ -149,6 +151,24 @@ def test_http_polling_survives_errors_429_and_garbage(
     assert len([r for r in records(srf) if r["type"] == "ground_position"]) == 2
     err = done.stderr.decode()
     assert "429" in err and "HTTP 500" in err and "request failed" in err
+
+
+def test_sources_from_the_environment_and_the_command_line_wins(
+    http_server: Callable[[Script], str], tmp_path: Path
+) -> None:
+    now = int(time.time() * 1000)
+    url = http_server(Script([(200, {}, body(now, aircraft("a1b2c3", now)))]))
+    gone = f"http://127.0.0.1:{free_port()}/gone"
+    ctl, srf = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl"
+    common = ["--interval", "100ms", "--stop-after", "1", "--control", str(ctl), "--surface",
+              str(srf), "-q"]  # fmt: skip
+    done = unifeed("ingest", *common, environ={"UNIFEED_SOURCE": url})
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"flightplan" in ctl.read_bytes()
+    ctl.unlink()
+    done = unifeed("ingest", "--source", url, *common, environ={"UNIFEED_SOURCE": gone})
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"flightplan" in ctl.read_bytes() and b"gone" not in done.stderr
 
 
 def test_aircraft_json_file_is_reread_and_deduplicated(tmp_path: Path) -> None:

@@ -45,6 +45,24 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
+class _SourcesAction(argparse.Action):
+    """Each ``--source`` adds one; the first on the command line replaces the sources that
+    came from the environment or a configuration file (the command line wins)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        if not getattr(namespace, "_sources_from_command_line", False):
+            current = []
+            namespace._sources_from_command_line = True
+        setattr(namespace, self.dest, [*(current or []), *values])
+
+
 def register(subparsers: Any) -> None:
     """Add ``unifeed ingest`` to the command line."""
     p = subparsers.add_parser(
@@ -65,12 +83,14 @@ def register(subparsers: Any) -> None:
     sources = p.add_argument_group("sources (at least one --source, or --replay)")
     sources.add_argument(
         "--source",
-        action="append",
+        action=_SourcesAction,
+        nargs=1,
         metavar="SRC",
         help="http(s)://URL of a readsb-format JSON document (aggregator form {ac, now ms} or "
         "receiver form {now s, aircraft}), polled every --interval; a path to an "
         "aircraft.json, re-read every --interval; or sbs://HOST:PORT, BaseStation CSV "
-        "(MSG 1-8), reconnecting with backoff. Repeat for several sources",
+        "(MSG 1-8), reconnecting with backoff. Repeat for several sources (in a configuration "
+        "file: a list; in UNIFEED_SOURCE: separated by spaces)",
     )
     sources.add_argument(
         "--replay",
