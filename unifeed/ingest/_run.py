@@ -31,7 +31,7 @@ from .._records import dead_letter_raw
 from ._sources import Counters, DeadInput, Poll, Source
 from ._tracker import SKIP_REASONS, Tracker
 
-__all__ = ["IngestReport", "LineSink", "Outputs", "run_ingest"]
+__all__ = ["IngestReport", "IngestRun", "LineSink", "Outputs", "dead_letter_line", "open_outputs"]
 
 log = logging.getLogger("unifeed.ingest")
 
@@ -312,8 +312,3 @@ class IngestRun:
         self.n_control += len(batch.control)
         self.n_surface += len(batch.surface)
         self.n_polls += 1
-
-
-def run_ingest(run: IngestRun) -> IngestReport:
-    """Run until the sources end, ``stop_after`` polls, or ``stop``; the report."""
-    return run.run()

@@ -277,20 +277,12 @@ class Tracker:
         self._next_prune = 0
         #: States skipped, by reason (`SKIP_REASONS`).
         self.skipped: dict[str, int] = dict.fromkeys(SKIP_REASONS, 0)
-        #: Records written, by type.
-        self.written: dict[str, int] = {}
         self.flights = 0
         self.states = 0
 
     @property
     def last_pitr(self) -> int:
         return self._last_pitr
-
-    def active_flights(self) -> int:
-        return len(self._tracks)
-
-    def _count(self, kind: str, n: int = 1) -> None:
-        self.written[kind] = self.written.get(kind, 0) + n
 
     # -- polls ------------------------------------------------------------
 
@@ -419,11 +411,9 @@ class Tracker:
             if on_ground:
                 track.landed_at = pitr
                 control.append(b'{"type":"arrival","pitr":%d,"id":%s}' % (pitr, _encode(track.flight_id)))
-                self._count("arrival")
             else:
                 track.landed_at = None
                 control.append(b'{"type":"departure","pitr":%d,"id":%s}' % (pitr, _encode(track.flight_id)))
-                self._count("departure")
         emergency = is_emergency(ac.squawk, ac.emergency)
         gs = ac.gs
         if on_ground:
@@ -435,7 +425,6 @@ class Tracker:
                     _encode({"type": "power_on", "pitr": pitr, "id": track.flight_id,
                              "surface_id": track.surface_id, "facility": facility})
                 )  # fmt: skip
-                self._count("power_on")
             track.last_ground_pitr = pitr
             surface.append(
                 _encode(
@@ -457,7 +446,6 @@ class Tracker:
                     )
                 )
             )
-            self._count("ground_position")
             return
         rate = ac.baro_rate if ac.baro_rate is not None else ac.geom_rate
         alt = ac.alt_baro if ac.alt_baro is not None else ac.alt_geom
@@ -486,7 +474,6 @@ class Tracker:
                 )
             )
         )
-        self._count("position")
 
     def _start_flight(
         self,
@@ -530,14 +517,12 @@ class Tracker:
         if track.access != "public":
             plan["access"] = track.access
         control.append(_encode(plan))
-        self._count("flightplan")
 
     def _power_off(self, track: _Track, pitr: int, control: list[bytes]) -> None:
         control.append(
             _encode({"type": "power_off", "pitr": pitr, "id": track.flight_id,
                      "surface_id": track.surface_id, "facility": track.facility})
         )  # fmt: skip
-        self._count("power_off")
         track.facility = None
         self._linked.pop(track.hexid, None)
 
@@ -575,7 +560,6 @@ class Tracker:
                 )
             )
         )
-        self._count("vehicle_position")
 
     # -- time passing -------------------------------------------------------
 
