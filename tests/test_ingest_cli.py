@@ -93,7 +93,8 @@ def http_server() -> Iterator[Callable[[Script], str]]:
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(payload)))
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -129,6 +130,8 @@ def test_http_polling_survives_errors_429_and_garbage(
         (429, {"Retry-After": "1"}, b"slow down"),
         (200, {}, body(now + 1000, aircraft("a1b2c3", now))[:40]),  # truncated
         (503, {}, b"busy"),
+        (200, {"Content-Length": "5000"}, body(now + 1500, aircraft("a1b2c3", now))[:60]),
+        (200, {"Content-Encoding": "gzip"}, b"\x1f\x8b not really gzip"),
         (200, {}, body(now + 2000, aircraft("a1b2c3", now + 1500, lat=37.621),
                        aircraft("b1b2c3", now + 1500, alt_baro=3000, lat=37.7))),
     ])  # fmt: skip
@@ -136,18 +139,21 @@ def test_http_polling_survives_errors_429_and_garbage(
     down = f"http://127.0.0.1:{free_port()}/gone"  # refused: must not stop the other source
     ctl, srf, dead = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl", tmp_path / "dead.jsonl"
     done = unifeed("ingest", "--source", url, "--source", down, "--interval", "100ms",
-                   "--stop-after", "4", "--control", str(ctl), "--surface", str(srf),
+                   "--stop-after", "6", "--control", str(ctl), "--surface", str(srf),
                    "--dead-letter", str(dead), "--status-interval", "0")  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
-    assert script.served[:7] == [200, 500, 200, 429, 200, 503, 200]
+    assert script.served[:9] == [200, 500, 200, 429, 200, 503, 200, 200, 200]
     letters = records(dead)
-    assert [d["source"] for d in letters] == [url, url]
+    assert [d["source"] for d in letters] == [url] * 4
     assert "not JSON" in letters[0]["reason"] and letters[0]["raw"].startswith("<html>")
     assert "truncated" in letters[1]["reason"]
+    assert "truncated transfer: 60 bytes" in letters[2]["reason"]
+    assert letters[2]["raw"].startswith('{"ac":')
+    assert "gzip" in letters[3]["reason"]
     check_feeds(ctl, srf)
     control = records(ctl)
     assert [r["hexid"] for r in control if r["type"] == "flightplan"] == ["a1b2c3", "b1b2c3"]
-    assert sum(r["type"] == "keepalive" for r in control) == 4  # one per poll, bad ones too
+    assert sum(r["type"] == "keepalive" for r in control) == 6  # one per poll, bad ones too
     assert len([r for r in records(srf) if r["type"] == "ground_position"]) == 2
     err = done.stderr.decode()
     assert "429" in err and "HTTP 500" in err and "request failed" in err

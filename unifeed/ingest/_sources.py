@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import http.client
 import logging
 import queue
 import random
@@ -218,6 +219,13 @@ class _Schedule:
         self.next_at = time.monotonic() + seconds
 
 
+class _BadBody(Exception):
+    def __init__(self, reason: str, raw: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
 class HttpSource(Source):
     """Polls a readsb-format URL (see the module doc for the error handling)."""
 
@@ -242,7 +250,17 @@ class HttpSource(Source):
                     self.failed(f"HTTP {exc.code} {exc.reason}", f"http_{exc.code // 100}xx", delay)
                 schedule.delay(delay)
                 continue
-            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            except (http.client.IncompleteRead, _BadBody) as exc:
+                # The body came, but not whole: a dead letter, and the next poll goes on.
+                if isinstance(exc, http.client.IncompleteRead):
+                    missing = f"truncated transfer: {len(exc.partial)} bytes, {exc.expected} missing"
+                    exc = _BadBody(missing, exc.partial)
+                letter = DeadInput(self.url, exc.reason, exc.raw[:_RAW_BYTES])
+                if not self.put(Poll(self.url, self.clock(), None, [letter])):
+                    return
+                schedule.advance()
+                continue
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
                 delay = self.backoff.next_delay()
                 self.failed(f"request failed ({reason})", "http_unreachable", delay)
@@ -260,15 +278,26 @@ class HttpSource(Source):
             self.url, headers={"Accept-Encoding": "gzip", "User-Agent": _USER_AGENT}
         )
         with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
-            body: bytes = reply.read(_MAX_BODY + 1)
             encoding = (reply.headers.get("Content-Encoding") or "").lower()
-        if len(body) > _MAX_BODY:
-            return b"<body larger than 256 MB, not read>"
+            if reply.length is not None:
+                if reply.length > _MAX_BODY:
+                    raise _BadBody(f"body of {reply.length} bytes, over 256 MB: not read", b"")
+                # All of it: a connection that ends early raises IncompleteRead.
+                body: bytes = reply.read()
+            else:
+                parts: list[bytes] = []
+                size = 0
+                while chunk := reply.read(1 << 20):
+                    size += len(chunk)
+                    if size > _MAX_BODY:
+                        raise _BadBody("body over 256 MB: not read further", (parts[0] if parts else chunk)[:_RAW_BYTES])
+                    parts.append(chunk)
+                body = b"".join(parts)
         if encoding == "gzip":
             try:
                 return gzip.decompress(body)
-            except (OSError, EOFError, zlib.error):
-                return b"<truncated or invalid gzip body> " + body[:64]
+            except (OSError, EOFError, zlib.error) as exc:
+                raise _BadBody(f"truncated or invalid gzip body ({exc})", body) from None
         return body
 
 
