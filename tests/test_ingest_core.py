@@ -320,3 +320,28 @@ def test_a_registration_heard_later_can_only_strengthen_access() -> None:
     assert len({p["id"] for p in plans}) == 1 and plans[1]["registration"] == "N5XY"
     grounds = [r.get("access", "public") for r in run.surface if r["type"] == "ground_position"]
     assert grounds == ["public", "blocked"]
+
+
+def test_the_ingest_package_imports_only_what_its_docstring_allows() -> None:
+    """Core records and errors, the file and Kafka output helpers, metrics; never the CLI.
+    The pure modules import nothing of unifeed beyond the core."""
+    import ast
+    from pathlib import Path
+
+    import unifeed.ingest
+
+    allowed = {"_records", "_errors", "_unify", "_kafkautil", "_metrics"}
+    pure = {"_readsb.py", "_sbs.py", "_tracker.py", "_access.py", "_airports.py"}
+    for path in Path(unifeed.ingest.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                module = (node.module or "").split(".")[0]
+                assert module in allowed, f"{path.name} imports unifeed.{module}"
+                if path.name in pure:
+                    assert module in {"_records", "_errors"}, f"{path.name} imports {module}"
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not [n for n in names if n.startswith("unifeed")], path.name
+            if path.name in pure:
+                io = {"socket", "urllib.request", "threading", "confluent_kafka", "queue"}
+                assert not io & set(names), f"{path.name} does I/O"
