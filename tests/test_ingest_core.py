@@ -345,3 +345,34 @@ def test_the_ingest_package_imports_only_what_its_docstring_allows() -> None:
             if path.name in pure:
                 io = {"socket", "urllib.request", "threading", "confluent_kafka", "queue"}
                 assert not io & set(names), f"{path.name} does I/O"
+
+
+def test_a_source_that_breaks_ends_the_run_with_one_line() -> None:
+    import io
+    import queue
+    import threading
+
+    from unifeed._errors import UnifeedError
+    from unifeed.ingest._run import FileSink, IngestRun, Outputs
+    from unifeed.ingest._sources import Counters, Source
+
+    class Broken(Source):
+        def work(self) -> None:
+            raise OSError(5, "Input/output error")
+
+    polls: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    counters = Counters()
+    sink = FileSink(io.BytesIO())
+    run = IngestRun(
+        tracker=Tracker(nearest_airport=AIRPORTS.nearest),
+        outputs=Outputs(sink, sink, sink),
+        sources=[Broken("replay.jsonl", polls, stop, counters, interval_s=1.0)],
+        polls=polls,
+        stop=stop,
+        counters=counters,
+        status_interval_s=0.0,
+    )
+    with pytest.raises(UnifeedError, match=r"^replay.jsonl: OSError: \[Errno 5\] Input/output error$"):
+        run.run()
+    assert stop.is_set()

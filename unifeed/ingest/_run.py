@@ -26,7 +26,7 @@ from typing import IO, Any, Final, Protocol
 
 import msgspec
 
-from .._errors import KafkaRuntimeError
+from .._errors import KafkaRuntimeError, UnifeedError
 from .._records import dead_letter_raw
 from ._sources import Counters, DeadInput, Poll, Source
 from ._tracker import SKIP_REASONS, Tracker
@@ -294,8 +294,12 @@ class IngestRun:
 
     def _check_sources(self) -> None:
         for source in self.sources:
-            if source.failure is not None:
-                raise source.failure
+            failure = source.failure
+            if isinstance(failure, UnifeedError):
+                raise failure
+            if failure is not None:
+                # One line, not a traceback: say which source and what happened.
+                raise UnifeedError(f"{source.source}: {type(failure).__name__}: {failure}")
 
     def _handle(self, poll: Poll) -> None:
         tracker = self.tracker
