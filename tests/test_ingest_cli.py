@@ -24,6 +24,8 @@ from unifeed._simulate import adsb_responses
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "ingest-adsb"
+#: The sample as ingest is given it: relative to the repository (dead letters name it).
+SAMPLE = "golden/ingest-adsb/responses.jsonl"
 T0 = 1_700_000_000_000
 CLI = [sys.executable, "-m", "unifeed._cli"]
 
@@ -37,8 +39,10 @@ def unifeed(
     env.update(environ or {})
     if bootstrap is not None:
         env["UNIFEED_BOOTSTRAP_SERVERS"] = bootstrap
+    # From the repository, so that relative paths (the golden sample's) name the same
+    # source wherever the repository is.
     return subprocess.run([*CLI, *args], env=env, capture_output=True, timeout=timeout,
-                          check=False)  # fmt: skip
+                          check=False, cwd=REPO)  # fmt: skip
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -315,7 +319,7 @@ def ingest_golden(tmp_path: Path, *extra: str, access: bool = True) -> dict[str,
                                                           "dead-letters")}  # fmt: skip
     tmp_path.mkdir(parents=True, exist_ok=True)
     privacy = ["--access-file", str(GOLDEN / "access.txt")] if access else []
-    done = unifeed("ingest", "--replay", str(GOLDEN / "responses.jsonl"), "--speed", "0",
+    done = unifeed("ingest", "--replay", SAMPLE, "--speed", "0",
                    *privacy, "--control",
                    str(out["controlstream"]), "--surface", str(out["surfacestream"]),
                    "--dead-letter", str(out["dead-letters"]), "-q", *extra)  # fmt: skip
@@ -409,8 +413,7 @@ def test_done_when_replay_into_kafka_then_combine(
     """The issue's command, as written, then `unifeed combine`: aircraft surface positions
     in the unified feed are annotated with the flights ingest made."""
     ctl, srf, uf = unique_topic("ctl"), unique_topic("srf"), unique_topic("uf")
-    sample = str(GOLDEN / "responses.jsonl")
-    done = unifeed("ingest", "--replay", sample, "--speed", "20", "--control", f"kafka:{ctl}",
+    done = unifeed("ingest", "--replay", SAMPLE, "--speed", "20", "--control", f"kafka:{ctl}",
                    "--surface", f"kafka:{srf}", bootstrap=kafka_bootstrap)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     done = unifeed("combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
@@ -435,7 +438,7 @@ def test_restricted_address_never_public_downstream_on_kafka(
 ) -> None:
     ctl, srf, uf = unique_topic("ctl"), unique_topic("srf"), unique_topic("uf")
     kafka = ["--bootstrap-servers", kafka_bootstrap]
-    done = unifeed("ingest", "--replay", str(GOLDEN / "responses.jsonl"), "--speed", "0",
+    done = unifeed("ingest", "--replay", SAMPLE, "--speed", "0",
                    "--access-file", str(GOLDEN / "access.txt"), "--control", f"kafka:{ctl}",
                    "--surface", f"kafka:{srf}", "-q", *kafka)  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
