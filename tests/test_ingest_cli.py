@@ -94,6 +94,8 @@ def http_server() -> Iterator[Callable[[Script], str]]:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 status, headers, payload = script.next()
+                if "X-Test-Delay" in headers:  # answer later than the client waits
+                    time.sleep(float(headers["X-Test-Delay"]))
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -136,6 +138,7 @@ def test_http_polling_survives_errors_429_and_garbage(
         (503, {}, b"busy"),
         (200, {"Content-Length": "5000"}, body(now + 1500, aircraft("a1b2c3", now))[:60]),
         (200, {"Content-Encoding": "gzip"}, b"\x1f\x8b not really gzip"),
+        (200, {"X-Test-Delay": "1.5"}, body(now + 1800, aircraft("a1b2c3", now))),
         (200, {}, body(now + 2000, aircraft("a1b2c3", now + 1500, lat=37.621),
                        aircraft("b1b2c3", now + 1500, alt_baro=3000, lat=37.7))),
     ])  # fmt: skip
@@ -144,9 +147,10 @@ def test_http_polling_survives_errors_429_and_garbage(
     ctl, srf, dead = tmp_path / "ctl.jsonl", tmp_path / "srf.jsonl", tmp_path / "dead.jsonl"
     done = unifeed("ingest", "--source", url, "--source", down, "--interval", "100ms",
                    "--stop-after", "6", "--control", str(ctl), "--surface", str(srf),
-                   "--dead-letter", str(dead), "--status-interval", "0")  # fmt: skip
+                   "--dead-letter", str(dead), "--status-interval", "0",
+                   "--http-timeout", "500ms")  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
-    assert script.served[:9] == [200, 500, 200, 429, 200, 503, 200, 200, 200]
+    assert script.served[:10] == [200, 500, 200, 429, 200, 503, 200, 200, 200, 200]
     letters = records(dead)
     assert [d["source"] for d in letters] == [url] * 4
     assert "not JSON" in letters[0]["reason"] and letters[0]["raw"].startswith("<html>")
@@ -160,7 +164,8 @@ def test_http_polling_survives_errors_429_and_garbage(
     assert sum(r["type"] == "keepalive" for r in control) == 6  # one per poll, bad ones too
     assert len([r for r in records(srf) if r["type"] == "ground_position"]) == 2
     err = done.stderr.decode()
-    assert "429" in err and "HTTP 500" in err and "request failed" in err
+    assert "429" in err and "HTTP 500" in err and "timed out" in err  # the slow answer
+    assert f"{down}: request failed" in err  # the refused source, which stopped nothing
 
 
 def test_sources_from_the_environment_and_the_command_line_wins(
