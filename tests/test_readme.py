@@ -29,7 +29,7 @@ def test_package_tour_runs() -> None:
 def test_every_modules_examples_run() -> None:
     """The ``>>>`` examples in every module's docstrings are true (they document behaviour)."""
     attempted = 0
-    for info in pkgutil.iter_modules(unifeed.__path__, "unifeed."):
+    for info in pkgutil.walk_packages(unifeed.__path__, "unifeed."):  # subpackages too
         result = doctest.testmod(importlib.import_module(info.name), optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, info.name
         attempted += result.attempted

@@ -30,6 +30,7 @@ from ._logging import setup_logging
 _COMMAND_MODULES = (
     "unifeed._cli_pipeline",
     "unifeed._simulate",
+    "unifeed._cli_ingest",  # ADS-B in: unifeed.ingest
     "unifeed._cli_kafka",
     "unifeed._demo",
     "unifeed._config",
