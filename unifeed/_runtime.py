@@ -1009,6 +1009,9 @@ class AnnotatorThread(Worker):
                     if batch.closed:
                         c.close(SURFACESTREAM)
             out = stage.drain()
+            if stage.dead:
+                dead.extend(stage.dead)
+                stage.dead.clear()
             marker = stage.progress()
             finished = stage.finished()
             caught_up = self.surface_caught_up and c.queued(SURFACESTREAM) == 0
