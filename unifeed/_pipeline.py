@@ -342,7 +342,8 @@ def _too_late(raw: bytes, late: LateBeyondHistory, applied: int) -> DeadLetter:
         "flight its track belonged to then is unknown; it is not written rather than "
         "annotated with a guess"
     )
-    return DeadLetter(feed=SURFACESTREAM, reason=reason, pitr=late.pitr, **dead_letter_raw(raw))
+    kw: dict[str, Any] = dead_letter_raw(raw)
+    return DeadLetter(feed=SURFACESTREAM, reason=reason, pitr=late.pitr, **kw)
 
 
 class WriterStage:
