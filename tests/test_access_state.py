@@ -9,6 +9,7 @@ than that flight is now; a restart keeps every link and access level whatever
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,9 @@ from unifeed._unify import derive_mapping_lines
 pytestmark = pytest.mark.kafka
 
 HOUR = 3_600_000
+# The restart's log line: the flightplan's access level came from the saved state, read
+# from an offset past it (not from a replay of the whole topic).
+RESTORED = re.compile(rb"restored \d+ links and [1-9]\d* access levels saved at \S+ offset [1-9]")
 
 
 def line(obj: dict[str, Any]) -> bytes:
@@ -124,7 +128,6 @@ def _old_flightplan_scenario() -> tuple[list[bytes], list[bytes], int]:
     return control, surface, on + 300_000
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 item 2: state does not survive a restart yet")
 def test_restart_keeps_access_older_than_the_lookback(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -143,12 +146,12 @@ def test_restart_keeps_access_older_than_the_lookback(
     assert 0 < len(part) < len(expected)
     second = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--exit-at-end"))
     assert second.returncode == 0, second.stderr.decode()
+    assert RESTORED.search(second.stderr), second.stderr.decode()
     written = read_all(kafka_bootstrap, out)
     assert [m.get("access") for m in ground_positions(written)] == ["restricted"] * 60
     assert written == expected
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17 item 2: state does not survive a restart yet")
 def test_mappings_restart_keeps_access_older_than_the_lookback(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -168,6 +171,7 @@ def test_mappings_restart_keeps_access_older_than_the_lookback(
     assert 0 < len(read_all(kafka_bootstrap, mp)) < len(expected)
     second = run_cli(args)
     assert second.returncode == 0, second.stderr.decode()
+    assert RESTORED.search(second.stderr), second.stderr.decode()
     written = read_all(kafka_bootstrap, mp)
     unlinks = [m for m in map(json.loads, written) if m.get("action") == "unlink"]
     assert [m["access"] for m in unlinks] == ["restricted"]

@@ -9,6 +9,7 @@ keys is decoded and re-encoded in full.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -120,6 +121,17 @@ class Annotator:
             del self._links[m.surface_id]
         else:
             self.unmatched_unlinks += 1
+
+    def seed(self, links: Sequence[tuple[Ident, Ident, str, int, str]], pitr: int) -> None:
+        """Start from the links a mapping deriver held at ``pitr`` (a restart from saved
+        state): ``(surface_id, flight, facility, pitr of the link event, access)``. The
+        history starts there: a late message from before ``pitr`` is a dead letter."""
+        for surface_id, flight, _, linked_at, access in links:
+            splice = b',"id":' + _encode(flight) + b',"access":' + _ACCESS_JSON[access] + b"}"
+            self._links[surface_id] = [splice, flight, access, linked_at]
+            self._flight_access[flight] = (access, linked_at)
+        self.applied = max(self.applied, pitr)
+        self._horizon = max(self._horizon, pitr)
 
     def _remember(self, surface_id: Ident, pitr: int, before: list[Any] | None) -> None:
         """Record that the track's entry changes at ``pitr`` (it was ``before`` until then)."""

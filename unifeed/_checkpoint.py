@@ -29,6 +29,13 @@ instance name. A record's value is one JSON object, keys always in this order::
   records written before it existed.
 * ``written_ms``: wall-clock epoch ms when the record was made; for people only, never
   used to decide anything.
+* ``state`` (absent in records written before it existed, and until the first state
+  snapshot is committed): where the saved links and access levels are. ``topic``,
+  ``partition``, ``offsets`` (one record per part, written in the same transaction as
+  this checkpoint or an earlier one), ``id`` (the snapshot's token, in every part) and
+  ``control_offset``: the controlstream offset the snapshot was taken before. A restart
+  restores it and reads controlstream from there, whatever ``--lookback``; without it,
+  it replays ``--lookback`` as before.
 
 A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
 None, and on a compacted topic the broker eventually drops the key altogether.
@@ -74,6 +81,7 @@ __all__ = [
     "CheckpointStore",
     "FeedCheckpoint",
     "OutputCheckpoint",
+    "StateRef",
     "decode_checkpoint",
     "encode_checkpoint",
     "encode_record",
@@ -110,6 +118,16 @@ class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     next_offset: NonNegative
 
 
+class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a checkpoint's saved state is (see the module docstring)."""
+
+    topic: str
+    partition: NonNegative
+    offsets: list[NonNegative]
+    id: str
+    control_offset: NonNegative
+
+
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     """One checkpoint value (see the module docstring for the wire form)."""
 
@@ -120,6 +138,7 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     generation: NonNegative = 0
     written_ms: NonNegative = 0
     incarnation: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    state: StateRef | msgspec.UnsetType = msgspec.UNSET
 
     @property
     def claim_rank(self) -> tuple[int, str]:
