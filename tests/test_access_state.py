@@ -15,12 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.kafkatools import keepalive, load, read_all, run_cli, start_cli, wait_for
-from unifeed import unify_lines
-from unifeed._unify import derive_mapping_lines
-
-pytestmark = pytest.mark.kafka
+from tests.reference import ACCESS, reference_unified
+from unifeed import _runtime, unify_lines
+from unifeed._annotate import DEFAULT_LATE_WINDOW_MS
+from unifeed._mapping import DeriverState, MappingDeriver, decode_state, encode_state
+from unifeed._records import CONTROLSTREAM, SURFACESTREAM
+from unifeed._unify import Unifier, derive_mapping_lines
 
 HOUR = 3_600_000
 # The restart's log line: the flightplan's access level came from the saved state, read
@@ -43,6 +47,7 @@ def ground_positions(records: list[bytes]) -> list[dict[str, Any]]:
     return [m for m in map(json.loads, records) if m["type"] == "ground_position"]
 
 
+@pytest.mark.kafka
 def test_late_surface_messages_get_the_link_and_access_of_their_own_pitr(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -128,6 +133,7 @@ def _old_flightplan_scenario() -> tuple[list[bytes], list[bytes], int]:
     return control, surface, on + 300_000
 
 
+@pytest.mark.kafka
 def test_restart_keeps_access_older_than_the_lookback(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -152,6 +158,7 @@ def test_restart_keeps_access_older_than_the_lookback(
     assert written == expected
 
 
+@pytest.mark.kafka
 def test_mappings_restart_keeps_access_older_than_the_lookback(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -176,3 +183,207 @@ def test_mappings_restart_keeps_access_older_than_the_lookback(
     unlinks = [m for m in map(json.loads, written) if m.get("action") == "unlink"]
     assert [m["access"] for m in unlinks] == ["restricted"]
     assert written == expected
+
+
+# --- the property: random late arrivals, restarts and lookbacks, in process -----------
+
+MINUTE = 60_000
+CASES = {"histories": 0, "late positions": 0, "restarts": 0, "restored links": 0,
+         "too late (dead letters)": 0}
+
+
+@st.composite
+def late_histories(draw: st.DrawFn) -> tuple[list[bytes], list[tuple[int, bytes]], list[int], int]:
+    """Flights filing (any access, refiled), tracks linked and unlinked, over up to 12 h;
+    ground positions, each arriving after a random delay (often after later control
+    messages: late); restart moments; a lookback."""
+    t = 1_700_000_000_000
+    control: list[bytes] = []
+    surface: list[tuple[int, bytes]] = []  # (arrival, line)
+    flights = [f"F{i}" for i in range(draw(st.integers(1, 4)))]
+    tracks = [f"S{i}" for i in range(draw(st.integers(1, 3)))]
+    n = 0
+    arrived = 0  # surfacestream arrives in its own order, however late
+    for _ in range(draw(st.integers(5, 60))):
+        t += draw(st.sampled_from([0, 1, 1000, 5000, 30_000, 10 * MINUTE, 2 * HOUR]))
+        kind = draw(st.sampled_from(["fp", "fp", "on", "off", "pos", "pos", "pos"]))
+        flight, track = draw(st.sampled_from(flights)), draw(st.sampled_from(tracks))
+        if kind == "fp":
+            control.append(line({"type": "flightplan", "pitr": t, "id": flight, "ident": "X",
+                                 "access": draw(st.sampled_from(ACCESS))}))
+        elif kind == "on":
+            control.append(line({"type": draw(st.sampled_from(["power_on", "surface_offblock"])),
+                                 "pitr": t, "id": flight, "surface_id": track,
+                                 "facility": "KSFO"}))
+        elif kind == "off":
+            control.append(line({"type": "power_off", "pitr": t, "id": flight,
+                                 "surface_id": track, "facility": "KSFO"}))
+        else:
+            delay = draw(st.sampled_from([0, 500, 1500, 20_000, 5 * MINUTE, 3 * HOUR]))
+            n += 1
+            arrived = max(arrived, t + delay)
+            surface.append((arrived, line({"type": "ground_position", "pitr": t,
+                                             "surface_id": track, "facility": "KSFO",
+                                             "clock": t, "lat": 1.0, "lon": 2.0, "n": n})))
+    restarts = draw(st.lists(st.integers(0, 80), max_size=3))
+    lookback = draw(st.sampled_from([0, MINUTE, HOUR, 6 * HOUR]))
+    return control, surface, restarts, lookback
+
+
+class _InProcessCombine:
+    """`unifeed combine`'s restart protocol around a `Unifier`, without Kafka: the
+    deriver snapshots (taken before each control message, as the reader takes them before
+    a batch), the commit's choice of one (`StateSnapshots.take`, a late window behind the
+    feeds' positions), and a restart from it, or from ``--lookback`` when there is none."""
+
+    def __init__(self, control: list[bytes], lookback_ms: int) -> None:
+        self.control = control
+        self.pitrs = [json.loads(x)["pitr"] for x in control]
+        self.lookback_ms = lookback_ms
+        self.now = 0
+        self.saved: tuple[int, DeriverState] | None = None
+        self.out: list[bytes] = []
+        self.dead: list[Any] = []
+        self._start(None, 0)
+
+    def _start(self, state: DeriverState | None, control_from: int) -> None:
+        u = Unifier(clock=lambda: self.now)
+        if state is not None:
+            assert u.control.deriver is not None
+            u.control.deriver = MappingDeriver.restore(state)
+            u.control.floor = state.floor
+            u.annotate.annotator.seed(state.links, state.floor)
+        self.u = u
+        self.snapshots = _runtime.StateSnapshots()
+        self.next_control = control_from
+        self.next_surface = 0
+        self.written = {CONTROLSTREAM: 0, SURFACESTREAM: 0}  # last pitr written
+
+    def feed_control(self, upto: int) -> None:
+        d = self.u.control.deriver
+        assert d is not None
+        while self.next_control < upto:
+            i = self.next_control
+            if self.snapshots.due(i, self.u.control.floor):
+                self.snapshots.add(i, d.snapshot(self.u.control.floor))
+            self.u.feed(CONTROLSTREAM, [(i + 1, self.control[i])])
+            self.next_control += 1
+        self.drain()
+
+    def feed_surface(self, lines: list[bytes]) -> None:
+        self.u.feed(SURFACESTREAM, [(1, x) for x in lines])
+        self.drain()
+
+    def drain(self) -> None:
+        for e in self.u.drain_emitted():
+            self.out.append(e.item)
+            self.written[e.feed] = e.pitr
+        self.dead += self.u.dead_letters
+        self.u.dead_letters.clear()
+
+    def commit(self) -> None:
+        lowest = min(self.written.values())
+        taken = self.snapshots.take(lowest - DEFAULT_LATE_WINDOW_MS)
+        if taken is not None:
+            offset, state = taken
+            self.saved = (offset, decode_state(encode_state(state)))  # as stored
+
+    def restart(self, surface_done: int) -> int:
+        """Stop and start again from the last commit; returns where surface resumes."""
+        self.commit()
+        if self.saved is not None:
+            offset, state = self.saved
+            CASES["restored links"] += len(state.links)
+            self._start(state, offset)
+        else:
+            start = min(self.written.values()) - self.lookback_ms
+            self._start(None, next((i for i, p in enumerate(self.pitrs) if p >= start),
+                                   len(self.pitrs)))
+        return surface_done
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(late_histories())
+def test_no_output_is_weaker_than_the_reference_whatever_late_arrivals_and_restarts(
+    case: tuple[list[bytes], list[tuple[int, bytes]], list[int], int],
+) -> None:
+    """Every annotated (or unannotated) ground position carries an access at least as
+    strong as the reference fold's for its flight at its pitr, with surface messages
+    arriving late and the run restarted at random moments under a random lookback."""
+    with pytest.MonkeyPatch.context() as patch:
+        # Snapshots as often as the rule allows, so that restarts restore real state.
+        patch.setattr(_runtime, "_SNAPSHOT_EVERY_MESSAGES", 1)
+        patch.setattr(_runtime, "_SNAPSHOT_EVERY_PITR_MS", 1)
+        _check_late_and_restarts(*case)
+
+
+def _check_late_and_restarts(
+    control: list[bytes], surface: list[tuple[int, bytes]], restarts: list[int], lookback: int
+) -> None:
+    CASES["histories"] += 1
+    run = _InProcessCombine(control, lookback)
+    arrivals = sorted(
+        [(p, 0, i, b"") for i, p in enumerate(run.pitrs)]
+        + [(arrive, 1, i, raw) for i, (arrive, raw) in enumerate(surface)]
+    )
+    surface_lines = [raw for _, raw in surface]
+    by_n = {json.loads(raw)["n"]: raw for raw in surface_lines}
+    surface_arrived = 0
+    for step, (arrive, kind, i, raw) in enumerate(arrivals):
+        run.now = arrive
+        if step in restarts:
+            CASES["restarts"] += 1
+            run.restart(0)
+            # Every surface message that arrived so far and was not written is read again.
+            done = {json.loads(x).get("n") for x in run.out}
+            run.feed_control(len([a for a in arrivals[:step] if a[1] == 0]))
+            run.feed_surface([by_n[k] for k in sorted(by_n) if k not in done
+                              and k <= surface_arrived])
+        if kind == 0:
+            run.feed_control(i + 1)
+        else:
+            surface_arrived = json.loads(raw)["n"]
+            run.feed_surface([raw])
+        run.commit()
+    run.u.close(CONTROLSTREAM)
+    run.u.close(SURFACESTREAM)
+    run.drain()
+
+    expected = {m["n"]: m.get("access", "public") for _, m in
+                reference_unified(control, sorted(surface_lines, key=lambda x: json.loads(x)["pitr"]))
+                if m["type"] == "ground_position"}
+    written: dict[int, list[str]] = {}
+    for x in run.out:
+        m = json.loads(x)
+        if m["type"] == "ground_position":
+            written.setdefault(m["n"], []).append(m.get("access", "public"))
+    late_dead = {json.loads(d.raw)["n"] for d in run.dead}
+    CASES["too late (dead letters)"] += len(late_dead)
+    CASES["late positions"] += run.u.stats().late
+    # Nothing is lost: each position is written (restarts may write one again, as a
+    # crash between two commits does) or, older than the link history, a dead letter.
+    assert set(written) | late_dead == set(expected)
+    for n, got in written.items():
+        for access in got:
+            assert ACCESS.index(access) >= ACCESS.index(expected[n]), (n, access, expected[n])
+
+
+class _Summary:
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if CASES["histories"]:
+            tried = ", ".join(f"{name} {n}" for name, n in CASES.items())
+            terminalreporter.write_line(f"test_access_state cases tried: {tried}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _summary(request: pytest.FixtureRequest) -> None:
+    manager = request.config.pluginmanager
+    if not manager.has_plugin("unifeed-access-state-summary"):
+        manager.register(_Summary(), "unifeed-access-state-summary")
+
+
+def test_zz_property_exercised_restores_and_late_messages() -> None:
+    """The property above restored real state and saw late messages (it runs first)."""
+    if CASES["histories"]:
+        assert CASES["restarts"] > 0 and CASES["restored links"] > 0
+        assert CASES["late positions"] > 0
