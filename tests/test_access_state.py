@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from tests.kafkatools import keepalive, load, read_all, run_cli, start_cli, wait
 from tests.reference import ACCESS, reference_unified
 from unifeed import _runtime, unify_lines
 from unifeed._annotate import DEFAULT_LATE_WINDOW_MS
+from unifeed._checkpoint import CheckpointStore
 from unifeed._mapping import DeriverState, MappingDeriver, decode_state, encode_state
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 from unifeed._unify import Unifier, derive_mapping_lines
@@ -156,6 +158,32 @@ def test_restart_keeps_access_older_than_the_lookback(
     written = read_all(kafka_bootstrap, out)
     assert [m.get("access") for m in ground_positions(written)] == ["restricted"] * 60
     assert written == expected
+
+
+@pytest.mark.kafka
+def test_a_checkpoint_without_saved_state_resumes_from_the_lookback(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """A checkpoint written before state was saved (no ``state``) still resumes: the
+    restart replays --lookback, as before, and is exact when that reaches the flightplan."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface, stop = _old_flightplan_scenario()
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    first = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--exit-at-end",
+                                 "--stop-at", str(stop)))
+    assert first.returncode == 0, first.stderr.decode()
+    instance = f"i-{out}"
+    with CheckpointStore(kafka_bootstrap, f"{out}.checkpoints") as store:
+        cp, _ = store.load(instance)
+        assert cp is not None and not isinstance(cp.state, msgspec.UnsetType)
+        store.write(instance, msgspec.structs.replace(cp, state=msgspec.UNSET))
+    second = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--exit-at-end",
+                                  "--lookback", "8h"))
+    assert second.returncode == 0, second.stderr.decode()
+    assert b"restored" not in second.stderr, second.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
 
 
 @pytest.mark.kafka
