@@ -165,7 +165,13 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
             if self.output is not None
             else ""
         )
-        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}"
+        state = (
+            ""
+            if isinstance(self.state, msgspec.UnsetType)
+            else f"; saved state at {self.state.topic}:{self.state.partition} offsets "
+            f"{self.state.offsets} (controlstream from offset {self.state.control_offset})"
+        )
+        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}{state}"
 
 
 def _iso_ms(ms: int) -> str:
