@@ -112,6 +112,61 @@ def test_late_surface_messages_get_the_link_and_access_of_their_own_pitr(
     assert ground_positions(public.stdout.splitlines()) == []
 
 
+@pytest.mark.kafka
+def test_catchup_past_a_silent_surfacestream_annotates_its_later_messages_as_of_their_pitr(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """Catch-up (old pitr): surfacestream sits at its end for the grace period, so the
+    combine passes it and applies every mapping; then positions from before the unlink
+    and the access change arrive. They are annotated as the file run annotates them."""
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    t0 = 1_700_000_000_000
+    stop_at = t0 + 200_000
+    control = [
+        line({"type": "flightplan", "pitr": t0, "id": "F1", "ident": "A1",
+              "access": "restricted"}),
+        line({"type": "flightplan", "pitr": t0, "id": "F2", "ident": "A2",
+              "access": "restricted"}),
+        line({"type": "power_on", "pitr": t0 + 5_000, "id": "F2", "surface_id": "S2",
+              "facility": "KSFO"}),
+        line({"type": "power_on", "pitr": t0 + 10_000, "id": "F1", "surface_id": "S1",
+              "facility": "KSFO"}),
+        line({"type": "power_off", "pitr": t0 + 60_000, "id": "F1", "surface_id": "S1",
+              "facility": "KSFO"}),
+        line({"type": "flightplan", "pitr": t0 + 60_000, "id": "F2", "ident": "A2",
+              "access": "public"}),
+        keepalive(t0 + 120_000),
+    ]
+    surface = [keepalive(t0)] + [
+        line({"type": "ground_position", "pitr": t0 + 30_000, "surface_id": s,
+              "facility": "KSFO", "clock": t0 + 30_000, "lat": 37.6, "lon": -122.4})
+        for s in ("S1", "S2")
+    ]
+    expected, _ = unify_lines(control, surface)
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface[:1])
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
+                                  "--end-of-log-grace", "300ms"))
+    try:
+        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= 6, 60, "the control messages")
+        time.sleep(1.0)
+        load(kafka_bootstrap, srf, surface[1:])
+        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= 8, 60, "the surface messages")
+        load(kafka_bootstrap, ctl, [keepalive(stop_at + 1)])
+        load(kafka_bootstrap, srf, [keepalive(stop_at + 1)])
+        rc = proc.wait(timeout=60)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        assert rc == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    written = read_all(kafka_bootstrap, out)
+    assert [(m.get("id"), m.get("access")) for m in ground_positions(written)] == [
+        ("F1", "restricted"), ("F2", "restricted")]
+    assert sorted(written) == sorted(expected)
+
+
 def _old_flightplan_scenario() -> tuple[list[bytes], list[bytes], int]:
     """F1 filed restricted at t0, powered on at t0+7h, positions every 10 s for 10 min;
     keepalives every 500 ms in between (enough records for a restart to seek past t0)."""
