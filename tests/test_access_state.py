@@ -216,6 +216,36 @@ def test_restart_keeps_access_older_than_the_lookback(
 
 
 @pytest.mark.kafka
+def test_restart_with_an_external_mappingstream_keeps_links_older_than_the_lookback(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    """`combine --mapping kafka:…` stopped 300 s after a link and restarted with
+    ``--lookback 1m``: the link comes back from the saved state (the mappingstream is
+    read again from the snapshot's offset, not from a minute before the checkpoint)."""
+    ctl, srf, mp, out = (unique_topic(x) for x in ("ctl", "srf", "map", "out"))
+    control, surface, stop = _old_flightplan_scenario()
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    derived = run_cli(["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
+                       "--bootstrap-servers", kafka_bootstrap, "--instance", f"m-{mp}",
+                       "--checkpoint-topic", f"{mp}.checkpoints", "--status-interval", "0",
+                       "--exit-at-end"])
+    assert derived.returncode == 0, derived.stderr.decode()
+    mapping = read_all(kafka_bootstrap, mp)
+    expected, _ = unify_lines(control, surface, mapping)
+    assert {m.get("access") for m in ground_positions(expected)} == {"restricted"}
+    args = [*combine_args(kafka_bootstrap, ctl, srf, out, "--exit-at-end", "--lookback", "1m"),
+            "--mapping", f"kafka:{mp}"]
+    first = run_cli([*args, "--stop-at", str(stop)])
+    assert first.returncode == 0, first.stderr.decode()
+    assert 0 < len(read_all(kafka_bootstrap, out)) < len(expected)
+    second = run_cli(args)
+    assert second.returncode == 0, second.stderr.decode()
+    assert b"restored" in second.stderr, second.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
+
+
+@pytest.mark.kafka
 def test_a_checkpoint_without_saved_state_resumes_from_the_lookback(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:

@@ -32,10 +32,11 @@ instance name. A record's value is one JSON object, keys always in this order::
 * ``state`` (absent in records written before it existed, and until the first state
   snapshot is committed): where the saved links and access levels are. ``topic``,
   ``partition``, ``offsets`` (one record per part, written in the same transaction as
-  this checkpoint or an earlier one), ``id`` (the snapshot's token, in every part) and
-  ``control_offset``: the controlstream offset the snapshot was taken before. A restart
-  restores it and reads controlstream from there, whatever ``--lookback``; without it,
-  it replays ``--lookback`` as before.
+  this checkpoint or an earlier one), ``id`` (the snapshot's token, in every part),
+  ``feed`` and ``offset``: the input the state was built from (controlstream when
+  mappings are derived, mappingstream when they are read) and the offset of that feed
+  the snapshot was taken before. A restart restores it and reads that feed from there,
+  whatever ``--lookback``; without it, it replays ``--lookback`` as before.
 
 A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
 None, and on a compacted topic the broker eventually drops the key altogether.
@@ -125,7 +126,8 @@ class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     partition: NonNegative
     offsets: list[NonNegative]
     id: str
-    control_offset: NonNegative
+    feed: str
+    offset: NonNegative
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,7 +171,7 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
             ""
             if isinstance(self.state, msgspec.UnsetType)
             else f"; saved state at {self.state.topic}:{self.state.partition} offsets "
-            f"{self.state.offsets} (controlstream from offset {self.state.control_offset})"
+            f"{self.state.offsets} ({self.state.feed} from offset {self.state.offset})"
         )
         return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}{state}"
 

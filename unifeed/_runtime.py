@@ -31,7 +31,7 @@ from typing import Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from ._annotate import DEFAULT_LATE_WINDOW_MS
+from ._annotate import DEFAULT_LATE_WINDOW_MS, Annotator
 from ._checkpoint import Checkpoint, CheckpointStore, StateRef, encode_record
 from ._checkpoint import FeedCheckpoint as FeedPosition
 from ._checkpoint import OutputCheckpoint as OutputPosition
@@ -664,6 +664,7 @@ class Committer:
         #: names (carried from the checkpoint resumed from until a newer one is saved).
         self.snapshots: StateSnapshots | None = None
         self.state_lag_ms = 0
+        self.state_feed = CONTROLSTREAM  # the input the snapshots are taken of
         self.state_ref: StateRef | None = None
         self.state_target = Target(state_topic(options.checkpoint_topic), 0)
 
@@ -1050,7 +1051,7 @@ class Committer:
         taken = self.snapshots.take(lowest - self.state_lag_ms)
         if taken is None:
             return None
-        control_offset, state = taken
+        offset, state = taken
         raw = encode_state(state)
         size = min(_STATE_PART_BYTES, max(1024, self.max_record_bytes - 1024))
         chunks = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
@@ -1084,7 +1085,8 @@ class Committer:
             partition=self.state_target.partition,
             offsets=[],
             id=token,
-            control_offset=control_offset,
+            feed=self.state_feed,
+            offset=offset,
         )
         return offsets, ref
 
@@ -1393,20 +1395,43 @@ def _snapshot_hook(snapshots: StateSnapshots, deriver: MappingDeriver) -> Callab
     return before_batch
 
 
-def _restore(options: RuntimeOptions, committer: Committer, control: Target) -> DeriverState | None:
-    """The saved deriver state of the checkpoint resumed from, if it names one that can
-    be read and its controlstream offset is still stored; else None (logged), and the
-    restart replays --lookback. The checkpoint's reference is kept for the next commits."""
+def _links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, int], None]:
+    """Snapshots of the links an external mappingstream has made so far."""
+
+    def before_batch(offset: int, floor: int) -> None:
+        if snapshots.due(offset, floor):
+            table = [(s, e[1], "", e[3], e[2]) for s, e in links._links.items()]
+            snapshots.add(offset, DeriverState(
+                floor=floor, last_keepalive=0, next_prune=0, access=[], links=table, tracks=[]
+            ))
+
+    return before_batch
+
+
+def _restore(
+    options: RuntimeOptions, committer: Committer, feed: str, target: Target
+) -> DeriverState | None:
+    """The saved state of the checkpoint resumed from, if it names one built from
+    ``feed`` that can be read and whose offset is still stored; else None (logged), and
+    the restart replays --lookback. The checkpoint's reference is kept for the next
+    commits."""
     cp = committer.checkpoint
     ref = cp.state if cp is not None else msgspec.UNSET
     if isinstance(ref, msgspec.UnsetType):
         return None
-    low, _ = _watermarks_or_empty(options, control)
-    if ref.control_offset < low:
+    if ref.feed != feed:
+        log.warning(
+            "%s: the saved state was built from %s, this run takes its links from %s; "
+            "rebuilding links and access levels from --lookback instead",
+            options.instance, ref.feed, feed,
+        )
+        return None
+    low, _ = _watermarks_or_empty(options, target)
+    if ref.offset < low:
         log.warning(
             "%s: the saved state was taken at %s offset %d, no longer stored (first offset "
             "%d); rebuilding links and access levels from --lookback instead",
-            options.instance, control, ref.control_offset, low,
+            options.instance, target, ref.offset, low,
         )
         return None
     state = load_state(options, ref)
@@ -1414,7 +1439,7 @@ def _restore(options: RuntimeOptions, committer: Committer, control: Target) -> 
         committer.state_ref = ref
         log.info(
             "%s: restored %d links and %d access levels saved at %s offset %d",
-            options.instance, len(state.links), len(state.access), control, ref.control_offset,
+            options.instance, len(state.links), len(state.access), target, ref.offset,
         )
     return state
 
@@ -1531,10 +1556,12 @@ class CombineRun:
         if cp is not None and all(f in cp.feeds for f in targets):
             pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
             if self.mapping is None:
-                restored = _restore(o, committer, self.control)
-            if restored is not None:
+                restored = _restore(o, committer, CONTROLSTREAM, self.control)
+            else:
+                restored = _restore(o, committer, MAPPINGSTREAM, self.mapping)
+            if restored is not None and self.mapping is None:
                 plans[CONTROLSTREAM] = ReadPlan(
-                    committer.state_ref.control_offset if committer.state_ref else 0,
+                    committer.state_ref.offset if committer.state_ref else 0,
                     pc,
                     pc.dead_offset,
                     restored.floor,
@@ -1676,6 +1703,12 @@ class CombineRun:
                 else None
             )
 
+            # The links this mappingstream has made, kept beside the annotator's own table
+            # (in this reader's thread) for the state saved with the checkpoints.
+            links = Annotator(late_window_ms=0)
+            if restored is not None:
+                links.seed(restored.links, restored.floor)
+
             def mapping_to_annotator(
                 replay: list[Accepted],
                 good: list[Accepted],
@@ -1684,6 +1717,10 @@ class CombineRun:
                 closed: bool,
             ) -> Batch | None:
                 records = [a.rec for a in good]
+                apply = links.apply
+                for r in records:
+                    if type(r) is Mapping:
+                        apply(r)
                 return Batch(
                     [r for r in records if type(r) is Mapping],
                     dead,
@@ -1692,14 +1729,24 @@ class CombineRun:
                     closed,
                 )
 
-            self.threads.append(
-                reader(
-                    MAPPINGSTREAM,
-                    self.mapping,
-                    ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead),
-                    _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
-                )
+            ref = committer.state_ref
+            mapping_plan = (
+                ReadPlan(ref.offset, None, mapping_dead, restored.floor)
+                if restored is not None and ref is not None
+                else ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead)
             )
+            mapping_reader = reader(
+                MAPPINGSTREAM,
+                self.mapping,
+                mapping_plan,
+                _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
+            )
+            snapshots = StateSnapshots()
+            mapping_reader.before_batch = _links_hook(snapshots, links)
+            committer.snapshots = snapshots
+            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
+            committer.state_feed = MAPPINGSTREAM
+            self.threads.append(mapping_reader)
         annotator = AnnotatorThread(st, annot_inbox, writer_inbox, o)
         if restored is not None:
             annotator.stage.annotator.seed(restored.links, restored.floor)
@@ -1890,9 +1937,9 @@ def mappings_command(args: argparse.Namespace) -> int:
     restored: DeriverState | None = None
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
-        restored = _restore(o, committer, control)
+        restored = _restore(o, committer, CONTROLSTREAM, control)
         if restored is not None and committer.state_ref is not None:
-            plan = ReadPlan(committer.state_ref.control_offset, pos, pos.dead_offset, restored.floor)
+            plan = ReadPlan(committer.state_ref.offset, pos, pos.dead_offset, restored.floor)
         else:
             start = _restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
             plan = ReadPlan(start, pos, pos.dead_offset)
