@@ -8,6 +8,7 @@ than that flight is now; a restart keeps every link and access level whatever
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -19,12 +20,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kafkatools import keepalive, load, read_all, run_cli, start_cli, wait_for
+from tests.kafkatools import ROOT, keepalive, load, read_all, run_cli, start_cli, wait_for
 from tests.reference import ACCESS, reference_unified
 from unifeed import _runtime, unify_lines
 from unifeed._annotate import DEFAULT_LATE_WINDOW_MS
 from unifeed._checkpoint import CheckpointStore
-from unifeed._mapping import DeriverState, MappingDeriver, decode_state, encode_state
+from unifeed._mapping import (
+    DeriverState,
+    MappingDeriver,
+    decode_state,
+    encode_mapping,
+    encode_state,
+)
+from unifeed._pipeline import ControlIntake
 from unifeed._records import CONTROLSTREAM, SURFACESTREAM
 from unifeed._unify import Unifier, derive_mapping_lines
 
@@ -495,8 +503,27 @@ def _summary(request: pytest.FixtureRequest) -> None:
         manager.register(_Summary(), "unifeed-access-state-summary")
 
 
-def test_zz_property_exercised_restores_and_late_messages() -> None:
-    """The property above restored real state and saw late messages (it runs first)."""
+def test_zz_property_exercised_restarts_and_late_messages() -> None:
+    """The property above restarted runs and saw late messages (it runs first; how many
+    links the restarts restored is printed at the end of the run)."""
     if CASES["histories"]:
-        assert CASES["restarts"] > 0 and CASES["restored links"] > 0
+        assert CASES["restarts"] > 0
         assert CASES["late positions"] > 0
+
+
+def test_a_restored_deriver_goes_on_exactly_as_one_that_never_stopped() -> None:
+    """Snapshot (through its stored form) and restore at several points of the busy
+    airport's controlstream: the mappingstream is the uninterrupted one, byte for byte."""
+    path = ROOT / "golden/busy-airport/controlstream.jsonl.gz"
+    lines = gzip.decompress(path.read_bytes()).splitlines()
+    intake = ControlIntake()
+    records = [a.rec for a in intake.process(list(enumerate(lines, 1)))[0]]
+    whole = [encode_mapping(m) for m in MappingDeriver().process_many(records)]
+    for cut in (1, 997, len(records) // 3, len(records) // 2, len(records) - 5):
+        first = MappingDeriver()
+        out = [encode_mapping(m) for m in first.process_many(records[:cut])]
+        state = decode_state(encode_state(first.snapshot(records[cut - 1].pitr)))
+        assert state.links or cut < 1000
+        again = MappingDeriver.restore(state)
+        out += [encode_mapping(m) for m in again.process_many(records[cut:])]
+        assert out == whole, cut
