@@ -31,6 +31,14 @@ instance name. A record's value is one JSON object, keys always in this order::
   records written before it existed.
 * ``written_ms``: wall-clock epoch ms when the record was made; for people only, never
   used to decide anything.
+* ``state`` (absent in records written before it existed, and until the first state
+  snapshot is committed): where the saved links and access levels are. ``topic``,
+  ``partition``, ``offsets`` (one record per part, written in the same transaction as
+  this checkpoint or an earlier one), ``id`` (the snapshot's token, in every part),
+  ``feed`` and ``offset``: the input the state was built from (controlstream when
+  mappings are derived, mappingstream when they are read) and the offset of that feed
+  the snapshot was taken before. A restart restores it and reads that feed from there,
+  whatever ``--lookback``; without it, it replays ``--lookback`` as before.
 
 A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
 None, and on a compacted topic the broker eventually drops the key altogether. A running
@@ -79,6 +87,7 @@ __all__ = [
     "CheckpointStore",
     "FeedCheckpoint",
     "OutputCheckpoint",
+    "StateRef",
     "decode_checkpoint",
     "encode_checkpoint",
     "encode_record",
@@ -120,6 +129,17 @@ class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     next_offset: NonNegative
 
 
+class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a checkpoint's saved state is (see the module docstring)."""
+
+    topic: str
+    partition: NonNegative
+    offsets: list[NonNegative]
+    id: str
+    feed: str
+    offset: NonNegative
+
+
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     """One checkpoint value (see the module docstring for the wire form)."""
 
@@ -130,6 +150,7 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     generation: NonNegative = 0
     written_ms: NonNegative = 0
     incarnation: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    state: StateRef | msgspec.UnsetType = msgspec.UNSET
 
     @property
     def claim_rank(self) -> tuple[int, str]:
@@ -156,7 +177,13 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
             if self.output is not None
             else ""
         )
-        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}"
+        state = (
+            ""
+            if isinstance(self.state, msgspec.UnsetType)
+            else f"; saved state at {self.state.topic}:{self.state.partition} offsets "
+            f"{self.state.offsets} ({self.state.feed} from offset {self.state.offset})"
+        )
+        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}{state}"
 
 
 def _iso_ms(ms: int) -> str:

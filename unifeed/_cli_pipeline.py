@@ -175,8 +175,8 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         type=parse_duration_ms,
         default=6 * 3_600_000,
         metavar="DURATION",
-        help="replay this much input before a checkpoint to "
-        "rebuild links and access levels (default 6h)",
+        help="replay this much input before --start TIME (or a checkpoint that names no "
+        "saved state) to rebuild links and access levels (default 6h)",
     )
     g.add_argument(
         "--commit-interval",

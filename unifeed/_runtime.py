@@ -31,7 +31,8 @@ from typing import Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from ._checkpoint import Checkpoint, CheckpointStore, encode_record
+from ._annotate import DEFAULT_LATE_WINDOW_MS, Annotator
+from ._checkpoint import Checkpoint, CheckpointStore, StateRef, encode_record
 from ._checkpoint import FeedCheckpoint as FeedPosition
 from ._checkpoint import OutputCheckpoint as OutputPosition
 from ._cli_kafka import parse_time_ms
@@ -61,7 +62,7 @@ from ._kafkautil import (
     resolve_bootstrap,
     watermarks,
 )
-from ._mapping import MappingDeriver, encode_mapping
+from ._mapping import DeriverState, MappingDeriver, decode_state, encode_mapping, encode_state
 from ._pipeline import (
     ANNOTATED,
     Accepted,
@@ -99,6 +100,15 @@ _UNKNOWN_CODES: Final = frozenset({"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKN
 #: A checkpoint position this far past the wall clock that no input record reaches is
 #: stale (a test's, another system's), not a future the inputs will bring: refused.
 _FUTURE_TOLERANCE_MS: Final = 5 * 60_000
+# Deriver snapshots: at most one per this much pitr and per this many input messages
+# (and never more often than 20 messages per entry of the previous one, so that their
+# cost stays a small constant per message whatever the state's size); at most this many
+# held between the reader and the commit that saves one (older ones thinned).
+_SNAPSHOT_EVERY_PITR_MS: Final = 5 * 60_000
+_SNAPSHOT_EVERY_MESSAGES: Final = 5000
+_SNAPSHOT_MESSAGES_PER_ENTRY: Final = 20
+_SNAPSHOTS_HELD: Final = 16
+_STATE_PART_BYTES: Final = 256 * 1024
 _TRANSIENT: Final = frozenset(
     {
         KafkaError._TRANSPORT,
@@ -225,6 +235,114 @@ class ReadPlan:
     offset: int
     resume_after: FeedPosition | None = None
     dead_offset: int | None = None
+    #: The intake's order floor at ``offset`` (a restart from saved state), if known.
+    floor: int | None = None
+
+
+class StateSnapshots:
+    """Snapshots of the mapping deriver, each as of the start of a controlstream batch,
+    from the reader that runs the deriver to the commits that save them.
+
+    A commit saves the newest snapshot that lies wholly before every feed's position less
+    the late window (`take`): a restart restores it and reads controlstream from its
+    offset. The reader adds (`due`, `add`), the writer takes, under a lock. Snapshots are
+    spaced by pitr and by input messages (the more state, the further apart), never by
+    the wall clock: their cost per message stays small and constant.
+    """
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[int, DeriverState]] = deque()
+        self._lock = threading.Lock()
+        self._last_offset = -(2**63)
+        self._last_pitr = -(2**63)
+        self._next_offset = -(2**63)
+
+    def due(self, offset: int, pitr: int) -> bool:
+        return pitr - self._last_pitr >= _SNAPSHOT_EVERY_PITR_MS and offset >= self._next_offset
+
+    def add(self, offset: int, state: DeriverState) -> None:
+        self._last_pitr = state.floor
+        entries = len(state.access) + len(state.links)
+        self._next_offset = offset + max(
+            _SNAPSHOT_EVERY_MESSAGES, _SNAPSHOT_MESSAGES_PER_ENTRY * entries
+        )
+        with self._lock:
+            held = self._held
+            held.append((offset, state))
+            if len(held) > _SNAPSHOTS_HELD:
+                # Keep the oldest (a commit may need one that far back), thin the rest.
+                del held[1]
+
+    def take(self, before_pitr: int) -> tuple[int, DeriverState] | None:
+        """The newest snapshot whose messages all have pitr below ``before_pitr`` (and
+        forget it and older ones), or None."""
+        found = None
+        with self._lock:
+            held = self._held
+            while held and held[0][1].floor < before_pitr:
+                found = held.popleft()
+        return found
+
+
+class _StatePart(msgspec.Struct, frozen=True, gc=False):
+    instance: str
+    id: str
+    part: int
+    parts: int
+
+
+_part_encode: Final = msgspec.json.Encoder().encode
+_part_decode: Final = msgspec.json.Decoder(_StatePart).decode
+
+
+def state_topic(checkpoint_topic: str) -> str:
+    """Where saved state goes: beside the checkpoints, compacted, partition 0."""
+    return f"{checkpoint_topic}.state"
+
+
+def load_state(options: RuntimeOptions, ref: StateRef) -> DeriverState | None:
+    """The saved state a checkpoint refers to, or None (logged) when it cannot be read."""
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    parts: dict[int, bytes] = {}
+    wanted = set(ref.offsets)
+    try:
+        consumer.assign([TopicPartition(ref.topic, ref.partition, min(ref.offsets))])
+        deadline = time.monotonic() + 60
+        last = max(ref.offsets)
+        done = False
+        while not done and time.monotonic() < deadline:
+            for m in consume_batch(consumer, 1000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    raise kafka_error(f"reading saved state from {ref.topic}", err)
+                offset = m.offset() or 0
+                if offset in wanted:
+                    head, _, body = (m.value() or b"").partition(b"\n")
+                    part = _part_decode(head)
+                    if part.id == ref.id and part.instance == options.instance:
+                        parts[part.part] = body
+                if offset >= last:
+                    done = True
+        if len(parts) != len(ref.offsets):
+            log.warning(
+                "%s: the saved state at %s:%d offsets %s is gone or incomplete; rebuilding "
+                "links and access levels from --lookback instead",
+                options.instance, ref.topic, ref.partition, ref.offsets,
+            )
+            return None
+        return decode_state(b"".join(parts[i] for i in range(len(parts))))
+    except (msgspec.DecodeError, KafkaException, KafkaRuntimeError) as exc:
+        log.warning(
+            "%s: the saved state at %s:%d cannot be read (%s); rebuilding links and access "
+            "levels from --lookback instead",
+            options.instance, ref.topic, ref.partition, exc,
+        )
+        return None
+    finally:
+        consumer.close()
 
 
 class RestartMarks:
@@ -299,9 +417,14 @@ class FeedReader(Worker):
         self.exit_at_end = exit_at_end
         self.count_keepalives = count_keepalives
         self.intake = FeedIntake(feed, where="offset")
+        if plan.floor is not None:
+            self.intake.floor = plan.floor
         self.next_offset = plan.offset
         self.high = -1
         self.marks = RestartMarks(plan.offset)
+        #: Called in this thread before a batch with accepted messages is handed on, with
+        #: the batch's first offset and the intake's floor before it.
+        self.before_batch: Callable[[int, int], None] | None = None
 
     def work(self) -> None:
         consumer = Consumer(self.config)
@@ -376,6 +499,7 @@ class FeedReader(Worker):
             def offset_of(i: int, rs: list[Message] = records) -> int:
                 return rs[i].offset() or 0
 
+            floor_before = self.intake.floor
             good: list[Accepted]
             good, dead = self.intake.process_values(list(map(_MESSAGE_VALUE, records)), offset_of)
             if dead and self.plan.dead_offset is not None:
@@ -428,6 +552,8 @@ class FeedReader(Worker):
                 if good or replay:
                     # Before the batch goes on: no commit can cover it without its mark.
                     self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
+                    if self.before_batch is not None:
+                        self.before_batch(records[0].offset() or 0, floor_before)
                 if not self._hand_on(consumer, tp, replay, good, dead, caught_up, closed):
                     return
 
@@ -554,6 +680,14 @@ class Committer:
         #: Dead letters this run has written (those a restart skips are not counted).
         self.dead_written = 0
         self._last_dead: DeadLetter | None = None
+        #: The deriver's snapshots (None: no state is saved), how far behind the lowest
+        #: feed position a saved one must lie, and the saved state the next checkpoint
+        #: names (carried from the checkpoint resumed from until a newer one is saved).
+        self.snapshots: StateSnapshots | None = None
+        self.state_lag_ms = 0
+        self.state_feed = CONTROLSTREAM  # the input the snapshots are taken of
+        self.state_ref: StateRef | None = None
+        self.state_target = Target(state_topic(options.checkpoint_topic), 0)
 
     # start-up ----------------------------------------------------------------
 
@@ -565,6 +699,9 @@ class Committer:
         claim: either of them stops a healthy incarnation of the same name.
         """
         self.store.ensure_topic()
+        CheckpointStore(
+            self.options.bootstrap, self.state_target.topic, self.options.kafka_extra
+        ).ensure_topic()
         # The output's end before the checkpoint is read: output written by an
         # incarnation starting at the same time then comes after its first checkpoint,
         # which this load sees (so it is not taken for a foreign output).
@@ -733,6 +870,7 @@ class Committer:
             instance=instance,
             feeds=cp.feeds if cp is not None else {},
             output=cp.output if cp is not None else None,
+            state=cp.state if cp is not None else msgspec.UNSET,
             generation=self.generation,
             written_ms=self.options.clock(),
             incarnation=self.incarnation,
@@ -1018,6 +1156,8 @@ class Committer:
             return
         producer = self.producer
         self.begin()
+        feeds = self._feed_checkpoints()
+        saving = self._save_state(feeds)
         remaining = producer.flush(30)
         if remaining:
             raise KafkaRuntimeError(f"{remaining} output records not delivered after 30 s")
@@ -1025,10 +1165,16 @@ class Committer:
             raise kafka_error("output delivery failed", self._error)
         if self._delivered_next >= 0:
             self.next_offset = max(self.next_offset, self._delivered_next)
+        if saving is not None:
+            offsets, ref = saving
+            if None in offsets:
+                raise KafkaRuntimeError(f"saved state not delivered to {self.state_target}")
+            self.state_ref = msgspec.structs.replace(ref, offsets=offsets)
         cp = Checkpoint(
             version=1,
             instance=self.options.instance,
-            feeds=self._feed_checkpoints(),
+            state=msgspec.UNSET if self.state_ref is None else self.state_ref,
+            feeds=feeds,
             output=OutputPosition(
                 topic=self.output.topic,
                 partition=self.output.partition,
@@ -1051,6 +1197,56 @@ class Committer:
         self._dirty = False
         self.last_commit = time.monotonic()
         self.state.add("commits")
+
+    def _save_state(
+        self, feeds: dict[str, FeedPosition]
+    ) -> tuple[list[Any], StateRef] | None:
+        """Produce the newest snapshot the checkpoint may name, in parts, inside the open
+        transaction (before its flush); its offsets are filled in by delivery reports."""
+        if self.snapshots is None or not all(f in feeds for f in self.feeds):
+            return None
+        lowest = min(feeds[f].pitr for f in self.feeds)
+        taken = self.snapshots.take(lowest - self.state_lag_ms)
+        if taken is None:
+            return None
+        offset, state = taken
+        raw = encode_state(state)
+        size = min(_STATE_PART_BYTES, max(1024, self.max_record_bytes - 1024))
+        chunks = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
+        token = secrets.token_hex(8)
+        offsets: list[Any] = [None] * len(chunks)
+        for i, chunk in enumerate(chunks):
+
+            def delivered(error: KafkaError | None, message: Message, i: int = i) -> None:
+                if error is None:
+                    offsets[i] = message.offset()
+                else:
+                    self._error = error
+
+            head = _part_encode(_StatePart(self.options.instance, token, i, len(chunks)))
+            while True:
+                try:
+                    self.producer.produce(
+                        self.state_target.topic,
+                        head + b"\n" + chunk,
+                        # One key per part: compaction keeps the latest snapshot whole.
+                        key=f"{self.options.instance}#{i}".encode(),
+                        partition=self.state_target.partition,
+                        on_delivery=delivered,
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        self.state.add("state_saves")
+        ref = StateRef(
+            topic=self.state_target.topic,
+            partition=self.state_target.partition,
+            offsets=[],
+            id=token,
+            feed=self.state_feed,
+            offset=offset,
+        )
+        return offsets, ref
 
     def begin(self) -> None:
         """Open a transaction unless one is open (exactly-once only)."""
@@ -1179,6 +1375,9 @@ class AnnotatorThread(Worker):
                     if batch.closed:
                         c.close(SURFACESTREAM)
             out = stage.drain()
+            if stage.dead:
+                dead.extend(stage.dead)
+                stage.dead.clear()
             marker = stage.progress()
             finished = stage.finished()
             caught_up = self.surface_caught_up and c.queued(SURFACESTREAM) == 0
@@ -1367,6 +1566,63 @@ class BrokerHealth:
 # --- start-up planning -----------------------------------------------------
 
 
+def _snapshot_hook(snapshots: StateSnapshots, deriver: MappingDeriver) -> Callable[[int, int], None]:
+    def before_batch(offset: int, floor: int) -> None:
+        if snapshots.due(offset, floor):
+            snapshots.add(offset, deriver.snapshot(floor))
+
+    return before_batch
+
+
+def _links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, int], None]:
+    """Snapshots of the links an external mappingstream has made so far."""
+
+    def before_batch(offset: int, floor: int) -> None:
+        if snapshots.due(offset, floor):
+            table = [(s, e[1], "", e[3], e[2]) for s, e in links._links.items()]
+            snapshots.add(offset, DeriverState(
+                floor=floor, last_keepalive=0, next_prune=0, access=[], links=table, tracks=[]
+            ))
+
+    return before_batch
+
+
+def _restore(
+    options: RuntimeOptions, committer: Committer, feed: str, target: Target
+) -> DeriverState | None:
+    """The saved state of the checkpoint resumed from, if it names one built from
+    ``feed`` that can be read and whose offset is still stored; else None (logged), and
+    the restart replays --lookback. The checkpoint's reference is kept for the next
+    commits."""
+    cp = committer.checkpoint
+    ref = cp.state if cp is not None else msgspec.UNSET
+    if isinstance(ref, msgspec.UnsetType):
+        return None
+    if ref.feed != feed:
+        log.warning(
+            "%s: the saved state was built from %s, this run takes its links from %s; "
+            "rebuilding links and access levels from --lookback instead",
+            options.instance, ref.feed, feed,
+        )
+        return None
+    low, _ = _watermarks_or_empty(options, target)
+    if ref.offset < low:
+        log.warning(
+            "%s: the saved state was taken at %s offset %d, no longer stored (first offset "
+            "%d); rebuilding links and access levels from --lookback instead",
+            options.instance, target, ref.offset, low,
+        )
+        return None
+    state = load_state(options, ref)
+    if state is not None:
+        committer.state_ref = ref
+        log.info(
+            "%s: restored %d links and %d access levels saved at %s offset %d",
+            options.instance, len(state.links), len(state.access), target, ref.offset,
+        )
+    return state
+
+
 def _find(options: RuntimeOptions, target: Target, pitr: int) -> PitrSeek:
     consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra, fetch_wait_ms=10))
     try:
@@ -1517,12 +1773,25 @@ class CombineRun:
         cp = committer.checkpoint
         targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
         plans: dict[str, ReadPlan] = {}
+        restored: DeriverState | None = None
         if cp is not None and all(f in cp.feeds for f in targets):
             pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
-            replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
-            plans[CONTROLSTREAM] = ReadPlan(
-                _restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
-            )
+            if self.mapping is None:
+                restored = _restore(o, committer, CONTROLSTREAM, self.control)
+            else:
+                restored = _restore(o, committer, MAPPINGSTREAM, self.mapping)
+            if restored is not None and self.mapping is None:
+                plans[CONTROLSTREAM] = ReadPlan(
+                    committer.state_ref.offset if committer.state_ref else 0,
+                    pc,
+                    pc.dead_offset,
+                    restored.floor,
+                )
+            else:
+                replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
+                plans[CONTROLSTREAM] = ReadPlan(
+                    _restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
+                )
             plans[SURFACESTREAM] = ReadPlan(
                 _restart_offset(o, self.surface, ps.pitr, ps.offset), ps, ps.dead_offset
             )
@@ -1543,10 +1812,14 @@ class CombineRun:
                 mapping_from = ps.pitr - o.lookback_ms
             committer.first_checkpoint(positions)
         committer.begin()
-        self._build_threads(committer, plans, mapping_from)
+        self._build_threads(committer, plans, mapping_from, restored)
 
     def _build_threads(
-        self, committer: Committer, plans: dict[str, ReadPlan], mapping_from: int
+        self,
+        committer: Committer,
+        plans: dict[str, ReadPlan],
+        mapping_from: int,
+        restored: DeriverState | None = None,
     ) -> None:
         o = self.options
         st = self.state
@@ -1556,7 +1829,11 @@ class CombineRun:
         rconf.setdefault("queued.max.messages.kbytes", 16_384)
         rconf.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
         derive = self.mapping is None
-        deriver = MappingDeriver() if derive else None
+        deriver = (
+            None
+            if not derive
+            else MappingDeriver() if restored is None else MappingDeriver.restore(restored)
+        )
 
         def control_to_writer(
             replay: list[Accepted],
@@ -1625,6 +1902,14 @@ class CombineRun:
             _Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
         )
         self.threads += [control_reader, surface_reader]
+        if deriver is not None:
+            # The deriver's state travels with the checkpoints (a restart needs it whatever
+            # --lookback); a saved one lies a late window behind every feed's position, so
+            # that a restart rebuilds the link history late messages need.
+            snapshots = StateSnapshots()
+            control_reader.before_batch = _snapshot_hook(snapshots, deriver)
+            committer.snapshots = snapshots
+            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
         # controlstream restarts a lookback before the lowest position (it rebuilds the
         # links from there; with derived mappings, the surface's links come from it too).
         committer.marks = {
@@ -1639,6 +1924,12 @@ class CombineRun:
                 else None
             )
 
+            # The links this mappingstream has made, kept beside the annotator's own table
+            # (in this reader's thread) for the state saved with the checkpoints.
+            links = Annotator(late_window_ms=0)
+            if restored is not None:
+                links.seed(restored.links, restored.floor)
+
             def mapping_to_annotator(
                 replay: list[Accepted],
                 good: list[Accepted],
@@ -1647,6 +1938,10 @@ class CombineRun:
                 closed: bool,
             ) -> Batch | None:
                 records = [a.rec for a in good]
+                apply = links.apply
+                for r in records:
+                    if type(r) is Mapping:
+                        apply(r)
                 return Batch(
                     [r for r in records if type(r) is Mapping],
                     dead,
@@ -1655,15 +1950,28 @@ class CombineRun:
                     closed,
                 )
 
-            self.threads.append(
-                reader(
-                    MAPPINGSTREAM,
-                    self.mapping,
-                    ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead),
-                    _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
-                )
+            ref = committer.state_ref
+            mapping_plan = (
+                ReadPlan(ref.offset, None, mapping_dead, restored.floor)
+                if restored is not None and ref is not None
+                else ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead)
             )
-        self.threads.append(AnnotatorThread(st, annot_inbox, writer_inbox, o))
+            mapping_reader = reader(
+                MAPPINGSTREAM,
+                self.mapping,
+                mapping_plan,
+                _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
+            )
+            snapshots = StateSnapshots()
+            mapping_reader.before_batch = _links_hook(snapshots, links)
+            committer.snapshots = snapshots
+            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
+            committer.state_feed = MAPPINGSTREAM
+            self.threads.append(mapping_reader)
+        annotator = AnnotatorThread(st, annot_inbox, writer_inbox, o)
+        if restored is not None:
+            annotator.stage.annotator.seed(restored.links, restored.floor)
+        self.threads.append(annotator)
         self.writer = WriterThread(st, writer_inbox, committer, o)
         self.threads.append(self.writer)
         self.threads.append(ClaimWatcher(st, o, committer))
@@ -1868,10 +2176,15 @@ def mappings_command(args: argparse.Namespace) -> int:
             metrics.close()
         raise
     cp = committer.checkpoint
+    restored: DeriverState | None = None
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
-        start = _restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
-        plan = ReadPlan(start, pos, pos.dead_offset)
+        restored = _restore(o, committer, CONTROLSTREAM, control)
+        if restored is not None and committer.state_ref is not None:
+            plan = ReadPlan(committer.state_ref.offset, pos, pos.dead_offset, restored.floor)
+        else:
+            start = _restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
+            plan = ReadPlan(start, pos, pos.dead_offset)
         log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
     else:
         off, pos = _start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
@@ -1882,7 +2195,7 @@ def mappings_command(args: argparse.Namespace) -> int:
         )
         committer.first_checkpoint({CONTROLSTREAM: pos})
     committer.begin()
-    deriver = MappingDeriver()
+    deriver = MappingDeriver() if restored is None else MappingDeriver.restore(restored)
     tracker: dict[str, int] = {}
     if plan.resume_after is not None:
         tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
@@ -1925,6 +2238,9 @@ def mappings_command(args: argparse.Namespace) -> int:
         count_keepalives=True,
     )
     committer.marks = {CONTROLSTREAM: (reader.marks, o.lookback_ms)}
+    snapshots = StateSnapshots()
+    reader.before_batch = _snapshot_hook(snapshots, deriver)
+    committer.snapshots = snapshots
     reader.start()
     watcher = ClaimWatcher(state, o, committer)
     watcher.start()

@@ -129,6 +129,9 @@ class Unifier:
 
     def drain_emitted(self) -> list[Emitted]:
         annotated = self.annotate.drain()
+        if self.annotate.dead:
+            self.dead_letters.extend(self.annotate.dead)
+            self.annotate.dead.clear()
         writer = self.writer.combiner
         if annotated:
             self.writer.push_annotated(annotated)
