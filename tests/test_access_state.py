@@ -93,7 +93,9 @@ def test_late_surface_messages_get_the_link_and_access_of_their_own_pitr(
         ("F1", "restricted"), ("F2", "restricted")]
 
     load(kafka_bootstrap, ctl, control)
-    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at)))
+    # surfacestream's topic appears only when its producer starts, as in a live deployment.
+    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
+                                  "--wait-for-topics"))
     try:
         # Every control message is written (so every mapping was applied) before the
         # surface positions are produced.
