@@ -47,6 +47,7 @@ def test_every_command_help_exits_0_and_lists_its_options() -> None:
         "combine",
         "mappings",
         "simulate",
+        "ingest",
         "load",
         "dump",
         "broker",
@@ -72,6 +73,7 @@ def test_every_command_help_exits_0_and_lists_its_options() -> None:
 
 def test_commands_of_the_spec_exist() -> None:
     commands = set(build_command_line().commands)
-    for name in ("combine", "mappings", "simulate", "load", "dump", "broker", "config show"):
+    for name in ("combine", "mappings", "simulate", "ingest", "load", "dump", "broker",
+                 "config show"):
         assert name in commands
     assert {"checkpoint show", "checkpoint reset"} <= commands

@@ -84,7 +84,8 @@ def test_busy_airport_larger_than_retention_loaded_while_combining(
     # The loader tops up an old backlog: a reader waiting at the end of its partition for
     # it must not be taken for a live, silent feed, however slow a loaded machine is.
     proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"busy-{out}",
-                                  "--stop-at", str(last), "--end-of-log-grace", "60s"))
+                                  "--stop-at", str(last), "--end-of-log-grace", "60s",
+                                  "--wait-for-topics"))
     ahead = 8000  # messages a feed may be ahead of the output: ~2 MB, well under retention
     try:
         cursors = {ctl: 0, srf: 0}
@@ -152,7 +153,7 @@ def test_paced_realtime_gives_the_same_output(name: str, kafka_bootstrap: str,
     surface.append(keepalive(end + 1))
     expected, _ = unify_lines(control, surface)
     proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"live-{out}", "--strict-order",
-                                  "--stop-at", str(end)))
+                                  "--stop-at", str(end), "--wait-for-topics"))
     loader = PacedLoader(kafka_bootstrap, [(ctl, pitr_of(x), x) for x in control if pitr_of(x)]
                          + [(srf, pitr_of(x), x) for x in surface if pitr_of(x)])
     loader.start()

@@ -327,7 +327,7 @@ def test_long_day_through_kafka_keeps_memory_flat(
                       "--output", f"kafka:{out}", "--bootstrap-servers", kafka_bootstrap,
                       "--instance", f"day-{out}", "--checkpoint-topic", f"{out}.checkpoints",
                       "--status-interval", "0", "--log-level", "warning",
-                      "--stop-at", str(last)])
+                      "--stop-at", str(last), "--wait-for-topics"])
     sampler = RssSampler(proc.pid, lambda: len(follower.values))
     sampler.start()
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20,

@@ -42,6 +42,7 @@ from unifeed.core.errors import DeadLetterLimitError as DeadLetterLimitError
 from unifeed.core.errors import FeedOrderError as FeedOrderError
 from unifeed.core.errors import InstanceFencedError as InstanceFencedError
 from unifeed.core.errors import KafkaRuntimeError as KafkaRuntimeError
+from unifeed.core.errors import StartRefusedError as StartRefusedError
 from unifeed.core.errors import UnifeedError as UnifeedError
 from unifeed.core.mapping import MappingDeriver as MappingDeriver
 from unifeed.core.stages import DeadLetter as DeadLetter
@@ -65,6 +66,7 @@ __all__ = [
     "KafkaRuntimeError",
     "MappingDeriver",
     "Mode",
+    "StartRefusedError",
     "UnifeedError",
     "Unifier",
     "unify_lines",

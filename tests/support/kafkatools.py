@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def pitr_of(line: bytes) -> int:
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return 0
     pitr = value.get("pitr") if isinstance(value, dict) else None
     return pitr if type(pitr) is int and pitr > 0 else 0

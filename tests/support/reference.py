@@ -92,7 +92,8 @@ def valid_messages(feed: str, lines: Iterable[bytes]) -> list[tuple[bytes, dict[
             continue
         try:
             obj = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # RecursionError: nested deeper than a JSON decoder goes, a dead letter.
             continue
         if not _valid_shape(feed, obj) or obj["pitr"] < floor:
             continue

@@ -18,7 +18,9 @@ instance name. A record's value is one JSON object, keys always in this order::
   ``pitr`` order is broken by backwards records, dead letters, can mislead a search), and
   skips what ``pitr`` and ``skip`` say is done. An external mappingstream has only
   ``dead_offset`` (its ``pitr`` and ``skip`` are 0: combine resumes it from the
-  surfacestream's).
+  surfacestream's). ``source``, when present, names the input the feed was read from
+  (``TOPIC:PARTITION``): a start with other inputs is refused, since the positions belong
+  to those inputs. Records written before it existed have none and resume as before.
 * ``output``: the output partition and ``next_offset``, the offset after the last output
   record this checkpoint covers (output-tail reconciliation); null before any output.
 * ``generation``: incarnation counter; a run resuming from generation g writes g + 1.
@@ -29,14 +31,25 @@ instance name. A record's value is one JSON object, keys always in this order::
   records written before it existed.
 * ``written_ms``: wall-clock epoch ms when the record was made; for people only, never
   used to decide anything.
+* ``state`` (absent in records written before it existed, and until the first state
+  snapshot is committed): where the saved links and access levels are. ``topic``,
+  ``partition``, ``offsets`` (one record per part, written in the same transaction as
+  this checkpoint or an earlier one), ``id`` (the snapshot's token, in every part),
+  ``feed`` and ``offset``: the input the state was built from (controlstream when
+  mappings are derived, mappingstream when they are read) and the offset of that feed
+  the snapshot was taken before. A restart restores it and reads that feed from there,
+  whatever ``--lookback``; without it, it replays ``--lookback`` as before.
 
 A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
-None, and on a compacted topic the broker eventually drops the key altogether.
+None, and on a compacted topic the broker eventually drops the key altogether. A running
+incarnation that sees the tombstone of its name stops without committing again, so a
+reset is never undone by the run it resets.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import sys
@@ -74,6 +87,7 @@ __all__ = [
     "CheckpointStore",
     "FeedCheckpoint",
     "OutputCheckpoint",
+    "StateRef",
     "decode_checkpoint",
     "encode_checkpoint",
     "encode_record",
@@ -85,6 +99,9 @@ log = logging.getLogger("unifeed.checkpoint")
 CHECKPOINT_TOPIC: Final = "unifeed.checkpoints"
 CHECKPOINT_PARTITION: Final = 0
 CHECKPOINT_VERSION: Final = 1
+#: ``checkpoint reset``: how long it waits for a running incarnation to stop, how often.
+_RESET_SETTLE_S: Final = 1.0
+_RESET_ROUNDS: Final = 5
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 InstanceName = Annotated[str, msgspec.Meta(min_length=1)]
@@ -100,6 +117,8 @@ class FeedCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_d
     dead_offset: int | None = None
     #: An input offset from which a restart may read (every message before it is done).
     offset: int | None = None
+    #: The input this feed was read from, ``TOPIC:PARTITION``; None in older records.
+    source: str | None = None
 
 
 class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -108,6 +127,17 @@ class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     topic: str
     partition: NonNegative
     next_offset: NonNegative
+
+
+class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a checkpoint's saved state is (see the module docstring)."""
+
+    topic: str
+    partition: NonNegative
+    offsets: list[NonNegative]
+    id: str
+    feed: str
+    offset: NonNegative
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +150,7 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
     generation: NonNegative = 0
     written_ms: NonNegative = 0
     incarnation: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    state: StateRef | msgspec.UnsetType = msgspec.UNSET
 
     @property
     def claim_rank(self) -> tuple[int, str]:
@@ -146,7 +177,13 @@ class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):
             if self.output is not None
             else ""
         )
-        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}"
+        state = (
+            ""
+            if isinstance(self.state, msgspec.UnsetType)
+            else f"; saved state at {self.state.topic}:{self.state.partition} offsets "
+            f"{self.state.offsets} ({self.state.feed} from offset {self.state.offset})"
+        )
+        return f"generation {self.generation}: {feeds or 'no feed position yet'}{out}{state}"
 
 
 def _iso_ms(ms: int) -> str:
@@ -201,7 +238,7 @@ def decode_checkpoint(
                 f"{CHECKPOINT_VERSION} only; upgrade unifeed or {fix}"
             ) from None
         raise CheckpointError(f"{where} is not a valid checkpoint ({exc}); {fix}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise CheckpointError(f"{where} is corrupt ({exc}); {fix}") from None
     if checkpoint.instance != instance:
         raise CheckpointError(f"{where} names instance {checkpoint.instance!r} in its value; {fix}")
@@ -334,11 +371,25 @@ class CheckpointStore:
     def load(self, instance: str) -> tuple[Checkpoint | None, int]:
         """The latest checkpoint of ``instance`` and its offset.
 
+        Returns ``(None, offset)`` after a reset (the tombstone's offset) and ``(None, -1)``
+        when the instance never wrote one (or the topic does not exist). A corrupt latest
+        record raises `CheckpointError` naming topic, offset and instance.
+        """
+        value, offset = self.load_raw(instance)
+        if value is None:
+            return None, offset
+        return (
+            decode_checkpoint(value, topic=self.topic, offset=offset, instance=instance),
+            offset,
+        )
+
+    def load_raw(self, instance: str) -> tuple[bytes | None, int]:
+        """The value of the latest record of ``instance`` as stored, and its offset.
+
         Scans back from the end of partition 0 in growing windows, never waiting for
-        offset ``high - 1`` (after transactional writes it is a commit marker). Returns
-        ``(None, offset)`` after a reset (the tombstone's offset) and ``(None, -1)`` when the
-        instance never wrote one (or the topic does not exist). A corrupt latest record
-        raises `CheckpointError` naming topic, offset and instance.
+        offset ``high - 1`` (after transactional writes it is a commit marker). ``(None,
+        offset)`` for a tombstone, ``(None, -1)`` when there is no record (or no topic).
+        Reads any record, also one that is not a checkpoint.
         """
         consumer = self._reader()
         try:
@@ -362,13 +413,7 @@ class CheckpointStore:
             return None, -1
         offset = found.offset()
         assert offset is not None
-        value = found.value()
-        if value is None:
-            return None, offset
-        return (
-            decode_checkpoint(value, topic=self.topic, offset=offset, instance=instance),
-            offset,
-        )
+        return found.value(), offset
 
     def write(self, instance: str, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` (non-transactional) and return its offset once acknowledged."""
@@ -472,8 +517,10 @@ def register(subparsers: Any) -> None:
         description=(
             "Inspect or reset the checkpoint of a combine or mappings instance. `show` prints "
             "the stored JSON value on stdout and where it is on stderr; with no checkpoint it "
-            "prints nothing on stdout, says so on stderr and exits 0. `reset` writes a "
-            "tombstone: the instance's next run starts from --start."
+            "prints nothing on stdout, says so on stderr and exits 0; a record that is not a "
+            "checkpoint is printed escaped as {\"raw\":...} or {\"raw_b64\":...}. `reset` "
+            "writes a tombstone: a running incarnation of the instance stops without "
+            "committing again, and the next run starts from --start."
         ),
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -493,12 +540,29 @@ def register(subparsers: Any) -> None:
         action.set_defaults(handler=handler)
 
 
+def _raw_line(value: bytes) -> str:
+    r"""A stored value that is not a checkpoint, printable whatever its bytes: its text as a
+    JSON string when it is UTF-8, else base64 (the dead letters' ``raw``/``raw_b64``).
+
+    >>> _raw_line(b'{"version":1,"instance":')
+    '{"raw":"{\\"version\\":1,\\"instance\\":"}'
+    >>> _raw_line(b"\xff\x00")
+    '{"raw_b64":"/wA="}'
+    """
+    try:
+        text = value.decode("utf-8")
+        return json.dumps({"raw": text}, ensure_ascii=True, separators=(",", ":"))
+    except UnicodeDecodeError:
+        encoded = base64.b64encode(value).decode("ascii")
+        return json.dumps({"raw_b64": encoded}, separators=(",", ":"))
+
+
 def _show(args: argparse.Namespace) -> int:
     bootstrap, extra = kafka_settings(args)
-    with CheckpointStore(bootstrap, args.checkpoint_topic, extra) as store:
-        checkpoint, offset = store.load(args.instance)
     where = f"kafka:{args.checkpoint_topic}:{CHECKPOINT_PARTITION}"
-    if checkpoint is None:
+    with CheckpointStore(bootstrap, args.checkpoint_topic, extra) as store:
+        value, offset = store.load_raw(args.instance)
+    if value is None:
         if offset >= 0:
             print(
                 f"no checkpoint for instance {args.instance!r} in {where}: it was reset "
@@ -507,6 +571,20 @@ def _show(args: argparse.Namespace) -> int:
             )
         else:
             print(f"no checkpoint for instance {args.instance!r} in {where}", file=sys.stderr)
+        return 0
+    try:
+        checkpoint = decode_checkpoint(
+            value, topic=args.checkpoint_topic, offset=offset, instance=args.instance
+        )
+    except CheckpointError as exc:
+        # Shown as stored, escaped: junk must not reach a terminal as raw bytes.
+        sys.stdout.write(_raw_line(value) + "\n")
+        sys.stdout.flush()
+        print(
+            f"the latest record of instance {args.instance!r} at {where} offset {offset} "
+            f"({len(value)} bytes, printed as raw or raw_b64) is not a checkpoint: {exc}",
+            file=sys.stderr,
+        )
         return 0
     sys.stdout.write(encode_checkpoint(checkpoint).decode("utf-8") + "\n")
     sys.stdout.flush()
@@ -539,9 +617,32 @@ def _reset(args: argparse.Namespace) -> int:
                 else " (there was none)"
             )
         offset = store.reset(args.instance)
+        # A running incarnation stops when its watcher sees the tombstone, and may commit
+        # once more before that: look again after it had time to stop, and write the
+        # tombstone again over such a commit.
+        rewritten = 0
+        for _round in range(_RESET_ROUNDS):
+            time.sleep(_RESET_SETTLE_S)
+            value, _latest = store.load_raw(args.instance)
+            if value is None:
+                break
+            rewritten += 1
+            offset = store.reset(args.instance)
+        else:
+            raise CheckpointError(
+                f"instance {args.instance!r} kept writing checkpoints after {_RESET_ROUNDS} "
+                "resets; stop its process, then run `unifeed checkpoint reset` again"
+            )
+    stopped = (
+        f"; a running incarnation committed after the tombstone, which was written again "
+        f"({rewritten}x)"
+        if rewritten
+        else ""
+    )
     print(
         f"checkpoint of instance {args.instance!r} reset: tombstone at "
-        f"kafka:{args.checkpoint_topic}:{CHECKPOINT_PARTITION} offset {offset}{previous}",
+        f"kafka:{args.checkpoint_topic}:{CHECKPOINT_PARTITION} offset {offset}{previous}"
+        f"{stopped}; a running incarnation of the instance stops without committing again",
         file=sys.stderr,
     )
     return 0

@@ -6,8 +6,9 @@
     its ``pitr``. lz4-compressed by default. A line must be a JSON object with an integer
     ``pitr`` >= 0; otherwise nothing is loaded and the command exits 4 naming the bad
     lines. ``--allow-invalid`` loads such lines as they are (to test dead-letter handling
-    through Kafka), stamped with the previous line's pitr. Blank lines are skipped.
-    Prints the count on stdout.
+    through Kafka), stamped with the previous line's pitr. A line larger than a record may
+    be (``message.max.bytes``, 1,000,000 bytes by default) is refused either way: nothing
+    is loaded, exit 4. Blank lines are skipped. Prints the count on stdout.
 
 ``unifeed dump kafka:T [--from T] [--to T] [--audience A]``
     Writes the partition's records, one per line, to stdout: from the start of the
@@ -18,7 +19,10 @@
     of its own ``access`` field (an unknown level counts as ``blocked``) and that of
     its flight ``id`` as last seen in a ``flightplan`` earlier in the partition (a
     flightplan without ``access`` is ``public``), else ``public``. A record that is not a
-    JSON object cannot be judged and is hidden whenever ``--audience`` is given.
+    JSON object cannot be judged and is hidden whenever ``--audience`` is given. A dead
+    letter (any record of a topic named ``*.dead-letter``, or a record shaped like one:
+    ``reason`` and ``raw``/``raw_b64``, no ``type``) carries input of unknown access: it
+    counts as ``blocked``, so only ``--audience blocked`` shows it.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 import unifeed.checkpoint.store as _checkpoint
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
-from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK
+from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
+from unifeed.core.unify import stdin_bytes, stdout_bytes
 from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
     COMPRESSIONS,
@@ -64,8 +69,12 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _BLOCKED_RANK: Final = ACCESS_RANK["blocked"]
 #: At most this many bad lines are named in the error message.
 _NAMED_BAD_LINES: Final = 5
+#: librdkafka's default ``message.max.bytes``: it refuses a larger record value at once.
+_MAX_RECORD_BYTES: Final = 1_000_000
 #: ``dump`` gives up when the broker sends nothing for this long.
 _STALL_S: Final = 30.0
+#: A topic whose name ends so holds dead letters (the default sink is ``<output>.dead-letter``).
+DEAD_LETTER_SUFFIX: Final = ".dead-letter"
 
 
 # --- load ------------------------------------------------------------------
@@ -100,30 +109,55 @@ def _pitr_of_line(line: bytes) -> tuple[int | None, str]:
         pitr = _stamp_decoder.decode(line).pitr
     except msgspec.DecodeError as exc:
         return None, str(exc)
+    except RecursionError:
+        return None, TOO_DEEP
     if pitr < 0:
         return None, f"`pitr` must not be negative, got {pitr}"
     return pitr, ""
 
 
-def _check_lines(stream: IO[bytes], source: str) -> None:
+def _check_lines(stream: IO[bytes], source: str, max_bytes: int, allow_invalid: bool) -> None:
+    """Refuse the whole file (`BadRecordError`) if a line is larger than a record may be
+    or, unless ``allow_invalid``, is not a JSON object with an integer pitr >= 0."""
     bad: list[str] = []
-    count = 0
+    count = large = 0
     for number, line in _lines(stream):
         if not line.strip():
+            continue
+        if len(line) > max_bytes:
+            large += 1
+            count += 1
+            if len(bad) < _NAMED_BAD_LINES:
+                bad.append(f"line {number}: {len(line):,} bytes")
+            continue
+        if allow_invalid:
             continue
         pitr, reason = _pitr_of_line(line)
         if pitr is None:
             count += 1
             if len(bad) < _NAMED_BAD_LINES:
                 bad.append(f"line {number}: {reason}")
-    if count:
-        more = f" (and {count - len(bad)} more)" if count > len(bad) else ""
-        raise BadRecordError(
-            source,
-            f"{count} line(s) are not JSON objects with an integer pitr >= 0: "
-            f"{'; '.join(bad)}{more}; nothing was loaded (fix them, or pass "
-            "--allow-invalid to load them as they are)",
+    if not count:
+        return
+    more = f" (and {count - len(bad)} more)" if count > len(bad) else ""
+    named = f"{'; '.join(bad)}{more}"
+    if large and allow_invalid:
+        what = f"{count} line(s) are larger than a record may be ({max_bytes:,} bytes)"
+    elif large:
+        what = (
+            f"{count} line(s) are larger than a record may be ({max_bytes:,} bytes) or "
+            "are not JSON objects with an integer pitr >= 0"
         )
+    else:
+        what = f"{count} line(s) are not JSON objects with an integer pitr >= 0"
+    fix = "fix them, or pass --allow-invalid to load them as they are"
+    if large:
+        fix = (
+            "a line above the limit can never be a record: split or drop it, or raise "
+            "message.max.bytes (--kafka-config; the topic's max.message.bytes on the "
+            "broker must allow it too)"
+        )
+    raise BadRecordError(source, f"{what}: {named}; nothing was loaded ({fix})")
 
 
 def load_lines(
@@ -141,16 +175,17 @@ def load_lines(
 ) -> LoadReport:
     """Produce every non-blank line of ``stream`` to ``target`` (record timestamp = pitr).
 
-    Without ``allow_invalid`` the stream must be seekable: it is checked first and nothing
-    is produced if a line is invalid (`BadRecordError`, exit code 4). ``rate`` paces the
+    The stream must be seekable: it is checked first and nothing is produced if a line is
+    larger than a record may be (``message.max.bytes``, 1,000,000 by default) or, without
+    ``allow_invalid``, invalid (`BadRecordError`, exit code 4). ``rate`` paces the
     records per second. Waits up to ``timeout_s`` for the last acknowledgements; a record
     the broker refused raises `KafkaRuntimeError`.
     """
     if rate is not None and rate <= 0:
         raise ConfigError("--rate must be > 0")
-    if not allow_invalid:
-        _check_lines(stream, source)
-        stream.seek(0)
+    max_bytes = int(str((extra_config or {}).get("message.max.bytes", _MAX_RECORD_BYTES)))
+    _check_lines(stream, source, max_bytes, allow_invalid)
+    stream.seek(0)
     failures: list[KafkaError] = []
 
     def on_failure(error: KafkaError | None, message: Message) -> None:
@@ -165,7 +200,7 @@ def load_lines(
     started = last_note = time.monotonic()
     produce = producer.produce
     topic, partition = target.topic, target.partition
-    for _number, line in _lines(stream):
+    for number, line in _lines(stream):
         if not line.strip():
             blank += 1
             continue
@@ -181,6 +216,8 @@ def load_lines(
                 break
             except BufferError:
                 producer.poll(0.05)
+            except KafkaException as exc:
+                raise kafka_error(f"loading line {number} into {target} failed", exc.args[0]) from None
         else:
             raise KafkaRuntimeError(f"{target}: the producer queue stayed full", "_QUEUE_FULL")
         records += 1
@@ -226,6 +263,14 @@ class _View(msgspec.Struct, gc=False):
     pitr: Any = None
     id: Any = None
     access: Any = None
+    # A dead letter's fields: kept undecoded, only their presence matters.
+    reason: msgspec.Raw = msgspec.Raw()
+    raw: msgspec.Raw = msgspec.Raw()
+    raw_b64: msgspec.Raw = msgspec.Raw()
+
+    def is_dead_letter(self) -> bool:
+        """Shaped like a dead-letter record: a reason and the raw input, no type."""
+        return self.type is None and bool(self.reason) and bool(self.raw or self.raw_b64)
 
 
 _view_decoder: Final = msgspec.json.Decoder(_View)
@@ -270,6 +315,7 @@ def dump_partition(
     low_bound = from_ms if from_ms is not None else -(2**63)
     high_bound = to_ms if to_ms is not None else 2**63
     flight_access: dict[object, int] = {}
+    dead_letters = target.topic.endswith(DEAD_LETTER_SUFFIX)
     read = written = hidden = out_of_range = 0
     consumer = Consumer(consumer_config(bootstrap, extra_config))
     try:
@@ -315,7 +361,13 @@ def dump_partition(
                 read += 1
                 if filtering:
                     verdict = _judge(
-                        message, value, flight_access, low_bound, high_bound, audience_rank
+                        message,
+                        value,
+                        flight_access,
+                        low_bound,
+                        high_bound,
+                        audience_rank,
+                        dead_letters,
                     )
                     if verdict == "range":
                         out_of_range += 1
@@ -346,11 +398,12 @@ def _judge(
     low_bound: int,
     high_bound: int,
     audience_rank: int | None,
+    dead_letters: bool = False,
 ) -> str:
     """``keep``, ``range`` (outside --from/--to) or ``hidden`` (stronger than the audience)."""
     try:
         view: _View | None = _view_decoder.decode(value)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         view = None
     flight = None
     own_access: object = None
@@ -375,6 +428,10 @@ def _judge(
         return "keep"
     if view is None:
         return "hidden"
+    if dead_letters or view.is_dead_letter():
+        # A dead letter's access is unknown (its raw input may be any flight's): it counts
+        # as `blocked`, shown to that audience only.
+        return "keep" if audience_rank >= _BLOCKED_RANK else "hidden"
     # The stronger of the message's own level and its flight's: controlstream messages
     # pass through unchanged, so an own `access` field may be weaker than the flight's.
     rank = ACCESS_RANK["public"]
@@ -407,7 +464,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Produce each non-blank line of FILE as one record (value = the line, "
             "timestamp = its pitr). Lines that are not JSON objects with an integer pitr "
-            "make the command exit 4 without loading anything, unless --allow-invalid."
+            "make the command exit 4 without loading anything, unless --allow-invalid; "
+            "so do lines above message.max.bytes (1,000,000 bytes by default), always."
         ),
     )
     load.add_argument("file", metavar="FILE", help="JSON-lines file, - for stdin")
@@ -456,7 +514,8 @@ def _load(args: argparse.Namespace) -> int:
             stream: IO[bytes] = stack.enter_context(
                 tempfile.SpooledTemporaryFile(max_size=64 << 20)
             )
-            for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
+            stdin = stdin_bytes()
+            for block in iter(lambda: stdin.read(1 << 20), b""):
                 stream.write(block)
             stream.seek(0)
         else:
@@ -495,7 +554,7 @@ def _dump(args: argparse.Namespace) -> int:
     dump_partition(
         target,
         bootstrap,
-        sys.stdout.buffer,
+        stdout_bytes(),
         extra_config=extra,
         from_ms=from_ms,
         to_ms=to_ms,

@@ -30,6 +30,7 @@ from unifeed.core.errors import UnifeedError
 _COMMAND_MODULES = (
     "unifeed.cli.pipeline",
     "unifeed.cli.simulate",
+    "unifeed.cli.ingest",
     "unifeed.cli.kafka",
     "unifeed.cli.demo",
     "unifeed.cli.config",
@@ -155,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance=getattr(args, "instance", None),
         )
         configuration.log_summary()
-        return handler(args)
+        code = handler(args)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, so that a full disk is reported like any error
+        return code
     except UnifeedError as exc:
         print(f"unifeed {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -164,8 +168,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # The reader of our stdout went away (`unifeed dump ... | head`): not an error.
-        sys.stderr.close()
+        _silence_stdout()
+        if sys.stderr is not None:
+            sys.stderr.close()
         return 0
+    except OSError as exc:
+        # Any I/O the command did not guard itself (a full disk, a closed descriptor):
+        # one line, exit code 1.
+        _silence_stdout()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"unifeed {args.command}: I/O error{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what could not
+    be written cannot fail again at exit."""
+    if sys.stdout is None:
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -154,14 +154,26 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stop when every input has reached the end of its partition",
     )
+    g.add_argument(
+        "--wait-for-topics",
+        action="store_true",
+        help="wait for input topics that do not exist yet (default: a missing input is an "
+        "error, exit 2); a feed is never passed before its topic exists",
+    )
+    g.add_argument(
+        "--allow-nonempty-output",
+        action="store_true",
+        help="let an instance without a checkpoint append to an output that already holds "
+        "records (default: refused, exit 2, since it would write them again)",
+    )
     g.add_argument("--delivery", choices=("exactly-once", "at-least-once"), default="exactly-once")
     g.add_argument(
         "--lookback",
         type=duration_arg,
         default=6 * 3_600_000,
         metavar="DURATION",
-        help="replay this much input before a checkpoint to "
-        "rebuild links and access levels (default 6h)",
+        help="replay this much input before --start TIME (or a checkpoint that names no "
+        "saved state) to rebuild links and access levels (default 6h)",
     )
     g.add_argument(
         "--commit-interval",

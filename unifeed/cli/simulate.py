@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unifeed.cli.pipeline import duration_arg
 from unifeed.core.errors import ConfigError
 from unifeed.core.units import parse_time_ms
-from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
+from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_adsb, write_streaming
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -21,6 +22,8 @@ def _simulate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
+    if args.format == "adsb":
+        return _run_adsb(args, out_dir, start_ms)
     try:
         stats = write_streaming(
             out_dir,
@@ -39,6 +42,25 @@ def _simulate(args: argparse.Namespace) -> int:
             f"({lines / seconds:,.0f}/s), {size / 1e6:.1f} MB",
             file=sys.stderr,
         )
+    return 0
+
+
+def _run_adsb(args: argparse.Namespace, out_dir: Path, start_ms: int) -> int:
+    if args.interval <= 0:
+        raise ConfigError("--interval must be > 0")
+    try:
+        count = write_adsb(
+            out_dir,
+            interval_ms=args.interval,
+            seed=args.seed,
+            minutes=args.minutes,
+            airports=args.airports,
+            rate=args.rate,
+            start_ms=start_ms,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+    print(f"{out_dir / 'adsb.jsonl'}: {count:,} responses; {out_dir / 'access.txt'}", file=sys.stderr)
     return 0
 
 
@@ -75,5 +97,20 @@ def register(subparsers: Any) -> None:
         default="1700000000000",
         metavar="TIME",
         help="pitr of the first message: epoch ms or ISO-8601 (default 1700000000000)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "adsb"),
+        default="jsonl",
+        help="jsonl: controlstream.jsonl and surfacestream.jsonl (default); adsb: the same "
+        "traffic as readsb aggregator responses, adsb.jsonl (one per line, for `unifeed "
+        "ingest --replay`), and access.txt (its non-public addresses, for --access-file)",
+    )
+    p.add_argument(
+        "--interval",
+        type=duration_arg,
+        default=10_000,
+        metavar="DURATION",
+        help="with --format adsb: one response every DURATION of pitr (default 10s)",
     )
     p.set_defaults(handler=_simulate)

@@ -87,3 +87,10 @@ class InstanceFencedError(UnifeedError):
     """
 
     exit_code = 1
+
+
+class StartRefusedError(ConfigError):
+    """Raised before a Kafka run claims its instance when starting would lose or duplicate
+    output: an input topic is missing, or the checkpoint does not fit the output, the
+    inputs or the present. The message says what to check and how to start over.
+    """

@@ -41,6 +41,38 @@ _PRUNE_EVERY_MS: Final = 60_000
 MappingOut = Mapping | Keepalive
 
 
+class DeriverState(msgspec.Struct, frozen=True, kw_only=True, gc=False, array_like=True):
+    """Everything a `MappingDeriver` knows, as of one point of its controlstream.
+
+    Restoring it and going on from that point gives exactly the output of a deriver that
+    never stopped (a restart needs it whatever ``--lookback``). ``floor`` is the highest
+    pitr of the messages before that point (the intake's order floor).
+    """
+
+    floor: int
+    last_keepalive: int
+    next_prune: int
+    #: (flight id, access, pitr last seen)
+    access: list[tuple[Ident, Access, int]]
+    #: (surface_id, flight id, facility, pitr of the link event, access it was given)
+    links: list[tuple[Ident, Ident, str, int, Access]]
+    #: (flight id, its surface tracks in link order)
+    tracks: list[tuple[Ident, list[Ident]]]
+
+
+_state_encoder: Final = msgspec.json.Encoder()
+_state_decoder: Final = msgspec.json.Decoder(DeriverState)
+
+
+def encode_state(state: DeriverState) -> bytes:
+    return _state_encoder.encode(state)
+
+
+def decode_state(raw: bytes) -> DeriverState:
+    """Raises ``msgspec.DecodeError`` (or ``ValidationError``) on a bad value."""
+    return _state_decoder.decode(raw)
+
+
 def encode_mapping(m: MappingOut) -> bytes:
     """The mappingstream line of a mapping or keepalive (field order is fixed)."""
     return _encode(m)
@@ -91,8 +123,8 @@ class MappingDeriver:
         self._link_ttl = link_ttl_ms
         # flight id -> (access, last pitr seen)
         self._access: dict[Ident, tuple[Access, int]] = {}
-        # surface_id -> (flight id, facility, pitr of the link event)
-        self._links: dict[Ident, tuple[Ident, str, int]] = {}
+        # surface_id -> (flight id, facility, pitr of the link event, access given)
+        self._links: dict[Ident, tuple[Ident, str, int, Access]] = {}
         # flight id -> its linked surface tracks, in link order
         self._tracks: dict[Ident, dict[Ident, None]] = {}
         self._last_keepalive = -(2**63)
@@ -116,7 +148,32 @@ class MappingDeriver:
         # is what would make its next link weaker than it should be.
         return self._flight_ttl if access == "public" else 7 * self._flight_ttl
 
-    def _linked(self, surface_id: Ident, pitr: int) -> tuple[Ident, str, int] | None:
+    def snapshot(self, floor: int) -> DeriverState:
+        """The deriver's state now (``floor``: the intake's, see `DeriverState`).
+
+        Runtime complexity: O(flights + links).
+        """
+        return DeriverState(
+            floor=floor,
+            last_keepalive=self._last_keepalive,
+            next_prune=self._next_prune,
+            access=[(f, a, t) for f, (a, t) in self._access.items()],
+            links=[(s, *entry) for s, entry in self._links.items()],
+            tracks=[(f, list(t)) for f, t in self._tracks.items()],
+        )
+
+    @classmethod
+    def restore(cls, state: DeriverState, **options: int) -> MappingDeriver:
+        """A deriver that goes on exactly where the one `snapshot` was taken of stood."""
+        d = cls(**options)
+        d._last_keepalive = state.last_keepalive
+        d._next_prune = state.next_prune
+        d._access = {f: (a, t) for f, a, t in state.access}
+        d._links = {s: (f, fac, t, a) for s, f, fac, t, a in state.links}
+        d._tracks = {f: dict.fromkeys(t) for f, t in state.tracks}
+        return d
+
+    def _linked(self, surface_id: Ident, pitr: int) -> tuple[Ident, str, int, Access] | None:
         # Staleness is judged from pitr alone, so pruning (which only frees memory) never
         # changes the output, whenever it runs.
         linked = self._links.get(surface_id)
@@ -140,11 +197,12 @@ class MappingDeriver:
         old = self._links.get(surface_id)
         if old is not None and old[0] != flight:
             self._tracks.get(old[0], {}).pop(surface_id, None)
-        self._links[surface_id] = (flight, facility, pitr)
         self._tracks.setdefault(flight, {})[surface_id] = None
         self._touch(flight, pitr)
         self._n_links += 1
-        return self._mapping(pitr, surface_id, flight, "link", facility)
+        m = self._mapping(pitr, surface_id, flight, "link", facility)
+        self._links[surface_id] = (flight, facility, pitr, m.access)
+        return m
 
     def _touch(self, flight: Ident, pitr: int) -> None:
         self._access[flight] = (self.access_of(flight, pitr), pitr)
@@ -220,7 +278,7 @@ class MappingDeriver:
         """Forget flights and links nobody has mentioned for their TTL (pitr time)."""
         self._next_prune = pitr + _PRUNE_EVERY_MS
         link_cut = pitr - self._link_ttl
-        for surface_id in [s for s, (_, _, t) in self._links.items() if t < link_cut]:
+        for surface_id in [s for s, (_, _, t, _) in self._links.items() if t < link_cut]:
             flight = self._links.pop(surface_id)[0]
             self._tracks.get(flight, {}).pop(surface_id, None)
             self._n_expired += 1

@@ -215,6 +215,13 @@ _UNIONS: Final[dict[str, object]] = {
 
 _probe: Final = msgspec.json.Decoder()
 
+#: The reason of a message nested deeper than msgspec decodes (it raises `RecursionError`,
+#: not `msgspec.DecodeError`, also for a deep value inside a field nobody reads).
+TOO_DEEP: Final = (
+    "message is nested too deeply to decode (arrays or objects inside each other "
+    "beyond the decoder's depth limit)"
+)
+
 
 class RecordDecoder:
     """Decodes and checks the messages of one feed; built once, reused for every message.
@@ -252,11 +259,15 @@ class RecordDecoder:
             ) from None
         except msgspec.DecodeError as exc:
             raise BadRecordError(self.feed, _clip(self._explain(raw, exc))) from None
+        except RecursionError:
+            raise BadRecordError(self.feed, TOO_DEEP) from None
 
     def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> str:
         """Turn msgspec's message into a sentence that says what was expected and what came."""
         try:
             value = _probe.decode(raw)
+        except RecursionError:
+            return TOO_DEEP
         except msgspec.DecodeError as inner:
             try:
                 raw.decode("utf-8")

@@ -31,6 +31,7 @@ import msgspec
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
 from unifeed.core.errors import BadRecordError
+from unifeed.core.records import TOO_DEEP
 
 __all__ = ["ReorderBuffer", "ReorderStats", "reorder_lines"]
 
@@ -266,6 +267,8 @@ def _reorder(
             record: Any = decode(line)
         except msgspec.DecodeError as exc:
             raise BadRecordError("input", f"line {number}: {exc}") from None
+        except RecursionError:
+            raise BadRecordError("input", f"line {number}: {TOO_DEEP}") from None
         pitr = record.pitr
         key = getattr(record, "key", None)
         push(pitr, pitr if key is None else key, line)

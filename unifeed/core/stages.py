@@ -20,7 +20,12 @@ import msgspec
 import msgspec.structs
 from msgspec import UNSET
 
-from unifeed.core.annotate import DEFAULT_LINK_TTL_MS, Annotator
+from unifeed.core.annotate import (
+    DEFAULT_LATE_WINDOW_MS,
+    DEFAULT_LINK_TTL_MS,
+    Annotator,
+    LateBeyondHistory,
+)
 from unifeed.core.combine import Combiner, Emitted, Feed
 from unifeed.core.errors import BadRecordError
 from unifeed.core.mapping import MappingDeriver
@@ -205,7 +210,7 @@ class FeedIntake:
                 # `RecordDecoder.decode`'s common case inlined (no call frame per message);
                 # anything unusual goes through it for the checks and the reason.
                 rec = fast_decode(raw) if raw.isascii() else decode(raw)
-            except (BadRecordError, msgspec.DecodeError, AttributeError):
+            except (BadRecordError, msgspec.DecodeError, AttributeError, RecursionError):
                 try:
                     rec = decode(raw)
                 except BadRecordError as exc:
@@ -244,6 +249,7 @@ class AnnotateStage:
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         link_ttl_ms: int = DEFAULT_LINK_TTL_MS,
+        late_window_ms: int = DEFAULT_LATE_WINDOW_MS,
         capacity: int = 100_000,
     ) -> None:
         self.combiner = Combiner(
@@ -254,7 +260,9 @@ class AnnotateStage:
             realtime_threshold_ms=realtime_threshold_ms,
             clock=clock,
         )
-        self.annotator = Annotator(link_ttl_ms=link_ttl_ms)
+        self.annotator = Annotator(link_ttl_ms=link_ttl_ms, late_window_ms=late_window_ms)
+        #: Late surface messages older than the link history: taken by the caller.
+        self.dead: list[DeadLetter] = []
 
     def push_mappings(self, batch: Iterable[Mapping | Keepalive]) -> bool:
         """Queue mappingstream records; a keepalive advances the feed."""
@@ -282,20 +290,24 @@ class AnnotateStage:
         annotate = ann.annotate_position
         links = ann._links
         ttl = ann._ttl
+        applied = ann.applied
         passed = 0
         annotated = 0
         for e in self.combiner.drain_list():
             if e.feed == MAPPINGSTREAM:
                 apply(e.item)
+                applied = ann.applied
                 continue
             rec = e.rec  # type: ignore[attr-defined]  # surfacestream entries are `Accepted`
             if type(rec) is GroundPosition:
                 # `Annotator.annotate_position`'s common case, inlined (the hot loop of
-                # the annotator thread); everything else takes the method.
+                # the annotator thread); everything else (late messages too) takes the
+                # method.
                 raw = e.item
                 linked = links.get(rec.surface_id)
                 if (
                     linked is not None
+                    and e.pitr >= applied
                     and e.pitr - linked[3] <= ttl
                     and rec.given_id is UNSET
                     and rec.given_access is UNSET
@@ -304,7 +316,11 @@ class AnnotateStage:
                     annotated += 1
                     append(Emitted(ANNOTATED, e.pitr, raw[:-1] + linked[0]))
                 else:
-                    out_raw = annotate(raw, rec)
+                    try:
+                        out_raw = annotate(raw, rec)
+                    except LateBeyondHistory as late:
+                        self.dead.append(_too_late(raw, late, ann.applied))
+                        continue
                     append(e if out_raw is raw else Emitted(ANNOTATED, e.pitr, out_raw))
             else:
                 # Unchanged: the entry itself goes on (ANNOTATED is surfacestream's name).
@@ -322,6 +338,17 @@ class AnnotateStage:
         """surfacestream is closed and everything from it has been annotated."""
         c = self.combiner
         return c.is_closed(SURFACESTREAM) and c.queued(SURFACESTREAM) == 0
+
+
+def _too_late(raw: bytes, late: LateBeyondHistory, applied: int) -> DeadLetter:
+    reason = (
+        f"late surface message: pitr {late.pitr} is older than the link history reaches "
+        f"(mappings up to pitr {applied} were applied; history from {late.horizon}), so the "
+        "flight its track belonged to then is unknown; it is not written rather than "
+        "annotated with a guess"
+    )
+    kw: dict[str, Any] = dead_letter_raw(raw)
+    return DeadLetter(feed=SURFACESTREAM, reason=reason, pitr=late.pitr, **kw)
 
 
 class WriterStage:
@@ -380,6 +407,7 @@ _CATEGORIES: Final = (
     ("`pitr` must", "bad_pitr"),
     ("pitr ", "pitr_backwards"),
     ("the output record", "too_large"),
+    ("late surface message", "too_late"),
 )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from unifeed.core.combine import Emitted
-from unifeed.core.errors import ConfigError
+from unifeed.core.errors import ConfigError, UnifeedError
 from unifeed.core.mapping import encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
 from unifeed.core.stages import (
@@ -129,6 +129,9 @@ class Unifier:
 
     def drain_emitted(self) -> list[Emitted]:
         annotated = self.annotate.drain()
+        if self.annotate.dead:
+            self.dead_letters.extend(self.annotate.dead)
+            self.annotate.dead.clear()
         writer = self.writer.combiner
         if annotated:
             self.writer.push_annotated(annotated)
@@ -161,11 +164,18 @@ class Unifier:
 
 
 def numbered(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """``(line number, line)`` for the non-blank lines of a JSON-lines input."""
+    """``(line number, line)`` for the non-blank lines of a JSON-lines input.
+
+    A line is a message exactly as ``unifeed load`` makes it a Kafka record: without its
+    line ending (``\\n`` or ``\\r\\n``), any other spaces or tabs kept, so that a file
+    run and a Kafka run of the same lines write the same bytes. A line of nothing but
+    whitespace is blank: skipped (line numbers still count it).
+    """
     for number, line in enumerate(lines, 1):
-        stripped = line.strip()
-        if stripped:
-            yield number, stripped
+        if line.endswith(b"\n"):
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        if line and not line.isspace():
+            yield number, line
 
 
 def _chunks(lines: Iterator[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -194,20 +204,21 @@ def _numbered_chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[i
         return
     number = 1
     rest = b""
-    strip = bytes.strip
     while True:
         block = read(_BLOCK)
         if not block:
             break
         parts = (rest + block).split(b"\n")
         rest = parts.pop()
-        found = [(n, s) for n, s in zip(itertools.count(number), map(strip, parts)) if s]
+        if b"\r" in block:
+            # A "\r\n" line ending: the "\r" goes with it (as in `numbered`).
+            parts = [p[:-1] if p[-1:] == b"\r" else p for p in parts]
+        found = [(n, s) for n, s in zip(itertools.count(number), parts) if s and not s.isspace()]
         number += len(parts)
         if found:
             yield found
-    tail = rest.strip()
-    if tail:
-        yield [(number, tail)]
+    if rest and not rest.isspace():
+        yield [(number, rest)]
 
 
 def run_unifier(
@@ -275,11 +286,25 @@ def derive_mapping_lines(control: Iterable[bytes]) -> tuple[list[bytes], list[De
     return out, dead
 
 
+def stdin_bytes() -> IO[bytes]:
+    """Standard input as bytes; `ConfigError` when the process has none (closed)."""
+    if sys.stdin is None:
+        raise ConfigError("standard input is closed; give a file instead of -")
+    return sys.stdin.buffer
+
+
+def stdout_bytes() -> IO[bytes]:
+    """Standard output as bytes; `ConfigError` when the process has none (closed)."""
+    if sys.stdout is None:
+        raise ConfigError("standard output is closed; give a file instead of -")
+    return sys.stdout.buffer
+
+
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[Iterable[bytes]]:
     """A JSON-lines input path (``-`` = stdin; ``.gz`` is decompressed), read as bytes."""
     if path == "-":
-        yield sys.stdin.buffer
+        yield stdin_bytes()
         return
     try:
         f: IO[bytes] = (
@@ -295,13 +320,17 @@ def open_input(path: str) -> Iterator[Iterable[bytes]]:
 def open_output(path: str) -> Iterator[IO[bytes]]:
     """A JSON-lines output path (``-`` = stdout), written as bytes."""
     if path == "-":
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+        out = stdout_bytes()
+        yield out
+        out.flush()
         return
     target = Path(path)
     try:
         f = open(target, "wb")  # noqa: SIM115
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    with f:
-        yield f
+    try:
+        with f:
+            yield f
+    except OSError as exc:
+        raise UnifeedError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -518,7 +518,7 @@ _BLOCKED: Final = ACCESS_RANK["blocked"]
 def _decode(line: bytes) -> _View | None:
     try:
         return _view.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 

@@ -675,7 +675,7 @@ def record_pitr(message: Message) -> int | None:
         return None
     try:
         pitr = _pitr_decoder.decode(value).pitr
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     return pitr if pitr >= 0 else None
 

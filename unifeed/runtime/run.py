@@ -28,21 +28,31 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Final
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from unifeed.checkpoint.store import Checkpoint, CheckpointStore, encode_record
+from unifeed.checkpoint.store import Checkpoint, CheckpointStore, StateRef, encode_record
 from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
 from unifeed.checkpoint.store import OutputCheckpoint as OutputPosition
+from unifeed.core.annotate import DEFAULT_LATE_WINDOW_MS, Annotator
 from unifeed.core.combine import Emitted
 from unifeed.core.errors import (
     BrokerUnreachableError,
     CheckpointError,
     ConfigError,
+    DeadLetterLimitError,
     InstanceFencedError,
     KafkaRuntimeError,
+    StartRefusedError,
     UnifeedError,
 )
-from unifeed.core.mapping import MappingDeriver, encode_mapping
+from unifeed.core.mapping import (
+    DeriverState,
+    MappingDeriver,
+    decode_state,
+    encode_mapping,
+    encode_state,
+)
 from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
@@ -91,6 +101,20 @@ _POLL_EVERY_S: Final = 0.05
 _MESSAGE_VALUE: Final = Message.value
 _MESSAGE_ERROR: Final = Message.error
 _DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
+_MISSING_WARN_EVERY_S: Final = 30.0
+_UNKNOWN_CODES: Final = frozenset({"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"})
+#: A checkpoint position this far past the wall clock that no input record reaches is
+#: stale (a test's, another system's), not a future the inputs will bring: refused.
+_FUTURE_TOLERANCE_MS: Final = 5 * 60_000
+# Deriver snapshots: at most one per this much pitr and per this many input messages
+# (and never more often than 20 messages per entry of the previous one, so that their
+# cost stays a small constant per message whatever the state's size); at most this many
+# held between the reader and the commit that saves one (older ones thinned).
+_SNAPSHOT_EVERY_PITR_MS: Final = 5 * 60_000
+_SNAPSHOT_EVERY_MESSAGES: Final = 5000
+_SNAPSHOT_MESSAGES_PER_ENTRY: Final = 20
+_SNAPSHOTS_HELD: Final = 16
+_STATE_PART_BYTES: Final = 256 * 1024
 _TRANSIENT: Final = frozenset(
     {
         KafkaError._TRANSPORT,
@@ -119,6 +143,7 @@ class RuntimeOptions:
     commit_interval_ms: int = 100
     commit_max_records: int = 10_000
     dead_letter: str | None = None
+    max_dead_letters: int | None = None
     kafka_extra: dict[str, Any] = field(default_factory=dict)
     status_interval_s: float = 2.0
     metrics_port: int | None = None
@@ -127,6 +152,8 @@ class RuntimeOptions:
     broker_timeout_s: float = 30.0
     claim_grace_s: float = 1.0
     end_of_log_grace_s: float = 2.0
+    wait_for_topics: bool = False
+    allow_nonempty_output: bool = False
     clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
 
     @classmethod
@@ -149,12 +176,15 @@ class RuntimeOptions:
             lookback_ms=args.lookback,
             commit_interval_ms=args.commit_interval,
             dead_letter=args.dead_letter,
+            max_dead_letters=getattr(args, "max_dead_letters", None),
             kafka_extra=extra,
             status_interval_s=args.status_interval if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
             broker_timeout_s=getattr(args, "broker_timeout", 30_000) / 1000,
+            wait_for_topics=getattr(args, "wait_for_topics", False),
+            allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
         )
 
 
@@ -211,6 +241,114 @@ class ReadPlan:
     offset: int
     resume_after: FeedPosition | None = None
     dead_offset: int | None = None
+    #: The intake's order floor at ``offset`` (a restart from saved state), if known.
+    floor: int | None = None
+
+
+class StateSnapshots:
+    """Snapshots of the mapping deriver, each as of the start of a controlstream batch,
+    from the reader that runs the deriver to the commits that save them.
+
+    A commit saves the newest snapshot that lies wholly before every feed's position less
+    the late window (`take`): a restart restores it and reads controlstream from its
+    offset. The reader adds (`due`, `add`), the writer takes, under a lock. Snapshots are
+    spaced by pitr and by input messages (the more state, the further apart), never by
+    the wall clock: their cost per message stays small and constant.
+    """
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[int, DeriverState]] = deque()
+        self._lock = threading.Lock()
+        self._last_offset = -(2**63)
+        self._last_pitr = -(2**63)
+        self._next_offset = -(2**63)
+
+    def due(self, offset: int, pitr: int) -> bool:
+        return pitr - self._last_pitr >= _SNAPSHOT_EVERY_PITR_MS and offset >= self._next_offset
+
+    def add(self, offset: int, state: DeriverState) -> None:
+        self._last_pitr = state.floor
+        entries = len(state.access) + len(state.links)
+        self._next_offset = offset + max(
+            _SNAPSHOT_EVERY_MESSAGES, _SNAPSHOT_MESSAGES_PER_ENTRY * entries
+        )
+        with self._lock:
+            held = self._held
+            held.append((offset, state))
+            if len(held) > _SNAPSHOTS_HELD:
+                # Keep the oldest (a commit may need one that far back), thin the rest.
+                del held[1]
+
+    def take(self, before_pitr: int) -> tuple[int, DeriverState] | None:
+        """The newest snapshot whose messages all have pitr below ``before_pitr`` (and
+        forget it and older ones), or None."""
+        found = None
+        with self._lock:
+            held = self._held
+            while held and held[0][1].floor < before_pitr:
+                found = held.popleft()
+        return found
+
+
+class _StatePart(msgspec.Struct, frozen=True, gc=False):
+    instance: str
+    id: str
+    part: int
+    parts: int
+
+
+_part_encode: Final = msgspec.json.Encoder().encode
+_part_decode: Final = msgspec.json.Decoder(_StatePart).decode
+
+
+def state_topic(checkpoint_topic: str) -> str:
+    """Where saved state goes: beside the checkpoints, compacted, partition 0."""
+    return f"{checkpoint_topic}.state"
+
+
+def load_state(options: RuntimeOptions, ref: StateRef) -> DeriverState | None:
+    """The saved state a checkpoint refers to, or None (logged) when it cannot be read."""
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    parts: dict[int, bytes] = {}
+    wanted = set(ref.offsets)
+    try:
+        consumer.assign([TopicPartition(ref.topic, ref.partition, min(ref.offsets))])
+        deadline = time.monotonic() + 60
+        last = max(ref.offsets)
+        done = False
+        while not done and time.monotonic() < deadline:
+            for m in consume_batch(consumer, 1000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    raise kafka_error(f"reading saved state from {ref.topic}", err)
+                offset = m.offset() or 0
+                if offset in wanted:
+                    head, _, body = (m.value() or b"").partition(b"\n")
+                    part = _part_decode(head)
+                    if part.id == ref.id and part.instance == options.instance:
+                        parts[part.part] = body
+                if offset >= last:
+                    done = True
+        if len(parts) != len(ref.offsets):
+            log.warning(
+                "%s: the saved state at %s:%d offsets %s is gone or incomplete; rebuilding "
+                "links and access levels from --lookback instead",
+                options.instance, ref.topic, ref.partition, ref.offsets,
+            )
+            return None
+        return decode_state(b"".join(parts[i] for i in range(len(parts))))
+    except (msgspec.DecodeError, KafkaException, KafkaRuntimeError) as exc:
+        log.warning(
+            "%s: the saved state at %s:%d cannot be read (%s); rebuilding links and access "
+            "levels from --lookback instead",
+            options.instance, ref.topic, ref.partition, exc,
+        )
+        return None
+    finally:
+        consumer.close()
 
 
 class RestartMarks:
@@ -285,9 +423,14 @@ class FeedReader(Worker):
         self.exit_at_end = exit_at_end
         self.count_keepalives = count_keepalives
         self.intake = FeedIntake(feed, where="offset")
+        if plan.floor is not None:
+            self.intake.floor = plan.floor
         self.next_offset = plan.offset
         self.high = -1
         self.marks = RestartMarks(plan.offset)
+        #: Called in this thread before a batch with accepted messages is handed on, with
+        #: the batch's first offset and the intake's floor before it.
+        self.before_batch: Callable[[int, int], None] | None = None
 
     def work(self) -> None:
         consumer = Consumer(self.config)
@@ -308,7 +451,7 @@ class FeedReader(Worker):
         at_end_since: float | None = None
         reported_end = False
         idle_since = time.monotonic()
-        warned_missing = False
+        warned_missing = 0.0
         while not stop.is_set() and not closed:
             messages = consume_batch(consumer, _READ_BATCH, 0.1)
             eof = False
@@ -321,19 +464,21 @@ class FeedReader(Worker):
                 try:
                     _, high = watermarks(consumer, self.target, 5.0)
                 except KafkaRuntimeError as exc:
-                    if exc.code not in {
-                        "_UNKNOWN_PARTITION",
-                        "_UNKNOWN_TOPIC",
-                        "UNKNOWN_TOPIC_OR_PART",
-                    }:
+                    if exc.code not in _UNKNOWN_CODES:
                         raise
-                    high = 0
-                    if not warned_missing:
+                    # A feed never seen (no record, no end of its partition) is never
+                    # passed: it could still deliver anything.
+                    high = -1
+                    now = time.monotonic()
+                    if now - warned_missing >= _MISSING_WARN_EVERY_S:
                         log.warning(
-                            "%s: %s does not exist (yet); waiting for it", self.feed, self.target
+                            "%s: %s does not exist (yet); waiting for it (its feed is not "
+                            "passed until it exists)",
+                            self.feed,
+                            self.target,
                         )
-                        warned_missing = True
-                if self.next_offset >= high:
+                        warned_missing = now
+                if high >= 0 and self.next_offset >= high:
                     eof = True
             # Two passes in C (here and the map over the values below) instead of one Python
             # loop: this runs for every input message, and errors are rare (end of
@@ -360,6 +505,7 @@ class FeedReader(Worker):
             def offset_of(i: int, rs: list[Message] = records) -> int:
                 return rs[i].offset() or 0
 
+            floor_before = self.intake.floor
             good: list[Accepted]
             good, dead = self.intake.process_values(list(map(_MESSAGE_VALUE, records)), offset_of)
             if dead and self.plan.dead_offset is not None:
@@ -412,6 +558,8 @@ class FeedReader(Worker):
                 if good or replay:
                     # Before the batch goes on: no commit can cover it without its mark.
                     self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
+                    if self.before_batch is not None:
+                        self.before_batch(records[0].offset() or 0, floor_before)
                 if not self._hand_on(consumer, tp, replay, good, dead, caught_up, closed):
                     return
 
@@ -492,8 +640,11 @@ class Committer:
         store: CheckpointStore,
         feeds: tuple[str, ...],
         state: RunState,
+        inputs: dict[str, Target] | None = None,
     ) -> None:
         self.options = options
+        #: Every input feed and where it is read from; checkpoints name them.
+        self.inputs = dict(inputs or {})
         self.output = output
         self.dead_target = dead_target
         self.store = store
@@ -532,11 +683,37 @@ class Committer:
         self.incarnation = secrets.token_hex(8)
         self.watch_from: int | None = None  # checkpoint offset the claim watcher starts at
         self._dead_offsets: dict[str, int] = {}
+        #: Dead letters this run has written (those a restart skips are not counted).
+        self.dead_written = 0
+        self._last_dead: DeadLetter | None = None
+        #: The deriver's snapshots (None: no state is saved), how far behind the lowest
+        #: feed position a saved one must lie, and the saved state the next checkpoint
+        #: names (carried from the checkpoint resumed from until a newer one is saved).
+        self.snapshots: StateSnapshots | None = None
+        self.state_lag_ms = 0
+        self.state_feed = CONTROLSTREAM  # the input the snapshots are taken of
+        self.state_ref: StateRef | None = None
+        self.state_target = Target(state_topic(options.checkpoint_topic), 0)
 
     # start-up ----------------------------------------------------------------
 
     def start(self) -> Checkpoint | None:
-        """``init_transactions`` → find the checkpoint → read the output tail."""
+        """Find the checkpoint → check it against output and inputs → ``init_transactions``
+        → claim the instance → read the output tail.
+
+        Everything that can refuse the start runs before ``init_transactions`` and the
+        claim: either of them stops a healthy incarnation of the same name.
+        """
+        self.store.ensure_topic()
+        CheckpointStore(
+            self.options.bootstrap, self.state_target.topic, self.options.kafka_extra
+        ).ensure_topic()
+        # The output's end before the checkpoint is read: output written by an
+        # incarnation starting at the same time then comes after its first checkpoint,
+        # which this load sees (so it is not taken for a foreign output).
+        before = _watermarks_or_empty(self.options, self.output)
+        cp, cp_offset = self.store.load(self.options.instance)
+        self._check_start(cp, cp_offset, output_before=before)
         if self.transactional:
             try:
                 self.producer.init_transactions(30)
@@ -546,32 +723,20 @@ class Committer:
                     "for brokers without them)",
                     exc,
                 ) from None
-        self.store.ensure_topic()
-        cp, cp_offset = self.store.load(self.options.instance)
         self.generation = (cp.generation if cp is not None else 0) + 1
         cp, cp_offset = self._claim(cp)
+        # The latest record may be an older incarnation's last commit: check it too. (Not
+        # the new-instance rule: a twin that claimed at the same moment and outranks this
+        # one may have written output by now; the claim already decided who goes on.)
+        _low, high = self._check_start(cp, cp_offset)
         if cp is not None and not cp.feeds:
             cp = None  # a claim of a new instance: nothing to resume from
         self.checkpoint = cp
-        low, high = _watermarks_or_empty(self.options, self.output)
         if cp is None:
             self.next_offset = high
         else:
-            if cp.output is not None and (
-                cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
-            ):
-                raise CheckpointError(
-                    f"instance {self.options.instance!r} wrote to {cp.output.topic}:"
-                    f"{cp.output.partition}, not {self.output}; use another --instance, or "
-                    f"`unifeed checkpoint reset --instance {self.options.instance}`"
-                )
             self.positions = dict(cp.feeds)
             self.next_offset = cp.output.next_offset if cp.output is not None else high
-            if self.next_offset < low:
-                raise CheckpointError(
-                    f"the checkpoint of {self.options.instance!r} (offset {cp_offset}) points "
-                    f"at output offset {self.next_offset}, below the first stored offset {low}"
-                )
             self._tail = _read_tail(self.options, self.output, self.next_offset, high)
             if self._tail:
                 log.info(
@@ -581,6 +746,115 @@ class Committer:
                     len(self._tail),
                 )
         return cp
+
+    def _check_start(
+        self,
+        cp: Checkpoint | None,
+        cp_offset: int,
+        *,
+        output_before: tuple[int, int] | None = None,
+    ) -> tuple[int, int]:
+        """Refuse a start that would duplicate or lose output; the output's watermarks.
+
+        Checks, with `StartRefusedError` (exit 2) naming what differs and the way out: a
+        new instance (no checkpoint) writes to an empty output unless
+        ``allow_nonempty_output`` (judged on ``output_before``, the output's watermarks read
+        before ``cp``; skipped without them); a checkpoint belongs to this output and these inputs,
+        its output offset is not past the output's end, and no feed is past both the
+        wall clock and every record of its input.
+        """
+        o = self.options
+        name = o.instance
+        low, high = _watermarks_or_empty(o, self.output)
+        topic_option = (
+            f" --checkpoint-topic {o.checkpoint_topic}"
+            if o.checkpoint_topic != "unifeed.checkpoints"
+            else ""
+        )
+        reset = f"`unifeed checkpoint reset --instance {name}{topic_option}`"
+        where = f"the checkpoint of instance {name!r} (kafka:{o.checkpoint_topic}:0 offset {cp_offset})"
+        if cp is None or not cp.feeds:
+            if output_before is None or o.allow_nonempty_output:
+                return low, high
+            first, end = output_before
+            if end > first:
+                raise StartRefusedError(
+                    f"instance {name!r} has no checkpoint in kafka:{o.checkpoint_topic}:0, "
+                    f"but its output {self.output} already holds records (offsets {first} to "
+                    f"{end - 1}): starting over would write them again. Check "
+                    "--checkpoint-topic and --instance; or write to a new output topic; or "
+                    "pass --allow-nonempty-output to append after those records"
+                )
+            return low, high
+        if cp.output is not None and (
+            cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
+        ):
+            raise StartRefusedError(
+                f"instance {name!r} wrote to kafka:{cp.output.topic}:{cp.output.partition}, "
+                f"not {self.output}; use another --instance, or {reset}"
+            )
+        recorded = {f: p.source for f, p in cp.feeds.items() if p.source is not None}
+        if recorded:  # records written before sources existed are not checked
+            now = {f: f"{t.topic}:{t.partition}" for f, t in self.inputs.items()}
+            changed = [f for f in sorted(set(recorded) | set(now)) if recorded.get(f) != now.get(f)]
+            if changed:
+                what = "; ".join(
+                    f"{f} was read from {_named(recorded.get(f))}, now from {_named(now.get(f))}"
+                    for f in changed
+                )
+                raise StartRefusedError(
+                    f"{where} belongs to other inputs ({what}): its positions mean nothing "
+                    f"in these, and resuming would mix two datasets in {self.output}. Give the "
+                    f"same inputs, or use another --instance and output topic, or {reset} "
+                    "(then write to a new output topic)"
+                )
+        if cp.output is not None:
+            if cp.output.next_offset > high:
+                raise StartRefusedError(
+                    f"{where} covers output {self.output} up to offset "
+                    f"{cp.output.next_offset}, but the output ends at offset {high}: the "
+                    "output topic was deleted, recreated or truncated since, and a restart "
+                    "could not tell what it already wrote (it would write records twice). "
+                    f"Start over: {reset}, then run into a new or empty output topic"
+                )
+            if cp.output.next_offset < low:
+                raise StartRefusedError(
+                    f"{where} points at output offset {cp.output.next_offset}, below the "
+                    f"first stored offset {low} of {self.output}: retention deleted what a "
+                    "restart must compare its first records with, so it could write them "
+                    f"twice. Start over: {reset}, then run into a new or empty output topic"
+                )
+        self._check_not_future(cp, where, reset)
+        return low, high
+
+    def _check_not_future(self, cp: Checkpoint, where: str, reset: str) -> None:
+        """A feed position past the wall clock must be one its input reaches."""
+        o = self.options
+        horizon = o.clock() + _FUTURE_TOLERANCE_MS
+        start_ms = None if o.start in ("earliest", "latest") else parse_time_ms(o.start)
+        for feed, pos in cp.feeds.items():
+            target = self.inputs.get(feed)
+            if target is None or pos.pitr <= horizon:
+                continue
+            if pos.pitr == start_ms and pos.skip == 0:
+                continue  # the first checkpoint of this very `--start` in the future
+            # (pitr, 0) says everything before pitr is done: a `--start latest` one is the
+            # last record's pitr + 1.
+            wanted = pos.pitr - 1 if pos.skip == 0 else pos.pitr
+            try:
+                reached = _find(o, target, wanted).method not in ("after_last", "empty")
+            except KafkaRuntimeError as exc:
+                if exc.code not in _UNKNOWN_CODES:
+                    raise
+                reached = False
+            if reached:
+                continue  # the input holds a record that late: a real position
+            raise StartRefusedError(
+                f"{where} says {feed} was processed up to pitr {pos.pitr} "
+                f"({_iso(pos.pitr)}), later than now and than every record of {target}: it "
+                "is stale (written for other data, or by a wrong clock), and resuming would "
+                f"skip everything before it. Start over: {reset}"
+            )
 
     @property
     def claim_rank(self) -> tuple[int, str]:
@@ -602,6 +876,7 @@ class Committer:
             instance=instance,
             feeds=cp.feeds if cp is not None else {},
             output=cp.output if cp is not None else None,
+            state=cp.state if cp is not None else msgspec.UNSET,
             generation=self.generation,
             written_ms=self.options.clock(),
             incarnation=self.incarnation,
@@ -795,6 +1070,13 @@ class Committer:
                     out[f] = self.positions[f] = FeedPosition(
                         pitr=pos.pitr, skip=pos.skip, dead_offset=pos.dead_offset, offset=offset
                     )
+        # Each feed names its input, so that a start with other inputs is refused (an
+        # external mappingstream too, with no position of its own).
+        for f, target in self.inputs.items():
+            source = f"{target.topic}:{target.partition}"
+            pos = out.get(f) or FeedPosition(pitr=0, skip=0)
+            if pos.source != source:
+                out[f] = msgspec.structs.replace(pos, source=source)
         return out
 
     def _reconcile(self, feed_items: list[Emitted]) -> int:
@@ -838,12 +1120,33 @@ class Committer:
                 except BufferError:
                     self.producer.poll(0.05)
         self.state.add("dead_letters", len(letters))
+        self.dead_written += len(letters)
+        self._last_dead = letters[-1]
         for d in letters:
             if d.offset is not None and d.offset > self._dead_offsets.get(d.feed, -1):
                 self._dead_offsets[d.feed] = d.offset
         for d in letters:
             self.state.add(f"dead_letters.{dead_letter_category(d.reason)}")
         self._dirty = True
+
+    def stop_if_over_dead_letter_limit(self) -> None:
+        """Beyond ``--max-dead-letters``: commit what is processed, then stop (exit 4).
+
+        The commit holds, in one transaction, the output written so far, every dead letter
+        written (also those beyond the limit that came in the same batch) and the
+        checkpoint of both, so a rerun resumes after them with a fresh count.
+        """
+        limit = self.options.max_dead_letters
+        if limit is None or self.dead_written <= limit:
+            return
+        self.commit(reopen=False)
+        last = self._last_dead
+        where = "" if last is None else f"; the last: {last.feed} {last.offset}: {last.reason}"
+        raise DeadLetterLimitError(
+            f"{self.dead_written} dead letters exceed --max-dead-letters {limit}{where}; "
+            "the output, dead letters and checkpoint up to here are committed, so a rerun "
+            "resumes after them"
+        )
 
     def due(self) -> bool:
         """Asked after each merge step; a catch-up step can be bigger than
@@ -859,6 +1162,8 @@ class Committer:
             return
         producer = self.producer
         self.begin()
+        feeds = self._feed_checkpoints()
+        saving = self._save_state(feeds)
         remaining = producer.flush(30)
         if remaining:
             raise KafkaRuntimeError(f"{remaining} output records not delivered after 30 s")
@@ -866,10 +1171,16 @@ class Committer:
             raise kafka_error("output delivery failed", self._error)
         if self._delivered_next >= 0:
             self.next_offset = max(self.next_offset, self._delivered_next)
+        if saving is not None:
+            offsets, ref = saving
+            if None in offsets:
+                raise KafkaRuntimeError(f"saved state not delivered to {self.state_target}")
+            self.state_ref = msgspec.structs.replace(ref, offsets=offsets)
         cp = Checkpoint(
             version=1,
             instance=self.options.instance,
-            feeds=self._feed_checkpoints(),
+            state=msgspec.UNSET if self.state_ref is None else self.state_ref,
+            feeds=feeds,
             output=OutputPosition(
                 topic=self.output.topic,
                 partition=self.output.partition,
@@ -893,6 +1204,56 @@ class Committer:
         self.last_commit = time.monotonic()
         self.state.add("commits")
 
+    def _save_state(
+        self, feeds: dict[str, FeedPosition]
+    ) -> tuple[list[Any], StateRef] | None:
+        """Produce the newest snapshot the checkpoint may name, in parts, inside the open
+        transaction (before its flush); its offsets are filled in by delivery reports."""
+        if self.snapshots is None or not all(f in feeds for f in self.feeds):
+            return None
+        lowest = min(feeds[f].pitr for f in self.feeds)
+        taken = self.snapshots.take(lowest - self.state_lag_ms)
+        if taken is None:
+            return None
+        offset, state = taken
+        raw = encode_state(state)
+        size = min(_STATE_PART_BYTES, max(1024, self.max_record_bytes - 1024))
+        chunks = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
+        token = secrets.token_hex(8)
+        offsets: list[Any] = [None] * len(chunks)
+        for i, chunk in enumerate(chunks):
+
+            def delivered(error: KafkaError | None, message: Message, i: int = i) -> None:
+                if error is None:
+                    offsets[i] = message.offset()
+                else:
+                    self._error = error
+
+            head = _part_encode(_StatePart(self.options.instance, token, i, len(chunks)))
+            while True:
+                try:
+                    self.producer.produce(
+                        self.state_target.topic,
+                        head + b"\n" + chunk,
+                        # One key per part: compaction keeps the latest snapshot whole.
+                        key=f"{self.options.instance}#{i}".encode(),
+                        partition=self.state_target.partition,
+                        on_delivery=delivered,
+                    )
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)
+        self.state.add("state_saves")
+        ref = StateRef(
+            topic=self.state_target.topic,
+            partition=self.state_target.partition,
+            offsets=[],
+            id=token,
+            feed=self.state_feed,
+            offset=offset,
+        )
+        return offsets, ref
+
     def begin(self) -> None:
         """Open a transaction unless one is open (exactly-once only)."""
         if self.transactional and not self._in_txn:
@@ -913,6 +1274,17 @@ class Committer:
         self.producer.flush(5)
 
 
+def _named(source: str | None) -> str:
+    return "nothing" if source is None else f"kafka:{source}"
+
+
+def _iso(ms: int) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms // 1000))
+    except (OverflowError, OSError, ValueError):
+        return "beyond the calendar"
+
+
 def _wrap(message: str, exc: KafkaException) -> KafkaRuntimeError:
     error = exc.args[0] if exc.args else None
     if isinstance(error, KafkaError):
@@ -926,7 +1298,7 @@ def _watermarks_or_empty(options: RuntimeOptions, target: Target) -> tuple[int, 
         try:
             return watermarks(consumer, target)
         except KafkaRuntimeError as exc:
-            if exc.code in {"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"}:
+            if exc.code in _UNKNOWN_CODES:
                 return 0, 0
             raise
     finally:
@@ -1009,6 +1381,9 @@ class AnnotatorThread(Worker):
                     if batch.closed:
                         c.close(SURFACESTREAM)
             out = stage.drain()
+            if stage.dead:
+                dead.extend(stage.dead)
+                stage.dead.clear()
             marker = stage.progress()
             finished = stage.finished()
             caught_up = self.surface_caught_up and c.queued(SURFACESTREAM) == 0
@@ -1076,6 +1451,7 @@ class WriterThread(Worker):
                     self.state.counters["late"] = c.late
                 if c.last_mode is not None:
                     self.state.mode = c.last_mode.value
+                committer.stop_if_over_dead_letter_limit()
                 if c.exhausted():
                     committer.commit(reopen=False)
                     self.finished = True
@@ -1117,7 +1493,16 @@ class ClaimWatcher(Worker):
             consumer.assign([self.target.topic_partition(start)])
             while not self.state.stop.is_set():
                 for m in consume_batch(consumer, 500, 0.2):
-                    if m.error() is not None or m.key() != key or not m.value():
+                    if m.error() is not None or m.key() != key:
+                        continue
+                    if m.value() is None:
+                        raise InstanceFencedError(
+                            f"the checkpoint of instance {self.options.instance!r} was reset "
+                            f"(tombstone at checkpoint offset {m.offset()}) while this "
+                            f"incarnation (generation {self.committer.generation}) ran; it "
+                            "stops without committing again"
+                        )
+                    if not m.value():
                         continue
                     try:
                         cp = decode_checkpoint(
@@ -1187,6 +1572,63 @@ class BrokerHealth:
 # --- start-up planning -----------------------------------------------------
 
 
+def _snapshot_hook(snapshots: StateSnapshots, deriver: MappingDeriver) -> Callable[[int, int], None]:
+    def before_batch(offset: int, floor: int) -> None:
+        if snapshots.due(offset, floor):
+            snapshots.add(offset, deriver.snapshot(floor))
+
+    return before_batch
+
+
+def _links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, int], None]:
+    """Snapshots of the links an external mappingstream has made so far."""
+
+    def before_batch(offset: int, floor: int) -> None:
+        if snapshots.due(offset, floor):
+            table = [(s, e[1], "", e[3], e[2]) for s, e in links._links.items()]
+            snapshots.add(offset, DeriverState(
+                floor=floor, last_keepalive=0, next_prune=0, access=[], links=table, tracks=[]
+            ))
+
+    return before_batch
+
+
+def _restore(
+    options: RuntimeOptions, committer: Committer, feed: str, target: Target
+) -> DeriverState | None:
+    """The saved state of the checkpoint resumed from, if it names one built from
+    ``feed`` that can be read and whose offset is still stored; else None (logged), and
+    the restart replays --lookback. The checkpoint's reference is kept for the next
+    commits."""
+    cp = committer.checkpoint
+    ref = cp.state if cp is not None else msgspec.UNSET
+    if isinstance(ref, msgspec.UnsetType):
+        return None
+    if ref.feed != feed:
+        log.warning(
+            "%s: the saved state was built from %s, this run takes its links from %s; "
+            "rebuilding links and access levels from --lookback instead",
+            options.instance, ref.feed, feed,
+        )
+        return None
+    low, _ = _watermarks_or_empty(options, target)
+    if ref.offset < low:
+        log.warning(
+            "%s: the saved state was taken at %s offset %d, no longer stored (first offset "
+            "%d); rebuilding links and access levels from --lookback instead",
+            options.instance, target, ref.offset, low,
+        )
+        return None
+    state = load_state(options, ref)
+    if state is not None:
+        committer.state_ref = ref
+        log.info(
+            "%s: restored %d links and %d access levels saved at %s offset %d",
+            options.instance, len(state.links), len(state.access), target, ref.offset,
+        )
+    return state
+
+
 def _find(options: RuntimeOptions, target: Target, pitr: int) -> PitrSeek:
     consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra, fetch_wait_ms=10))
     try:
@@ -1242,13 +1684,48 @@ def _last_pitr(options: RuntimeOptions, target: Target, low: int, high: int) -> 
         consumer.close()
 
 
+def _check_inputs_exist(options: RuntimeOptions, inputs: dict[str, Target]) -> None:
+    """A missing input is refused (`StartRefusedError`) unless ``wait_for_topics``: a
+    misspelt topic would otherwise be waited for as a silent feed."""
+    missing: list[str] = []
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    try:
+        for feed, target in inputs.items():
+            try:
+                watermarks(consumer, target)
+            except KafkaRuntimeError as exc:
+                if exc.code not in _UNKNOWN_CODES:
+                    raise
+                missing.append(f"{target} ({feed})")
+    finally:
+        consumer.close()
+    if not missing:
+        return
+    if options.wait_for_topics:
+        log.warning(
+            "%s: %s do(es) not exist yet; waiting for them (--wait-for-topics)",
+            options.instance,
+            ", ".join(missing),
+        )
+        return
+    raise StartRefusedError(
+        f"input {', '.join(missing)} does not exist: check the topic name and partition, "
+        "or pass --wait-for-topics to wait for it to be created"
+    )
+
+
 def _open_committer(
-    options: RuntimeOptions, output: Target, feeds: tuple[str, ...], state: RunState
+    options: RuntimeOptions,
+    output: Target,
+    feeds: tuple[str, ...],
+    state: RunState,
+    inputs: dict[str, Target],
 ) -> Committer:
-    """Check the broker, then the output side's start-up: transactions, the instance's
-    claim and checkpoint (in ``.checkpoint``), the output tail. Shared by combine and
-    mappings."""
+    """Check the broker and the inputs, then the output side's start-up: the checkpoint
+    checked against output and inputs, transactions, the instance's claim (checkpoint in
+    ``.checkpoint``), the output tail. Shared by combine and mappings."""
     ensure_reachable(options.bootstrap, options.connect_timeout_s, options.kafka_extra)
+    _check_inputs_exist(options, inputs)
     dead_target = (
         parse_target(options.dead_letter)
         if options.dead_letter
@@ -1261,6 +1738,7 @@ def _open_committer(
         store=CheckpointStore(options.bootstrap, options.checkpoint_topic, options.kafka_extra),
         feeds=feeds,
         state=state,
+        inputs=inputs,
     )
     committer.start()
     return committer
@@ -1288,19 +1766,38 @@ class CombineRun:
         self.state = RunState()
         self.threads: list[Worker] = []
         self.writer: WriterThread | None = None
+        self.metrics: Any = None
 
     def setup(self) -> None:
         o = self.options
-        committer = _open_committer(o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state)
+        inputs = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        if self.mapping is not None:
+            inputs[MAPPINGSTREAM] = self.mapping
+        committer = _open_committer(
+            o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state, inputs
+        )
         cp = committer.checkpoint
         targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
         plans: dict[str, ReadPlan] = {}
+        restored: DeriverState | None = None
         if cp is not None and all(f in cp.feeds for f in targets):
             pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
-            replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
-            plans[CONTROLSTREAM] = ReadPlan(
-                _restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
-            )
+            if self.mapping is None:
+                restored = _restore(o, committer, CONTROLSTREAM, self.control)
+            else:
+                restored = _restore(o, committer, MAPPINGSTREAM, self.mapping)
+            if restored is not None and self.mapping is None:
+                plans[CONTROLSTREAM] = ReadPlan(
+                    committer.state_ref.offset if committer.state_ref else 0,
+                    pc,
+                    pc.dead_offset,
+                    restored.floor,
+                )
+            else:
+                replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
+                plans[CONTROLSTREAM] = ReadPlan(
+                    _restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
+                )
             plans[SURFACESTREAM] = ReadPlan(
                 _restart_offset(o, self.surface, ps.pitr, ps.offset), ps, ps.dead_offset
             )
@@ -1321,10 +1818,14 @@ class CombineRun:
                 mapping_from = ps.pitr - o.lookback_ms
             committer.first_checkpoint(positions)
         committer.begin()
-        self._build_threads(committer, plans, mapping_from)
+        self._build_threads(committer, plans, mapping_from, restored)
 
     def _build_threads(
-        self, committer: Committer, plans: dict[str, ReadPlan], mapping_from: int
+        self,
+        committer: Committer,
+        plans: dict[str, ReadPlan],
+        mapping_from: int,
+        restored: DeriverState | None = None,
     ) -> None:
         o = self.options
         st = self.state
@@ -1334,7 +1835,11 @@ class CombineRun:
         rconf.setdefault("queued.max.messages.kbytes", 16_384)
         rconf.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
         derive = self.mapping is None
-        deriver = MappingDeriver() if derive else None
+        deriver = (
+            None
+            if not derive
+            else MappingDeriver() if restored is None else MappingDeriver.restore(restored)
+        )
 
         def control_to_writer(
             replay: list[Accepted],
@@ -1403,6 +1908,14 @@ class CombineRun:
             _Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
         )
         self.threads += [control_reader, surface_reader]
+        if deriver is not None:
+            # The deriver's state travels with the checkpoints (a restart needs it whatever
+            # --lookback); a saved one lies a late window behind every feed's position, so
+            # that a restart rebuilds the link history late messages need.
+            snapshots = StateSnapshots()
+            control_reader.before_batch = _snapshot_hook(snapshots, deriver)
+            committer.snapshots = snapshots
+            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
         # controlstream restarts a lookback before the lowest position (it rebuilds the
         # links from there; with derived mappings, the surface's links come from it too).
         committer.marks = {
@@ -1417,6 +1930,12 @@ class CombineRun:
                 else None
             )
 
+            # The links this mappingstream has made, kept beside the annotator's own table
+            # (in this reader's thread) for the state saved with the checkpoints.
+            links = Annotator(late_window_ms=0)
+            if restored is not None:
+                links.seed(restored.links, restored.floor)
+
             def mapping_to_annotator(
                 replay: list[Accepted],
                 good: list[Accepted],
@@ -1425,6 +1944,10 @@ class CombineRun:
                 closed: bool,
             ) -> Batch | None:
                 records = [a.rec for a in good]
+                apply = links.apply
+                for r in records:
+                    if type(r) is Mapping:
+                        apply(r)
                 return Batch(
                     [r for r in records if type(r) is Mapping],
                     dead,
@@ -1433,23 +1956,43 @@ class CombineRun:
                     closed,
                 )
 
-            self.threads.append(
-                reader(
-                    MAPPINGSTREAM,
-                    self.mapping,
-                    ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead),
-                    _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
-                )
+            ref = committer.state_ref
+            mapping_plan = (
+                ReadPlan(ref.offset, None, mapping_dead, restored.floor)
+                if restored is not None and ref is not None
+                else ReadPlan(_seek(o, self.mapping, mapping_from), None, mapping_dead)
             )
-        self.threads.append(AnnotatorThread(st, annot_inbox, writer_inbox, o))
+            mapping_reader = reader(
+                MAPPINGSTREAM,
+                self.mapping,
+                mapping_plan,
+                _Delivery([(annot_inbox, MAPPINGSTREAM, mapping_to_annotator)]),
+            )
+            snapshots = StateSnapshots()
+            mapping_reader.before_batch = _links_hook(snapshots, links)
+            committer.snapshots = snapshots
+            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
+            committer.state_feed = MAPPINGSTREAM
+            self.threads.append(mapping_reader)
+        annotator = AnnotatorThread(st, annot_inbox, writer_inbox, o)
+        if restored is not None:
+            annotator.stage.annotator.seed(restored.links, restored.floor)
+        self.threads.append(annotator)
         self.writer = WriterThread(st, writer_inbox, committer, o)
         self.threads.append(self.writer)
         self.threads.append(ClaimWatcher(st, o, committer))
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 
+    def start_metrics(self) -> None:
+        """Bind the metrics port (`ConfigError`, exit 2, when taken): before `setup`
+        claims the instance, since a refused start must not stop a running incarnation."""
+        self.metrics = self._start_metrics()
+
     def _start_metrics(self) -> Any:
         def depths() -> dict[str, int]:
+            if self.writer is None:
+                return {}  # still starting: no queues yet
             return {
                 "writer.controlstream": self.writer_inbox.depth(CONTROLSTREAM),
                 "writer.surfacestream": self.writer_inbox.depth(ANNOTATED),
@@ -1472,7 +2015,7 @@ class CombineRun:
         thresholds = gc.get_threshold()
         gc.set_threshold(50_000, 50, 1000)
         health = BrokerHealth(self.options)
-        metrics = self._start_metrics()
+        metrics = self.metrics
         try:
             while True:
                 writer = self.writer
@@ -1607,10 +2150,16 @@ def combine_command(args: argparse.Namespace) -> int:
         mapping=parse_target(args.mapping) if args.mapping else None,
     )
     _install_signals(run.state)
+    run.start_metrics()
     try:
-        run.setup()
-    except KafkaException as exc:
-        raise _wrap("start-up failed", exc) from None
+        try:
+            run.setup()
+        except KafkaException as exc:
+            raise _wrap("start-up failed", exc) from None
+    except BaseException:
+        if run.metrics is not None:
+            run.metrics.close()
+        raise
     return run.run()
 
 
@@ -1623,12 +2172,25 @@ def mappings_command(args: argparse.Namespace) -> int:
     output = parse_target(args.output)
     state = RunState()
     _install_signals(state)
-    committer = _open_committer(o, output, (CONTROLSTREAM,), state)
+    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
+    # Bound before the claim: a refused start must not stop a running incarnation.
+    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
+    try:
+        committer = _open_committer(o, output, (CONTROLSTREAM,), state, {CONTROLSTREAM: control})
+    except BaseException:
+        if metrics is not None:
+            metrics.close()
+        raise
     cp = committer.checkpoint
+    restored: DeriverState | None = None
     if cp is not None and CONTROLSTREAM in cp.feeds:
         pos = cp.feeds[CONTROLSTREAM]
-        start = _restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
-        plan = ReadPlan(start, pos, pos.dead_offset)
+        restored = _restore(o, committer, CONTROLSTREAM, control)
+        if restored is not None and committer.state_ref is not None:
+            plan = ReadPlan(committer.state_ref.offset, pos, pos.dead_offset, restored.floor)
+        else:
+            start = _restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
+            plan = ReadPlan(start, pos, pos.dead_offset)
         log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
     else:
         off, pos = _start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
@@ -1639,8 +2201,7 @@ def mappings_command(args: argparse.Namespace) -> int:
         )
         committer.first_checkpoint({CONTROLSTREAM: pos})
     committer.begin()
-    deriver = MappingDeriver()
-    inbox = Inbox([CONTROLSTREAM], _LANE_BATCHES, state.stop)
+    deriver = MappingDeriver() if restored is None else MappingDeriver.restore(restored)
     tracker: dict[str, int] = {}
     if plan.resume_after is not None:
         tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
@@ -1683,10 +2244,12 @@ def mappings_command(args: argparse.Namespace) -> int:
         count_keepalives=True,
     )
     committer.marks = {CONTROLSTREAM: (reader.marks, o.lookback_ms)}
+    snapshots = StateSnapshots()
+    reader.before_batch = _snapshot_hook(snapshots, deriver)
+    committer.snapshots = snapshots
     reader.start()
     watcher = ClaimWatcher(state, o, committer)
     watcher.start()
-    metrics = _metrics_server(o, state, "mappings", lambda: {"writer": inbox.depth(CONTROLSTREAM)})
     health = BrokerHealth(o)
     finished = False
     try:
@@ -1700,6 +2263,7 @@ def mappings_command(args: argparse.Namespace) -> int:
                 )
                 if batch.closed:
                     finished = True
+            committer.stop_if_over_dead_letter_limit()
             if finished or stopping:
                 if state.failure is None:
                     committer.commit(reopen=False)
