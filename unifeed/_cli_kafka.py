@@ -413,18 +413,34 @@ def _judge(
 # --- CLI -------------------------------------------------------------------
 
 
+def _broker(args: argparse.Namespace) -> int:
+    if args.kafka:
+        from ._kafka_local import run_local_kafka_foreground
+
+        return run_local_kafka_foreground()
+    return run_broker_foreground()
+
+
 def register(subparsers: Any) -> None:
     """Add ``unifeed broker``, ``load``, ``dump`` and ``checkpoint``."""
     broker = subparsers.add_parser(
         "broker",
-        help="run an embedded Kafka-protocol broker (for tests and demos)",
+        help="run a local Kafka broker: the embedded one, or Apache Kafka with --kafka",
         description=(
-            "Run librdkafka's embedded mock cluster on 127.0.0.1 until Ctrl-C or SIGTERM. "
-            "The first line on stdout is its address (HOST:PORT). In memory, at most 5 MB "
-            "per partition; not for production."
+            "Run a Kafka broker on 127.0.0.1 until Ctrl-C or SIGTERM. The first line on "
+            "stdout is its address (HOST:PORT). By default librdkafka's embedded mock "
+            "cluster: in memory, at most 5 MB per partition, nothing but pip needed; not "
+            "for production. With --kafka, Apache Kafka itself (one KRaft node, storage "
+            "in a temporary directory deleted on exit): needs Java 17+, and Maven the "
+            "first time to fetch the jars into ~/.cache/unifeed."
         ),
     )
-    broker.set_defaults(handler=lambda args: run_broker_foreground())
+    broker.add_argument(
+        "--kafka",
+        action="store_true",
+        help="run Apache Kafka (Java) instead of the embedded mock cluster",
+    )
+    broker.set_defaults(handler=_broker)
 
     load = subparsers.add_parser(
         "load",
