@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from unifeed._kafkautil import record_timestamp
 
 CLI = [sys.executable, "-m", "unifeed._cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,30 +31,56 @@ def pitr_of(line: bytes) -> int:
     return pitr if type(pitr) is int and pitr > 0 else 0
 
 
-def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0) -> int:
-    """Produce ``lines`` (blank ones skipped) with timestamp = pitr; return how many."""
+def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0,
+         compression: str = "lz4") -> int:
+    """Produce ``lines`` (blank ones skipped) with timestamp = pitr, as ``unifeed load``
+    stamps them (`record_timestamp`); return how many. Fails on any delivery error."""
+    errors: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            errors.append(error)
+
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": 5,
-            "compression.type": "lz4",
+            "compression.type": compression,
             "enable.idempotence": True,
+            "delivery.report.only.error": True,
+            "on_delivery": delivered,
         }
     )
+    now_ms = int(time.time() * 1000)
     n = 0
     for line in lines:
         if not line.strip():
             continue
+        stamp = record_timestamp(pitr_of(line), now_ms)
         while True:
             try:
-                producer.produce(topic, line, partition=partition, timestamp=pitr_of(line))
+                producer.produce(topic, line, partition=partition, timestamp=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)
         n += 1
     remaining = producer.flush(60)
     assert remaining == 0, f"{remaining} records not delivered to {topic}"
+    assert not errors, f"{len(errors)} records refused by the broker, the first: {errors[0]}"
     return n
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 30) -> None:
+    """CreateTopics with a partition count (not on the embedded broker, which does not
+    answer it), then wait until the broker's metadata shows every partition."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)],
+                                  operation_timeout=timeout_s, request_timeout=timeout_s)
+    futures[topic].result(timeout=timeout_s)
+    def ready() -> bool:
+        found = admin.list_topics(topic, timeout=5).topics.get(topic)
+        return found is not None and found.error is None and len(found.partitions) == partitions
+    wait_for(ready, timeout_s, f"{topic} with {partitions} partitions in the metadata")
 
 
 _POLLERS: dict[str, Consumer] = {}

@@ -47,6 +47,7 @@ from ._kafkautil import (
     kafka_error,
     parse_target,
     producer_config,
+    record_timestamp,
     watermarks,
 )
 from ._records import ACCESS_LEVELS, ACCESS_RANK
@@ -190,6 +191,8 @@ def load_lines(
     started = last_note = time.monotonic()
     produce = producer.produce
     topic, partition = target.topic, target.partition
+    # Pitrs up to the start time need no look at the clock (`record_timestamp`).
+    stamp_cap = int(time.time() * 1000)
     for _number, line in _lines(stream):
         if not line.strip():
             blank += 1
@@ -200,9 +203,10 @@ def load_lines(
             pitr = last_pitr
         last_pitr = pitr
         # timestamp 0 would mean "now" to librdkafka; pitr 0 is 1970 anyway.
+        stamp = pitr if pitr <= stamp_cap else record_timestamp(pitr, int(time.time() * 1000))
         for _attempt in range(10_000):
             try:
-                produce(topic, line, None, partition, timestamp=pitr)
+                produce(topic, line, None, partition, timestamp=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -45,6 +45,7 @@ from ._errors import (
 )
 from ._inbox import Batch, Inbox
 from ._kafkautil import (
+    TIMESTAMP_AHEAD_MAX_MS,
     PitrSeek,
     Target,
     consume_batch,
@@ -687,19 +688,23 @@ class Committer:
         # Only the last record has a callback: its delivery report tells how far the
         # output got.
         last = items[-1]
+        # Timestamp = pitr, at most TIMESTAMP_AHEAD_MAX_MS ahead of the clock (a broker
+        # refuses records stamped further ahead; `record_timestamp`).
+        cap = int(time.time() * 1000) + TIMESTAMP_AHEAD_MAX_MS
         for e in items[start:]:
             value = e.item
             if len(value) > max_bytes:
                 self._oversized(e.feed, e.pitr, value)
                 continue
             callback = self._on_last_delivery if e is last else None
+            stamp = e.pitr if e.pitr <= cap else cap
             try:
                 # Positional (topic, value, key, partition, callback, on_delivery, timestamp; a
                 # positional on_delivery is ignored, so the callback goes in `callback`):
                 # 0.5 us a record cheaper than keywords, measured.
-                produce(topic, value, None, partition, callback, None, e.pitr)
+                produce(topic, value, None, partition, callback, None, stamp)
             except BufferError:
-                self._produce_when_room(topic, value, partition, e.pitr, e is last)
+                self._produce_when_room(topic, value, partition, stamp, e is last)
         if positions is None:
             self._advance_positions(items)
         # Delivery reports and errors are served here at most every _POLL_EVERY_S (and by
@@ -714,14 +719,14 @@ class Committer:
         self.state.add("out", n)
 
     def _produce_when_room(
-        self, topic: str, value: bytes, partition: int, pitr: int, is_last: bool
+        self, topic: str, value: bytes, partition: int, stamp: int, is_last: bool
     ) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             self.producer.poll(0.05)
             try:
                 callback = self._on_last_delivery if is_last else None
-                self.producer.produce(topic, value, None, partition, callback, None, pitr)
+                self.producer.produce(topic, value, None, partition, callback, None, stamp)
                 return
             except BufferError:
                 continue
