@@ -233,6 +233,14 @@ def make_consumer(kafka_bootstrap: str) -> Iterator[Callable[..., Consumer]]:
         consumer.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the session's broker is marked ``kafka`` (so that ``-m kafka``
+    selects exactly the tests that a broker choice affects)."""
+    for item in items:
+        if "_kafka_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for note in _notes:
         terminalreporter.write_line(note)

@@ -97,19 +97,34 @@ atexit.register(_close_pollers)
 
 def forget_broker(bootstrap: str) -> None:
     """Close the kept client of a broker that is going away (no reconnect noise after)."""
-    consumer = _POLLERS.pop(bootstrap, None)
-    if consumer is not None:
-        consumer.close()
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = _POLLERS.pop(f"{isolation}@{bootstrap}", None)
+        if consumer is not None:
+            consumer.close()
 
 
 def high_watermark(bootstrap: str, topic: str, partition: int = 0) -> int:
-    """The partition's end offset, 0 when it does not exist (yet). One client per broker
-    is kept for the whole session, so that polling in a tight loop costs a round trip and
-    not a new connection each time."""
-    consumer = _POLLERS.get(bootstrap)
+    """The end of what a read_committed reader sees, 0 when the partition does not exist
+    (yet): on a real broker the last stable offset, which stops at the first record of a
+    transaction still open (`log_end_offset` counts those records too); the embedded
+    broker ignores transactions and answers the high watermark. One client per broker is
+    kept for the whole session, so that polling in a tight loop costs a round trip and not
+    a new connection each time."""
+    return _end_offset(bootstrap, topic, partition, "read_committed")
+
+
+def log_end_offset(bootstrap: str, topic: str, partition: int = 0) -> int:
+    """The partition's high watermark: every record written, those of open (and aborted)
+    transactions included; 0 when the partition does not exist (yet)."""
+    return _end_offset(bootstrap, topic, partition, "read_uncommitted")
+
+
+def _end_offset(bootstrap: str, topic: str, partition: int, isolation: str) -> int:
+    consumer = _POLLERS.get(f"{isolation}@{bootstrap}")
     if consumer is None:
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests"})
-        _POLLERS[bootstrap] = consumer
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests",
+                             "isolation.level": isolation})
+        _POLLERS[f"{isolation}@{bootstrap}"] = consumer
     tp = TopicPartition(topic, partition)
     try:
         return int(consumer.get_watermark_offsets(tp, timeout=10)[1])

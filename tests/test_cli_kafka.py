@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
+from tests.kafkatools import create_topic
 from unifeed._cli_kafka import dump_partition, load_lines, parse_time_ms
 from unifeed._errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed._kafkautil import Target, consumer_config, read_range, watermarks
@@ -252,9 +253,9 @@ def test_load_lines_and_dump_partition_in_process(kafka_bootstrap: str, unique_t
 def test_dump_of_an_empty_partition(
     kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Any, produce: Callable[..., Any]
 ) -> None:
-    if kafka_broker_kind != "embedded":
-        pytest.skip("needs a topic with a second, empty partition (auto-created on the mock)")
     topic = unique_topic("empty")
+    if kafka_broker_kind != "embedded":  # the mock auto-creates 4 partitions, answers no CreateTopics
+        create_topic(kafka_bootstrap, topic, partitions=2)
     produce(topic, [(b'{"pitr":1}', 1)])
     out = io.BytesIO()
     assert dump_partition(Target(topic, 1), kafka_bootstrap, out).written == 0

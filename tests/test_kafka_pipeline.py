@@ -24,6 +24,7 @@ from tests.kafkatools import (
     high_watermark,
     keepalive,
     load,
+    log_end_offset,
     pitr_of,
     read_all,
     run_cli,
@@ -239,16 +240,16 @@ def loaded_long_scenario(bootstrap: str, unique_topic: Callable[..., str],
 def _kill_while_writing(bootstrap: str, out: str, args: list[str], rng: random.Random,
                         rounds: int) -> int:
     """Start `unifeed combine` `rounds` times and SIGKILL each incarnation a seeded moment
-    (0-30 ms) after it starts writing to `out`. Returns how many were killed (one that
-    finished first is not)."""
+    (0-30 ms) after it starts writing to `out` (its records reach the log, committed or
+    not). Returns how many were killed (one that finished first is not)."""
     kills = 0
     for _ in range(rounds):
         delay = rng.uniform(0.0, 0.03)
-        before = high_watermark(bootstrap, out)
+        before = log_end_offset(bootstrap, out)
         proc = start_cli(args)
         try:
             def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
-                return high_watermark(bootstrap, out) > b or running.poll() is not None
+                return log_end_offset(bootstrap, out) > b or running.poll() is not None
 
             try:
                 wait_for(writing, 60, "the incarnation to start writing", 0.002)

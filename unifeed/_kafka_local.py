@@ -245,6 +245,14 @@ def _sweep_orphans() -> None:
             pass
 
 
+def _quiet_log() -> Any:
+    """librdkafka's log lines of the start-up probes, to a logger of their own (a broker
+    still starting refuses connections; that is expected, not worth a warning on stderr)."""
+    from ._kafkautil import RdkafkaLog
+
+    return RdkafkaLog(logging.getLogger("unifeed.broker.kafka.probe"))
+
+
 def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
 
@@ -406,11 +414,9 @@ class LocalKafka:
         """Until the broker answers a metadata request naming itself, or it died, or time."""
         from confluent_kafka.admin import AdminClient
 
-        from ._kafkautil import RdkafkaLog
-
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
-            "logger": RdkafkaLog(logging.getLogger("unifeed.broker.kafka.probe")),
+            "logger": _quiet_log(),
             "log.connection.close": False,
             "reconnect.backoff.max.ms": 200,
         }
@@ -434,7 +440,29 @@ class LocalKafka:
                 time.sleep(0.2)
                 continue
             if metadata.brokers:
+                self._warm_up_transactions(deadline)
                 return
+
+    def _warm_up_transactions(self, deadline: float) -> None:
+        """Initialise one transactional producer: the broker creates its transaction-state
+        topic and loads the coordinator now, so that the first real producer is not told
+        "coordinator load in progress" (a warning in its log) while that happens."""
+        from confluent_kafka import KafkaException, Producer
+
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "transactional.id": f"unifeed-local-kafka-warm-up-{uuid.uuid4().hex[:8]}",
+            "logger": _quiet_log(),
+        }
+        producer = Producer(config)
+        try:
+            producer.init_transactions(max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            raise KafkaRuntimeError(
+                f"the local Apache Kafka broker did not initialise transactions: {exc}"
+            ) from None
+        finally:
+            producer.flush(0)
 
     def _log_tail(self) -> str:
         for name in ("broker.log", "stdout.log"):

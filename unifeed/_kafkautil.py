@@ -767,6 +767,15 @@ def find_offset_for_pitr(
     reader = _Reader(consumer, target, deadline)
 
     def done(offset: int, method: SeekMethod, answer: int | None) -> PitrSeek:
+        log.debug(
+            "%s: pitr %d found at offset %d by %s (broker's answer %s, %d reads)",
+            target,
+            pitr,
+            offset,
+            method,
+            answer,
+            reader.reads,
+        )
         return PitrSeek(offset, method, reader.reads, reader.records, answer, low, high)
 
     # Invariant: the answer lies in [lo, hi]; hi_record is the offset of the first
