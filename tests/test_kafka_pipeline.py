@@ -682,3 +682,33 @@ def _timestamps(bootstrap: str, topic: str) -> list[int]:
         raise TimeoutError(f"reading {topic} did not reach its end")
     finally:
         consumer.close()
+
+
+def test_restart_finds_its_inputs_by_the_brokers_offsets_for_times(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """A run stopped at a checkpoint, then run to the end: the restart looks its inputs
+    up by pitr. On a real broker offsets_for_times answers (inputs loaded without
+    transactions, timestamp = pitr) and the answer is taken; the embedded broker answers
+    "unknown" and the search bisects. Either way the output is exact."""
+    control, surface = _long_scenario(10)
+    expected, _run = unify_lines(control, surface)
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    stop_at = pitr_of(surface[len(surface) // 2])
+    first = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"oft-{out}", "--stop-at",
+                                 str(stop_at)))
+    assert first.returncode == 0, first.stderr.decode()
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"oft-{out}", "--exit-at-end",
+                                "--log-level", "debug"))
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    searches = {topic: [line for line in err.splitlines()
+                        if f"kafka:{topic}:0: pitr " in line and " found at offset " in line]
+                for topic in (ctl, srf)}
+    assert all(searches.values()), err
+    method = "bisection" if kafka_broker_kind == "embedded" else "offsets_for_times"
+    for topic, lines in searches.items():
+        assert all(f" by {method} " in line for line in lines), (topic, lines)
+    assert read_all(kafka_bootstrap, out) == expected
