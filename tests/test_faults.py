@@ -292,6 +292,51 @@ def test_a_crash_mid_transaction_leaves_aborted_records_that_dump_never_shows(
         assert in_log[: len(before)] == before
 
 
+def test_a_run_fenced_by_the_broker_stops_with_one_line_and_a_rerun_is_exact(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """A producer with the run's transactional.id initialises while the run writes (as a
+    newer incarnation's does, before its claim is visible): a broker that fences makes
+    the run's next transaction fail. The run stops with exit code 1 and one line that
+    says another incarnation took over, not a client error; a rerun writes the exact
+    output (the fenced transaction was aborted)."""
+    if kafka_broker_kind == "embedded":
+        pytest.skip("the embedded broker does not fence transactional producers (README, "
+                    "its limits); the claim protocol covers it there (tests above)")
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = _long_scenario(4)
+    expected, _ = unify_lines(control, surface)
+    half = len(control) // 2
+    load(kafka_bootstrap, ctl, control[:half])
+    load(kafka_bootstrap, srf, surface[: len(surface) // 2])
+    name = f"fenced-{out}"
+    args = combine_args(kafka_bootstrap, ctl, srf, out, name, "--end-of-log-grace", "1h")
+    run = start_cli(args)
+    try:
+        wait_for(lambda: log_end_offset(kafka_bootstrap, out) > 1000 or run.poll() is not None,
+                 60, "the run to write")
+        assert run.poll() is None, _stderr(run)
+        intruder = Producer({"bootstrap.servers": kafka_bootstrap,
+                             "transactional.id": f"unifeed-{name}"})
+        intruder.init_transactions(30)
+        del intruder
+        # More input: the run writes again, and its next transaction meets the fence.
+        load(kafka_bootstrap, ctl, control[half:])
+        load(kafka_bootstrap, srf, surface[len(surface) // 2 :])
+        code = run.wait(timeout=60)
+    finally:
+        reap(run)
+    err = _stderr(run)
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"unifeed combine: another incarnation of instance '{name}' took "
+                           "over: the broker fenced"), err
+    assert "stops without committing again" in last
+    done = run_cli([*args, "--exit-at-end"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
+
+
 def test_corrupt_checkpoint_gives_a_clear_error_and_a_way_out(
     kafka_bootstrap: str, unique_topic: Callable[..., str]
 ) -> None:

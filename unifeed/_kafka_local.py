@@ -250,7 +250,9 @@ def _quiet_log() -> Any:
     still starting refuses connections; that is expected, not worth a warning on stderr)."""
     from ._kafkautil import RdkafkaLog
 
-    return RdkafkaLog(logging.getLogger("unifeed.broker.kafka.probe"))
+    probe = logging.getLogger("unifeed.broker.kafka.probe")
+    probe.setLevel(logging.ERROR)  # "coordinator load in progress" while it starts
+    return RdkafkaLog(probe)
 
 
 def _cluster_id() -> str:
