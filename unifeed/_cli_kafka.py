@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from . import _checkpoint
 from ._broker import run_broker_foreground
@@ -152,6 +152,27 @@ def _check_lines(stream: IO[bytes], source: str) -> None:
         )
 
 
+def _load_failure(producer: Producer, target: Target, error: KafkaError) -> KafkaRuntimeError:
+    """The error of a load the broker refused; for a partition the topic lacks (a topic
+    auto-created on first write gets the broker's ``num.partitions``, often 1), how many
+    it has and what to do."""
+    if error.code() not in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
+        return kafka_error(f"loading into {target} failed", error)
+    try:
+        found = producer.list_topics(target.topic, timeout=5).topics.get(target.topic)
+        count = len(found.partitions) if found is not None and found.error is None else 0
+    except KafkaException:
+        count = 0
+    if count == 0:
+        return kafka_error(f"loading into {target} failed", error)
+    return KafkaRuntimeError(
+        f"loading into {target} failed: topic {target.topic!r} has {count} partition(s), "
+        f"so no partition {target.partition}; create the topic with more partitions first "
+        "(a topic written before it exists is auto-created with the broker's num.partitions)",
+        error.name(),
+    )
+
+
 def load_lines(
     stream: IO[bytes],
     target: Target,
@@ -214,7 +235,7 @@ def load_lines(
             raise KafkaRuntimeError(f"{target}: the producer queue stayed full", "_QUEUE_FULL")
         records += 1
         if failures:
-            raise kafka_error(f"loading into {target} failed", failures[0])
+            raise _load_failure(producer, target, failures[0])
         if rate is not None:
             ahead = started + records / rate - time.monotonic()
             if ahead > 0:
@@ -236,7 +257,7 @@ def load_lines(
     if progress is not None and records >= 1024:
         progress.write("\n")
     if failures:
-        raise kafka_error(f"loading into {target} failed", failures[0])
+        raise _load_failure(producer, target, failures[0])
     if remaining:
         raise KafkaRuntimeError(
             f"{remaining} records to {target} not acknowledged within {timeout_s:g} s",
