@@ -29,7 +29,9 @@ Settings chosen for a broker that lives as long as a test run or a demo:
 The JVM gets a modest heap (512 MiB) and is tied to its parent: on Linux it is killed
 when the process that started it dies (``PR_SET_PDEATHSIG``), so that no broker outlives
 a test run or a ``unifeed broker`` killed with SIGKILL; it runs in its own session, so a
-Ctrl-C reaches the parent, which then stops it in order.
+Ctrl-C reaches the parent, which then stops it in order. (The kernel sends that signal
+when the *thread* that started the JVM ends: start it from a thread that lives as long as
+the broker should, such as the main thread.)
 """
 
 from __future__ import annotations
