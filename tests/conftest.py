@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, Producer
 
 from tests.kafkatools import forget_broker
 from unifeed._broker import EmbeddedBroker
+from unifeed._errors import UnifeedError
 from unifeed._kafka_local import KAFKA_VERSION, LocalKafka, local_kafka_available
 from unifeed._kafkautil import consumer_config, producer_config
 
@@ -119,7 +120,14 @@ def _kafka_broker() -> Iterator[BrokerChoice]:
     if required in ("", "apache-kafka"):
         usable, why_not = local_kafka_available()
         if usable:
-            yield from _local_kafka_broker()
+            kafka = LocalKafka()
+            try:
+                kafka.start()
+            except UnifeedError as exc:  # e.g. Maven cannot reach its repository
+                kafka.close()
+                usable, why_not = False, f"it did not start: {exc}"
+        if usable:
+            yield from _local_kafka_broker(kafka)
             return
         unavailable("apache-kafka", why_not)
     passed_over = f" (passed over: {'; '.join(skipped)})" if skipped else ""
@@ -145,10 +153,8 @@ def _container_broker() -> Iterator[BrokerChoice]:
         container.stop()
 
 
-def _local_kafka_broker() -> Iterator[BrokerChoice]:
-    kafka = LocalKafka()
+def _local_kafka_broker(kafka: LocalKafka) -> Iterator[BrokerChoice]:
     try:
-        kafka.start()
         bootstrap = kafka.bootstrap_servers
         _notes.append(
             f"Kafka tests ran against Apache Kafka {KAFKA_VERSION} (local JVM, pid {kafka.pid}) "
