@@ -1,14 +1,23 @@
-"""Runs one measured process against the embedded broker while a loader keeps its inputs fed.
+"""Runs one measured process against a broker, its inputs pre-filled or fed as it goes.
 
-The embedded broker keeps only 5 MB per partition (older records are dropped), so a
-backlog of a million records cannot be loaded up front. The `Loader` runs in the test
-process and produces each input a bounded distance ahead of the measured process's
-readers: it reads their positions (next offset per input) from the ``P`` lines the driver
-writes every 5 ms, and tops each input up while less than ``budget_bytes`` of record values
-(counted uncompressed; lz4 makes them smaller on the broker) are waiting there. The loader
-produces with ``produce_batch`` (no per-record timestamps, so CreateTime is the load time;
-nothing in a run that starts from the earliest offset reads it), which keeps its own CPU
-use low on a 2-core machine where it competes with the process under measurement.
+Two ways to provide the inputs:
+
+* **pre-filled** (``prefill=True``; the local Apache Kafka, which keeps everything): the
+  loader produces the whole input before the measured process starts, and nothing runs
+  beside it but the broker. Both contenders read a full backlog, so neither is bounded
+  by the loader.
+* **fed** (the embedded broker, which keeps only 5 MB per partition, so a backlog of a
+  million records cannot be loaded up front): the `Loader` runs in the test process and
+  produces each input a bounded distance ahead of the measured process's readers: it
+  reads their positions (next offset per input) from the ``P`` lines the driver writes
+  every 5 ms, and tops each input up while less than ``budget_bytes`` of record values
+  (counted uncompressed; lz4 makes them smaller on the broker) are waiting there.
+
+The loader produces with ``produce_batch`` (no per-record timestamps, so CreateTime is the
+load time; nothing in a run that starts from the earliest offset reads it), which keeps
+its own CPU use low on a 2-core machine where it competes with the process under
+measurement. Given the broker's process id (the Apache Kafka JVM), its CPU time and RSS
+during the run are recorded apart from the measured process's.
 
 Profiling: given a `Profiler` (pytest ``--pyspy PATH``), each measured process runs under
 ``py-spy record`` (raw collapsed stacks, one file per run, in ``--profile-dir`` or the
@@ -39,8 +48,8 @@ from benchmarks._data import FEEDS, REPO, Chunk, FeedSource
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 from unifeed.kafka.clients import producer_config
 
-#: Record values waiting in an input ahead of its reader, at most (the embedded broker
-#: keeps 5 MB a partition).
+#: Record values waiting in an input ahead of its reader, at most, in a fed run (the
+#: embedded broker keeps 5 MB a partition).
 BUDGET_BYTES = 3 * 1024 * 1024
 _POLL_S = 0.002
 _RSS_SAMPLE_S = 0.1
@@ -90,6 +99,9 @@ class RunResult:
     loader_cpu_s: float  # the loader's own thread (Python: produce_batch, bookkeeping)
     test_process_cpu_s: float  # the whole test process: the loader, librdkafka, the broker
     machine_busy: float  # share of all CPUs busy during the run (every process)
+    prefill_s: float = 0.0  # loading the whole input before the run (pre-filled runs)
+    broker_cpu_s: float | None = None  # the broker JVM's CPU during the run
+    broker_peak_rss_mb: float | None = None  # the broker JVM's largest RSS sample
 
     @property
     def msgs_per_s(self) -> float:
@@ -119,6 +131,9 @@ class RunResult:
             "loader_cpu_s": round(self.loader_cpu_s, 2),
             "loader_and_broker_cpu_s": round(self.test_process_cpu_s, 2),
             "machine_busy": round(self.machine_busy, 3),
+            "prefill_s": round(self.prefill_s, 2),
+            "broker_cpu_s": None if self.broker_cpu_s is None else round(self.broker_cpu_s, 2),
+            "broker_peak_rss_mb": self.broker_peak_rss_mb,
         }
 
 
@@ -198,6 +213,18 @@ def _self_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of another process so far (``/proc/PID/stat``)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -217,13 +244,20 @@ def run_measured(
     timeout_s: float,
     budget_bytes: int = BUDGET_BYTES,
     profiler: Profiler | None = None,
+    prefill: bool = False,
+    broker_pid: int | None = None,
 ) -> RunResult:
-    """Load fresh topics and run ``kind`` (``unifeed`` or ``passthrough``) over them."""
+    """Load fresh topics and run ``kind`` (``unifeed`` or ``passthrough``) over them:
+    the whole input first (``prefill``), or a first budget and the rest as the run goes."""
     run_id = uuid.uuid4().hex[:10]
     topics = {feed: f"bench-{run_id}-{feed}" for feed in FEEDS}
-    loader = Loader(bootstrap, topics, sources, budget_bytes)
+    loader = Loader(bootstrap, topics, sources, 1 << 62 if prefill else budget_bytes)
+    prefill_started = time.monotonic()
     loader.top_up()  # the topics exist, and hold a first budget, before the process starts
-    loader.producer.flush(30)
+    remaining = loader.producer.flush(timeout_s)
+    if remaining:
+        raise RuntimeError(f"loader: {remaining} records not delivered in {timeout_s:g} s")
+    prefill_s = time.monotonic() - prefill_started if prefill else 0.0
     cmd = [
         sys.executable,
         "-m",
@@ -261,13 +295,14 @@ def run_measured(
     with tempfile.TemporaryFile() as stderr:
         busy0, total0 = _cpu_jiffies()
         cpu0 = _self_cpu_s()
+        broker_cpu0 = _process_cpu_s(broker_pid)
         loader0 = time.thread_time()
         started = time.monotonic()
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
         )
         try:
-            result, samples = _serve(proc, loader, started, timeout_s)
+            result, samples, broker_rss = _serve(proc, loader, started, timeout_s, broker_pid)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -277,6 +312,7 @@ def run_measured(
         loader_cpu = time.thread_time() - loader0
         process_cpu = _self_cpu_s() - cpu0
         busy1, total1 = _cpu_jiffies()
+        broker_cpu1 = _process_cpu_s(broker_pid)
         if proc.returncode != 0 or result is None:
             stderr.seek(0)
             tail = stderr.read()[-4000:].decode(errors="replace")
@@ -303,6 +339,11 @@ def run_measured(
         loader_cpu_s=loader_cpu,
         test_process_cpu_s=process_cpu,
         machine_busy=(busy1 - busy0) / max(1, total1 - total0),
+        prefill_s=prefill_s,
+        broker_cpu_s=(
+            None if broker_cpu0 is None or broker_cpu1 is None else broker_cpu1 - broker_cpu0
+        ),
+        broker_peak_rss_mb=max(broker_rss) if broker_rss else None,
     )
 
 
@@ -322,9 +363,15 @@ class Profiler:
 
 
 def _serve(
-    proc: subprocess.Popen[bytes], loader: Loader, started: float, timeout_s: float
-) -> tuple[dict[str, Any] | None, list[tuple[float, int, float]]]:
-    """Feed the process until it closes its stdout; its result and the RSS samples."""
+    proc: subprocess.Popen[bytes],
+    loader: Loader,
+    started: float,
+    timeout_s: float,
+    broker_pid: int | None = None,
+) -> tuple[dict[str, Any] | None, list[tuple[float, int, float]], list[float]]:
+    """Feed the process until it closes its stdout; its result, its RSS samples and the
+    broker's (when its process id is given)."""
+    broker_rss: list[float] = []
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
@@ -361,5 +408,8 @@ def _serve(
             rss = _rss_mb(pid)
             if rss is not None:
                 samples.append((round(now - started, 3), read_so_far, round(rss, 1)))
+            jvm = None if broker_pid is None else _rss_mb(broker_pid)
+            if jvm is not None:
+                broker_rss.append(round(jvm, 1))
             next_sample = now + _RSS_SAMPLE_S
-    return result, samples
+    return result, samples, broker_rss

@@ -16,3 +16,5 @@ class BenchOptions:
     memory_messages: int
     kafka_rounds: int
     profiler: Profiler | None
+    #: Brokers the Kafka benchmarks run on, in order: ``apache-kafka`` and/or ``embedded``.
+    kafka_brokers: tuple[str, ...] = ("embedded",)

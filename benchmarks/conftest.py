@@ -39,6 +39,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             flag, type=int, default=default, metavar="N", help=f"{what} (default {default:,})"
         )
     group.addoption(
+        "--kafka-broker",
+        default="auto",
+        metavar="KINDS",
+        help="brokers of the Kafka benchmarks, comma-separated: apache-kafka (the local "
+        "Apache Kafka 4.4, inputs pre-filled), embedded (librdkafka's mock cluster, inputs "
+        "loaded while the run goes); default auto: apache-kafka when Java can run it, "
+        "else embedded",
+    )
+    group.addoption(
         "--pyspy",
         metavar="PATH",
         help="run each measured Kafka process under this py-spy binary (`py-spy record`); "
@@ -67,7 +76,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "kafka_bench: end-to-end runs on the embedded broker (long; select with -m kafka_bench)",
+        "kafka_bench: end-to-end runs on a Kafka broker (long; select with -m kafka_bench)",
     )
 
 
@@ -93,7 +102,32 @@ def bench_options(pytestconfig: pytest.Config) -> BenchOptions:
         memory_messages=positive("--memory-messages"),
         kafka_rounds=positive("--kafka-rounds"),
         profiler=profiler,
+        kafka_brokers=kafka_brokers(pytestconfig),
     )
+
+
+def kafka_brokers(config: pytest.Config) -> tuple[str, ...]:
+    """The ``--kafka-broker`` kinds, ``auto`` resolved."""
+    from unifeed.kafka.apache import local_kafka_available
+
+    text = str(config.getoption("--kafka-broker") or "auto")
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if kinds == ("auto",):
+        return ("apache-kafka",) if local_kafka_available()[0] else ("embedded",)
+    unknown = [k for k in kinds if k not in ("apache-kafka", "embedded")]
+    if unknown or not kinds:
+        raise pytest.UsageError(
+            f"--kafka-broker: expected apache-kafka, embedded or both, got {text!r}"
+        )
+    return kinds
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Kafka benchmarks (those taking ``broker``) run once per ``--kafka-broker`` kind."""
+    if "broker" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "broker", kafka_brokers(metafunc.config), indirect=True, scope="module"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,24 @@
-"""End-to-end catch-up on the embedded broker: unifeed vs a raw passthrough, and memory.
+"""End-to-end catch-up on a Kafka broker: unifeed vs a raw passthrough, and memory.
 
 Both contenders run as a separate process (`benchmarks._kafka_driver`) on the same broker,
-fed by the same loader (`benchmarks._kafka_harness`), in alternate rounds of one session:
+in alternate rounds of one session:
 
 * peer: consume -> produce, one record at a time, no decoding, no transactions;
 * subject: unifeed's `CombineRun` with ``--delivery exactly-once`` (the default), reading
   both feeds from the earliest offset and stopping at the last ``pitr`` (``--stop-at``).
+
+The broker (``--kafka-broker``): the local Apache Kafka 4.4 (`unifeed.kafka.apache`, a
+JVM), where each round's inputs are pre-filled, so both contenders read a full backlog and
+the loader bounds neither; or the embedded broker, which keeps 5 MB a partition, so a
+loader feeds the inputs as the run goes (`benchmarks._kafka_harness`). The JVM's CPU and
+RSS are recorded apart from the measured process's.
 
 Targets: unifeed >= 300,000 msgs/s (reported, not asserted: it is a wall-clock number) and
 >= 0.6x the passthrough's msgs/s (asserted). msgs/s = input records read / seconds from the
 start of the run loop (after start-up) to the end of its last commit or flush.
 
 Memory: 5,000,000 records in which one feed has 100x the other's rate; the RSS of the
-combine process must stay flat and at most 250 MB.
+combine process must stay flat and at most 250 MB (fed as it goes on either broker).
 
 Select with ``-m kafka_bench``; each wait is bounded (a run fails after its timeout).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,6 +37,7 @@ from benchmarks._kafka_harness import RunResult, run_measured
 from benchmarks._options import BenchOptions
 from benchmarks._peers import SUMMARY
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.kafka.apache import LocalKafka
 from unifeed.kafka.embedded import EmbeddedBroker
 
 pytestmark = pytest.mark.kafka_bench
@@ -44,10 +52,32 @@ RSS_GROWTH_MB = 16.0
 WARMUP_RECORDS = 1_000_000
 
 
+@dataclass(frozen=True)
+class Broker:
+    kind: str  # "apache-kafka" | "embedded"
+    bootstrap: str
+    pid: int | None  # the JVM's, for the local Apache Kafka
+
+    @property
+    def prefill(self) -> bool:
+        """Whether inputs are loaded whole before a run (a broker that keeps them)."""
+        return self.kind != "embedded"
+
+    @property
+    def label(self) -> str:
+        return "Apache Kafka 4.4" if self.kind == "apache-kafka" else "embedded broker"
+
+
 @pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    with EmbeddedBroker() as embedded:
-        yield embedded.bootstrap_servers
+def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
+    """One broker per ``--kafka-broker`` kind (parametrized in conftest.py)."""
+    kind = request.param
+    if kind == "apache-kafka":
+        with LocalKafka() as kafka:
+            yield Broker(kind, kafka.bootstrap_servers, kafka.pid)
+    else:
+        with EmbeddedBroker() as embedded:
+            yield Broker(kind, embedded.bootstrap_servers, None)
 
 
 def _timeout_s(messages: int) -> float:
@@ -64,6 +94,23 @@ def _check_unifeed_run(r: RunResult) -> None:
     assert r.counters.get("dead_letters", 0) == 0, "the simulated input has no invalid record"
 
 
+def _broker_note(broker: Broker, subject: list[RunResult], peer: list[RunResult]) -> str:
+    """The broker JVM's CPU per run and peak RSS, for each contender's rounds."""
+    if broker.pid is None:
+        return ""
+
+    def cpu(runs: list[RunResult]) -> str:
+        values = [r.broker_cpu_s for r in runs if r.broker_cpu_s is not None]
+        return f"{statistics.median(values):.1f} s" if values else "?"
+
+    rss = [r.broker_peak_rss_mb for r in subject + peer if r.broker_peak_rss_mb is not None]
+    per_peer = f", {cpu(peer)} a passthrough round" if peer else ""
+    return (
+        f"; broker JVM: CPU {cpu(subject)} a unifeed run{per_peer}, "
+        f"peak RSS {max(rss, default=0):.0f} MB"
+    )
+
+
 def _unified_count(traffic: KafkaTraffic) -> int:
     return sum(
         1
@@ -75,7 +122,7 @@ def _unified_count(traffic: KafkaTraffic) -> int:
 
 @pytest.mark.benchmark(group="kafka-catchup")
 def test_kafka_catchup_vs_passthrough(
-    benchmark: Any, broker: str, kafka_traffic: KafkaTraffic, bench_options: BenchOptions
+    benchmark: Any, broker: Broker, kafka_traffic: KafkaTraffic, bench_options: BenchOptions
 ) -> None:
     rounds = bench_options.kafka_rounds
     profiler = bench_options.profiler
@@ -87,13 +134,29 @@ def test_kafka_catchup_vs_passthrough(
     def passthrough_round() -> tuple[tuple[Any, ...], dict[str, Any]]:
         sources = materialize(kafka_traffic)
         peer.append(
-            run_measured("passthrough", broker, sources, timeout_s=timeout, profiler=profiler)
+            run_measured(
+                "passthrough",
+                broker.bootstrap,
+                sources,
+                timeout_s=timeout,
+                profiler=profiler,
+                prefill=broker.prefill,
+                broker_pid=broker.pid,
+            )
         )
         return (), {}
 
     def unifeed_round() -> RunResult:
         sources = materialize(kafka_traffic)
-        result = run_measured("unifeed", broker, sources, timeout_s=timeout, profiler=profiler)
+        result = run_measured(
+            "unifeed",
+            broker.bootstrap,
+            sources,
+            timeout_s=timeout,
+            profiler=profiler,
+            prefill=broker.prefill,
+            broker_pid=broker.pid,
+        )
         subject.append(result)
         return result
 
@@ -112,7 +175,13 @@ def test_kafka_catchup_vs_passthrough(
         s.msgs_per_s / p.msgs_per_s for s, p in zip(subject, peer, strict=True)
     )
     peak_rss = max(r.peak_rss_mb for r in subject)
+    busy = statistics.median(r.machine_busy for r in subject)
+    peer_busy = statistics.median(r.machine_busy for r in peer)
     benchmark.extra_info.update(
+        broker=broker.kind,
+        inputs="pre-filled" if broker.prefill else "fed while running",
+        machine_busy=round(busy, 3),
+        peer_machine_busy=round(peer_busy, 3),
         messages=total,
         msgs_per_s=round(rate),
         peer="passthrough",
@@ -128,10 +197,13 @@ def test_kafka_catchup_vs_passthrough(
         passthrough_runs=[r.summary() for r in peer],
     )
     SUMMARY.append(
-        f"Kafka catch-up ({total:,} records, {rounds} rounds): unifeed {rate:,.0f} msgs/s vs "
-        f"passthrough {peer_rate:,.0f} msgs/s: ratio {ratio:.3f} (paired {paired:.3f}); "
-        f"{'meets' if rate >= THROUGHPUT_TARGET else 'misses'} {THROUGHPUT_TARGET:,} msgs/s; "
-        f"unifeed peak RSS {peak_rss:.0f} MB"
+        f"Kafka catch-up on the {broker.label} ({total:,} records, "
+        f"{'pre-filled' if broker.prefill else 'fed while running'}, {rounds} rounds): unifeed "
+        f"{rate:,.0f} msgs/s vs passthrough {peer_rate:,.0f} msgs/s: ratio {ratio:.3f} "
+        f"(paired {paired:.3f}); {'meets' if rate >= THROUGHPUT_TARGET else 'misses'} "
+        f"{THROUGHPUT_TARGET:,} msgs/s; machine busy {busy:.0%} (unifeed rounds) / "
+        f"{peer_busy:.0%} (passthrough rounds); unifeed peak RSS {peak_rss:.0f} MB"
+        + _broker_note(broker, subject, peer)
     )
     assert ratio >= RATIO_TARGET, (
         f"unifeed reads {rate:,.0f} msgs/s, {ratio:.2f}x the passthrough's {peer_rate:,.0f} "
@@ -145,7 +217,7 @@ def test_kafka_catchup_vs_passthrough(
 )
 def test_kafka_memory_flat(
     benchmark: Any,
-    broker: str,
+    broker: Broker,
     kafka_traffic: KafkaTraffic,
     heavy: str,
     bench_options: BenchOptions,
@@ -161,10 +233,11 @@ def test_kafka_memory_flat(
     result: RunResult = benchmark.pedantic(
         lambda: run_measured(
             "unifeed",
-            broker,
+            broker.bootstrap,
             sources,
             timeout_s=_timeout_s(total),
             profiler=bench_options.profiler,
+            broker_pid=broker.pid,
         ),
         rounds=1,
         warmup_rounds=0,
@@ -185,6 +258,7 @@ def test_kafka_memory_flat(
     late_p90 = late[int(0.9 * (len(late) - 1))] if late else float("nan")
     growth = late_p90 - early_p90
     benchmark.extra_info.update(
+        broker=broker.kind,
         heavy_feed=heavy,
         rate_ratio=round(rate_ratio, 1),
         run=result.summary(),
@@ -204,9 +278,11 @@ def test_kafka_memory_flat(
         else "run too short to judge flatness"
     )
     SUMMARY.append(
-        f"Kafka memory ({read:,} records, {heavy} {rate_ratio:.0f}x the other): peak RSS "
+        f"Kafka memory on the {broker.label} ({read:,} records, {heavy} {rate_ratio:.0f}x "
+        f"the other, machine busy {result.machine_busy:.0%}): peak RSS "
         f"{result.peak_rss_mb:.0f} MB (limit {RSS_LIMIT_MB:.0f}); {flatness}; "
         f"{result.msgs_per_s:,.0f} msgs/s"
+        + _broker_note(broker, [result], [])
     )
     assert 90 <= rate_ratio <= 110
     assert result.peak_rss_mb <= RSS_LIMIT_MB, (

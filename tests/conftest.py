@@ -5,9 +5,16 @@ The broker comes from, in this order:
 1. ``UNIFEED_TEST_BOOTSTRAP`` - an existing cluster (``external``);
 2. testcontainers' Kafka module, when a Docker engine answers a quick ping (``container``);
    set ``UNIFEED_TEST_NO_DOCKER=1`` to skip the probe;
-3. the embedded broker, librdkafka's mock cluster in this process (``embedded``).
+3. Apache Kafka 4.4 run locally by a JVM (``apache-kafka``, `unifeed.kafka.apache`), when
+   ``java`` is on PATH and its jars are cached or ``mvn`` can fetch them;
+4. the embedded broker, librdkafka's mock cluster in this process (``embedded``).
 
-The same tests must pass on all three. Tests share the broker, so every test makes its
+``UNIFEED_TEST_BROKER=KIND`` (one of the four names) makes the session use that kind and
+fail, not fall back, when it cannot: CI sets ``apache-kafka`` so that a missing Java
+cannot silently turn the run into a mock-broker run, and ``embedded`` for its pass on
+the mock. The summary line at the end says which broker ran.
+
+The same tests must pass on all of them. Tests share the broker, so every test makes its
 own topics with `unique_topic`. No test relies on a pytest timeout: helpers wait with
 explicit bounds.
 """
@@ -24,14 +31,19 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from tests.support.kafkatools import forget_broker
+from unifeed.core.errors import UnifeedError
+from unifeed.kafka.apache import KAFKA_VERSION, LocalKafka, local_kafka_available
 from unifeed.kafka.clients import consumer_config, producer_config
 from unifeed.kafka.embedded import EmbeddedBroker
 
 _DOCKER_PROBE_S = 3.0
 
 
+KINDS = ("external", "container", "apache-kafka", "embedded")
+
+
 class BrokerChoice(msgspec.Struct, frozen=True):
-    kind: str  # "external" | "container" | "embedded"
+    kind: str  # one of KINDS
     bootstrap: str
     note: str
 
@@ -74,36 +86,85 @@ def _docker_answers() -> tuple[bool, str]:
     return True, ""
 
 
+def _required_kind() -> str:
+    kind = os.environ.get("UNIFEED_TEST_BROKER", "").strip()
+    if kind and kind not in KINDS:
+        raise pytest.UsageError(f"UNIFEED_TEST_BROKER={kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
+
+
 @pytest.fixture(scope="session")
 def _kafka_broker() -> Iterator[BrokerChoice]:
-    external = os.environ.get("UNIFEED_TEST_BOOTSTRAP", "").strip()
-    if external:
-        choice = BrokerChoice("external", external, "UNIFEED_TEST_BOOTSTRAP")
-        _notes.append(f"Kafka tests ran against an existing cluster at {external}")
-        yield choice
-        return
-    usable, why_not = _docker_answers()
-    if usable:
-        from testcontainers.community.kafka import KafkaContainer
+    required = _required_kind()
+    skipped: list[str] = []
 
-        container: Any = KafkaContainer()
-        container.start()
-        try:
-            bootstrap = container.get_bootstrap_server()
-            _notes.append(f"Kafka tests ran against a testcontainers Kafka at {bootstrap}")
-            yield BrokerChoice("container", bootstrap, "testcontainers")
-        finally:
-            forget_broker(bootstrap)
-            container.stop()
-        return
-    _notes.append(
-        f"Kafka tests ran against the embedded broker (container path skipped: {why_not})"
-    )
+    def unavailable(kind: str, why_not: str) -> None:
+        if required == kind:
+            pytest.fail(f"UNIFEED_TEST_BROKER={kind}, but it cannot run here: {why_not}",
+                        pytrace=False)
+        skipped.append(f"{kind}: {why_not}")
+
+    external = os.environ.get("UNIFEED_TEST_BOOTSTRAP", "").strip()
+    if required in ("", "external"):
+        if external:
+            _notes.append(f"Kafka tests ran against an existing cluster at {external}")
+            yield BrokerChoice("external", external, "UNIFEED_TEST_BOOTSTRAP")
+            return
+        unavailable("external", "UNIFEED_TEST_BOOTSTRAP is not set")
+    if required in ("", "container"):
+        usable, why_not = _docker_answers()
+        if usable:
+            yield from _container_broker()
+            return
+        unavailable("container", why_not)
+    if required in ("", "apache-kafka"):
+        usable, why_not = local_kafka_available()
+        if usable:
+            kafka = LocalKafka()
+            try:
+                kafka.start()
+            except UnifeedError as exc:  # e.g. Maven cannot reach its repository
+                kafka.close()
+                usable, why_not = False, f"it did not start: {exc}"
+        if usable:
+            yield from _local_kafka_broker(kafka)
+            return
+        unavailable("apache-kafka", why_not)
+    passed_over = f" (passed over: {'; '.join(skipped)})" if skipped else ""
+    _notes.append(f"Kafka tests ran against the embedded broker (librdkafka's mock cluster){passed_over}")
     with EmbeddedBroker() as broker:
         try:
-            yield BrokerChoice("embedded", broker.bootstrap_servers, why_not)
+            yield BrokerChoice("embedded", broker.bootstrap_servers, passed_over)
         finally:
             forget_broker(broker.bootstrap_servers)  # before the broker goes away
+
+
+def _container_broker() -> Iterator[BrokerChoice]:
+    from testcontainers.community.kafka import KafkaContainer
+
+    container: Any = KafkaContainer()
+    container.start()
+    try:
+        bootstrap = container.get_bootstrap_server()
+        _notes.append(f"Kafka tests ran against a testcontainers Kafka at {bootstrap}")
+        yield BrokerChoice("container", bootstrap, "testcontainers")
+    finally:
+        forget_broker(bootstrap)
+        container.stop()
+
+
+def _local_kafka_broker(kafka: LocalKafka) -> Iterator[BrokerChoice]:
+    try:
+        bootstrap = kafka.bootstrap_servers
+        _notes.append(
+            f"Kafka tests ran against Apache Kafka {KAFKA_VERSION} (local JVM, pid {kafka.pid}) "
+            f"at {bootstrap}"
+        )
+        yield BrokerChoice("apache-kafka", bootstrap, f"Apache Kafka {KAFKA_VERSION}")
+    finally:
+        if kafka.bootstrap_servers:
+            forget_broker(kafka.bootstrap_servers)
+        kafka.close()
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +175,8 @@ def kafka_bootstrap(_kafka_broker: BrokerChoice) -> str:
 
 @pytest.fixture(scope="session")
 def kafka_broker_kind(_kafka_broker: BrokerChoice) -> str:
-    """``external``, ``container`` or ``embedded``: tests of broker quirks branch on it."""
+    """``external``, ``container``, ``apache-kafka`` or ``embedded``: tests of the
+    embedded broker's limits branch on it."""
     return _kafka_broker.kind
 
 
@@ -175,6 +237,14 @@ def make_consumer(kafka_bootstrap: str) -> Iterator[Callable[..., Consumer]]:
     yield make
     for consumer in made:
         consumer.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the session's broker is marked ``kafka`` (so that ``-m kafka``
+    selects exactly the tests that a broker choice affects)."""
+    for item in items:
+        if "_kafka_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from unifeed.kafka.apache import local_kafka_available
 from unifeed.kafka.clients import (
     Target,
     consumer_config,
@@ -95,3 +100,70 @@ def test_broker_command_dies_as_told(how: str) -> None:
             process.kill()
             process.wait(10)
     assert not _accepts_connections(address)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(x) for x in task.read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_broker_kafka_command_runs_apache_kafka_and_never_outlives_its_parent(how: str) -> None:
+    """``unifeed broker --kafka``: Apache Kafka (it answers CreateTopics, unlike the
+    embedded broker), its address on the first line; SIGTERM stops it in order (exit 0),
+    and a SIGKILLed parent takes the JVM with it (no broker left behind)."""
+    usable, why_not = local_kafka_available()
+    if not usable:
+        pytest.skip(f"the local Apache Kafka cannot run here: {why_not}")
+    process, address = spawn_broker_process(timeout_s=180, stderr=subprocess.PIPE, kafka=True)
+    try:
+        jvms = _children(process.pid)
+        assert len(jvms) == 1, jvms
+        assert _round_trip(address, "kafka-smoke") == [b'{"pitr":0}', b'{"pitr":1}', b'{"pitr":2}']
+        info = ensure_reachable(address, timeout_s=10)
+        assert not info.embedded and info.answers_admin
+        process.send_signal(getattr(signal, how))
+        code: Any = process.wait(60)
+        assert code == (0 if how == "SIGTERM" else -signal.SIGKILL)
+        # A killed JVM's main thread can be a zombie while its other threads still hold
+        # the listening socket: gone means both.
+        for _ in range(300):
+            if not _alive(jvms[0]) and not _accepts_connections(address):
+                break
+            time.sleep(0.1)
+        assert not _alive(jvms[0]), "the JVM outlived unifeed broker --kafka"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    if how == "SIGTERM":
+        assert process.stderr is not None
+        err = process.stderr.read()
+        assert b"Apache Kafka 4.4.0" in err and b"unifeed broker: stopped" in err, err
+    assert not _accepts_connections(address)
+
+
+def test_broker_kafka_command_without_java_says_what_to_do(tmp_path: Path) -> None:
+    """No java on PATH and an empty cache: exit 2 with one line naming the Maven command."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
+    env["PATH"] = str(Path(sys.executable).parent)
+    env["UNIFEED_KAFKA_CACHE"] = str(tmp_path / "cache")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-m", "unifeed", "broker", "--kafka"],
+                          capture_output=True, timeout=60, env=env, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Java" in err and "no java on PATH" in err, err
+    assert "dependency:copy-dependencies" in err and str(tmp_path / "cache") in err, err

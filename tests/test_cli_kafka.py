@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
+from tests.support.kafkatools import create_topic
 from unifeed.cli.kafka import dump_partition, load_lines
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.units import parse_time_ms
@@ -253,9 +254,9 @@ def test_load_lines_and_dump_partition_in_process(kafka_bootstrap: str, unique_t
 def test_dump_of_an_empty_partition(
     kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Any, produce: Callable[..., Any]
 ) -> None:
-    if kafka_broker_kind != "embedded":
-        pytest.skip("needs a topic with a second, empty partition (auto-created on the mock)")
     topic = unique_topic("empty")
+    if kafka_broker_kind != "embedded":  # the mock auto-creates 4 partitions, answers no CreateTopics
+        create_topic(kafka_bootstrap, topic, partitions=2)
     produce(topic, [(b'{"pitr":1}', 1)])
     out = io.BytesIO()
     assert dump_partition(Target(topic, 1), kafka_bootstrap, out).written == 0
@@ -280,3 +281,31 @@ def test_parse_time_ms(text: str, expected: int) -> None:
 def test_parse_time_ms_refuses_with_an_example() -> None:
     with pytest.raises(ConfigError, match=r"--from must be epoch milliseconds or ISO-8601"):
         parse_time_ms("yesterday", "--from")
+
+
+def test_load_into_a_partition_the_topic_lacks_says_how_many_it_has(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Any, tmp_path: Path
+) -> None:
+    """A topic written before it exists is auto-created with the broker's num.partitions
+    (1 on the local Apache Kafka, 4 on the embedded broker): loading into partition 7 of a
+    new topic exits 1 with one line that says how many partitions it got; after the topic
+    is created with 8 (CreateTopics, not on the embedded broker), the same load works."""
+    topic = unique_topic("parts")
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(b'{"type":"keepalive","pitr":5}\n')
+    args = ["load", str(path), "--topic", f"kafka:{topic}:7", "--bootstrap-servers",
+            kafka_bootstrap]
+    refused = _unifeed(*args)
+    assert refused.returncode == 1, refused.stderr
+    last = refused.stderr.decode().strip().splitlines()[-1]
+    partitions = 4 if kafka_broker_kind == "embedded" else 1
+    assert last.startswith(f"unifeed load: loading into kafka:{topic}:7 failed: topic "
+                           f"'{topic}' has {partitions} partition(s), so no partition 7"), last
+    if kafka_broker_kind == "embedded":
+        return
+    other = unique_topic("parts")
+    create_topic(kafka_bootstrap, other, partitions=8)
+    args[3] = f"kafka:{other}:7"
+    assert _unifeed(*args).returncode == 0
+    dumped = _unifeed("dump", f"kafka:{other}:7", "--bootstrap-servers", kafka_bootstrap)
+    assert dumped.returncode == 0 and dumped.stdout == b'{"type":"keepalive","pitr":5}\n'

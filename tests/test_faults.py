@@ -9,12 +9,13 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tests.support.kafkatools import (
     forget_broker,
     high_watermark,
     load,
+    log_end_offset,
     read_all,
     reap,
     run_cli,
@@ -191,28 +192,149 @@ def test_second_mappings_instance_with_the_same_name_stops_the_older_one(
     assert read_all(kafka_bootstrap, mp) == expected
 
 
-def test_a_fencing_broker_fences_the_older_transactional_producer(
+def test_a_second_producer_with_the_same_transactional_id_fences_the_first(
     kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
 ) -> None:
-    """On a broker that fences, a second producer with the same transactional.id makes
-    the first one's commit fail: unifeed relies on that where it exists."""
+    """A second producer with the same transactional.id makes the first one's commit fail
+    (fenced by epoch), and the first one's record never becomes visible to read_committed
+    readers: unifeed relies on that on every real broker. The embedded broker does not
+    fence (README, its limits): there the first commit goes through, which this test
+    checks too, so that the README's claim fails here the day it stops being true."""
     topic = unique_topic("fence")
     tid = f"fence-{uuid.uuid4().hex}"
     first = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": tid})
     first.init_transactions(30)
     first.begin_transaction()
     first.produce(topic, b"first", partition=0)
+    assert first.flush(10) == 0
     second = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": tid})
     second.init_transactions(30)
-    try:
-        first.commit_transaction(10)
-    except KafkaException as exc:
-        assert exc.args[0].fatal() or "fenc" in str(exc).lower(), exc
-        return
+    second.begin_transaction()
+    second.produce(topic, b"second", partition=0)
     if kafka_broker_kind == "embedded":
-        pytest.skip("the embedded broker does not fence transactional producers (README, its limits); "
-                    "test_second_instance_with_the_same_name_stops_the_older_one covers it")
-    pytest.fail("the broker let a fenced producer commit")
+        first.commit_transaction(10)
+        second.commit_transaction(10)
+        assert read_all(kafka_bootstrap, topic) == [b"first", b"second"]
+        return
+    with pytest.raises(KafkaException) as info:
+        first.commit_transaction(10)
+    error = info.value.args[0]
+    assert error.fatal() or error.code() in {KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                             KafkaError.INVALID_PRODUCER_EPOCH}, error
+    second.commit_transaction(10)
+    assert read_all(kafka_bootstrap, topic) == [b"second"]
+
+
+def _all_records(bootstrap: str, topic: str) -> list[bytes]:
+    """Every record of partition 0, aborted ones included (read_uncommitted)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests",
+                         "isolation.level": "read_uncommitted", "enable.partition.eof": True,
+                         "auto.offset.reset": "error"})
+    out: list[bytes] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        for _ in range(2000):
+            for m in consumer.consume(5000, 0.2):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return out
+                    raise RuntimeError(err.str())
+                out.append(m.value() or b"")
+        raise TimeoutError(f"reading {topic} did not reach its end")
+    finally:
+        consumer.close()
+
+
+def _dump(bootstrap: str, topic: str) -> list[bytes]:
+    done = run_cli(["dump", f"kafka:{topic}", "--bootstrap-servers", bootstrap], timeout_s=60)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.splitlines()
+
+
+def test_a_crash_mid_transaction_leaves_aborted_records_that_dump_never_shows(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """combine is SIGKILLed with a transaction open (a long commit interval: output
+    written, not committed). `unifeed dump`, which reads committed records only, shows a
+    prefix of the reference while the transaction hangs open (the partition's last stable
+    offset stops there) and exactly the reference after a rerun, whose start aborts the
+    dead transaction. On a broker that honours read_committed, the aborted records are
+    still in the log, visible to a read_uncommitted reader only."""
+    # ~8,400 output records: fewer than one transaction holds (10,000), so with a
+    # one-hour commit interval and no end (no --exit-at-end, a long grace) every one of
+    # them stays in the open transaction until the kill.
+    ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 10)
+    assert len(expected) < 10_000
+    args = combine_args(kafka_bootstrap, ctl, srf, out, f"crash-{out}",
+                        "--commit-interval", "1h", "--end-of-log-grace", "1h")
+    proc = start_cli(args)
+    try:
+        wait_for(lambda: log_end_offset(kafka_bootstrap, out) > len(expected) // 2
+                 or proc.poll() is not None, 60, "output written")
+        assert proc.poll() is None, _stderr(proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    written = log_end_offset(kafka_bootstrap, out)
+    before = _dump(kafka_bootstrap, out)
+    assert before == expected[: len(before)]
+    if kafka_broker_kind != "embedded":
+        assert len(before) < written // 2, (len(before), written)
+    done = run_cli([*args, "--exit-at-end"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert _dump(kafka_bootstrap, out) == expected
+    if kafka_broker_kind != "embedded":
+        in_log = _all_records(kafka_bootstrap, out)
+        aborted = len(in_log) - len(expected)
+        assert aborted >= written - len(before) - 2, (aborted, written, len(before))
+        assert in_log[: len(before)] == before
+
+
+def test_a_run_fenced_by_the_broker_stops_with_one_line_and_a_rerun_is_exact(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """A producer with the run's transactional.id initialises while the run writes (as a
+    newer incarnation's does, before its claim is visible): a broker that fences makes
+    the run's next transaction fail. The run stops with exit code 1 and one line that
+    says another incarnation took over, not a client error; a rerun writes the exact
+    output (the fenced transaction was aborted)."""
+    if kafka_broker_kind == "embedded":
+        pytest.skip("the embedded broker does not fence transactional producers (README, "
+                    "its limits); the claim protocol covers it there (tests above)")
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = long_scenario(4)
+    expected, _ = unify_lines(control, surface)
+    half = len(control) // 2
+    load(kafka_bootstrap, ctl, control[:half])
+    load(kafka_bootstrap, srf, surface[: len(surface) // 2])
+    name = f"fenced-{out}"
+    args = combine_args(kafka_bootstrap, ctl, srf, out, name, "--end-of-log-grace", "1h")
+    run = start_cli(args)
+    try:
+        wait_for(lambda: log_end_offset(kafka_bootstrap, out) > 1000 or run.poll() is not None,
+                 60, "the run to write")
+        assert run.poll() is None, _stderr(run)
+        intruder = Producer({"bootstrap.servers": kafka_bootstrap,
+                             "transactional.id": f"unifeed-{name}"})
+        intruder.init_transactions(30)
+        del intruder
+        # More input: the run writes again, and its next transaction meets the fence.
+        load(kafka_bootstrap, ctl, control[half:])
+        load(kafka_bootstrap, srf, surface[len(surface) // 2 :])
+        code = run.wait(timeout=60)
+    finally:
+        reap(run)
+    err = _stderr(run)
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"unifeed combine: another incarnation of instance '{name}' took "
+                           "over: the broker fenced"), err
+    assert "stops without committing again" in last
+    done = run_cli([*args, "--exit-at-end"])
+    assert done.returncode == 0, done.stderr.decode()
+    assert read_all(kafka_bootstrap, out) == expected
 
 
 def test_corrupt_checkpoint_gives_a_clear_error_and_a_way_out(
@@ -240,7 +362,7 @@ def test_corrupt_checkpoint_gives_a_clear_error_and_a_way_out(
 
 
 def test_aborted_transaction_leaves_no_trace_or_is_refused(
-    kafka_bootstrap: str, unique_topic: Callable[..., str]
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
 ) -> None:
     """Records of an aborted transaction after the checkpoint: a broker that honours
     read_committed hides them and the run carries on to the exact output; the embedded
@@ -274,6 +396,7 @@ def test_aborted_transaction_leaves_no_trace_or_is_refused(
     producer.flush(10)
     producer.abort_transaction(10)
     hides_aborted = all(b'"aborted"' not in v for v in read_all(kafka_bootstrap, out))
+    assert hides_aborted or kafka_broker_kind == "embedded", "read_committed showed aborted records"
     load(kafka_bootstrap, ctl, control[half:])
     load(kafka_bootstrap, srf, surface[len(surface) // 2:])
     done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))

@@ -25,6 +25,7 @@ from tests.support.kafkatools import (
     high_watermark,
     keepalive,
     load,
+    log_end_offset,
     pitr_of,
     read_all,
     run_cli,
@@ -117,6 +118,32 @@ def test_busy_airport_larger_than_retention_loaded_while_combining(
     assert got == expected
 
 
+def test_busy_airport_backlog_beyond_5_mb_a_partition_loaded_before_combine(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """The whole busy-airport backlog (11.8 MB of controlstream, 9.4 MB of surfacestream,
+    stored uncompressed) is in the broker before combine starts, as after an outage on a
+    real cluster: catch-up reads it all and writes exactly the golden output (23 MB in one
+    partition). The embedded broker keeps 5 MB a partition, so there the loader has to
+    race combine instead (the test above)."""
+    if kafka_broker_kind == "embedded":
+        pytest.skip("the embedded broker keeps 5 MB a partition (README, its limits); "
+                    "test_busy_airport_larger_than_retention_loaded_while_combining runs there")
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    control, surface = golden_inputs("busy-airport")
+    expected = read_lines(golden_path("busy-airport", "expected.unified"))
+    assert min(sum(map(len, control)), sum(map(len, surface))) > 5_000_000
+    load(kafka_bootstrap, ctl, control, compression="none")
+    load(kafka_bootstrap, srf, surface, compression="none")
+    assert read_all(kafka_bootstrap, ctl)[:1] == control[:1]  # the oldest record is kept
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"backlog-{out}",
+                                "--exit-at-end"), timeout_s=300)
+    assert done.returncode == 0, done.stderr.decode()
+    got = read_all(kafka_bootstrap, out, timeout_s=120)
+    assert len(got) == len(expected)
+    assert got == expected
+
+
 def _shift_to_now(lines: list[bytes], t0: int, now: int, speed: float) -> list[bytes]:
     """Rewrite pitr so that the feed plays from ``now``, ``speed`` times faster."""
     out = []
@@ -172,16 +199,16 @@ def test_paced_realtime_gives_the_same_output(name: str, kafka_bootstrap: str,
 def _kill_while_writing(bootstrap: str, out: str, args: list[str], rng: random.Random,
                         rounds: int) -> int:
     """Start `unifeed combine` `rounds` times and SIGKILL each incarnation a seeded moment
-    (0-30 ms) after it starts writing to `out`. Returns how many were killed (one that
-    finished first is not)."""
+    (0-30 ms) after it starts writing to `out` (its records reach the log, committed or
+    not). Returns how many were killed (one that finished first is not)."""
     kills = 0
     for _ in range(rounds):
         delay = rng.uniform(0.0, 0.03)
-        before = high_watermark(bootstrap, out)
+        before = log_end_offset(bootstrap, out)
         proc = start_cli(args)
         try:
             def writing(b: int = before, running: subprocess.Popen[bytes] = proc) -> bool:
-                return high_watermark(bootstrap, out) > b or running.poll() is not None
+                return log_end_offset(bootstrap, out) > b or running.poll() is not None
 
             try:
                 wait_for(writing, 60, "the incarnation to start writing", 0.002)
@@ -549,3 +576,98 @@ def test_mappings_resume_is_exact_before_a_burst_of_backwards_records(
     done = run_cli([*args, "--exit-at-end"])
     assert done.returncode == 0, done.stderr.decode()
     assert read_all(kafka_bootstrap, mp) == expected
+
+
+def test_far_future_pitr_is_loaded_combined_and_dumped(kafka_bootstrap: str, tmp_path: Path,
+                                                       unique_topic: Callable[..., str]) -> None:
+    """A pitr in 2100 is valid input and is written (docs/guarantees.md). Kafka 4 brokers
+    refuse a record stamped more than an hour ahead of their clock (and the whole batch
+    with it), so unifeed stamps records with their pitr but never more than 50 minutes
+    ahead: `unifeed load`, `combine` and `dump` carry such a record through a real broker,
+    and every other record keeps timestamp = pitr."""
+    t0, year_2100 = 1_700_000_000_000, 4_102_444_800_000
+    control = [
+        b'{"type":"flightplan","pitr":%d,"id":"F1","ident":"UAL1","access":"public"}' % t0,
+        b'{"type":"power_on","pitr":%d,"id":"F1","surface_id":"S1","facility":"KSFO"}' % (t0 + 1),
+        b'{"type":"departure","pitr":%d,"id":"F1"}' % year_2100,
+    ]
+    surface = [
+        b'{"type":"ground_position","pitr":%d,"surface_id":"S1","facility":"KSFO",'
+        b'"clock":%d,"lat":1,"lon":2}' % (t0 + 2, t0),
+        b'{"type":"vehicle_position","pitr":%d,"surface_id":"V1","facility":"KSFO",'
+        b'"clock":%d,"lat":1,"lon":2}' % (year_2100 + 5, t0),
+    ]
+    expected, _run = unify_lines(control, surface)
+    assert pitr_of(expected[-1]) == year_2100 + 5
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    for topic, lines in ((ctl, control), (srf, surface)):
+        path = tmp_path / f"{topic}.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        loaded = run_cli(["load", str(path), "--topic", f"kafka:{topic}",
+                          "--bootstrap-servers", kafka_bootstrap])
+        assert loaded.returncode == 0, loaded.stderr.decode()
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"future-{out}", "--exit-at-end"))
+    assert done.returncode == 0, done.stderr.decode()
+    dumped = run_cli(["dump", f"kafka:{out}", "--bootstrap-servers", kafka_bootstrap])
+    assert dumped.returncode == 0, dumped.stderr.decode()
+    assert dumped.stdout.splitlines() == expected
+    stamps = _timestamps(kafka_bootstrap, out)
+    assert len(stamps) == len(expected)
+    now_ms = int(time.time() * 1000)
+    for line, stamp in zip(expected, stamps, strict=True):
+        if pitr_of(line) < now_ms:
+            assert stamp == pitr_of(line)
+        else:
+            assert now_ms - 600_000 < stamp <= now_ms + 3_600_000, (line, stamp)
+
+
+def _timestamps(bootstrap: str, topic: str) -> list[int]:
+    """The record timestamps of partition 0 (read_committed), in offset order."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests",
+                         "isolation.level": "read_committed", "enable.partition.eof": True})
+    stamps: list[int] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        for _ in range(500):
+            for m in consumer.consume(1000, 0.2):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return stamps
+                    raise RuntimeError(err.str())
+                stamps.append(m.timestamp()[1])
+        raise TimeoutError(f"reading {topic} did not reach its end")
+    finally:
+        consumer.close()
+
+
+def test_restart_finds_its_inputs_by_the_brokers_offsets_for_times(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str]
+) -> None:
+    """A run stopped at a checkpoint, then run to the end: the restart looks its inputs
+    up by pitr. On a real broker offsets_for_times answers (inputs loaded without
+    transactions, timestamp = pitr) and the answer is taken; the embedded broker answers
+    "unknown" and the search bisects. Either way the output is exact."""
+    control, surface = long_scenario(10)
+    expected, _run = unify_lines(control, surface)
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    load(kafka_bootstrap, ctl, control)
+    load(kafka_bootstrap, srf, surface)
+    stop_at = pitr_of(surface[len(surface) // 2])
+    first = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"oft-{out}", "--stop-at",
+                                 str(stop_at)))
+    assert first.returncode == 0, first.stderr.decode()
+    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, f"oft-{out}", "--exit-at-end",
+                                "--log-level", "debug"))
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    searches = {topic: [line for line in err.splitlines()
+                        if f"kafka:{topic}:0: pitr " in line and " found at offset " in line]
+                for topic in (ctl, srf)}
+    assert all(searches.values()), err
+    method = "bisection" if kafka_broker_kind == "embedded" else "offsets_for_times"
+    for topic, lines in searches.items():
+        assert all(f" by {method} " in line for line in lines), (topic, lines)
+    assert read_all(kafka_bootstrap, out) == expected

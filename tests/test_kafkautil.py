@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,15 +222,22 @@ def test_offset_deleted_by_retention_fails_loudly(
     make_consumer: Callable[..., Any],
     unique_topic: Any,
 ) -> None:
-    if kafka_broker_kind != "embedded":
-        pytest.skip("only the embedded broker deletes after 5 MB")
+    """Records deleted under a reader: by the embedded broker's 5 MB limit, or on a real
+    broker by DeleteRecords (what retention does to the oldest segment)."""
     topic = unique_topic("retention")
     producer = Producer(producer_config(kafka_bootstrap, compression="none", linger_ms=5))
     filler = b'{"pitr":1,"pad":"' + b"x" * 980 + b'"}'
-    for _ in range(7000):  # ~7 MB > the embedded broker's 5 MB per partition
+    count = 7000 if kafka_broker_kind == "embedded" else 200  # ~7 MB > the mock's 5 MB
+    for _ in range(count):
         producer.produce(topic, filler, partition=0)
         producer.poll(0)
     assert producer.flush(30) == 0
+    if kafka_broker_kind != "embedded":
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        futures = admin.delete_records([TopicPartition(topic, 0, 150)],
+                                       request_timeout=30, operation_timeout=30)
+        for future in futures.values():
+            future.result(timeout=30)
     consumer = make_consumer(fetch_wait_ms=10)
     low, _high = watermarks(consumer, Target(topic))
     assert low > 0, "expected the oldest records to be gone"
@@ -298,6 +306,7 @@ def test_seek_by_pitr_with_duplicates_markers_and_bad_records(
     records = [(m.offset(), record_pitr(m)) for m in read_range(consumer, target, low, high)]
     assert [p for _o, p in records] == pitrs
     assert high > len(records), "expected transaction markers between the records"
+    record_offsets = {o for o, _p in records}
     readable = sorted({p for p in pitrs if p is not None})
     probes = [0, readable[0], readable[0] + 1, *readable[5:9], 1_500, readable[-1]]
     probes += [readable[-1] + 1, 10**13]
@@ -305,9 +314,22 @@ def test_seek_by_pitr_with_duplicates_markers_and_bad_records(
         result = find_offset_for_pitr(consumer, target, wanted, timeout_s=30)
         assert result.offset == _expected_offset(records, wanted, high), wanted
         assert result.reads <= 40, result
-        if kafka_broker_kind == "embedded":
+        if kafka_broker_kind == "embedded":  # answers -1 to every offsets_for_times
             assert result.broker_answer == -1
             assert result.method in {"bisection", "after_last"}
+        elif wanted > time.time() * 1000:
+            assert (result.broker_answer, result.method) == (-1, "after_last"), result
+        else:
+            # A real broker answers with the first offset stamped at or after the pitr.
+            # Transaction markers are stamped with the wall-clock time of the commit, far
+            # after these pitrs, so past the first transaction its answer is the first
+            # marker: a lower bound, verified against the records, then bisected from.
+            answer = result.broker_answer
+            assert answer is not None and 0 <= answer <= result.offset, result
+            if answer != result.offset:
+                assert answer not in record_offsets and result.method == "bisection", result
+            else:
+                assert result.method == "offsets_for_times", result
         assert seek_offset_for_pitr(consumer, target, wanted) == result.offset
     # Bisection alone (as on a broker that cannot answer) agrees too.
     for wanted in probes:
@@ -315,6 +337,38 @@ def test_seek_by_pitr_with_duplicates_markers_and_bad_records(
             consumer, target, wanted, timeout_s=30, use_offsets_for_times=False
         )
         assert result.offset == _expected_offset(records, wanted, high), wanted
+
+
+def test_seek_by_pitr_on_plain_records_takes_the_brokers_answer(
+    kafka_bootstrap: str,
+    kafka_broker_kind: str,
+    make_consumer: Callable[..., Any],
+    unique_topic: Any,
+) -> None:
+    """Records written without transactions (as `unifeed load` and most producers write
+    a feed), timestamp = pitr: a real broker's offsets_for_times is the answer, verified
+    with two reads; the embedded broker answers -1 and the search bisects."""
+    topic = unique_topic("seek-plain")
+    target = Target(topic)
+    records = [(_line(1_000 + 10 * (i // 3), i), 1_000 + 10 * (i // 3)) for i in range(600)]
+    produce(kafka_bootstrap, topic, records)
+    consumer = make_consumer(fetch_wait_ms=10)
+    for wanted in (1_000, 1_005, 1_010, 1_777, 2_000, 2_990):
+        result = find_offset_for_pitr(consumer, target, wanted, timeout_s=30)
+        truth = next(i for i, (_v, p) in enumerate(records) if p >= wanted)
+        assert result.offset == truth, (wanted, result)
+        if kafka_broker_kind == "embedded":
+            assert (result.broker_answer, result.method) == (-1, "bisection"), result
+        else:
+            assert (result.broker_answer, result.method) == (truth, "offsets_for_times"), result
+            assert result.reads <= 2, result
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes, int]]) -> None:
+    producer = Producer(producer_config(bootstrap, linger_ms=5))
+    for value, stamp in records:
+        producer.produce(topic, value, None, 0, timestamp=stamp)
+    assert producer.flush(30) == 0
 
 
 def test_seek_on_an_empty_partition() -> None:

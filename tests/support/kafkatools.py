@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from unifeed.kafka.clients import record_timestamp
 
 CLI = [sys.executable, "-m", "unifeed"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,30 +31,56 @@ def pitr_of(line: bytes) -> int:
     return pitr if type(pitr) is int and pitr > 0 else 0
 
 
-def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0) -> int:
-    """Produce ``lines`` (blank ones skipped) with timestamp = pitr; return how many."""
+def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0,
+         compression: str = "lz4") -> int:
+    """Produce ``lines`` (blank ones skipped) with timestamp = pitr, as ``unifeed load``
+    stamps them (`record_timestamp`); return how many. Fails on any delivery error."""
+    errors: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            errors.append(error)
+
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": 5,
-            "compression.type": "lz4",
+            "compression.type": compression,
             "enable.idempotence": True,
+            "delivery.report.only.error": True,
+            "on_delivery": delivered,
         }
     )
+    now_ms = int(time.time() * 1000)
     n = 0
     for line in lines:
         if not line.strip():
             continue
+        stamp = record_timestamp(pitr_of(line), now_ms)
         while True:
             try:
-                producer.produce(topic, line, partition=partition, timestamp=pitr_of(line))
+                producer.produce(topic, line, partition=partition, timestamp=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)
         n += 1
     remaining = producer.flush(60)
     assert remaining == 0, f"{remaining} records not delivered to {topic}"
+    assert not errors, f"{len(errors)} records refused by the broker, the first: {errors[0]}"
     return n
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 30) -> None:
+    """CreateTopics with a partition count (not on the embedded broker, which does not
+    answer it), then wait until the broker's metadata shows every partition."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)],
+                                  operation_timeout=timeout_s, request_timeout=timeout_s)
+    futures[topic].result(timeout=timeout_s)
+    def ready() -> bool:
+        found = admin.list_topics(topic, timeout=5).topics.get(topic)
+        return found is not None and found.error is None and len(found.partitions) == partitions
+    wait_for(ready, timeout_s, f"{topic} with {partitions} partitions in the metadata")
 
 
 _POLLERS: dict[str, Consumer] = {}
@@ -68,19 +97,34 @@ atexit.register(_close_pollers)
 
 def forget_broker(bootstrap: str) -> None:
     """Close the kept client of a broker that is going away (no reconnect noise after)."""
-    consumer = _POLLERS.pop(bootstrap, None)
-    if consumer is not None:
-        consumer.close()
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = _POLLERS.pop(f"{isolation}@{bootstrap}", None)
+        if consumer is not None:
+            consumer.close()
 
 
 def high_watermark(bootstrap: str, topic: str, partition: int = 0) -> int:
-    """The partition's end offset, 0 when it does not exist (yet). One client per broker
-    is kept for the whole session, so that polling in a tight loop costs a round trip and
-    not a new connection each time."""
-    consumer = _POLLERS.get(bootstrap)
+    """The end of what a read_committed reader sees, 0 when the partition does not exist
+    (yet): on a real broker the last stable offset, which stops at the first record of a
+    transaction still open (`log_end_offset` counts those records too); the embedded
+    broker ignores transactions and answers the high watermark. One client per broker is
+    kept for the whole session, so that polling in a tight loop costs a round trip and not
+    a new connection each time."""
+    return _end_offset(bootstrap, topic, partition, "read_committed")
+
+
+def log_end_offset(bootstrap: str, topic: str, partition: int = 0) -> int:
+    """The partition's high watermark: every record written, those of open (and aborted)
+    transactions included; 0 when the partition does not exist (yet)."""
+    return _end_offset(bootstrap, topic, partition, "read_uncommitted")
+
+
+def _end_offset(bootstrap: str, topic: str, partition: int, isolation: str) -> int:
+    consumer = _POLLERS.get(f"{isolation}@{bootstrap}")
     if consumer is None:
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests"})
-        _POLLERS[bootstrap] = consumer
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unifeed-tests",
+                             "isolation.level": isolation})
+        _POLLERS[f"{isolation}@{bootstrap}"] = consumer
     tp = TopicPartition(topic, partition)
     try:
         return int(consumer.get_watermark_offsets(tp, timeout=10)[1])

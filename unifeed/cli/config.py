@@ -34,7 +34,8 @@ durations take ``"30s"`` or plain milliseconds. ``[kafka]`` reaches the command 
 The environment variable of a key is ``UNIFEED_`` + the key in capitals
 (``UNIFEED_BOOTSTRAP_SERVERS``, ``UNIFEED_INSTANCE``, ``UNIFEED_STRICT_ORDER=true``,
 ``UNIFEED_LOG_FORMAT``); it applies to every command with that option. An empty value
-counts as unset. ``UNIFEED_TEST_*`` is left to the test suite.
+counts as unset. ``UNIFEED_TEST_*`` is left to the test suite, ``UNIFEED_KAFKA_CACHE`` to
+``unifeed broker --kafka``.
 
 Mistakes are caught before anything runs: an unknown key (with the file and table it is
 in) or an ``UNIFEED_*`` variable that names no option is a `ConfigError` (exit code 2),
@@ -79,8 +80,9 @@ log = logging.getLogger("unifeed.config")
 ENV_PREFIX: Final = "UNIFEED_"
 #: Names the configuration file when ``--config`` is not given.
 CONFIG_ENV: Final = "UNIFEED_CONFIG"
-#: Environment variables with these prefixes belong to the test suite, not to options.
-_RESERVED_ENV: Final = ("UNIFEED_TEST_",)
+#: Environment variables with these prefixes are not options: the test suite's, and the
+#: local Apache Kafka's jar cache (`unifeed.kafka.apache`).
+_RESERVED_ENV: Final = ("UNIFEED_TEST_", "UNIFEED_KAFKA_CACHE")
 #: Keys of the options every command has (``--log-format``, ``--log-level``).
 GLOBAL_KEYS: Final[tuple[str, ...]] = ("log_format", "log_level")
 _GLOBAL_DESTS: Final = frozenset({"config", "log_format", "log_level"})

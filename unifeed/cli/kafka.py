@@ -53,6 +53,7 @@ from unifeed.kafka.clients import (
     kafka_error,
     parse_target,
     producer_config,
+    record_timestamp,
     watermarks,
 )
 from unifeed.kafka.embedded import run_broker_foreground
@@ -160,6 +161,27 @@ def _check_lines(stream: IO[bytes], source: str, max_bytes: int, allow_invalid: 
     raise BadRecordError(source, f"{what}: {named}; nothing was loaded ({fix})")
 
 
+def _load_failure(producer: Producer, target: Target, error: KafkaError) -> KafkaRuntimeError:
+    """The error of a load the broker refused; for a partition the topic lacks (a topic
+    auto-created on first write gets the broker's ``num.partitions``, often 1), how many
+    it has and what to do."""
+    if error.code() not in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
+        return kafka_error(f"loading into {target} failed", error)
+    try:
+        found = producer.list_topics(target.topic, timeout=5).topics.get(target.topic)
+        count = len(found.partitions) if found is not None and found.error is None else 0
+    except KafkaException:
+        count = 0
+    if count == 0:
+        return kafka_error(f"loading into {target} failed", error)
+    return KafkaRuntimeError(
+        f"loading into {target} failed: topic {target.topic!r} has {count} partition(s), "
+        f"so no partition {target.partition}; create the topic with more partitions first "
+        "(a topic written before it exists is auto-created with the broker's num.partitions)",
+        error.name(),
+    )
+
+
 def load_lines(
     stream: IO[bytes],
     target: Target,
@@ -200,6 +222,8 @@ def load_lines(
     started = last_note = time.monotonic()
     produce = producer.produce
     topic, partition = target.topic, target.partition
+    # Pitrs up to the start time need no look at the clock (`record_timestamp`).
+    stamp_cap = int(time.time() * 1000)
     for number, line in _lines(stream):
         if not line.strip():
             blank += 1
@@ -210,9 +234,10 @@ def load_lines(
             pitr = last_pitr
         last_pitr = pitr
         # timestamp 0 would mean "now" to librdkafka; pitr 0 is 1970 anyway.
+        stamp = pitr if pitr <= stamp_cap else record_timestamp(pitr, int(time.time() * 1000))
         for _attempt in range(10_000):
             try:
-                produce(topic, line, None, partition, timestamp=pitr)
+                produce(topic, line, None, partition, timestamp=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -222,7 +247,7 @@ def load_lines(
             raise KafkaRuntimeError(f"{target}: the producer queue stayed full", "_QUEUE_FULL")
         records += 1
         if failures:
-            raise kafka_error(f"loading into {target} failed", failures[0])
+            raise _load_failure(producer, target, failures[0])
         if rate is not None:
             ahead = started + records / rate - time.monotonic()
             if ahead > 0:
@@ -244,7 +269,7 @@ def load_lines(
     if progress is not None and records >= 1024:
         progress.write("\n")
     if failures:
-        raise kafka_error(f"loading into {target} failed", failures[0])
+        raise _load_failure(producer, target, failures[0])
     if remaining:
         raise KafkaRuntimeError(
             f"{remaining} records to {target} not acknowledged within {timeout_s:g} s",
@@ -445,18 +470,34 @@ def _judge(
 # --- CLI -------------------------------------------------------------------
 
 
+def _broker(args: argparse.Namespace) -> int:
+    if args.kafka:
+        from unifeed.kafka.apache import run_local_kafka_foreground
+
+        return run_local_kafka_foreground()
+    return run_broker_foreground()
+
+
 def register(subparsers: Any) -> None:
     """Add ``unifeed broker``, ``load``, ``dump`` and ``checkpoint``."""
     broker = subparsers.add_parser(
         "broker",
-        help="run an embedded Kafka-protocol broker (for tests and demos)",
+        help="run a local Kafka broker: the embedded one, or Apache Kafka with --kafka",
         description=(
-            "Run librdkafka's embedded mock cluster on 127.0.0.1 until Ctrl-C or SIGTERM. "
-            "The first line on stdout is its address (HOST:PORT). In memory, at most 5 MB "
-            "per partition; not for production."
+            "Run a Kafka broker on 127.0.0.1 until Ctrl-C or SIGTERM. The first line on "
+            "stdout is its address (HOST:PORT). By default librdkafka's embedded mock "
+            "cluster: in memory, at most 5 MB per partition, nothing but pip needed; not "
+            "for production. With --kafka, Apache Kafka itself (one KRaft node, storage "
+            "in a temporary directory deleted on exit): needs Java 17+, and Maven the "
+            "first time to fetch the jars into ~/.cache/unifeed."
         ),
     )
-    broker.set_defaults(handler=lambda args: run_broker_foreground())
+    broker.add_argument(
+        "--kafka",
+        action="store_true",
+        help="run Apache Kafka (Java) instead of the embedded mock cluster",
+    )
+    broker.set_defaults(handler=_broker)
 
     load = subparsers.add_parser(
         "load",

@@ -46,6 +46,7 @@ __all__ = [
     "read_properties",
     "read_range",
     "record_pitr",
+    "record_timestamp",
     "resolve_bootstrap",
     "seek_offset_for_pitr",
     "watermarks",
@@ -85,6 +86,30 @@ _TRANSIENT: Final = frozenset(
         KafkaError.REQUEST_TIMED_OUT,
     }
 )
+
+#: How far ahead of this host's clock a record timestamp may be. Records are stamped with
+#: their pitr (CreateTime), which lets a broker answer offsets_for_times by pitr; but a
+#: Kafka 4 broker refuses a record stamped more than ``log.message.timestamp.after.max.ms``
+#: ahead of its own clock (default one hour), and the whole batch with it. A far-future
+#: pitr is valid input (docs/guarantees.md), so its record is stamped at most this far
+#: ahead instead: the value, and so the output's bytes, keep the true pitr; the search by
+#: pitr verifies every broker answer against the records' own pitr and bisects where a
+#: stamp differs.
+TIMESTAMP_AHEAD_MAX_MS: Final = 50 * 60 * 1000
+
+
+def record_timestamp(pitr: int, now_ms: int) -> int:
+    """The record timestamp for a record with this pitr: the pitr, at most
+    `TIMESTAMP_AHEAD_MAX_MS` past ``now_ms`` (the wall clock, epoch milliseconds).
+
+    >>> record_timestamp(1_700_000_000_000, 1_800_000_000_000)
+    1700000000000
+    >>> record_timestamp(4_102_444_800_000, 1_800_000_000_000)
+    1800003000000
+    """
+    cap = now_ms + TIMESTAMP_AHEAD_MAX_MS
+    return pitr if pitr <= cap else cap
+
 
 #: How long one blocking wait inside a bounded loop may take, in seconds.
 _SLICE_S: Final = 0.1
@@ -737,6 +762,15 @@ def find_offset_for_pitr(
     reader = _Reader(consumer, target, deadline)
 
     def done(offset: int, method: SeekMethod, answer: int | None) -> PitrSeek:
+        log.debug(
+            "%s: pitr %d found at offset %d by %s (broker's answer %s, %d reads)",
+            target,
+            pitr,
+            offset,
+            method,
+            answer,
+            reader.reads,
+        )
         return PitrSeek(offset, method, reader.reads, reader.records, answer, low, high)
 
     # Invariant: the answer lies in [lo, hi]; hi_record is the offset of the first

@@ -9,7 +9,8 @@ not for production.
 Three ways to run one:
 
 * `EmbeddedBroker` - in this process, as a context manager;
-* `run_broker_foreground` - ``unifeed broker``: prints the address, runs until a signal;
+* `run_broker_foreground` - ``unifeed broker``: prints the address, runs until a signal
+  (``unifeed broker --kafka`` runs Apache Kafka instead: `unifeed.kafka.apache`);
 * `spawn_broker_process` - ``unifeed broker`` as a child process (a test can kill it).
 """
 
@@ -158,12 +159,16 @@ def run_broker_foreground(out: IO[str] | None = None) -> int:
 
 
 def spawn_broker_process(
-    timeout_s: float = 30.0, *, stderr: int | IO[bytes] | None = subprocess.DEVNULL
+    timeout_s: float = 30.0,
+    *,
+    stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    kafka: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``unifeed broker`` as a child process; return it and the address it prints.
 
-    The child runs ``python -m unifeed broker`` with this interpreter and this copy
-    of unifeed on its path. Stop it with ``terminate()`` (clean exit 0) or ``kill()``
+    The child runs ``python -m unifeed broker`` (with ``--kafka`` when ``kafka``:
+    Apache Kafka, `unifeed.kafka.apache`) with this interpreter and this copy of unifeed
+    on its path. Stop it with ``terminate()`` (clean exit 0) or ``kill()``
     (a broker dying under its clients). Raises `KafkaRuntimeError` if it has not printed
     its address within ``timeout_s`` (the child is killed then).
     """
@@ -171,7 +176,7 @@ def spawn_broker_process(
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     process = subprocess.Popen(
-        [sys.executable, "-m", "unifeed", "broker"],
+        [sys.executable, "-m", "unifeed", "broker", *(["--kafka"] if kafka else [])],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,

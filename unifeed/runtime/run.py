@@ -15,6 +15,7 @@ exact even where ``read_committed`` is not honoured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import secrets
@@ -72,6 +73,7 @@ from unifeed.core.stages import (
 )
 from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
+    TIMESTAMP_AHEAD_MAX_MS,
     PitrSeek,
     Target,
     consume_batch,
@@ -909,9 +911,11 @@ class Committer:
             try:
                 self.producer.commit_transaction(30)
             except KafkaException as exc:
-                raise _wrap("committing a transaction failed", exc) from None
+                raise _wrap(
+                    "committing a transaction failed", exc, self.options.instance
+                ) from None
             self._in_txn = False
-        elif self.producer.flush(30):
+        elif self._served(lambda: self.producer.flush(30)):
             raise KafkaRuntimeError("a checkpoint record was not delivered within 30 s")
 
     def first_checkpoint(self, positions: dict[str, FeedPosition]) -> None:
@@ -923,18 +927,50 @@ class Committer:
     # hot path ----------------------------------------------------------------
 
     def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
+        try:
+            fatal = error.fatal()
+        except SystemError as exc:  # called with a fatal error pending: see `_served`
+            error, fatal = _pending_error(exc, error), True
+        if fatal:
             self._error = error
-            self.state.fail(kafka_error("the output producer failed", error))
+            self.state.fail(
+                _fenced(self.options.instance, error)
+                or kafka_error("the output producer failed", error)
+            )
         else:
             log.debug("producer: %s", error.str())
 
     def _on_last_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self._error = error
-            self.state.fail(kafka_error(f"writing to {self.output} failed", error))
-        else:
+        if error is None:
             self._delivered_next = (message.offset() or 0) + 1
+            return
+        try:
+            failure = _fenced(self.options.instance, error) or kafka_error(
+                f"writing to {self.output} failed", error
+            )
+        except SystemError as exc:  # called with a fatal error pending: see `_served`
+            error = _pending_error(exc, error)
+            failure = _fenced(self.options.instance, error) or kafka_error(
+                f"writing to {self.output} failed", error
+            )
+        self._error = error
+        self.state.fail(failure)
+
+    def _served(self, call: Callable[[], int]) -> int:
+        """``call()``, a producer call that serves delivery reports (flush, poll).
+
+        After a fatal error (a fenced producer), confluent-kafka hands the purged records'
+        reports to their callbacks with its own exception still pending, so the first
+        client method a callback calls raises SystemError, and the serving call fails
+        with SystemError too. The callbacks take the pending error as the run's failure;
+        here that failure is raised instead of the SystemError.
+        """
+        try:
+            return call()
+        except SystemError:
+            if self.state.failure is not None:
+                raise self.state.failure from None
+            raise
 
     def write(
         self,
@@ -962,19 +998,23 @@ class Committer:
         # Only the last record has a callback: its delivery report tells how far the
         # output got.
         last = items[-1]
+        # Timestamp = pitr, at most TIMESTAMP_AHEAD_MAX_MS ahead of the clock (a broker
+        # refuses records stamped further ahead; `record_timestamp`).
+        cap = int(time.time() * 1000) + TIMESTAMP_AHEAD_MAX_MS
         for e in items[start:]:
             value = e.item
             if len(value) > max_bytes:
                 self._oversized(e.feed, e.pitr, value)
                 continue
             callback = self._on_last_delivery if e is last else None
+            stamp = e.pitr if e.pitr <= cap else cap
             try:
                 # Positional (topic, value, key, partition, callback, on_delivery, timestamp; a
                 # positional on_delivery is ignored, so the callback goes in `callback`):
                 # 0.5 us a record cheaper than keywords, measured.
-                produce(topic, value, None, partition, callback, None, e.pitr)
+                produce(topic, value, None, partition, callback, None, stamp)
             except BufferError:
-                self._produce_when_room(topic, value, partition, e.pitr, e is last)
+                self._produce_when_room(topic, value, partition, stamp, e is last)
         if positions is None:
             self._advance_positions(items)
         # Delivery reports and errors are served here at most every _POLL_EVERY_S (and by
@@ -983,20 +1023,20 @@ class Committer:
         now = time.monotonic()
         if now - self._last_poll >= _POLL_EVERY_S:
             self._last_poll = now
-            self.producer.poll(0)
+            self._served(lambda: self.producer.poll(0))
         self.uncommitted += n - start
         self._dirty = True
         self.state.add("out", n)
 
     def _produce_when_room(
-        self, topic: str, value: bytes, partition: int, pitr: int, is_last: bool
+        self, topic: str, value: bytes, partition: int, stamp: int, is_last: bool
     ) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            self.producer.poll(0.05)
+            self._served(lambda: self.producer.poll(0.05))
             try:
                 callback = self._on_last_delivery if is_last else None
-                self.producer.produce(topic, value, None, partition, callback, None, pitr)
+                self.producer.produce(topic, value, None, partition, callback, None, stamp)
                 return
             except BufferError:
                 continue
@@ -1164,7 +1204,7 @@ class Committer:
         self.begin()
         feeds = self._feed_checkpoints()
         saving = self._save_state(feeds)
-        remaining = producer.flush(30)
+        remaining = self._served(lambda: producer.flush(30))
         if remaining:
             raise KafkaRuntimeError(f"{remaining} output records not delivered after 30 s")
         if self._error is not None:
@@ -1271,7 +1311,8 @@ class Committer:
                     "%s: aborting the open transaction failed: %s", self.options.instance, exc
                 )
             self._in_txn = False
-        self.producer.flush(5)
+        with contextlib.suppress(SystemError):  # a fatal error's reports: see `_served`
+            self.producer.flush(5)
 
 
 def _named(source: str | None) -> str:
@@ -1285,11 +1326,37 @@ def _iso(ms: int) -> str:
         return "beyond the calendar"
 
 
-def _wrap(message: str, exc: KafkaException) -> KafkaRuntimeError:
+def _wrap(message: str, exc: KafkaException, instance: str = "") -> UnifeedError:
     error = exc.args[0] if exc.args else None
     if isinstance(error, KafkaError):
-        return kafka_error(message, error)
+        return _fenced(instance, error) or kafka_error(message, error)
     return KafkaRuntimeError(f"{message}: {exc}")
+
+
+#: What a broker that fences says to the producer of an older incarnation: another
+#: producer with the same transactional.id (the instance name) has initialised since.
+_FENCED_CODES: Final = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+
+
+def _pending_error(exc: SystemError, fallback: KafkaError) -> KafkaError:
+    """The client's error that was pending when a callback's call raised ``exc``."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, KafkaException) and cause.args and isinstance(cause.args[0], KafkaError):
+        return cause.args[0]
+    return fallback
+
+
+def _fenced(instance: str, error: KafkaError) -> InstanceFencedError | None:
+    """The error a fenced producer of ``instance`` ends the run with, or None."""
+    if not instance or error.code() not in _FENCED_CODES:
+        return None
+    return InstanceFencedError(
+        f"another incarnation of instance {instance!r} took over: the broker fenced this "
+        f"one's transactional producer ({error.name()}); this one stops without committing "
+        "again"
+    )
 
 
 def _watermarks_or_empty(options: RuntimeOptions, target: Target) -> tuple[int, int]:
