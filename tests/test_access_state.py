@@ -20,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import unifeed.runtime.run as _runtime
 from tests.support.kafkatools import ROOT, keepalive, load, read_all, run_cli, start_cli, wait_for
 from tests.support.reference import ACCESS, reference_unified
-from unifeed import _runtime, unify_lines
+from unifeed import unify_lines
 from unifeed.checkpoint.store import CheckpointStore
 from unifeed.core.annotate import DEFAULT_LATE_WINDOW_MS
 from unifeed.core.mapping import (
