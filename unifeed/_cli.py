@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "unifeed._cli_kafka",
     "unifeed._demo",
     "unifeed._config",
+    "unifeed.serve._cli",
 )
 
 Handler = Callable[[argparse.Namespace], int]

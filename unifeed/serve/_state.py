@@ -124,12 +124,14 @@ class Changes:
     """What a batch of records changed: the last state per id, ids removed, every position
     state in feed order (for history), and the records that could not be used."""
 
-    __slots__ = ("bad", "positions", "removed", "upserts")
+    __slots__ = ("bad", "position_index", "positions", "removed", "upserts")
 
     def __init__(self) -> None:
         self.upserts: dict[str, Aircraft] = {}
         self.removed: set[str] = set()
         self.positions: list[Aircraft] = []
+        #: For each of `positions`, the index of the record (in the batch) that made it.
+        self.position_index: list[int] = []
         self.bad = 0
 
     def upsert(self, aircraft: Aircraft) -> None:
@@ -249,8 +251,13 @@ class Fold:
 
     def apply(self, lines: Iterable[bytes]) -> Changes:
         changes = Changes()
-        for line in lines:
+        positions = changes.positions
+        index = changes.position_index
+        for number, line in enumerate(lines):
+            made = len(positions)
             self._apply_one(line, changes)
+            if len(positions) != made:
+                index.append(number)
         return changes
 
     def _apply_one(self, line: bytes, changes: Changes) -> None:
