@@ -174,21 +174,8 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
-
-    async def watch() -> None:
-        await service.stopped.wait()
-        server.should_exit = True
-
-    original_startup = server.startup
-
-    async def startup(sockets: Any = None) -> None:
-        import asyncio
-
-        await original_startup(sockets=sockets)
-        server._unifeed_watch = asyncio.create_task(watch())  # type: ignore[attr-defined]
-
-    server.startup = startup  # type: ignore[method-assign]
+    server = _server_class(uvicorn)(config)
+    server.service = service
     server.run(sockets=[listener])
     if service.failure is not None:
         failure = service.failure
@@ -196,6 +183,43 @@ def run(args: argparse.Namespace) -> int:
             raise failure
         raise ConfigError(f"reading {settings.input} failed: {failure}")
     return 0
+
+
+def _server_class(uvicorn: Any) -> Any:
+    import asyncio
+    import contextlib
+    import signal
+    import threading
+    from collections.abc import Iterator
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        """uvicorn's server that also stops when the input fails, and treats SIGTERM and
+        SIGINT as a normal stop (exit 0) instead of dying of the signal afterwards."""
+
+        service: Any = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            self._watch = asyncio.create_task(self._stop_on_failure())
+
+        async def _stop_on_failure(self) -> None:
+            await self.service.stopped.wait()
+            self.should_exit = True
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def _bind(host: str, port: int) -> socket.socket:
