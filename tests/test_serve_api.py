@@ -6,6 +6,7 @@ SQLite history in the test's directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -214,10 +215,8 @@ def test_cli_subprocess_answers_http(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         ready = False
         while not ready and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 ready = httpx.get(url + "/healthz", timeout=5).status_code == 200
-            except httpx.TransportError:
-                pass
             time.sleep(0.1)
         assert ready
         assert _ids(httpx.get(url + "/api/aircraft", timeout=5).json()["aircraft"]) == VISIBLE[0]
