@@ -44,6 +44,10 @@ log = logging.getLogger("unifeed.serve")
 STATIC_DIR: Final = Path(__file__).parent / "static"
 #: Largest WebSocket message a client may send.
 MAX_WS_MESSAGE: Final = 4096
+#: Viewport changes a client may send: a burst of this many, refilled at this rate per
+#: second (each one costs a snapshot).
+WS_MESSAGE_BURST: Final = 20
+WS_MESSAGES_PER_S: Final = 10.0
 #: Longest playback range per request, and longest track range.
 MAX_PLAYBACK_MS: Final = 3_600_000
 MAX_TRACK_MS: Final = 7 * 86_400_000
@@ -284,7 +288,10 @@ class Service:
         self.metrics.last_cycle_cpu_s = spent
 
     def drop(self, client: Client, reason: str) -> None:
+        """Stop serving a client that does not keep up; its queued frames go, nothing more
+        is queued for it, and the sender closes it with ``reason`` once it can."""
         client.dropped = reason
+        self.clients.discard(client)
         self.metrics.dropped_slow += 1
         while not client.frames.empty():
             client.frames.get_nowait()
@@ -538,11 +545,20 @@ async def serve_socket(service: Service, socket: WebSocket) -> None:
     client = Client(socket, rank, service.settings.client_queue)
     service.clients.add(client)
     sender = asyncio.create_task(_send_frames(service, client))
+    allowance = float(WS_MESSAGE_BURST)
+    last = time.monotonic()
     try:
-        while True:
+        while client.dropped is None:
             message = await socket.receive()
             if message["type"] == "websocket.disconnect":
                 break
+            now = time.monotonic()
+            allowance = min(float(WS_MESSAGE_BURST), allowance + (now - last) * WS_MESSAGES_PER_S)
+            last = now
+            if allowance < 1.0:
+                await _close(service, client, 1008, "too many messages: at most 10 per second")
+                break
+            allowance -= 1.0
             data = message.get("text")
             if data is None:
                 raw = message.get("bytes") or b""
@@ -556,6 +572,8 @@ async def serve_socket(service: Service, socket: WebSocket) -> None:
             reason, box = _parse_ws_message(raw)
             if box is None:
                 await _close(service, client, 1008, reason)
+                break
+            if client.dropped is not None:
                 break
             client.viewport = Viewport(box, rank)
             if not client.offer(client.viewport.snapshot(service.table)):
