@@ -69,8 +69,9 @@ def register(subparsers: Any) -> None:
                         "than --window (default 6h)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where the default SQLite history lives (default $XDG_STATE_HOME/unifeed/serve)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser requests from ORIGIN (repeatable; no CORS unless given)")
+    p.add_argument("--cors-origin", metavar="ORIGINS",
+                   help="allow browser requests from these origins (comma-separated, e.g. "
+                        "https://map.example.org); no CORS unless given")
     p.add_argument("--client-queue", type=int, default=32, metavar="N",
                    help="frames queued per WebSocket client before it is dropped as too slow (default 32)")
     add_kafka_options(p)
@@ -98,7 +99,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         push_interval_s=args.push_interval / 1000.0,
         lookback_ms=args.lookback,
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
-        cors_origins=list(args.cors_origin),
+        cors_origins=[o.strip() for o in (args.cors_origin or "").split(",") if o.strip()],
         client_queue=args.client_queue,
         replica=uuid.uuid4().hex[:12],
     )
