@@ -81,9 +81,27 @@ def _box(rng: random.Random, share: float) -> list[float]:
     return [west, south, west + width, south + height]
 
 
+def _waiting_s(pid: int) -> float:
+    """Seconds the process's threads were runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / T_CPU
+
+
+def _busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
 
 
 async def _feeder(process: subprocess.Popen[bytes], grid: list[tuple[str, float, float]], stop: asyncio.Event) -> int:
@@ -187,9 +205,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             snapshot_bytes = len((await http.get("/api/aircraft")).content)
             for c in clients:
                 c.measuring = True
-            cpu0, t0 = _cpu_s(process.pid), time.monotonic()
+            cpu0, t0, own0 = _cpu_s(process.pid), time.monotonic(), time.process_time()
+            wait0, own_wait0, load0 = _waiting_s(process.pid), _waiting_s(os.getpid()), _busy()
             await asyncio.sleep(args.seconds)
-            cpu1, t1 = _cpu_s(process.pid), time.monotonic()
+            cpu1, t1, own1 = _cpu_s(process.pid), time.monotonic(), time.process_time()
+            wait1, own_wait1, load1 = _waiting_s(process.pid), _waiting_s(os.getpid()), _busy()
             for c in clients:
                 c.measuring = False
             metrics = (await http.get("/metrics")).text
@@ -228,6 +248,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             statistics.mean(len(c.delays) / max(1, c.frames) for c in viewers), 1
         ),
         "serve_cpu_s_per_s": round((cpu1 - cpu0) / elapsed, 3),
+        "clients_process_cpu_s_per_s": round((own1 - own0) / elapsed, 3),
+        "serve_waiting_for_cpu_s_per_s": round((wait1 - wait0) / elapsed, 3),
+        "clients_waiting_for_cpu_s_per_s": round((own_wait1 - own_wait0) / elapsed, 3),
+        "machine_busy_share": round((load1[0] - load0[0]) / max(1, load1[1] - load0[1]), 3),
+        "loadavg_1min_at_end": float(Path("/proc/loadavg").read_text().split()[0]),
         "serve_cpu_s_per_cycle": round((cpu1 - cpu0) / cycles, 3),
         "delay_ms_p50": _percentile(delays, 0.50),
         "delay_ms_p99": _percentile(delays, 0.99),

@@ -155,8 +155,11 @@ class LineSource(Source):
                 if line:
                     positions.append(number)
                     lines.append(line)
-            if lines and not self._put(Batch(positions, lines)):
+            # Caught up the first time the pipe holds nothing more right now.
+            caught_up = not rebuilt and not select.select([fd], [], [], 0)[0]
+            if (lines or caught_up) and not self._put(Batch(positions, lines, rebuilt=caught_up)):
                 return
+            rebuilt = rebuilt or caught_up
         tail = pending.strip()
         last = Batch([number + 1], [tail]) if tail else Batch([], [])
         last.rebuilt = True
