@@ -265,3 +265,54 @@ def test_cli_port_in_use_is_one_line(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "cannot listen on 127.0.0.1" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_cli_follows_stdin_live(tmp_path: Path) -> None:
+    """``--input -`` is a live stream: ready once what was written is read, then each new
+    line shows up without waiting for more input."""
+    import httpx
+
+    from tests.servetools import line
+
+    records = feed_records()
+    half = len(records) // 2
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unifeed._cli", "serve", "--input", "-", "--port", "0", "--history", "none"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=False,
+    )
+    assert process.stdin is not None and process.stderr is not None
+    try:
+        process.stdin.write(b"".join(line(r) + b"\n" for r in records[:half]))
+        process.stdin.flush()
+        url = process.stderr.readline().decode().split()[2].rstrip("/")
+
+        def health() -> dict[str, Any]:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    answer = httpx.get(url + "/healthz", timeout=5)
+                    if answer.status_code == 200:
+                        return dict(answer.json())
+                time.sleep(0.05)
+            raise AssertionError("not ready")
+
+        def wait_pitr(pitr: int) -> None:
+            deadline = time.monotonic() + 30
+            while health()["pitr"] < pitr:
+                assert time.monotonic() < deadline, f"pitr {pitr} not reached"
+                time.sleep(0.05)
+
+        wait_pitr(records[half - 1]["pitr"])
+        # One more line, and nothing after it for a while: it must still arrive.
+        process.stdin.write(line(records[half]) + b"\n")
+        process.stdin.flush()
+        wait_pitr(records[half]["pitr"])
+        process.stdin.write(b"".join(line(r) + b"\n" for r in records[half + 1 :]))
+        process.stdin.close()
+        wait_pitr(END)
+        assert _ids(httpx.get(url + "/api/aircraft", timeout=5).json()["aircraft"]) == VISIBLE[0]
+    finally:
+        process.terminate()
+        process.wait(20)
+        process.stderr.close()
+    assert process.returncode == 0

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError
+from .._errors import ConfigError, UnifeedError
 
 log = logging.getLogger("unifeed.serve")
 
@@ -180,9 +180,9 @@ def run(args: argparse.Namespace) -> int:
     server.run(sockets=[listener])
     if service.failure is not None:
         failure = service.failure
-        if isinstance(failure, Exception) and hasattr(failure, "exit_code"):
+        if isinstance(failure, UnifeedError):
             raise failure
-        raise ConfigError(f"reading {settings.input} failed: {failure}")
+        raise UnifeedError(f"stopped: {failure}")
     return 0
 
 
