@@ -168,9 +168,9 @@ class Service:
         self.clients: set[Client] = set()
         self.source_factory = source_factory
         self.source: Source | None = None
-        self.history = (
-            HistorySink(history, "pending") if history is not None else None
-        )
+        # The sink's source name is the input's, set when this replica starts reading it;
+        # a replica that only follows Redis never starts its sink.
+        self.history = HistorySink(history, "") if history is not None else None
         self.history_store = history
         self.shared = shared
         self._tasks: list[asyncio.Task[None]] = []
@@ -424,13 +424,10 @@ def build_app(service: Service) -> Starlette:
             return Response(_NOT_FOUND, status_code=404, media_type="application/json")
         return Response(service.table.encoded(found), media_type="application/json")
 
-    def store_or_none() -> HistoryStore | None:
-        return service.history_store
-
     async def track(request: Request, rank: int) -> Response:
         key = request.path_params["key"]
         start, end = parse_range(request, service.table.pitr + 1, MAX_TRACK_MS)
-        store = store_or_none()
+        store = service.history_store
         rows: list[bytes] = []
         if store is not None:
             try:
@@ -447,7 +444,7 @@ def build_app(service: Service) -> Starlette:
     async def playback(request: Request, rank: int) -> Response:
         start, end = parse_range(request, service.table.pitr + 1, MAX_PLAYBACK_MS)
         bbox = parse_bbox(request.query_params.get("bbox"))
-        store = store_or_none()
+        store = service.history_store
         if store is None:
             return _error(503, "history is off (--history none): no playback")
 
