@@ -271,7 +271,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--aircraft", type=int, default=9000)
     parser.add_argument("--clients", type=int, default=100)
@@ -282,7 +282,16 @@ def main() -> None:
     parser.add_argument("--push-interval", default="1s")
     parser.add_argument("--port", type=int, default=18765)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """One measured run with these command-line arguments; the result record."""
+    return asyncio.run(_run(parser().parse_args(argv)))
+
+
+def main() -> None:
+    args = parser().parse_args()
     result = asyncio.run(_run(args))
     text = json.dumps(result, indent=2)
     print(text)
