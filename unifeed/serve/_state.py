@@ -109,6 +109,7 @@ class _Flight(msgspec.Struct, gc=False):
     origin: str | None = None
     destination: str | None = None
     news: int = 0  # pitr of the latest record about it
+    plan: int = 0  # pitr of the flightplan this holds
 
 
 class _Motion(msgspec.Struct, gc=False):
@@ -237,6 +238,9 @@ class Fold:
     * ``position`` (``id``), ``ground_position`` (with ``id``: a flight; without: a
       vehicle keyed by ``surface_id``), ``vehicle_position``: a new state. ``access`` is
       max(the record's own, the flight's), the core's audience rule.
+    * A position or flightplan older (by ``pitr``) than what is held for its aircraft or
+      flight, as records of several partitions may arrive, goes to history only (a
+      position) and leaves the live state as it is.
     * ``phase`` and ``emergency`` are the record's own when present, else derived:
       `derive_phase` (ground / vertical rate), `derive_emergency` (squawk 7500/7600/7700).
 
@@ -248,6 +252,9 @@ class Fold:
         self.table = table
         self._flights: dict[str, _Flight] = {}
         self._motion: dict[str, _Motion] = {}
+        #: surface_id -> pitr at which its track was seen with a flight id: a position of
+        #: the track without one that is older belongs before the link.
+        self._linked: dict[str, int] = {}
 
     def apply(self, lines: Iterable[bytes]) -> Changes:
         changes = Changes()
@@ -284,6 +291,9 @@ class Fold:
         if key is None:
             changes.bad += 1
             return
+        known = self._flights.get(key)
+        if known is not None and known.plan > pitr:
+            return  # an older flightplan (from another partition) changes nothing
         flight = _Flight(
             access=record.access,
             ident=_text(record.ident),
@@ -291,7 +301,8 @@ class Fold:
             registration=_text(record.reg) or _text(record.registration),
             origin=_text(record.orig) or _text(record.origin),
             destination=_text(record.dest) or _text(record.destination),
-            news=pitr,
+            news=max(pitr, known.news if known is not None else 0),
+            plan=pitr,
         )
         self._flights[key] = flight
         current = self.table.get(key)
@@ -326,18 +337,27 @@ class Fold:
             changes.bad += 1
             return
         table = self.table
+        previous = self._motion.get(key)
+        # Older than the state held (records from several partitions interleave): history
+        # keeps it, the live state does not go back.
+        late = previous is not None and previous.pitr > pitr
+        if flight_key is None and surface_key is not None:
+            # At the same pitr as the link the order is unknowable across partitions:
+            # the link wins.
+            late = late or self._linked.get(surface_key, -1) >= pitr
         if flight_key is not None and surface_key is not None and surface_key != flight_key:
+            if pitr > self._linked.get(surface_key, -1):
+                self._linked[surface_key] = pitr
             gone = table.get(surface_key)
-            if gone is not None and gone.kind == VEHICLE:
+            if gone is not None and gone.kind == VEHICLE and gone.pitr <= pitr:
                 table.drop(surface_key)
                 self._motion.pop(surface_key, None)
                 changes.remove(surface_key)
         flight = self._flights.get(flight_key) if flight_key is not None else None
-        if flight is not None:
+        if flight is not None and pitr > flight.news:
             flight.news = pitr
         on_ground = derive_on_ground(kind, record.on_ground, record.air_ground)
         alt = _number(record.alt)
-        previous = self._motion.get(key)
         phase = _text(record.phase)
         if phase is None:
             rate = _number(record.vrate)
@@ -368,10 +388,12 @@ class Fold:
             surface_id=surface_key,
             facility=_text(record.facility),
         )
+        changes.positions.append(aircraft)
+        if late:
+            return
         self._motion[key] = _Motion(own_access, alt, pitr, phase)
         table.put(aircraft)
         changes.upsert(aircraft)
-        changes.positions.append(aircraft)
 
     def expire(self, changes: Changes | None = None, forget_flights_ms: int = 86_400_000) -> Changes:
         """Drop aircraft no longer current by feed time (and flight data with no news for
@@ -380,6 +402,9 @@ class Fold:
         for key in self.table.expire():
             self._motion.pop(key, None)
             changes.remove(key)
+        stale = self.table.pitr - self.table.stale_ms
+        for key in [k for k, t in self._linked.items() if t < stale]:
+            del self._linked[key]
         horizon = self.table.pitr - forget_flights_ms
         if horizon > 0 and len(self._flights) > 0:
             for key in [k for k, f in self._flights.items() if f.news < horizon]:
