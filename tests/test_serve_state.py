@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unifeed.serve import _state
+from unifeed.serve import _source, _state
 from unifeed.serve._state import Fold, Table, Viewport
 
 LEVELS = ("public", "restricted", "blocked")
@@ -207,8 +207,9 @@ def test_bad_bbox_has_a_reason(box: tuple[float, float, float, float], reason: s
     assert reason in (_state.valid_bbox(box) or "")
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(_state)
+@pytest.mark.parametrize("module", [_state, _source], ids=lambda m: m.__name__)
+def test_doctests(module: Any) -> None:
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
 
 
