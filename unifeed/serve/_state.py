@@ -440,8 +440,14 @@ def inside(bbox: Bbox | None, lat: float, lon: float) -> bool:
     return lon >= west or lon <= east
 
 
+#: Side of a grid cell, degrees: a 10% viewport of a world map covers about 180 cells.
+CELL_DEG: Final = 5.0
+#: Rank of each level, for the hot loops (an `Aircraft` holds a known level).
+_RANK: Final = {name: rank for rank, name in enumerate(ACCESS_LEVELS)}
+
+
 def _cell(lat: float, lon: float) -> tuple[int, int]:
-    return (math.floor(lat), math.floor(lon))
+    return (math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG))
 
 
 class Table:
@@ -504,39 +510,54 @@ class Table:
             return None
         return aircraft
 
-    def query(self, bbox: Bbox | None, audience: int) -> list[Aircraft]:
-        """Current aircraft inside ``bbox`` (all without one) visible to ``audience``,
-        by id."""
+    def query(self, bbox: Bbox | None, audience: int, *, ordered: bool = True) -> list[Aircraft]:
+        """Current aircraft inside ``bbox`` (all without one) visible to ``audience``, by
+        id unless ``ordered`` is false."""
         horizon = self.pitr - self.stale_ms
-        found = [
-            a
-            for a in self._candidates(bbox)
-            if a.pitr >= horizon and access_rank(a.access) <= audience and inside(bbox, a.lat, a.lon)
-        ]
-        found.sort(key=lambda a: a.id)
+        rank = _RANK.get
+        found: list[Aircraft] = []
+        if bbox is None:
+            found = [a for a in self._by_id.values() if a.pitr >= horizon and rank(a.access, 2) <= audience]
+        else:
+            west, south, east, north = bbox
+            crosses = west > east
+            for members in self._candidates(bbox):
+                for a in members:
+                    if a.pitr < horizon or rank(a.access, 2) > audience:
+                        continue
+                    lat, lon = a.lat, a.lon
+                    if not south <= lat <= north:
+                        continue
+                    if (lon >= west or lon <= east) if crosses else (west <= lon <= east):
+                        found.append(a)
+        if ordered:
+            found.sort(key=lambda a: a.id)
         return found
 
-    def _candidates(self, bbox: Bbox | None) -> Iterator[Aircraft]:
-        if bbox is None:
-            yield from self._by_id.values()
-            return
+    def _candidates(self, bbox: Bbox) -> list[Iterable[Aircraft]]:
+        """Groups of aircraft that may be inside ``bbox``: the cells it covers, or
+        everything when it covers more cells than are occupied."""
         west, south, east, north = bbox
-        lat_cells = range(math.floor(south), math.floor(north) + 1)
+        lat_cells = range(math.floor(south / CELL_DEG), math.floor(north / CELL_DEG) + 1)
         if west <= east:
-            lon_ranges = [range(math.floor(west), math.floor(east) + 1)]
+            lon_ranges = [range(math.floor(west / CELL_DEG), math.floor(east / CELL_DEG) + 1)]
         else:
-            lon_ranges = [range(math.floor(west), 181), range(-180, math.floor(east) + 1)]
+            lon_ranges = [
+                range(math.floor(west / CELL_DEG), math.floor(180.0 / CELL_DEG) + 1),
+                range(math.floor(-180.0 / CELL_DEG), math.floor(east / CELL_DEG) + 1),
+            ]
         covered = len(lat_cells) * sum(len(r) for r in lon_ranges)
         if covered > len(self._cells):
-            yield from self._by_id.values()
-            return
+            return [self._by_id.values()]
         cells = self._cells
+        groups: list[Iterable[Aircraft]] = []
         for lat in lat_cells:
             for lons in lon_ranges:
                 for lon in lons:
                     members = cells.get((lat, lon))
                     if members:
-                        yield from members.values()
+                        groups.append(members.values())
+        return groups
 
     def encoded(self, aircraft: Aircraft) -> bytes:
         """``aircraft`` as JSON, encoded once per state however many clients get it."""
@@ -577,7 +598,7 @@ class Viewport:
     def update(self, table: Table) -> bytes | None:
         """``{"type":"update","pitr":…,"upsert":[…],"remove":[ids]}``, or None when nothing
         in the view changed."""
-        found = table.query(self.bbox, self.audience)
+        found = table.query(self.bbox, self.audience, ordered=False)
         sent = self.sent
         upsert = [a for a in found if sent.get(a.id) is not a]
         now = {a.id: a for a in found}
