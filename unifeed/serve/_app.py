@@ -275,7 +275,8 @@ class Service:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     def _fail(self, what: str, exc: Exception) -> None:
-        log.error("%s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        log.error("%s failed: %s: %s", what, type(exc).__name__, exc)
+        log.debug("where %s failed", what, exc_info=exc)
         self.failure = exc
         self.stopped.set()
 
