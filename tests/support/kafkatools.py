@@ -70,6 +70,15 @@ def load(bootstrap: str, topic: str, lines: Iterable[bytes], partition: int = 0,
     return n
 
 
+def partitioned_topic(bootstrap: str, broker_kind: str, topic: str, partitions: int) -> None:
+    """A topic with (at least) ``partitions`` partitions on any fixture broker: created on
+    a real one; the embedded broker auto-creates 4 and answers no CreateTopics."""
+    if broker_kind == "embedded":
+        assert partitions <= 4, "the embedded broker auto-creates topics with 4 partitions"
+        return
+    create_topic(bootstrap, topic, partitions)
+
+
 def create_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 30) -> None:
     """CreateTopics with a partition count (not on the embedded broker, which does not
     answer it), then wait until the broker's metadata shows every partition."""

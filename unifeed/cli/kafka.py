@@ -41,6 +41,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 import unifeed.checkpoint.store as _checkpoint
+from unifeed.core.access import visible
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
 from unifeed.core.unify import stdin_bytes, stdout_bytes
@@ -67,7 +68,6 @@ __all__ = [
 ]
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_BLOCKED_RANK: Final = ACCESS_RANK["blocked"]
 #: At most this many bad lines are named in the error message.
 _NAMED_BAD_LINES: Final = 5
 #: librdkafka's default ``message.max.bytes``: it refuses a larger record value at once.
@@ -310,12 +310,6 @@ class DumpReport(msgspec.Struct, frozen=True, gc=False):
     out_of_range: int
 
 
-def _access_rank(value: object) -> int:
-    if isinstance(value, str):
-        return ACCESS_RANK.get(value, _BLOCKED_RANK)
-    return _BLOCKED_RANK
-
-
 def dump_partition(
     target: Target,
     bootstrap: str,
@@ -339,7 +333,7 @@ def dump_partition(
     filtering = from_ms is not None or to_ms is not None or audience is not None
     low_bound = from_ms if from_ms is not None else -(2**63)
     high_bound = to_ms if to_ms is not None else 2**63
-    flight_access: dict[object, int] = {}
+    flight_access: dict[object, object] = {}
     dead_letters = target.topic.endswith(DEAD_LETTER_SUFFIX)
     read = written = hidden = out_of_range = 0
     consumer = Consumer(consumer_config(bootstrap, extra_config))
@@ -419,7 +413,7 @@ def dump_partition(
 def _judge(
     message: Message,
     value: bytes,
-    flight_access: dict[object, int],
+    flight_access: dict[object, object],
     low_bound: int,
     high_bound: int,
     audience_rank: int | None,
@@ -437,9 +431,8 @@ def _judge(
             flight = view.id
         own_access = view.access
         if view.type == "flightplan" and flight is not None:
-            flight_access[flight] = (
-                ACCESS_RANK["public"] if own_access is None else _access_rank(own_access)
-            )
+            # A flightplan without `access` makes its flight public again.
+            flight_access[flight] = own_access
     pitr = view.pitr if view is not None else None
     if type(pitr) is not int:
         kind, stamp = message.timestamp()
@@ -456,15 +449,11 @@ def _judge(
     if dead_letters or view.is_dead_letter():
         # A dead letter's access is unknown (its raw input may be any flight's): it counts
         # as `blocked`, shown to that audience only.
-        return "keep" if audience_rank >= _BLOCKED_RANK else "hidden"
+        return "keep" if visible("blocked", None, audience_rank) else "hidden"
     # The stronger of the message's own level and its flight's: controlstream messages
     # pass through unchanged, so an own `access` field may be weaker than the flight's.
-    rank = ACCESS_RANK["public"]
-    if own_access is not None:
-        rank = _access_rank(own_access)
-    if flight is not None:
-        rank = max(rank, flight_access.get(flight, ACCESS_RANK["public"]))
-    return "hidden" if rank > audience_rank else "keep"
+    flight_level = flight_access.get(flight) if flight is not None else None
+    return "keep" if visible(own_access, flight_level, audience_rank) else "hidden"
 
 
 # --- CLI -------------------------------------------------------------------

@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "unifeed.cli.kafka",
     "unifeed.cli.demo",
     "unifeed.cli.config",
+    "unifeed.cli.serve",
 )
 
 Handler = Callable[[argparse.Namespace], int]
