@@ -41,7 +41,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 import unifeed.checkpoint.store as _checkpoint
-from unifeed.core.access import visible
+from unifeed.core.access import FlightLevels, visible
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
 from unifeed.core.unify import stdin_bytes, stdout_bytes
@@ -333,7 +333,7 @@ def dump_partition(
     filtering = from_ms is not None or to_ms is not None or audience is not None
     low_bound = from_ms if from_ms is not None else -(2**63)
     high_bound = to_ms if to_ms is not None else 2**63
-    flight_access: dict[object, object] = {}
+    flight_access = FlightLevels()
     dead_letters = target.topic.endswith(DEAD_LETTER_SUFFIX)
     read = written = hidden = out_of_range = 0
     consumer = Consumer(consumer_config(bootstrap, extra_config))
@@ -413,7 +413,7 @@ def dump_partition(
 def _judge(
     message: Message,
     value: bytes,
-    flight_access: dict[object, object],
+    flight_access: FlightLevels,
     low_bound: int,
     high_bound: int,
     audience_rank: int | None,
@@ -430,9 +430,7 @@ def _judge(
         if isinstance(view.id, str | int) and not isinstance(view.id, bool):
             flight = view.id
         own_access = view.access
-        if view.type == "flightplan" and flight is not None:
-            # A flightplan without `access` makes its flight public again.
-            flight_access[flight] = own_access
+        flight_access.see(view.type, flight, own_access)
     pitr = view.pitr if view is not None else None
     if type(pitr) is not int:
         kind, stamp = message.timestamp()
@@ -452,8 +450,7 @@ def _judge(
         return "keep" if visible("blocked", None, audience_rank) else "hidden"
     # The stronger of the message's own level and its flight's: controlstream messages
     # pass through unchanged, so an own `access` field may be weaker than the flight's.
-    flight_level = flight_access.get(flight) if flight is not None else None
-    return "keep" if visible(own_access, flight_level, audience_rank) else "hidden"
+    return "keep" if flight_access.visible(flight, own_access, audience_rank) else "hidden"
 
 
 # --- CLI -------------------------------------------------------------------

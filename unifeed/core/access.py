@@ -58,3 +58,38 @@ def visible(own: object, flight: object, audience: str | int) -> bool:
     to ``audience`` (a level name or its rank)."""
     limit = audience if isinstance(audience, int) else audience_rank(audience)
     return effective_rank(own, flight) <= limit
+
+
+class FlightLevels:
+    """Each flight's access as its latest ``flightplan`` gave it, and the audience rule
+    over a stream of records read in order: what ``dump --audience``, the demo's check
+    and any other reader of a unified feed judge with.
+
+    >>> levels = FlightLevels()
+    >>> levels.see("flightplan", "F1", "restricted")
+    >>> levels.visible("F1", "public", "public")   # own level public, flight restricted
+    False
+    >>> levels.see("flightplan", "F1", None)        # refiled without access: public again
+    >>> levels.visible("F1", None, "public")
+    True
+    """
+
+    __slots__ = ("_levels",)
+
+    def __init__(self) -> None:
+        self._levels: dict[object, object] = {}
+
+    def see(self, kind: object, flight: object, access: object) -> None:
+        """Take note of one record (only a ``flightplan`` with a flight ID changes anything)."""
+        if kind == "flightplan" and _is_flight_id(flight):
+            self._levels[flight] = access
+
+    def visible(self, flight: object, own: object, audience: str | int) -> bool:
+        """Whether a record of ``flight`` (None: none) with its own ``access`` ``own`` may
+        be shown to ``audience``."""
+        level = self._levels.get(flight) if _is_flight_id(flight) else None
+        return visible(own, level, audience)
+
+
+def _is_flight_id(flight: object) -> bool:
+    return isinstance(flight, str | int) and not isinstance(flight, bool)

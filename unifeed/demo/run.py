@@ -56,6 +56,7 @@ from typing import IO, Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
+from unifeed.core.access import FlightLevels
 from unifeed.core.errors import ConfigError, KafkaRuntimeError, UnifeedError
 from unifeed.core.records import ACCESS_RANK, CONTROLSTREAM, SURFACESTREAM
 from unifeed.core.unify import unify_lines
@@ -619,25 +620,18 @@ def verify_access(got: Iterable[bytes]) -> AccessReport:
 
 
 def public_view(got: Iterable[bytes]) -> list[bytes]:
-    """What an audience ``public`` may see of ``got`` (the rule of ``unifeed dump``)."""
-    visible: list[bytes] = []
-    flight_access: dict[object, int] = {}
-    public = ACCESS_RANK["public"]
+    """What an audience ``public`` may see of ``got``: the core's audience rule, the one
+    ``unifeed dump --audience`` applies. A line that cannot be judged is hidden."""
+    shown: list[bytes] = []
+    levels = FlightLevels()
     for line in got:
         view = _decode(line)
         if view is None:
             continue
-        if view.type == "flightplan" and view.id is not None:
-            flight_access[view.id] = _rank("public" if view.access is None else view.access)
-        if view.access is not None:
-            rank = _rank(view.access)
-        elif view.id is not None:
-            rank = flight_access.get(view.id, public)
-        else:
-            rank = public
-        if rank <= public:
-            visible.append(line)
-    return visible
+        levels.see(view.type, view.id, view.access)
+        if levels.visible(view.id, view.access, "public"):
+            shown.append(line)
+    return shown
 
 
 def verify_audience(got: Sequence[bytes], shown: Sequence[bytes]) -> Verdict:
