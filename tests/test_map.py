@@ -376,21 +376,40 @@ def _position(key: str, pitr: int, lon: float) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-@pytest.mark.kafka
-def test_follow_mode_stops_on_a_drag(
+class Flight:
+    """An aircraft flying east, live (pitr = now), into a topic that serve follows."""
+
+    KEY = "FLW1-1-follow"
+
+    def __init__(self, topic: str, produce: Callable[..., list[int]]) -> None:
+        self.topic = topic
+        self.produce = produce
+        self.stop = threading.Event()
+        now = int(time.time() * 1000)
+        plan = {"type": "flightplan", "pitr": now, "id": self.KEY, "ident": "FLW1",
+                "aircrafttype": "B738"}  # fmt: skip
+        produce(topic, [(json.dumps(plan).encode(), now), (_position(self.KEY, now, -121.0), now)])
+        self.thread = threading.Thread(target=self._fly, daemon=True)
+
+    def _fly(self) -> None:
+        lon = -121.0
+        for _ in range(600):  # at most 2 minutes
+            if self.stop.wait(0.2):
+                return
+            lon += 0.004
+            pitr = int(time.time() * 1000)
+            self.produce(self.topic, [(_position(self.KEY, pitr, lon), pitr)])
+
+
+@pytest.fixture
+def live_server(
     tmp_path: Path,
     kafka_bootstrap: str,
     unique_topic: Callable[..., str],
     produce: Callable[..., list[int]],
-    open_page: Callable[..., Page],
-) -> None:
-    """An aircraft flying east, live (pitr = now): following keeps the map on it; one drag
-    ends following, and the map then stays where the user left it while it flies on."""
+) -> Iterator[Serve]:
     topic = unique_topic("map")
-    key = "FLW1-1-follow"
-    now = int(time.time() * 1000)
-    plan = {"type": "flightplan", "pitr": now, "id": key, "ident": "FLW1", "aircrafttype": "B738"}
-    produce(topic, [(json.dumps(plan).encode(), now), (_position(key, now, -121.0), now)])
+    flight = Flight(topic, produce)
     server = Serve(
         [
             "--input", f"kafka:{topic}", "--bootstrap-servers", kafka_bootstrap,
@@ -398,47 +417,43 @@ def test_follow_mode_stops_on_a_drag(
         ],
         tmp_path,
     )  # fmt: skip
-    stop = threading.Event()
-
-    def fly() -> None:
-        lon = -121.0
-        for _ in range(600):  # at most 2 minutes
-            if stop.wait(0.2):
-                return
-            lon += 0.004
-            pitr = int(time.time() * 1000)
-            produce(topic, [(_position(key, pitr, lon), pitr)])
-
-    flying = threading.Thread(target=fly, daemon=True)
-    flying.start()
+    flight.thread.start()
     try:
-        page = open_page()
-        page.open(f"{server.url}?lon=-121&lat=37&zoom=9")
-        page.wait("(key) => window.unifeedMap.state().aircraft.includes(key)", key)
-        assert page.state()["clock"]["badge"] == "live"
-        page.page.evaluate("(key) => window.unifeedMap.select(key)", key)
-        page.wait("() => window.unifeedMap.state().panelOpen")
-        page.page.click("#follow")
-        assert page.state()["follow"] is True
-        # Following: the map's centre moves east with the aircraft.
-        centre = page.state()["center"][0]
-        page.wait("(lon) => window.unifeedMap.state().center[0] > lon + 0.01", centre)
-        state = page.state()
-        assert abs(state["center"][0] - state["selected"]["lon"]) < 0.05
-        # A drag ends it, and nothing snaps back while the aircraft flies on.
-        page.drag(-300, 120)
-        page.wait("() => !window.unifeedMap.state().follow")
-        time.sleep(0.5)
-        left = page.state()
-        assert left["followEndedBy"] in ("dragstart", "movestart")
-        page.wait("(n) => window.unifeedMap.state().frames > n + 3", left["frames"])
-        later = page.state()
-        assert later["center"] == left["center"]
-        assert later["selected"]["lon"] > left["selected"]["lon"]
+        yield server
     finally:
-        stop.set()
-        flying.join(timeout=10)
+        flight.stop.set()
+        flight.thread.join(timeout=10)
         server.stop()
+
+
+@pytest.mark.kafka
+def test_follow_mode_stops_on_a_drag(live_server: Serve, open_page: Callable[..., Page]) -> None:
+    """Following keeps the map on a live aircraft flying east; one drag ends following,
+    and the map then stays where the user left it while the aircraft flies on."""
+    key = Flight.KEY
+    page = open_page()
+    page.open(f"{live_server.url}?lon=-121&lat=37&zoom=9")
+    page.wait("(key) => window.unifeedMap.state().aircraft.includes(key)", key)
+    assert page.state()["clock"]["badge"] == "live"
+    page.page.evaluate("(key) => window.unifeedMap.select(key)", key)
+    page.wait("() => window.unifeedMap.state().panelOpen")
+    page.page.click("#follow")
+    assert page.state()["follow"] is True
+    # Following: the map's centre moves east with the aircraft.
+    centre = page.state()["center"][0]
+    page.wait("(lon) => window.unifeedMap.state().center[0] > lon + 0.01", centre)
+    state = page.state()
+    assert abs(state["center"][0] - state["selected"]["lon"]) < 0.05
+    # A drag ends it, and nothing snaps back while the aircraft flies on.
+    page.drag(-300, 120)
+    page.wait("() => !window.unifeedMap.state().follow")
+    time.sleep(0.5)
+    left = page.state()
+    assert left["followEndedBy"] in ("dragstart", "movestart")
+    page.wait("(n) => window.unifeedMap.state().frames > n + 3", left["frames"])
+    later = page.state()
+    assert later["center"] == left["center"]
+    assert later["selected"]["lon"] > left["selected"]["lon"]
 
 
 def test_phone_sized_window(feed_server: Serve, open_page: Callable[..., Page]) -> None:
