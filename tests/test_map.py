@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -172,6 +173,7 @@ class Page:
         self.context = browser.new_context(viewport={"width": width, "height": height})
         self.page = self.context.new_page()
         self.errors: list[str] = []
+        self.closed = False
         self.page.on(
             "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
         )
@@ -226,8 +228,11 @@ class Page:
         return found[0], found[1], found[2]
 
     def close(self, shot: Path) -> None:
+        if self.closed:
+            return
         self.page.screenshot(path=str(shot))
         self.context.close()
+        self.closed = True
 
 
 @pytest.fixture
@@ -244,7 +249,7 @@ def open_page(browser: Any, tmp_path: Path) -> Iterator[Callable[..., Page]]:
     for number, page in enumerate(pages):
         shot = tmp_path / f"map-{number}.png"
         page.close(shot)
-        assert shot.stat().st_size > 0
+        assert page.closed
     for page in pages:
         assert page.errors == [], page.errors
 
@@ -467,3 +472,60 @@ def test_phone_sized_window(feed_server: Serve, open_page: Callable[..., Page]) 
     assert panel is not None
     assert panel["width"] == 390 and panel["y"] + panel["height"] == pytest.approx(780, abs=1)
     assert not page.page.locator("#legend").is_visible()
+
+
+# --- unifeed demo --serve -----------------------------------------------------------------------
+
+
+def test_demo_serve_shows_the_live_map_and_stays_up_until_ctrl_c(
+    tmp_path: Path, open_page: Callable[..., Page]
+) -> None:
+    """The demo's traffic on the map while it runs (live, through the outage and the
+    catch-up); after the verdict the map is still served, until SIGINT."""
+    stdout = (tmp_path / "demo.out").open("wb")
+    stderr_path = tmp_path / "demo.err"
+    stderr = stderr_path.open("wb")
+    demo = subprocess.Popen(
+        [
+            sys.executable, "-m", "unifeed._cli", "demo", "--serve", "--serve-port", "0",
+            "--minutes", "4", "--speed", "8",
+        ],
+        stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+    )  # fmt: skip
+    try:
+        url = None
+        deadline = time.monotonic() + 90
+        while url is None and time.monotonic() < deadline:
+            found = re.search(r"live map: (http://\S+)", stderr_path.read_text(errors="replace"))
+            url = found.group(1) if found else None
+            assert demo.poll() is None, stderr_path.read_text()
+            time.sleep(0.2)
+        assert url is not None, stderr_path.read_text()
+        page = open_page()
+        page.open(f"{url}?lon=-120&lat=38&zoom=5")
+        page.wait("() => window.unifeedMap.state().count > 10")
+        # The feed runs at the wall clock: its time moves, and the page says it is live.
+        first = page.state()["clock"]["pitr"]
+        page.wait("(t) => window.unifeedMap.state().clock.pitr > t", first)
+        assert page.state()["clock"]["badge"] in ("live", "catching up")
+        summary = tmp_path / "demo.out"
+        deadline = time.monotonic() + 180
+        while "stays up at" not in summary.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, stderr_path.read_text() + summary.read_text()
+            time.sleep(0.5)
+        text = summary.read_text()
+        assert "verdict: PASS" in text, text
+        assert httpx.get(url + "healthz", timeout=10).status_code == 200
+        page.settled()
+        assert page.state()["count"] > 0
+        page.close(tmp_path / "demo-after-verdict.png")
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url + "healthz", timeout=5)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(timeout=30)
+        stdout.close()
+        stderr.close()
