@@ -7,8 +7,8 @@ screenshot under its pytest temporary directory. Chromium is Debian's (``/usr/bi
 WebGL 2 through SwiftShader), driven by Playwright's Python package, which downloads
 nothing here. Without Chromium the tests skip, saying why.
 
-``UNIFEED_SCREENSHOT=docs/map.png`` makes `test_page_loads_and_draws_the_api_answer` also
-write its screenshot there (the one in the README).
+``MAP_SCREENSHOT=docs/map.png`` makes `test_clicking_an_aircraft_opens_its_panel`
+also write its screenshot there (the one in the README).
 """
 
 from __future__ import annotations
@@ -270,9 +270,6 @@ def test_page_loads_and_draws_the_api_answer(
     assert state["clock"]["pitr"] == feed_server.get("api/aircraft")["pitr"]
     assert state["clock"]["text"].startswith("2023-11-14 22:")
     assert state["clock"]["badge"] == "catching up"
-    target = os.environ.get("UNIFEED_SCREENSHOT")
-    if target:
-        page.page.screenshot(path=target)
 
 
 def test_panning_sends_a_new_viewport(feed_server: Serve, open_page: Callable[..., Page]) -> None:
@@ -305,6 +302,10 @@ def test_clicking_an_aircraft_opens_its_panel(
     assert expected["phase"] in panel
     # Its trail comes from the track endpoint (history).
     page.wait("() => window.unifeedMap.state().trail > 1")
+    target = os.environ.get("MAP_SCREENSHOT")
+    if target:
+        time.sleep(0.5)  # the trail's first frame
+        page.page.screenshot(path=target)
     page.page.click("#panel-close")
     page.wait("() => !window.unifeedMap.state().panelOpen")
 

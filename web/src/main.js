@@ -204,7 +204,8 @@ function layers() {
     out.push(
       new PathLayer({
         id: "trail",
-        data: [{ path: state.trail }],
+        // Trail points are [lon, lat, pitr]: only the first two are the path.
+        data: [{ path: state.trail.map((p) => [p[0], p[1]]) }],
         getPath: (d) => d.path,
         getColor: [255, 255, 255, 180],
         widthUnits: "pixels",
