@@ -7,7 +7,7 @@ Run with a Python that has airportsdata installed: pip install airportsdata.
 """
 
 import json
-from importlib.metadata import version
+from importlib.metadata import files, version
 from pathlib import Path
 
 import airportsdata
@@ -28,6 +28,12 @@ def main() -> None:
         "airports": features,
     }
     OUT.write_text(json.dumps(body, separators=(",", ":"), ensure_ascii=False), encoding="utf-8")
+    licence = next(p for p in files("airportsdata") or [] if p.name == "LICENSE")
+    (OUT.parent / "LICENSE-airportsdata.txt").write_text(
+        f"airports.json is derived from airportsdata {version('airportsdata')} (MIT):\n\n"
+        + licence.read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
     print(f"{OUT.name}: {len(features)} airports, {OUT.stat().st_size // 1024} KiB")
 
 
