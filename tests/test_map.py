@@ -386,6 +386,8 @@ class Flight:
     """An aircraft flying east, live (pitr = now), into a topic that serve follows."""
 
     KEY = "FLW1-1-follow"
+    EMERGENCY = "EMG1-1-squawk"
+    VEHICLE = "KSFO-tug-1"
 
     def __init__(self, topic: str, produce: Callable[..., list[int]]) -> None:
         self.topic = topic
@@ -394,7 +396,24 @@ class Flight:
         now = int(time.time() * 1000)
         plan = {"type": "flightplan", "pitr": now, "id": self.KEY, "ident": "FLW1",
                 "aircrafttype": "B738"}  # fmt: skip
-        produce(topic, [(json.dumps(plan).encode(), now), (_position(self.KEY, now, -121.0), now)])
+        emergency = {
+            "type": "position", "pitr": now, "id": self.EMERGENCY, "clock": now, "lat": 37.02,
+            "lon": -120.95, "alt": 12000, "gs": 250, "heading": 270, "squawk": "7700",
+            "air_ground": "A",
+        }  # fmt: skip
+        vehicle = {
+            "type": "vehicle_position", "pitr": now, "surface_id": self.VEHICLE, "clock": now,
+            "lat": 36.98, "lon": -121.03, "heading": 180, "facility": "KSFO",
+        }  # fmt: skip
+        produce(
+            topic,
+            [
+                (json.dumps(plan).encode(), now),
+                (_position(self.KEY, now, -121.0), now),
+                (json.dumps(emergency).encode(), now),
+                (json.dumps(vehicle).encode(), now),
+            ],
+        )
         self.thread = threading.Thread(target=self._fly, daemon=True)
 
     def _fly(self) -> None:
@@ -460,6 +479,24 @@ def test_follow_mode_stops_on_a_drag(live_server: Serve, open_page: Callable[...
     later = page.state()
     assert later["center"] == left["center"]
     assert later["selected"]["lon"] > left["selected"]["lon"]
+
+
+@pytest.mark.kafka
+def test_emergencies_are_highlighted_and_vehicles_distinct(
+    live_server: Serve, open_page: Callable[..., Page]
+) -> None:
+    page = open_page()
+    page.open(f"{live_server.url}?lon=-121&lat=37&zoom=9")
+    keys = [Flight.KEY, Flight.EMERGENCY, Flight.VEHICLE]
+    page.wait("(keys) => keys.every((k) => window.unifeedMap.state().aircraft.includes(k))", keys)
+    state = page.state()
+    assert state["emergencies"] == [Flight.EMERGENCY]  # squawk 7700
+    assert state["vehicles"] == [Flight.VEHICLE]
+    colors = state["colors"]
+    assert len({tuple(colors[k]) for k in keys}) == 3
+    page.page.evaluate("(key) => window.unifeedMap.select(key)", Flight.EMERGENCY)
+    page.wait("() => window.unifeedMap.state().panelOpen")
+    assert "general" in page.page.inner_text("#panel")  # the emergency squawk 7700 means
 
 
 def test_phone_sized_window(feed_server: Serve, open_page: Callable[..., Page]) -> None:

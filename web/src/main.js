@@ -751,6 +751,9 @@ window.unifeedMap = {
     return {
       ready: map.loaded() && f !== null,
       aircraft: f ? [...f.ids].sort() : [],
+      emergencies: f ? f.ids.filter((_, i) => f.emergencies[i]).sort() : [],
+      vehicles: f ? f.ids.filter((_, i) => f.icons[i] === 1).sort() : [],
+      colors: f ? Object.fromEntries(f.ids.map((id, i) => [id, [...f.colors.subarray(4 * i, 4 * i + 3)]])) : {},
       count: f ? f.count : 0,
       frames: state.frames,
       source: state.source,
