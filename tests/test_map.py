@@ -479,6 +479,15 @@ def test_follow_mode_stops_on_a_drag(live_server: Serve, open_page: Callable[...
     later = page.state()
     assert later["center"] == left["center"]
     assert later["selected"]["lon"] > left["selected"]["lon"]
+    # Following again, then a zoom with the wheel ends it too.
+    page.page.click("#follow")
+    page.wait("() => window.unifeedMap.state().follow")
+    zoom = page.state()["zoom"]
+    page.page.mouse.move(700, 400)
+    page.page.mouse.wheel(0, -400)
+    page.wait("() => !window.unifeedMap.state().follow")
+    page.wait("(z) => window.unifeedMap.state().zoom > z + 0.2", zoom)
+    assert page.state()["followEndedBy"] in ("wheel", "zoomstart", "movestart")
 
 
 @pytest.mark.kafka
@@ -492,8 +501,8 @@ def test_emergencies_are_highlighted_and_vehicles_distinct(
     state = page.state()
     assert state["emergencies"] == [Flight.EMERGENCY]  # squawk 7700
     assert state["vehicles"] == [Flight.VEHICLE]
-    colors = state["colors"]
-    assert len({tuple(colors[k]) for k in keys}) == 3
+    colors = page.page.evaluate("(keys) => window.unifeedMap.colorsOf(keys)", keys)
+    assert len({tuple(c) for c in colors}) == 3
     page.page.evaluate("(key) => window.unifeedMap.select(key)", Flight.EMERGENCY)
     page.wait("() => window.unifeedMap.state().panelOpen")
     assert "general" in page.page.inner_text("#panel")  # the emergency squawk 7700 means

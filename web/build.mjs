@@ -1,7 +1,7 @@
 // Builds the live map into ../unifeed/serve/static (committed; the Python package ships it).
 // Run: npm ci && npm run build   (and python3 make_airports.py for airports.json)
 import { build } from "esbuild";
-import { copyFileSync, readFileSync, readdirSync, writeFileSync, statSync } from "node:fs";
+import { readFileSync, readdirSync, writeFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import * as topojson from "topojson-client";
 
@@ -12,7 +12,6 @@ const common = { bundle: true, minify: true, target: ["es2022"], legalComments: 
 const app = await build({ ...common, entryPoints: ["src/main.js"], format: "esm", outfile: out + "app.js", metafile: true });
 await build({ ...common, entryPoints: ["src/feed-worker.js"], format: "iife", outfile: out + "feed-worker.js" });
 await build({ ...common, entryPoints: ["src/app.css"], outfile: out + "app.css" });
-copyFileSync(require.resolve("maplibre-gl/dist/maplibre-gl-worker.mjs"), out + "maplibre-gl-worker.mjs");
 
 // Natural Earth 1:110m land and country borders (public domain), as GeoJSON with
 // coordinates rounded to 0.01 degree (about 1 km, finer than the data itself).
@@ -46,6 +45,6 @@ writeFileSync(
 );
 console.log(`licences: ${[...shipped].sort().join(", ")}`);
 
-for (const name of ["app.js", "feed-worker.js", "app.css", "maplibre-gl-worker.mjs", "land.json", "borders.json"]) {
+for (const name of ["app.js", "feed-worker.js", "app.css", "land.json", "borders.json"]) {
   console.log(`${name.padEnd(24)} ${(statSync(out + name).size / 1024).toFixed(0).padStart(6)} KiB`);
 }

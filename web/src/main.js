@@ -7,7 +7,7 @@
 //
 // window.unifeedMap.state() reports what is drawn, for tests and for people debugging.
 
-import { Map as MapLibre, NavigationControl, ScaleControl, setWorkerUrl } from "maplibre-gl";
+import maplibregl from "maplibre-gl";
 import { MapboxOverlay } from "@deck.gl/mapbox";
 import { IconLayer, PathLayer, ScatterplotLayer, TextLayer } from "@deck.gl/layers";
 import { LEGEND } from "./colors.js";
@@ -21,7 +21,7 @@ const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 const PLAYBACK_STALE_MS = 120000;
 const SEND_INTERVAL_MS = 150;
 
-setWorkerUrl(new URL("maplibre-gl-worker.mjs", base).href);
+const { Map: MapLibre, NavigationControl, ScaleControl } = maplibregl;
 
 const $ = (id) => document.getElementById(id);
 
@@ -166,19 +166,23 @@ const icons = iconAtlas();
 
 // --- deck.gl layers ------------------------------------------------------------------
 
+// Interleaved: deck.gl draws into MapLibre's WebGL context, one canvas to composite
+// instead of two (measured: the cheaper frame of the two under SwiftShader).
 const overlay = new MapboxOverlay({
-  interleaved: false,
+  interleaved: true,
   layers: [],
-  onClick: (info) => {
-    if (info.layer && info.layer.id === "aircraft" && info.index >= 0 && state.frame) {
-      select(state.frame.ids[info.index], { fly: false });
-      return true;
-    }
-    return false;
-  },
   getCursor: ({ isHovering, isDragging }) => (isDragging ? "grabbing" : isHovering ? "pointer" : "grab"),
 });
 map.addControl(overlay);
+
+// Clicks pick explicitly (a few pixels around the point, for fingers too): deck.gl's own
+// click handling in interleaved mode missed the first click on a fresh page.
+map.on("click", (e) => {
+  const f = state.frame;
+  if (!f || !f.count) return;
+  const info = overlay.pickObject({ x: e.point.x, y: e.point.y, radius: 6, layerIds: ["aircraft"] });
+  if (info && info.index >= 0 && info.index < f.count) select(f.ids[info.index], { fly: false });
+});
 
 let serial = 0;
 
@@ -327,7 +331,7 @@ function onFrame(frame) {
     if (s) {
       const last = state.trail[state.trail.length - 1];
       if (!last || last[2] < s.pitr) state.trail.push([s.lon, s.lat, s.pitr]);
-      if (state.follow) map.easeTo({ center: [s.lon, s.lat], duration: 400 });
+      if (state.follow && !pointerDown) map.easeTo({ center: [s.lon, s.lat], duration: 400 });
     }
     showPanel();
   }
@@ -409,6 +413,28 @@ for (const name of ["dragstart", "zoomstart", "rotatestart", "pitchstart", "move
     if (e.originalEvent && state.follow) setFollow(false, name);
   });
 }
+// A camera animation stops MapLibre's gesture handlers, so following must not move the
+// map while a button or finger is down (the drag would never start); and a wheel or a
+// pinch over the map is a zoom by the user even before MapLibre reports one.
+let pointerDown = false;
+map.on("mousedown", () => {
+  pointerDown = true;
+});
+map.on("touchstart", (e) => {
+  pointerDown = true;
+  if (e.originalEvent.touches.length > 1 && state.follow) setFollow(false, "pinch");
+});
+for (const name of ["mouseup", "touchend", "touchcancel"]) {
+  map.on(name, () => {
+    pointerDown = false;
+  });
+}
+window.addEventListener("mouseup", () => {
+  pointerDown = false;
+});
+map.on("wheel", () => {
+  if (state.follow) setFollow(false, "wheel");
+});
 
 // --- selection, panel, trail ----------------------------------------------------------------
 
@@ -451,6 +477,7 @@ async function loadTrail(id) {
 }
 
 function setFollow(on, why) {
+  if (!on && state.follow) map.stop(true); // end the following ease, keep the user's gesture
   state.follow = on;
   if (!on && why) state.followEndedBy = why;
   $("follow").classList.toggle("on", on);
@@ -746,6 +773,14 @@ window.unifeedMap = {
   select: (id) => select(id, { fly: false }),
   project,
   measureFrames,
+  /** The RGB each of `ids` is drawn in (null: not drawn). */
+  colorsOf(ids) {
+    const f = state.frame;
+    return ids.map((id) => {
+      const i = f ? f.ids.indexOf(id) : -1;
+      return i < 0 ? null : [...f.colors.subarray(4 * i, 4 * i + 3)];
+    });
+  },
   state() {
     const f = state.frame;
     return {
@@ -753,7 +788,6 @@ window.unifeedMap = {
       aircraft: f ? [...f.ids].sort() : [],
       emergencies: f ? f.ids.filter((_, i) => f.emergencies[i]).sort() : [],
       vehicles: f ? f.ids.filter((_, i) => f.icons[i] === 1).sort() : [],
-      colors: f ? Object.fromEntries(f.ids.map((id, i) => [id, [...f.colors.subarray(4 * i, 4 * i + 3)]])) : {},
       count: f ? f.count : 0,
       frames: state.frames,
       source: state.source,
