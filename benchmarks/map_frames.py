@@ -18,6 +18,7 @@ scales. Run once:
 
     .venv/bin/python -m benchmarks.map_frames            # 900 and 9,000, 15 s each
     .venv/bin/python -m benchmarks.map_frames --sizes 900 9000 --seconds 15 --json out.json
+    .venv/bin/python -m benchmarks.map_frames --shared 9000     # same server load, 900 vs 9,000 in view
 
 Needs Chromium (/usr/bin/chromium) and Playwright (the test extra).
 """
@@ -153,12 +154,12 @@ MEASURE_JS = """async (seconds) => {
   const deltas = await m.measureFrames(seconds * 1000);
   observer.disconnect();
   const s = m.state();
-  return { deltas, long, frames: s.frames - framesBefore, count: s.count,
+  return { deltas, long, frames: s.frames - framesBefore, count: s.count, deck: m.deckMetrics(),
            handleMs: s.handleMs.slice(-(s.frames - framesBefore)) };
 }"""
 
 
-def measure(url: str, count: int, seconds: float) -> dict[str, Any]:
+def measure(url: str, count: int, seconds: float, zoom: float = 4.0) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -169,9 +170,9 @@ def measure(url: str, count: int, seconds: float) -> dict[str, Any]:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"{url}?lon={CENTRE[0]}&lat={CENTRE[1]}&zoom=4")
+            page.goto(f"{url}?lon={CENTRE[0]}&lat={CENTRE[1]}&zoom={zoom}")
             page.wait_for_function(
-                "(n) => window.unifeedMap && window.unifeedMap.state().count >= n * 0.99",
+                "(n) => window.unifeedMap && window.unifeedMap.state().count >= n",
                 arg=count,
                 timeout=120_000,
             )
@@ -200,11 +201,46 @@ def measure(url: str, count: int, seconds: float) -> dict[str, Any]:
             "max": max(handle) if handle else None,
         },
         "long_tasks": {"count": len(result["long"]), "total_ms": sum(result["long"])},
+        "deck_metrics": result["deck"],
         "console_errors": result["errors"],
     }
 
 
-def run(sizes: list[int], seconds: float) -> list[dict[str, Any]]:
+def run_shared(total: int, zooms: list[float], seconds: float) -> list[dict[str, Any]]:
+    """One server and one producer with ``total`` aircraft; the page at each zoom (4: all
+    of them in view; 6.3: about a tenth). The server's and the broker's
+    load is the same for every zoom, so only what the page draws differs."""
+    from unifeed._broker import spawn_broker_process
+
+    broker, bootstrap = spawn_broker_process()
+    results = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="map-bench-") as tmp:
+            topic = f"map-bench-{total}-{int(time.time())}"
+            traffic = Traffic(bootstrap, topic, total)
+            traffic.produce_round()
+            serve, url = _start_serve(bootstrap, topic, Path(tmp))
+            traffic.start()
+            try:
+                for zoom in zooms:
+                    print(f"{total} aircraft, page at zoom {zoom:g}: measuring ...", file=sys.stderr)
+                    result = measure(url, 1 if zoom > 4 else int(total * 0.99), seconds, zoom)
+                    result["zoom"] = zoom
+                    result["producer_late_s"] = traffic.late_s
+                    results.append(result)
+            finally:
+                traffic.stop.set()
+                traffic.join(timeout=30)
+                serve.terminate()
+                serve.wait(timeout=30)
+    finally:
+        broker.terminate()
+        broker.wait(timeout=30)
+    return results
+
+
+def run(sizes: list[int], seconds: float, updates: bool = True) -> list[dict[str, Any]]:
+    """A server and a producer per size, the page showing all of them."""
     from unifeed._broker import spawn_broker_process
 
     broker, bootstrap = spawn_broker_process()
@@ -216,16 +252,18 @@ def run(sizes: list[int], seconds: float) -> list[dict[str, Any]]:
                 traffic = Traffic(bootstrap, topic, count)
                 traffic.produce_round()  # serve rebuilds from what is there
                 serve, url = _start_serve(bootstrap, topic, Path(tmp))
-                traffic.start()
+                if updates:
+                    traffic.start()
                 try:
                     print(f"{count} aircraft: measuring for {seconds:g} s ...", file=sys.stderr)
-                    result = measure(url, count, seconds)
+                    result = measure(url, int(count * 0.99), seconds)
                     result["producer_late_s"] = traffic.late_s
                     results.append(result)
                     print(json.dumps(result, indent=1), file=sys.stderr)
                 finally:
                     traffic.stop.set()
-                    traffic.join(timeout=30)
+                    if traffic.is_alive():
+                        traffic.join(timeout=30)
                     serve.terminate()
                     serve.wait(timeout=30)
     finally:
@@ -239,8 +277,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[900, 9000])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--no-updates", action="store_true",
+        help="one position per aircraft and no more (the cost of drawing alone)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shared", type=int, metavar="TOTAL",
+        help="one server with TOTAL aircraft, the page at zoom 4 (all) and 6.3 (about a tenth)",
+    )  # fmt: skip
     args = parser.parse_args()
-    results = run(args.sizes, args.seconds)
+    if args.shared:
+        results = run_shared(args.shared, [6.3, 4.0], args.seconds)
+    else:
+        results = run(args.sizes, args.seconds, updates=not args.no_updates)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(f"{'aircraft':>8} {'fps':>6} {'mean':>7} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7} "

@@ -256,6 +256,7 @@ function layers() {
         getIcon: (_, { index }) => (f.icons[index] ? "vehicle" : "plane"),
         getSize: (_, { index }) => (f.icons[index] ? 13 : 20),
         sizeUnits: "pixels",
+        sizeScale: iconScale(zoom),
         billboard: false,
         pickable: true,
         updateTriggers: { getIcon: serial, getSize: serial },
@@ -281,6 +282,11 @@ function layers() {
     );
   }
   return out;
+}
+
+/** Smaller icons when zoomed out: a dense picture stays readable, and fewer pixels to fill. */
+function iconScale(zoom) {
+  return zoom < 5 ? 0.6 : zoom < 7 ? 0.8 : 1;
 }
 
 function render() {
@@ -397,14 +403,16 @@ function onMove() {
 }
 
 map.on("move", onMove);
+let drawnFor = ""; // the zoom-dependent choices the layers were last made with
 map.on("moveend", () => {
   sendViewport();
-  if (map.getZoom() >= 7 !== labelsShown) {
-    labelsShown = !labelsShown;
+  const zoom = map.getZoom();
+  const key = `${zoom >= 7} ${iconScale(zoom)}`;
+  if (key !== drawnFor) {
+    drawnFor = key;
     render();
   }
 });
-let labelsShown = false;
 
 // Follow mode ends on any move the user makes (drag, wheel, pinch, keys, zoom buttons):
 // those events carry the input event that caused them; the page's own easeTo does not.
@@ -773,6 +781,8 @@ window.unifeedMap = {
   select: (id) => select(id, { fly: false }),
   project,
   measureFrames,
+  /** deck.gl's own counters (fps, cpuTime, gpuTime, updateAttributesTime, ...). */
+  deckMetrics: () => ({ ...(overlay._deck && overlay._deck.metrics) }),
   /** The RGB each of `ids` is drawn in (null: not drawn). */
   colorsOf(ids) {
     const f = state.frame;
