@@ -6,7 +6,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY unifeed ./unifeed
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# With the `serve` extra (Starlette, uvicorn, websockets, redis, psycopg) for `unifeed serve`.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[serve]'
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -69,6 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "kafka_bench: end-to-end runs on the embedded broker (long; select with -m kafka_bench)",
     )
+    config.addinivalue_line(
+        "markers",
+        "serve_bench: unifeed serve under WebSocket load (about a minute; -m serve_bench)",
+    )
 
 
 @pytest.fixture(scope="session")

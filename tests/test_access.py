@@ -19,7 +19,7 @@ def test_doctests() -> None:
     assert result.attempted > 0 and result.failed == 0
 
 
-@pytest.mark.parametrize(("own", "flight"), itertools.product(LEVELS, LEVELS))
+@pytest.mark.parametrize(("own", "flight"), list(itertools.product(LEVELS, LEVELS)))
 def test_visible_is_max_of_own_and_flight_at_most_audience(own: object, flight: object) -> None:
     for audience, limit in (("public", 0), ("restricted", 1), ("blocked", 2)):
         expected = max(RANK[own], RANK[flight]) <= limit

@@ -353,3 +353,7 @@ def test_the_compose_files_configuration_is_accepted(tmp_path: Path, unifeed: In
     assert combine["mapping"] == "kafka:mappingstream"
     assert combine["bootstrap_servers"] == "kafka:19092"  # a top-level key, in effect here
     assert shown["log_format"] == "json"
+    serve = shown["serve"]
+    assert isinstance(serve, dict)
+    assert serve["input"] == "kafka:unified-a" and serve["redis"] == "redis://redis:6379/0"
+    assert serve["history"] == "postgresql://unifeed@timescaledb:5432/unifeed"

@@ -44,6 +44,10 @@ log = logging.getLogger("unifeed.serve")
 STATIC_DIR: Final = Path(__file__).parent / "static"
 #: Largest WebSocket message a client may send.
 MAX_WS_MESSAGE: Final = 4096
+#: Viewport changes a client may send: a burst of this many, refilled at this rate per
+#: second (each one costs a snapshot).
+WS_MESSAGE_BURST: Final = 20
+WS_MESSAGES_PER_S: Final = 10.0
 #: Longest playback range per request, and longest track range.
 MAX_PLAYBACK_MS: Final = 3_600_000
 MAX_TRACK_MS: Final = 7 * 86_400_000
@@ -164,9 +168,9 @@ class Service:
         self.clients: set[Client] = set()
         self.source_factory = source_factory
         self.source: Source | None = None
-        self.history = (
-            HistorySink(history, "pending") if history is not None else None
-        )
+        # The sink's source name is the input's, set when this replica starts reading it;
+        # a replica that only follows Redis never starts its sink.
+        self.history = HistorySink(history, "") if history is not None else None
         self.history_store = history
         self.shared = shared
         self._tasks: list[asyncio.Task[None]] = []
@@ -284,7 +288,10 @@ class Service:
         self.metrics.last_cycle_cpu_s = spent
 
     def drop(self, client: Client, reason: str) -> None:
+        """Stop serving a client that does not keep up; its queued frames go, nothing more
+        is queued for it, and the sender closes it with ``reason`` once it can."""
         client.dropped = reason
+        self.clients.discard(client)
         self.metrics.dropped_slow += 1
         while not client.frames.empty():
             client.frames.get_nowait()
@@ -417,13 +424,10 @@ def build_app(service: Service) -> Starlette:
             return Response(_NOT_FOUND, status_code=404, media_type="application/json")
         return Response(service.table.encoded(found), media_type="application/json")
 
-    def store_or_none() -> HistoryStore | None:
-        return service.history_store
-
     async def track(request: Request, rank: int) -> Response:
         key = request.path_params["key"]
         start, end = parse_range(request, service.table.pitr + 1, MAX_TRACK_MS)
-        store = store_or_none()
+        store = service.history_store
         rows: list[bytes] = []
         if store is not None:
             try:
@@ -440,7 +444,7 @@ def build_app(service: Service) -> Starlette:
     async def playback(request: Request, rank: int) -> Response:
         start, end = parse_range(request, service.table.pitr + 1, MAX_PLAYBACK_MS)
         bbox = parse_bbox(request.query_params.get("bbox"))
-        store = store_or_none()
+        store = service.history_store
         if store is None:
             return _error(503, "history is off (--history none): no playback")
 
@@ -538,11 +542,20 @@ async def serve_socket(service: Service, socket: WebSocket) -> None:
     client = Client(socket, rank, service.settings.client_queue)
     service.clients.add(client)
     sender = asyncio.create_task(_send_frames(service, client))
+    allowance = float(WS_MESSAGE_BURST)
+    last = time.monotonic()
     try:
-        while True:
+        while client.dropped is None:
             message = await socket.receive()
             if message["type"] == "websocket.disconnect":
                 break
+            now = time.monotonic()
+            allowance = min(float(WS_MESSAGE_BURST), allowance + (now - last) * WS_MESSAGES_PER_S)
+            last = now
+            if allowance < 1.0:
+                await _close(service, client, 1008, "too many messages: at most 10 per second")
+                break
+            allowance -= 1.0
             data = message.get("text")
             if data is None:
                 raw = message.get("bytes") or b""
@@ -556,6 +569,8 @@ async def serve_socket(service: Service, socket: WebSocket) -> None:
             reason, box = _parse_ws_message(raw)
             if box is None:
                 await _close(service, client, 1008, reason)
+                break
+            if client.dropped is not None:
                 break
             client.viewport = Viewport(box, rank)
             if not client.offer(client.viewport.snapshot(service.table)):

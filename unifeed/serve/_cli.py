@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .._errors import ConfigError
+from .._errors import ConfigError, UnifeedError
 
 log = logging.getLogger("unifeed.serve")
 
@@ -69,8 +69,9 @@ def register(subparsers: Any) -> None:
                         "than --window (default 6h)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where the default SQLite history lives (default $XDG_STATE_HOME/unifeed/serve)")
-    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="allow browser requests from ORIGIN (repeatable; no CORS unless given)")
+    p.add_argument("--cors-origin", metavar="ORIGINS",
+                   help="allow browser requests from these origins (comma-separated, e.g. "
+                        "https://map.example.org); no CORS unless given")
     p.add_argument("--client-queue", type=int, default=32, metavar="N",
                    help="frames queued per WebSocket client before it is dropped as too slow (default 32)")
     add_kafka_options(p)
@@ -98,7 +99,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         push_interval_s=args.push_interval / 1000.0,
         lookback_ms=args.lookback,
         state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
-        cors_origins=list(args.cors_origin),
+        cors_origins=[o.strip() for o in (args.cors_origin or "").split(",") if o.strip()],
         client_queue=args.client_queue,
         replica=uuid.uuid4().hex[:12],
     )
@@ -174,28 +175,52 @@ def run(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
-
-    async def watch() -> None:
-        await service.stopped.wait()
-        server.should_exit = True
-
-    original_startup = server.startup
-
-    async def startup(sockets: Any = None) -> None:
-        import asyncio
-
-        await original_startup(sockets=sockets)
-        server._unifeed_watch = asyncio.create_task(watch())  # type: ignore[attr-defined]
-
-    server.startup = startup  # type: ignore[method-assign]
+    server = _server_class(uvicorn)(config)
+    server.service = service
     server.run(sockets=[listener])
     if service.failure is not None:
         failure = service.failure
-        if isinstance(failure, Exception) and hasattr(failure, "exit_code"):
+        if isinstance(failure, UnifeedError):
             raise failure
-        raise ConfigError(f"reading {settings.input} failed: {failure}")
+        raise UnifeedError(f"stopped: {failure}")
     return 0
+
+
+def _server_class(uvicorn: Any) -> Any:
+    import asyncio
+    import contextlib
+    import signal
+    import threading
+    from collections.abc import Iterator
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        """uvicorn's server that also stops when the input fails, and treats SIGTERM and
+        SIGINT as a normal stop (exit 0) instead of dying of the signal afterwards."""
+
+        service: Any = None
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            self._watch = asyncio.create_task(self._stop_on_failure())
+
+        async def _stop_on_failure(self) -> None:
+            await self.service.stopped.wait()
+            self.should_exit = True
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -193,7 +193,15 @@ class PostgresStore:
                     "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
                 ).fetchone()
                 if timescale is not None:
-                    conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                    try:
+                        with conn.transaction():  # a savepoint: a failure leaves the rest
+                            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+                    except Exception as exc:
+                        # Installed but not loadable (not in shared_preload_libraries), or
+                        # no right to create it: the plain layout still works.
+                        log.warning("TimescaleDB is available but cannot be used (%s); "
+                                    "history uses a BRIN-indexed table", _short(exc))
+                        timescale = None
                 conn.execute(
                     "CREATE TABLE IF NOT EXISTS unifeed_positions ("
                     " seq bigint GENERATED ALWAYS AS IDENTITY, pitr bigint NOT NULL,"
@@ -208,7 +216,7 @@ class PostgresStore:
                 if timescale is not None:
                     conn.execute(
                         "SELECT create_hypertable('unifeed_positions', 'pitr',"
-                        " chunk_time_interval => 86400000, if_not_exists => TRUE)"
+                        " chunk_time_interval => 86400000, if_not_exists => TRUE, migrate_data => TRUE)"
                     )
                     self.layout = "timescaledb hypertable"
                 else:

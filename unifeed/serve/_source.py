@@ -17,6 +17,7 @@ reader then starts there.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -81,21 +82,38 @@ class Source:
 
 
 class LineSource(Source):
-    """A JSON-lines file or stdin; the rebuild is complete at its end."""
+    """A JSON-lines file, stdin or a pipe.
+
+    A regular file is the whole feed: the rebuild is complete at its end. Stdin and pipes
+    are read as a live stream: each read hands on the complete lines it got at once, and
+    the rebuild is complete the first time nothing more is waiting (or at the end).
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__("stdin" if path == "-" else str(Path(path).resolve()))
         self.path = path
-        if path != "-" and not Path(path).is_file():
+        if path != "-" and not Path(path).exists():
             raise ConfigError(f"--input {path!r}: no such file")
+        if path != "-" and Path(path).is_dir():
+            raise ConfigError(f"--input {path!r} is a directory, not a file")
 
     def run(self) -> None:
-        stream: IO[bytes] = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
-        try:
+        if self.path == "-":
+            self._stream(sys.stdin.buffer.fileno())
+            return
+        if not Path(self.path).is_file():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                self._stream(fd)
+            finally:
+                os.close(fd)
+            return
+        with open(self.path, "rb") as raw_stream:
+            stream: IO[bytes] = raw_stream
             if self.path.endswith(".gz"):
                 import gzip
 
-                stream = gzip.open(stream)  # type: ignore[assignment]  # noqa: SIM115
+                stream = gzip.open(raw_stream)  # type: ignore[assignment]  # noqa: SIM115
             positions: list[int] = []
             lines: list[bytes] = []
             for number, raw in enumerate(stream, start=1):
@@ -109,9 +127,43 @@ class LineSource(Source):
                         return
                     positions, lines = [], []
             self._put(Batch(positions, lines, rebuilt=True))
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
+
+    def _stream(self, fd: int) -> None:
+        import select
+
+        number = 0
+        pending = b""
+        rebuilt = False
+        while not self.stop_event.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                if not rebuilt:
+                    rebuilt = True
+                    if not self._put(Batch([], [], rebuilt=True)):
+                        return
+                continue
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            positions: list[int] = []
+            lines: list[bytes] = []
+            for raw in complete:
+                number += 1
+                line = raw.strip()
+                if line:
+                    positions.append(number)
+                    lines.append(line)
+            # Caught up the first time the pipe holds nothing more right now.
+            caught_up = not rebuilt and not select.select([fd], [], [], 0)[0]
+            if (lines or caught_up) and not self._put(Batch(positions, lines, rebuilt=caught_up)):
+                return
+            rebuilt = rebuilt or caught_up
+        tail = pending.strip()
+        last = Batch([number + 1], [tail]) if tail else Batch([], [])
+        last.rebuilt = True
+        self._put(last)
 
 
 class KafkaSource(Source):
