@@ -174,10 +174,19 @@ class Page:
         self.page = self.context.new_page()
         self.errors: list[str] = []
         self.closed = False
+        # The page works with no internet: every request it or its workers make must go to
+        # serve (the page's request event sees the workers' requests too; routing does
+        # not); the assertion is in `open_page`.
+        self.outside: list[str] = []
+        self.page.on("request", self._note)
         self.page.on(
             "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
         )
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+
+    def _note(self, request: Any) -> None:
+        if not re.match(r"(https?|wss?)://127\.0\.0\.1[:/]|data:|blob:", request.url):
+            self.outside.append(request.url)
 
     def open(self, url: str) -> dict[str, Any]:
         self.page.goto(url)
@@ -252,6 +261,7 @@ def open_page(browser: Any, tmp_path: Path) -> Iterator[Callable[..., Page]]:
         assert page.closed
     for page in pages:
         assert page.errors == [], page.errors
+        assert page.outside == [], page.outside
 
 
 # --- tests -------------------------------------------------------------------------------------
