@@ -142,8 +142,8 @@ class DemoOptions:
             )
         if self.realtime_threshold_ms < 1000:
             raise ConfigError("--realtime-threshold must be at least 1s")
-        if self.serve_port is not None and not 0 <= self.serve_port <= 65535:
-            raise ConfigError(f"--serve-port must be within 0..65535, got {self.serve_port}")
+        if self.serve_port is not None:
+            check_serve(self.serve_port)
 
     def serve_stale(self) -> str:
         """serve's --stale: four simulated minutes, as wall (= feed) time."""
@@ -155,6 +155,30 @@ class DemoOptions:
             return self.outage_s
         wanted = max(self.realtime_threshold_ms / 1000 + 3.0, 0.25 * self.playback_s)
         return min(wanted, 0.5 * self.playback_s)
+
+
+def check_serve(port: int) -> None:
+    """Before anything starts: serve's packages are installed and the port is free (it
+    can still be taken in between; serve then says so and the demo fails)."""
+    import importlib.util
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--serve-port must be within 0..65535, got {port}")
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"--serve needs {', '.join(missing)}: pip install 'unifeed[serve]'"
+        )
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"--serve-port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+                    "give another port, or 0 for a free one"
+                ) from None
 
 
 # --- traffic ---------------------------------------------------------------
