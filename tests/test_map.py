@@ -282,6 +282,16 @@ def test_page_loads_and_draws_the_api_answer(
     assert state["clock"]["badge"] == "catching up"
 
 
+def test_page_without_a_view_opens_on_the_traffic(
+    feed_server: Serve, open_page: Callable[..., Page]
+) -> None:
+    page = open_page()
+    state = page.open(feed_server.url)
+    everything = feed_server.ids(None)
+    assert state["aircraft"] == everything
+    assert state["zoom"] > 4  # three airports on one coast, not the default view of the US
+
+
 def test_panning_sends_a_new_viewport(feed_server: Serve, open_page: Callable[..., Page]) -> None:
     page = open_page()
     before = page.open(f"{feed_server.url}?lon=-122.2&lat=37.6&zoom=8")

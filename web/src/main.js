@@ -821,7 +821,31 @@ window.unifeedMap = {
   },
 };
 
-map.on("load", () => {
+/** Without ?lon=&lat= in the address, the map opens on the traffic: the box around every
+ * aircraft the token may see (or the whole world when they span more than half of it). */
+async function fitTraffic() {
+  if (params.has("lon") || params.has("lat")) return;
+  try {
+    const response = await fetch(`${base}api/aircraft`, { headers: authHeaders });
+    if (!response.ok) return;
+    const { aircraft } = await response.json();
+    if (!aircraft.length) return;
+    let [west, south, east, north] = [180, 90, -180, -90];
+    for (const a of aircraft) {
+      west = Math.min(west, a.lon);
+      east = Math.max(east, a.lon);
+      south = Math.min(south, a.lat);
+      north = Math.max(north, a.lat);
+    }
+    if (east - west > 180) [west, east] = [-180, 180];
+    map.fitBounds([[west, Math.max(south, -80)], [east, Math.min(north, 80)]], { padding: 60, maxZoom: 9, duration: 0 });
+  } catch {
+    // the server is not answering yet: the WebSocket status says so
+  }
+}
+
+map.on("load", async () => {
+  await fitTraffic();
   goLive();
   pollMode();
 });
