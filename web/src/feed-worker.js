@@ -97,7 +97,9 @@ async function startPlayback(msg) {
     head: 0,
     loading: null,
     bbox,
-    window: Math.min(3600000, Math.max(60000, msg.speed * 20000)),
+    // About 20 s of wall time per request, at least 30 s and at most 10 min of feed time
+    // (the server allows an hour; a browser holds a few million states at most).
+    window: Math.min(600000, Math.max(30000, msg.speed * 20000)),
     generation: (startPlayback.generation = (startPlayback.generation || 0) + 1),
     received: 0,
   };
@@ -150,7 +152,8 @@ async function load(p) {
 function tick(t) {
   const p = play;
   if (!p || source !== "playback") return;
-  const limit = Math.min(t, p.to);
+  // Never past what is loaded: the clock shows the time of what is drawn.
+  const limit = Math.min(t, p.to, p.loadedUntil);
   const queue = p.queue;
   while (p.head < queue.length && queue[p.head].pitr <= limit) {
     const a = queue[p.head++];

@@ -698,11 +698,11 @@ function onPlayback(msg) {
     playTimer = setInterval(() => {
       p.t = Math.min(p.to, p.from + ((performance.now() - p.startedAt) * p.speed));
       worker.postMessage({ cmd: "tick", t: p.t });
-      if (p.t >= p.to) {
-        p.status = "ended";
-        stopPlaybackClock();
-      }
     }, 100);
+  } else if (msg.status === "ended") {
+    // The worker says so once it has drawn `to` (it may wait for data past the clock).
+    p.status = "ended";
+    stopPlaybackClock();
   }
 }
 
