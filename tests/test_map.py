@@ -386,6 +386,11 @@ def test_playback_moves_the_clock(feed_server: Serve, open_page: Callable[..., P
     assert start_s <= first < second["clock"]["pitr"] <= end
     assert second["clock"]["badge"] == "playback 60×"
     assert second["count"] > 0
+    # It ends at 'to' (whole seconds in the form), having drawn that moment.
+    page.wait("() => window.unifeedMap.state().playback.status === 'ended'")
+    ended = page.state()
+    assert ended["clock"]["pitr"] == end // 1000 * 1000
+    assert ended["count"] > 0
     # Back to live: the clock returns to the feed's time.
     page.page.click("#live")
     page.wait("(t) => { const s = window.unifeedMap.state(); return s.source === 'live' && s.clock.pitr === t; }", end)
