@@ -413,6 +413,8 @@ class Flight:
     KEY = "FLW1-1-follow"
     EMERGENCY = "EMG1-1-squawk"
     VEHICLE = "KSFO-tug-1"
+    BLOCKED = "SEC1-1-blocked"  # blocked from its flightplan on
+    TURNS = "RST1-1-turns"  # public, until the test files a restricted flightplan
 
     def __init__(self, topic: str, produce: Callable[..., list[int]]) -> None:
         self.topic = topic
@@ -437,9 +439,15 @@ class Flight:
                 (_position(self.KEY, now, -121.0), now),
                 (json.dumps(emergency).encode(), now),
                 (json.dumps(vehicle).encode(), now),
+                *self.flight(self.BLOCKED, "blocked", now, -121.05),
+                *self.flight(self.TURNS, "public", now, -120.9),
             ],
         )
         self.thread = threading.Thread(target=self._fly, daemon=True)
+
+    def flight(self, key: str, access: str, pitr: int, lon: float) -> list[tuple[bytes, int]]:
+        plan = {"type": "flightplan", "pitr": pitr, "id": key, "ident": key[:4], "access": access}
+        return [(json.dumps(plan).encode(), pitr), (_position(key, pitr, lon), pitr)]
 
     def _fly(self) -> None:
         lon = -121.0
@@ -452,7 +460,14 @@ class Flight:
 
 
 @pytest.fixture
+def live_flight() -> list[Flight]:
+    """The `Flight` the live server's topic is fed by (filled by `live_server`)."""
+    return []
+
+
+@pytest.fixture
 def live_server(
+    live_flight: list[Flight],
     tmp_path: Path,
     kafka_bootstrap: str,
     unique_topic: Callable[..., str],
@@ -460,10 +475,12 @@ def live_server(
 ) -> Iterator[Serve]:
     topic = unique_topic("map")
     flight = Flight(topic, produce)
+    live_flight.append(flight)
+    (tmp_path / "tokens").write_text("".join(f"{t} {a}\n" for t, a in TOKENS.items()))
     server = Serve(
         [
             "--input", f"kafka:{topic}", "--bootstrap-servers", kafka_bootstrap,
-            "--history", "none", "--push-interval", "200ms",
+            "--history", "none", "--push-interval", "200ms", "--tokens", "tokens",
         ],
         tmp_path,
     )  # fmt: skip
@@ -531,6 +548,32 @@ def test_emergencies_are_highlighted_and_vehicles_distinct(
     page.page.evaluate("(key) => window.unifeedMap.select(key)", Flight.EMERGENCY)
     page.wait("() => window.unifeedMap.state().panelOpen")
     assert "general" in page.page.inner_text("#panel")  # the emergency squawk 7700 means
+
+
+@pytest.mark.kafka
+def test_a_flight_turning_restricted_leaves_the_public_map_live(
+    live_server: Serve, live_flight: list[Flight], open_page: Callable[..., Page]
+) -> None:
+    """Live: a blocked flight never shows on the public or the restricted page; a public
+    flight that becomes restricted leaves the public page and stays on the restricted one."""
+    view = "lon=-121&lat=37&zoom=9"
+    public, restricted = open_page(), open_page()
+    public.open(f"{live_server.url}?token=pub-token&{view}")
+    restricted.open(f"{live_server.url}?token=res-token&{view}")
+    for page in (public, restricted):
+        page.wait("(key) => window.unifeedMap.state().aircraft.includes(key)", Flight.TURNS)
+    flight = live_flight[0]
+    now = int(time.time() * 1000)
+    turn = {"type": "flightplan", "pitr": now, "id": Flight.TURNS, "access": "restricted"}
+    flight.produce(flight.topic, [(json.dumps(turn).encode(), now)])
+    public.wait("(key) => !window.unifeedMap.state().aircraft.includes(key)", Flight.TURNS)
+    frames = restricted.state()["frames"]
+    restricted.wait("(n) => window.unifeedMap.state().frames > n + 3", frames)
+    assert Flight.TURNS in restricted.state()["aircraft"]
+    for page in (public, restricted):
+        ever = page.page.evaluate("() => window.unifeedMap.everDrawn()")
+        assert Flight.KEY in ever
+        assert Flight.BLOCKED not in ever
 
 
 def test_phone_sized_window(feed_server: Serve, open_page: Callable[..., Page]) -> None:

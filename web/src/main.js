@@ -27,6 +27,9 @@ const $ = (id) => document.getElementById(id);
 
 // --- state -------------------------------------------------------------------
 
+/** Every id this page has drawn since it opened (tests: nothing hidden ever showed). */
+const everDrawn = new Set();
+
 const state = {
   frame: null, // latest frame from the worker
   frames: 0,
@@ -329,6 +332,7 @@ function onFrame(frame) {
   if (frame.source !== state.source) return;
   state.frame = frame;
   state.frames += 1;
+  for (const id of frame.ids) everDrawn.add(id);
   state.drawnViewport = frame.viewport;
   serial += 1;
   const s = frame.selected;
@@ -781,6 +785,7 @@ window.unifeedMap = {
   select: (id) => select(id, { fly: false }),
   project,
   measureFrames,
+  everDrawn: () => [...everDrawn].sort(),
   /** deck.gl's own counters (fps, cpuTime, gpuTime, updateAttributesTime, ...). */
   deckMetrics: () => ({ ...(overlay._deck && overlay._deck.metrics) }),
   /** The RGB each of `ids` is drawn in (null: not drawn). */
