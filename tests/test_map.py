@@ -543,8 +543,12 @@ def test_emergencies_are_highlighted_and_vehicles_distinct(
     state = page.state()
     assert state["emergencies"] == [Flight.EMERGENCY]  # squawk 7700
     assert state["vehicles"] == [Flight.VEHICLE]
-    colors = page.page.evaluate("(keys) => window.unifeedMap.colorsOf(keys)", keys)
-    assert len({tuple(c) for c in colors}) == 3
+    drawn = dict(zip(keys, page.page.evaluate("(k) => window.unifeedMap.drawnOf(k)", keys), strict=True))
+    assert len({tuple(d["color"]) for d in drawn.values()}) == 3
+    assert [drawn[k]["icon"] for k in keys] == ["plane", "plane", "vehicle"]
+    assert [drawn[k]["ring"] for k in keys] == [False, True, False]
+    # Turned by heading (clockwise from north; deck.gl turns counter-clockwise).
+    assert [drawn[k]["angle"] for k in keys] == [-90, -270, -180]
     page.page.evaluate("(key) => window.unifeedMap.select(key)", Flight.EMERGENCY)
     page.wait("() => window.unifeedMap.state().panelOpen")
     assert "general" in page.page.inner_text("#panel")  # the emergency squawk 7700 means

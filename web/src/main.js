@@ -788,12 +788,19 @@ window.unifeedMap = {
   everDrawn: () => [...everDrawn].sort(),
   /** deck.gl's own counters (fps, cpuTime, gpuTime, updateAttributesTime, ...). */
   deckMetrics: () => ({ ...(overlay._deck && overlay._deck.metrics) }),
-  /** The RGB each of `ids` is drawn in (null: not drawn). */
-  colorsOf(ids) {
+  /** How each of `ids` is drawn: RGB, icon, angle (deck.gl's: counter-clockwise
+   * degrees), emergency ring; null when not drawn. */
+  drawnOf(ids) {
     const f = state.frame;
     return ids.map((id) => {
       const i = f ? f.ids.indexOf(id) : -1;
-      return i < 0 ? null : [...f.colors.subarray(4 * i, 4 * i + 3)];
+      if (i < 0) return null;
+      return {
+        color: [...f.colors.subarray(4 * i, 4 * i + 3)],
+        icon: f.icons[i] ? "vehicle" : "plane",
+        angle: f.angles[i],
+        ring: f.emergencies[i] === 1,
+      };
     });
   },
   state() {
