@@ -321,6 +321,8 @@ function goLive() {
   state.playback = null;
   state.frame = null;
   state.drawnViewport = null;
+  state.trail = [];
+  if (state.selection !== null) loadTrail(state.selection);
   worker.postMessage({ cmd: "live", url: wsUrl() });
   sendViewport(true);
   updateClock();
@@ -684,6 +686,7 @@ function startPlayback(from, to, speed) {
   stopPlaybackClock();
   state.source = "playback";
   state.frame = null;
+  state.trail = []; // drawn as the playback goes
   state.playback = { from, to, speed, t: from, status: "loading", startedAt: performance.now() };
   worker.postMessage({ cmd: "playback", base, token, from, to, speed, stale: PLAYBACK_STALE_MS });
   $("live").hidden = false;
