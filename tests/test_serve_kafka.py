@@ -113,3 +113,39 @@ def test_websocket_updates_by_audience(
                 assert {a["id"] for a in upserts} == {"PUB1", "V1", "S9", "SWI1"}
                 assert all(a["pitr"] < T0 + 91_000 for a in upserts if a["id"] == "SWI1")
                 assert any("SWI1" in f.get("remove", []) for f in frames)
+
+
+def test_several_partitions(
+    tmp_path: Path, kafka_bootstrap: str, unique_topic: Callable[..., str], produce: Callable[..., list[int]]
+) -> None:
+    """The feed spread over partitions 0 and 1 by aircraft: the same answers as one
+    partition, and history keeps a position per partition (a restart writes nothing twice)."""
+    import sqlite3
+
+    topic = unique_topic("uf")
+    records = feed_records()
+    second = {"PUB1", "BLK1", "V1", "GRD1"}
+    for partition in (0, 1):
+        part = [r for r in records if ((r.get("id") or r["surface_id"]) in second) == bool(partition)]
+        produce(topic, [(line(r), r["pitr"]) for r in part], partition=partition)
+    base = settings(f"kafka:{topic}:0,1", tmp_path, bootstrap=kafka_bootstrap)
+    for _run in range(2):
+        with run_server(replace(base)) as server:
+            server.wait_ready()
+            for token, rank in AUDIENCES:
+                body = server.get("/api/aircraft", token).json()
+                assert {a["id"] for a in body["aircraft"]} == VISIBLE[rank] and body["pitr"] == END
+            history = server.service.history
+            assert history is not None
+            assert _wait_drained(history)
+            assert set(history.positions) == {f"kafka:{topic}:0", f"kafka:{topic}:1"}
+    with sqlite3.connect(tmp_path / "state" / "history.sqlite3") as conn:
+        rows = conn.execute("SELECT count(*), count(DISTINCT pitr || id) FROM positions").fetchone()
+    positions = [r for r in records if r["type"] in ("position", "ground_position", "vehicle_position")]
+    assert rows == (len(positions), len(positions))
+
+
+def _wait_drained(history: Any) -> bool:
+    from unifeed.serve._history import wait_drained
+
+    return wait_drained(history, 30)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unifeed.serve import _state
+from unifeed.serve import _source, _state
 from unifeed.serve._state import Fold, Table, Viewport
 
 LEVELS = ("public", "restricted", "blocked")
@@ -24,9 +24,11 @@ def _line(record: dict[str, Any]) -> bytes:
 
 def reference(records: list[dict[str, Any]], stale_ms: int, audience: int) -> dict[str, dict[str, Any]]:
     """The contract's fold written out plainly: per key the latest position, the latest
-    flightplan of its flight, current by feed time, visible by max(own, flight)."""
+    flightplan of its flight, current by feed time, visible by max(own, flight); a track's
+    position without a flight at or before a position of it with one is superseded."""
     flights: dict[str, dict[str, Any]] = {}
     latest: dict[str, dict[str, Any]] = {}
+    linked: dict[str, int] = {}  # surface_id -> pitr of its latest position with a flight
     feed = 0
     for r in records:
         feed = max(feed, r["pitr"])
@@ -34,7 +36,10 @@ def reference(records: list[dict[str, Any]], stale_ms: int, audience: int) -> di
             flights[r["id"]] = r
         elif r["type"] in ("position", "ground_position", "vehicle_position"):
             flight = r.get("id") if r["type"] != "vehicle_position" else None
+            if flight is None and linked.get(r["surface_id"], -1) >= r["pitr"]:
+                continue  # not after the link: the link wins
             if flight is not None and r.get("surface_id") is not None:
+                linked[r["surface_id"]] = r["pitr"]
                 gone = latest.get(r["surface_id"])
                 if gone is not None and gone["kind"] == "vehicle":
                     del latest[r["surface_id"]]
@@ -202,6 +207,37 @@ def test_bad_bbox_has_a_reason(box: tuple[float, float, float, float], reason: s
     assert reason in (_state.valid_bbox(box) or "")
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(_state)
+@pytest.mark.parametrize("module", [_state, _source], ids=lambda m: m.__name__)
+def test_doctests(module: Any) -> None:
+    result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    if record["type"] == "keepalive":
+        return "keepalive"
+    if record["type"] != "vehicle_position" and "id" in record:
+        return str(record["id"])
+    return str(record["surface_id"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(feeds(), st.integers(2, 4), st.randoms(use_true_random=False), st.sampled_from([0, 1, 2]))
+def test_partitions_interleaved_give_the_state_of_the_feed(
+    records: list[dict[str, Any]], partitions: int, rng: Any, audience: int
+) -> None:
+    """Records spread over partitions by aircraft, each partition in order, read in any
+    interleaving: the same state as the feed in pitr order (older records do not win)."""
+    queues: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+    for record in records:
+        queues[hash(_record_key(record)) % partitions].append(record)
+    merged: list[dict[str, Any]] = []
+    while any(queues):
+        queue = rng.choice([q for q in queues if q])
+        merged.append(queue.pop(0))
+    table = Table(STALE)
+    fold = Fold(table)
+    fold.apply([_line(r) for r in merged])
+    got = {a.id: {"lat": a.lat, "lon": a.lon, "pitr": a.pitr, "kind": a.kind, "access": a.access}
+           for a in table.query(None, audience)}
+    assert got == reference(records, STALE, audience)

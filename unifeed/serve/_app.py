@@ -168,9 +168,8 @@ class Service:
         self.clients: set[Client] = set()
         self.source_factory = source_factory
         self.source: Source | None = None
-        # The sink's source name is the input's, set when this replica starts reading it;
-        # a replica that only follows Redis never starts its sink.
-        self.history = HistorySink(history, "") if history is not None else None
+        # A replica that only follows Redis never starts its sink.
+        self.history = HistorySink(history) if history is not None else None
         self.history_store = history
         self.shared = shared
         self._tasks: list[asyncio.Task[None]] = []
@@ -211,7 +210,6 @@ class Service:
         assert self.source_factory is not None
         self.source = self.source_factory(self)
         if self.history is not None:
-            self.history.source = self.source.describe
             await asyncio.to_thread(self.history.start)
         self.source.start()
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="feed"))
@@ -253,7 +251,7 @@ class Service:
         self.metrics.bad_records += changes.bad
         if self.history is not None and changes.positions:
             # Positions and states pair up in feed order: a record yields at most one state.
-            self.history.offer(_pair(batch, changes))
+            self.history.offer(_pair(self.source, batch, changes))
         if batch.rebuilt and not self.ready:
             self.ready = True
             log.info("state rebuilt: %d aircraft at feed time %d", len(self.table), self.table.pitr)
@@ -323,11 +321,13 @@ def _take(source: Source) -> Batch | BaseException | None:
         return None
 
 
-def _pair(batch: Batch, changes: Changes) -> list[tuple[int, Aircraft]]:
-    """The input position of every position state of a batch."""
+def _pair(source: Source | None, batch: Batch, changes: Changes) -> list[tuple[str, int, Aircraft]]:
+    """(source, input position, state) of every position state of a batch."""
     positions = batch.positions
+    sources = batch.sources
+    name = source.describe if source is not None else ""
     return [
-        (positions[index], aircraft)
+        (sources[index] if sources is not None else name, positions[index], aircraft)
         for index, aircraft in zip(changes.position_index, changes.positions, strict=True)
     ]
 

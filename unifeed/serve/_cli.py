@@ -47,7 +47,8 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--input", required=True, metavar="X",
-                   help="unified feed: a JSON-lines file, - for stdin, or kafka:TOPIC[:PARTITION]")
+                   help="unified feed: a JSON-lines file, - for stdin, or kafka:TOPIC[:PARTITIONS] "
+                        "(partition 0 by default; several as 0,1,2)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--tokens", metavar="FILE",
@@ -114,9 +115,9 @@ def make_service(settings: Any, args: argparse.Namespace | None = None) -> Any:
     store = open_store(settings.history_url, settings.state_dir)
     text = settings.input
     if text.startswith("kafka:"):
-        from .._kafkautil import parse_target
+        from ._source import parse_partitions
 
-        parse_target(text)  # a bad target is a usage error now, not in a thread later
+        parse_partitions(text)  # a bad target is a usage error now, not in a thread later
         if args is not None:
             from .._checkpoint import kafka_settings
 
@@ -132,7 +133,7 @@ def make_service(settings: Any, args: argparse.Namespace | None = None) -> Any:
                 settings.kafka_extra,
                 window_ms=settings.window_ms,
                 lookback_ms=settings.lookback_ms,
-                history_position=lambda: sink.position if sink is not None else None,
+                history_positions=lambda: dict(sink.positions) if sink is not None else {},
             )
 
         factory = kafka_source

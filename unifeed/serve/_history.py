@@ -7,8 +7,8 @@ position written: a Kafka offset or a line number). When the database is down or
 the backlog grows and live state goes on; when it returns, the thread reconnects, reads
 the stored position back (a batch whose commit succeeded but whose answer was lost is
 not written again) and catches up. Nothing is lost and nothing is written twice, up to
-`MAX_BACKLOG` rows held while the database is away (beyond that the oldest rows are
-dropped, counted in ``dropped`` and logged as an error).
+`MAX_BACKLOG` rows held while the database is away (beyond that new rows are dropped,
+counted in ``dropped`` and logged as an error).
 
 Stores:
 
@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -61,9 +61,9 @@ class HistoryStore(Protocol):
 
     def close(self) -> None: ...
 
-    def position(self, source: str) -> int | None: ...
+    def positions(self) -> dict[str, int]: ...
 
-    def write(self, rows: Sequence[Row], source: str, position: int) -> None: ...
+    def write(self, rows: Sequence[Row], progress: Mapping[str, int]) -> None: ...
 
     def track(self, key: str, start: int, end: int, audience: int) -> list[bytes]: ...
 
@@ -121,14 +121,11 @@ class SqliteStore:
     def _reader(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10.0)
 
-    def position(self, source: str) -> int | None:
+    def positions(self) -> dict[str, int]:
         assert self._conn is not None
-        found = self._conn.execute(
-            "SELECT position FROM progress WHERE source = ?", (source,)
-        ).fetchone()
-        return None if found is None else int(found[0])
+        return {str(k): int(v) for k, v in self._conn.execute("SELECT source, position FROM progress")}
 
-    def write(self, rows: Sequence[Row], source: str, position: int) -> None:
+    def write(self, rows: Sequence[Row], progress: Mapping[str, int]) -> None:
         conn = self._conn
         assert conn is not None
         with conn:  # one transaction: rows and position together
@@ -136,10 +133,10 @@ class SqliteStore:
                 "INSERT INTO positions (pitr, id, access, lat, lon, state) VALUES (?,?,?,?,?,?)",
                 rows,
             )
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO progress (source, position) VALUES (?, ?) "
                 "ON CONFLICT (source) DO UPDATE SET position = excluded.position",
-                (source, position),
+                list(progress.items()),
             )
 
     def track(self, key: str, start: int, end: int, audience: int) -> list[bytes]:
@@ -240,14 +237,12 @@ class PostgresStore:
                 self._conn.close()
             self._conn = None
 
-    def position(self, source: str) -> int | None:
-        found = self._conn.execute(
-            "SELECT position FROM unifeed_history_progress WHERE source = %s", (source,)
-        ).fetchone()
+    def positions(self) -> dict[str, int]:
+        found = self._conn.execute("SELECT source, position FROM unifeed_history_progress").fetchall()
         self._conn.commit()
-        return None if found is None else int(found[0])
+        return {str(k): int(v) for k, v in found}
 
-    def write(self, rows: Sequence[Row], source: str, position: int) -> None:
+    def write(self, rows: Sequence[Row], progress: Mapping[str, int]) -> None:
         conn = self._conn
         with conn.transaction():
             with conn.cursor() as cursor, cursor.copy(
@@ -255,11 +250,12 @@ class PostgresStore:
             ) as copy:
                 for pitr, key, access, lat, lon, state in rows:
                     copy.write_row((pitr, key, access, lat, lon, state.decode()))
-            conn.execute(
-                "INSERT INTO unifeed_history_progress (source, position) VALUES (%s, %s)"
-                " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
-                (source, position),
-            )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO unifeed_history_progress (source, position) VALUES (%s, %s)"
+                    " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+                    list(progress.items()),
+                )
 
     def track(self, key: str, start: int, end: int, audience: int) -> list[bytes]:
         with self._connect() as conn:
@@ -320,31 +316,33 @@ def open_store(url: str, state_dir: Path) -> HistoryStore | None:
 
 
 class HistorySink:
-    """Writes offered rows in the background; see the module docstring."""
+    """Writes offered rows in the background; see the module docstring.
 
-    def __init__(self, store: HistoryStore, source: str, *, retry_max_s: float = 5.0) -> None:
+    Positions are kept per source (a file, or one Kafka partition): rows of several
+    partitions interleave, and each partition's offsets only grow.
+    """
+
+    def __init__(self, store: HistoryStore, *, retry_max_s: float = 5.0) -> None:
         self.store = store
-        self.source = source
         self.retry_max_s = retry_max_s
-        self._backlog: deque[tuple[int, Row]] = deque()
+        self._backlog: deque[tuple[str, int, Row]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Last input position stored (None: nothing yet).
-        self.position: int | None = None
+        #: Last input position stored, per source.
+        self.positions: dict[str, int] = {}
         self.written = 0
         self.dropped = 0
         self.failures = 0
         self.up = False
-        self.started = threading.Event()
 
     def start(self) -> None:
         """Connect (waiting at most a few seconds) and start the writer thread. The stored
-        position is known after this when the database answered."""
+        positions are known after this when the database answered."""
         try:
             self.store.connect()
-            self.position = self.store.position(self.source)
+            self.positions = self.store.positions()
             self.up = True
         except Exception as exc:
             log.warning("history %s is not reachable (%s); live state goes on, history "
@@ -353,24 +351,25 @@ class HistorySink:
         self._thread = threading.Thread(target=self._run, name="unifeed-serve-history", daemon=True)
         self._thread.start()
 
-    def offer(self, rows: Sequence[tuple[int, Aircraft]]) -> None:
-        """Queue (input position, state) pairs in feed order; never blocks on the database."""
+    def offer(self, rows: Sequence[tuple[str, int, Aircraft]]) -> None:
+        """Queue (source, input position, state) in feed order; never blocks on the database."""
         if not rows:
             return
         with self._lock:
-            floor = self.position
+            floors = self.positions
             backlog = self._backlog
-            for position, aircraft in rows:
-                if floor is not None and position <= floor:
+            refused = 0
+            for source, position, aircraft in rows:
+                if position <= floors.get(source, -1):
                     continue  # written before a restart
-                backlog.append((position, row_of(aircraft)))
-            excess = len(backlog) - MAX_BACKLOG
-            if excess > 0:
-                for _ in range(excess):
-                    backlog.popleft()
-                self.dropped += excess
-                log.error("history backlog full (%d rows): %d oldest rows dropped",
-                          MAX_BACKLOG, excess)
+                if len(backlog) >= MAX_BACKLOG:
+                    refused += 1  # the head may be in flight: new rows are the ones to go
+                    continue
+                backlog.append((source, position, row_of(aircraft)))
+            if refused:
+                self.dropped += refused
+                log.error("history backlog full (%d rows): %d new rows dropped",
+                          MAX_BACKLOG, refused)
         self._wake.set()
 
     @property
@@ -402,8 +401,7 @@ class HistorySink:
                 if not self.up:
                     self.store.close()
                     self.store.connect()
-                    stored = self.store.position(self.source)
-                    self._forget_through(stored)
+                    self._forget_stored(self.store.positions())
                     if self.failures:
                         log.warning("history %s is back; catching up %d rows",
                                     self.store.description, len(self._backlog))
@@ -423,25 +421,29 @@ class HistorySink:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
-    def _forget_through(self, stored: int | None) -> None:
+    def _forget_stored(self, stored: Mapping[str, int]) -> None:
+        """Drop backlog rows the database already holds (a commit whose answer was lost)."""
         with self._lock:
-            if stored is not None:
-                self.position = stored if self.position is None else max(self.position, stored)
-            floor = self.position
-            while self._backlog and floor is not None and self._backlog[0][0] <= floor:
-                self._backlog.popleft()
+            for source, position in stored.items():
+                if position > self.positions.get(source, -1):
+                    self.positions[source] = position
+            floors = self.positions
+            kept = [entry for entry in self._backlog if entry[1] > floors.get(entry[0], -1)]
+            self._backlog = deque(kept)
 
     def _write_batch(self) -> None:
         with self._lock:
             batch = [self._backlog[i] for i in range(min(BATCH_ROWS, len(self._backlog)))]
         if not batch:
             return
-        last = batch[-1][0]
-        self.store.write([row for _, row in batch], self.source, last)
+        progress: dict[str, int] = {}
+        for source, position, _row in batch:
+            progress[source] = position
+        self.store.write([row for _, _, row in batch], progress)
         with self._lock:
             for _ in range(len(batch)):
                 self._backlog.popleft()
-            self.position = last
+            self.positions.update(progress)
             self.written += len(batch)
 
 

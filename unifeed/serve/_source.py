@@ -1,10 +1,10 @@
 """Where serve reads the unified feed: a file, stdin, or a Kafka partition.
 
 A source runs in its own thread and hands over batches of ``(position, line)`` through
-a bounded queue; positions are line numbers (files) or offsets (Kafka), increasing, and
-are what history stores as its position in the feed.
+a bounded queue; positions are line numbers (files) or offsets (Kafka, per partition),
+increasing, and are what history stores as its position in the feed.
 
-Kafka: the reader finds the last record's ``pitr``, seeks by pitr (as ``combine`` does,
+Kafka (one partition or several): the reader finds the last record's ``pitr``, seeks by pitr (as ``combine`` does,
 `unifeed._kafkautil.seek_offset_for_pitr`) to ``last - window - lookback`` and reads to
 the end of the partition as it was at the start; then state is *rebuilt* and the reader
 follows live. The lookback (default 6 h) exists for flight data only: a flightplan, and
@@ -23,11 +23,14 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 import msgspec
 
-from .._errors import ConfigError, KafkaRuntimeError
+from .._errors import ConfigError
+
+if TYPE_CHECKING:
+    from .._kafkautil import Target
 
 log = logging.getLogger("unifeed.serve.source")
 
@@ -38,6 +41,9 @@ BATCH: Final = 2_000
 class Batch(msgspec.Struct, gc=False):
     positions: list[int]
     lines: list[bytes]
+    #: Where each line came from (one Kafka partition each), when the source has several;
+    #: None: every line is from `Source.describe`.
+    sources: list[str] | None = None
     #: True on the batch that completes the rebuild (the end of a file, the partition's
     #: end as of the start); every later batch is live.
     rebuilt: bool = False
@@ -166,8 +172,32 @@ class LineSource(Source):
         self._put(last)
 
 
+def parse_partitions(text: str) -> list[Target]:
+    """``kafka:TOPIC`` (partition 0), ``kafka:TOPIC:N`` or ``kafka:TOPIC:N,M,...``.
+
+    >>> [str(t) for t in parse_partitions("kafka:uf:0,2")]
+    ['kafka:uf:0', 'kafka:uf:2']
+    """
+    from .._kafkautil import parse_target
+
+    head, sep, tail = text.rpartition(":")
+    if sep and "," in tail and head.startswith("kafka:") and head.count(":") == 1:
+        parts = [p.strip() for p in tail.split(",")]
+        targets = [parse_target(f"{head}:{p}") for p in parts]
+        if len({t.partition for t in targets}) != len(targets):
+            raise ConfigError(f"{text!r} names a partition twice")
+        return targets
+    return [parse_target(text)]
+
+
 class KafkaSource(Source):
-    """One partition of the unified-feed topic: rebuild from the window, then follow."""
+    """Partitions of the unified-feed topic: rebuild from the window, then follow.
+
+    With several partitions, each is sought and read from its own start; their records
+    interleave (the fold keeps the newest state by ``pitr``), and every line carries its
+    partition (``kafka:TOPIC:N``, also when there is one) so that history keeps a
+    position per partition.
+    """
 
     def __init__(
         self,
@@ -177,18 +207,16 @@ class KafkaSource(Source):
         *,
         window_ms: int,
         lookback_ms: int,
-        history_position: Callable[[], int | None],
+        history_positions: Callable[[], Mapping[str, int]],
     ) -> None:
-        from .._kafkautil import parse_target
-
-        self.target = parse_target(text)
-        super().__init__(str(self.target))
+        self.targets = parse_partitions(text)
+        super().__init__(text)
         self.bootstrap = bootstrap
         self.extra = dict(extra)
         self.window_ms = window_ms
         self.lookback_ms = lookback_ms
-        self.history_position = history_position
-        self.start_offset: int | None = None
+        self.history_positions = history_positions
+        self.start_offsets: dict[int, int] = {}
 
     def run(self) -> None:
         from confluent_kafka import Consumer, KafkaError
@@ -205,51 +233,68 @@ class KafkaSource(Source):
 
         consumer = Consumer(consumer_config(self.bootstrap, self.extra))
         try:
-            low, high = watermarks(consumer, self.target)
-            start = low
-            if high > low:
-                last = last_record_before(
-                    consumer, self.target, high, lambda m: record_pitr(m) is not None, low=low
-                )
-                last_pitr = record_pitr(last) if last is not None else None
-                if last_pitr is not None:
-                    target_pitr = max(0, last_pitr - self.window_ms - self.lookback_ms)
-                    start = seek_offset_for_pitr(consumer, self.target, target_pitr)
-            stored = self.history_position()
-            if stored is not None and low <= stored + 1 < start:
-                start = stored + 1  # history missed records before the restart
-            self.start_offset = start
-            log.info("%s: rebuilding from offset %d to %d", self.target, start, high)
-            rebuilt = start >= high
+            bounds = {t.partition: watermarks(consumer, t) for t in self.targets}
+            # The rebuild starts at the same feed time in every partition: the window and
+            # the lookback before the newest pitr of any of them.
+            newest: int | None = None
+            for target in self.targets:
+                low, high = bounds[target.partition]
+                if high > low:
+                    last = last_record_before(
+                        consumer, target, high, lambda m: record_pitr(m) is not None, low=low
+                    )
+                    pitr = record_pitr(last) if last is not None else None
+                    if pitr is not None and (newest is None or pitr > newest):
+                        newest = pitr
+            stored = self.history_positions()
+            names = {t.partition: str(t) for t in self.targets}
+            pending: set[int] = set()
+            for target in self.targets:
+                low, high = bounds[target.partition]
+                start = low
+                if newest is not None and high > low:
+                    wanted = max(0, newest - self.window_ms - self.lookback_ms)
+                    start = seek_offset_for_pitr(consumer, target, wanted)
+                position = stored.get(names[target.partition])
+                if position is not None and low <= position + 1 < start:
+                    start = position + 1  # history missed records before the restart
+                self.start_offsets[target.partition] = start
+                if start < high:
+                    pending.add(target.partition)
+                log.info("%s: rebuilding from offset %d to %d", target, start, high)
+            rebuilt = not pending
             if rebuilt:
                 self._put(Batch([], [], rebuilt=True))
-            consumer.assign([self.target.topic_partition(start)])
+            consumer.assign([t.topic_partition(self.start_offsets[t.partition]) for t in self.targets])
             while not self.stop_event.is_set():
                 messages = consume_batch(consumer, BATCH, 0.2)
                 positions: list[int] = []
                 lines: list[bytes] = []
-                at_end = False
+                sources: list[str] = []
                 for message in messages:
+                    partition = message.partition()
+                    if partition is None:
+                        partition = -1
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
-                            at_end = True
+                            pending.discard(partition)
                             continue
-                        raise kafka_error(f"serve reading {self.target}", error)
+                        raise kafka_error(f"serve reading {names.get(partition, self.describe)}", error)
                     value = message.value()
                     offset = message.offset()
                     if value is None or offset is None:
                         continue
                     positions.append(offset)
                     lines.append(value)
-                    if offset >= high - 1:
-                        at_end = True
-                finish = at_end and not rebuilt
+                    sources.append(names[partition])
+                    if offset >= bounds[partition][1] - 1:
+                        pending.discard(partition)
+                finish = not pending and not rebuilt
                 if lines or finish:
-                    if not self._put(Batch(positions, lines, rebuilt=finish)):
+                    batch = Batch(positions, lines, sources, rebuilt=finish)
+                    if not self._put(batch):
                         return
                     rebuilt = rebuilt or finish
-        except KafkaRuntimeError:
-            raise
         finally:
             consumer.close()

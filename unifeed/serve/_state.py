@@ -109,6 +109,7 @@ class _Flight(msgspec.Struct, gc=False):
     origin: str | None = None
     destination: str | None = None
     news: int = 0  # pitr of the latest record about it
+    plan: int = 0  # pitr of the flightplan this holds
 
 
 class _Motion(msgspec.Struct, gc=False):
@@ -237,6 +238,9 @@ class Fold:
     * ``position`` (``id``), ``ground_position`` (with ``id``: a flight; without: a
       vehicle keyed by ``surface_id``), ``vehicle_position``: a new state. ``access`` is
       max(the record's own, the flight's), the core's audience rule.
+    * A position or flightplan older (by ``pitr``) than what is held for its aircraft or
+      flight, as records of several partitions may arrive, goes to history only (a
+      position) and leaves the live state as it is.
     * ``phase`` and ``emergency`` are the record's own when present, else derived:
       `derive_phase` (ground / vertical rate), `derive_emergency` (squawk 7500/7600/7700).
 
@@ -248,6 +252,9 @@ class Fold:
         self.table = table
         self._flights: dict[str, _Flight] = {}
         self._motion: dict[str, _Motion] = {}
+        #: surface_id -> pitr at which its track was seen with a flight id: a position of
+        #: the track without one that is older belongs before the link.
+        self._linked: dict[str, int] = {}
 
     def apply(self, lines: Iterable[bytes]) -> Changes:
         changes = Changes()
@@ -284,6 +291,9 @@ class Fold:
         if key is None:
             changes.bad += 1
             return
+        known = self._flights.get(key)
+        if known is not None and known.plan > pitr:
+            return  # an older flightplan (from another partition) changes nothing
         flight = _Flight(
             access=record.access,
             ident=_text(record.ident),
@@ -291,7 +301,8 @@ class Fold:
             registration=_text(record.reg) or _text(record.registration),
             origin=_text(record.orig) or _text(record.origin),
             destination=_text(record.dest) or _text(record.destination),
-            news=pitr,
+            news=max(pitr, known.news if known is not None else 0),
+            plan=pitr,
         )
         self._flights[key] = flight
         current = self.table.get(key)
@@ -326,18 +337,27 @@ class Fold:
             changes.bad += 1
             return
         table = self.table
+        previous = self._motion.get(key)
+        # Older than the state held (records from several partitions interleave): history
+        # keeps it, the live state does not go back.
+        late = previous is not None and previous.pitr > pitr
+        if flight_key is None and surface_key is not None:
+            # At the same pitr as the link the order is unknowable across partitions:
+            # the link wins.
+            late = late or self._linked.get(surface_key, -1) >= pitr
         if flight_key is not None and surface_key is not None and surface_key != flight_key:
+            if pitr > self._linked.get(surface_key, -1):
+                self._linked[surface_key] = pitr
             gone = table.get(surface_key)
-            if gone is not None and gone.kind == VEHICLE:
+            if gone is not None and gone.kind == VEHICLE and gone.pitr <= pitr:
                 table.drop(surface_key)
                 self._motion.pop(surface_key, None)
                 changes.remove(surface_key)
         flight = self._flights.get(flight_key) if flight_key is not None else None
-        if flight is not None:
+        if flight is not None and pitr > flight.news:
             flight.news = pitr
         on_ground = derive_on_ground(kind, record.on_ground, record.air_ground)
         alt = _number(record.alt)
-        previous = self._motion.get(key)
         phase = _text(record.phase)
         if phase is None:
             rate = _number(record.vrate)
@@ -368,10 +388,12 @@ class Fold:
             surface_id=surface_key,
             facility=_text(record.facility),
         )
+        changes.positions.append(aircraft)
+        if late:
+            return
         self._motion[key] = _Motion(own_access, alt, pitr, phase)
         table.put(aircraft)
         changes.upsert(aircraft)
-        changes.positions.append(aircraft)
 
     def expire(self, changes: Changes | None = None, forget_flights_ms: int = 86_400_000) -> Changes:
         """Drop aircraft no longer current by feed time (and flight data with no news for
@@ -380,6 +402,9 @@ class Fold:
         for key in self.table.expire():
             self._motion.pop(key, None)
             changes.remove(key)
+        stale = self.table.pitr - self.table.stale_ms
+        for key in [k for k, t in self._linked.items() if t < stale]:
+            del self._linked[key]
         horizon = self.table.pitr - forget_flights_ms
         if horizon > 0 and len(self._flights) > 0:
             for key in [k for k, f in self._flights.items() if f.news < horizon]:
@@ -415,8 +440,14 @@ def inside(bbox: Bbox | None, lat: float, lon: float) -> bool:
     return lon >= west or lon <= east
 
 
+#: Side of a grid cell, degrees: a 10% viewport of a world map covers about 180 cells.
+CELL_DEG: Final = 5.0
+#: Rank of each level, for the hot loops (an `Aircraft` holds a known level).
+_RANK: Final = {name: rank for rank, name in enumerate(ACCESS_LEVELS)}
+
+
 def _cell(lat: float, lon: float) -> tuple[int, int]:
-    return (math.floor(lat), math.floor(lon))
+    return (math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG))
 
 
 class Table:
@@ -479,39 +510,54 @@ class Table:
             return None
         return aircraft
 
-    def query(self, bbox: Bbox | None, audience: int) -> list[Aircraft]:
-        """Current aircraft inside ``bbox`` (all without one) visible to ``audience``,
-        by id."""
+    def query(self, bbox: Bbox | None, audience: int, *, ordered: bool = True) -> list[Aircraft]:
+        """Current aircraft inside ``bbox`` (all without one) visible to ``audience``, by
+        id unless ``ordered`` is false."""
         horizon = self.pitr - self.stale_ms
-        found = [
-            a
-            for a in self._candidates(bbox)
-            if a.pitr >= horizon and access_rank(a.access) <= audience and inside(bbox, a.lat, a.lon)
-        ]
-        found.sort(key=lambda a: a.id)
+        rank = _RANK.get
+        found: list[Aircraft] = []
+        if bbox is None:
+            found = [a for a in self._by_id.values() if a.pitr >= horizon and rank(a.access, 2) <= audience]
+        else:
+            west, south, east, north = bbox
+            crosses = west > east
+            for members in self._candidates(bbox):
+                for a in members:
+                    if a.pitr < horizon or rank(a.access, 2) > audience:
+                        continue
+                    lat, lon = a.lat, a.lon
+                    if not south <= lat <= north:
+                        continue
+                    if (lon >= west or lon <= east) if crosses else (west <= lon <= east):
+                        found.append(a)
+        if ordered:
+            found.sort(key=lambda a: a.id)
         return found
 
-    def _candidates(self, bbox: Bbox | None) -> Iterator[Aircraft]:
-        if bbox is None:
-            yield from self._by_id.values()
-            return
+    def _candidates(self, bbox: Bbox) -> list[Iterable[Aircraft]]:
+        """Groups of aircraft that may be inside ``bbox``: the cells it covers, or
+        everything when it covers more cells than are occupied."""
         west, south, east, north = bbox
-        lat_cells = range(math.floor(south), math.floor(north) + 1)
+        lat_cells = range(math.floor(south / CELL_DEG), math.floor(north / CELL_DEG) + 1)
         if west <= east:
-            lon_ranges = [range(math.floor(west), math.floor(east) + 1)]
+            lon_ranges = [range(math.floor(west / CELL_DEG), math.floor(east / CELL_DEG) + 1)]
         else:
-            lon_ranges = [range(math.floor(west), 181), range(-180, math.floor(east) + 1)]
+            lon_ranges = [
+                range(math.floor(west / CELL_DEG), math.floor(180.0 / CELL_DEG) + 1),
+                range(math.floor(-180.0 / CELL_DEG), math.floor(east / CELL_DEG) + 1),
+            ]
         covered = len(lat_cells) * sum(len(r) for r in lon_ranges)
         if covered > len(self._cells):
-            yield from self._by_id.values()
-            return
+            return [self._by_id.values()]
         cells = self._cells
+        groups: list[Iterable[Aircraft]] = []
         for lat in lat_cells:
             for lons in lon_ranges:
                 for lon in lons:
                     members = cells.get((lat, lon))
                     if members:
-                        yield from members.values()
+                        groups.append(members.values())
+        return groups
 
     def encoded(self, aircraft: Aircraft) -> bytes:
         """``aircraft`` as JSON, encoded once per state however many clients get it."""
@@ -552,7 +598,7 @@ class Viewport:
     def update(self, table: Table) -> bytes | None:
         """``{"type":"update","pitr":…,"upsert":[…],"remove":[ids]}``, or None when nothing
         in the view changed."""
-        found = table.query(self.bbox, self.audience)
+        found = table.query(self.bbox, self.audience, ordered=False)
         sent = self.sent
         upsert = [a for a in found if sent.get(a.id) is not a]
         now = {a.id: a for a in found}
