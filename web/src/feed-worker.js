@@ -1,11 +1,13 @@
 // The feed worker: owns the WebSocket (live) and the playback downloads, keeps the
-// aircraft table, and hands the page ready-to-draw typed arrays, so that parsing JSON and
-// rebuilding attributes for thousands of aircraft never runs on the page's main thread.
+// aircraft table, and hands the page ready-to-draw typed arrays (transferred, not copied),
+// so that parsing JSON and building attributes for thousands of aircraft stay off the
+// page's main thread.
 //
 // Page -> worker: {cmd:"live", url} | {cmd:"bbox", bbox} | {cmd:"select", id}
-//   | {cmd:"playback", base, token, from, to, speed, stale} | {cmd:"tick", t} | {cmd:"stop"}
-// Worker -> page: {type:"frame", source, pitr, count, ids, positions, angles, colors,
-//   icons, emergencies, selected} | {type:"ws", status, detail} | {type:"playback", ...}
+//   | {cmd:"playback", base, token, from, to, speed, stale} | {cmd:"tick", t}
+// Worker -> page: {type:"frame", source, pitr, viewport, count, ids, positions, angles,
+//   colors, icons, emergencies, selected} | {type:"ws", status, code, detail}
+//   | {type:"playback", status: "loaded"|"error"|"ended", ...}
 
 import { PHASE_COLORS, VEHICLE_COLOR, EMERGENCY_COLOR, UNKNOWN_COLOR } from "./colors.js";
 
