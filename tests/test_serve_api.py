@@ -222,11 +222,19 @@ def test_cli_subprocess_answers_http(tmp_path: Path) -> None:
         assert _ids(httpx.get(url + "/api/aircraft", timeout=5).json()["aircraft"]) == VISIBLE[0]
         restricted = httpx.get(url + "/api/aircraft", timeout=5, headers={"Authorization": "Bearer tok-restricted"})
         assert _ids(restricted.json()["aircraft"]) == VISIBLE[1]
+        ws_url = url.replace("http://", "ws://") + "/ws?token=tok-restricted"
+        with connect(ws_url, open_timeout=5) as ws:
+            ws.send(json.dumps({"bbox": [-180, -90, 180, 90]}))
+            assert _ids(json.loads(ws.recv(timeout=5))["aircraft"]) == VISIBLE[1]
+        with pytest.raises(InvalidStatus):
+            connect(url.replace("http://", "ws://") + "/ws?token=tok-guessed", open_timeout=5).close()
+        assert httpx.get(url + "/api/aircraft", timeout=5,
+                         headers={"Authorization": "Bearer tok-guessed"}).status_code == 401
     finally:
         process.terminate()
         _out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
-    assert "tok-" not in err  # tokens are never logged
+    assert "tok-" not in err  # tokens, known or not, are never logged
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -120,3 +120,15 @@ def test_help_lists_serve_without_importing_the_stack() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True []", done.stderr
+
+
+def test_cors_only_when_configured(tmp_path: Path) -> None:
+    feed = write_feed(tmp_path / "uf.jsonl", _many_aircraft(10))
+    origin = {"Origin": "https://map.example.org"}
+    with run_server(settings(str(feed), tmp_path, history_url="none",
+                             cors_origins=["https://map.example.org"])) as server:
+        server.wait_ready()
+        allowed = server.http.get("/api/aircraft", headers=origin)
+        assert allowed.headers["access-control-allow-origin"] == "https://map.example.org"
+        other = server.http.get("/api/aircraft", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,4 +103,43 @@ def test_sqlite_restart_writes_nothing_twice(tmp_path: Path) -> None:
             assert wait_drained(server.service.history, 30)
     with sqlite3.connect(tmp_path / "state" / "history.sqlite3") as conn:
         rows = conn.execute("SELECT pitr, id FROM positions").fetchall()
+    assert Counter((int(p), str(i)) for p, i in rows) == _expected_rows(records)
+
+
+@pytest.mark.kafka
+def test_restart_reads_from_historys_position_when_it_is_before_the_window(
+    tmp_path: Path, kafka_bootstrap: str, unique_topic: Callable[..., str], produce: Callable[..., list[int]]
+) -> None:
+    """The database is down when serve stops, so the rows it held in memory are gone; the
+    next start (a 30 s window, no lookback) reads Kafka from history's own position, not
+    from the window, and history ends with every position exactly once."""
+    import psycopg
+
+    records = feed_records()
+    first = [r for r in records if r["pitr"] < T0 + MINUTE]
+    rest = [r for r in records if r["pitr"] >= T0 + MINUTE]
+    topic = unique_topic("uf")
+    with postgres() as pg:
+        produce(topic, [(line(r), r["pitr"]) for r in first])
+        base = settings(f"kafka:{topic}", tmp_path, history_url=pg.url, bootstrap=kafka_bootstrap)
+        with run_server(base) as server:
+            server.wait_ready()
+            history = server.service.history
+            assert history is not None and wait_drained(history, 30)
+            pg.stop()
+            produce(topic, [(line(r), r["pitr"]) for r in rest])
+            server.wait_pitr(rest[-1]["pitr"], timeout_s=30)
+            _wait(lambda: not history.up, 30, "history to notice the outage")
+            assert history.backlog > 0
+        pg.start()
+        # The window alone would start 30 s before the end, after the rows history lost.
+        with run_server(replace(base, window_ms=30_000, lookback_ms=0)) as server:
+            server.wait_ready()
+            source = server.service.source
+            assert source is not None
+            history = server.service.history
+            assert history is not None
+            _wait(lambda: history.drained() and history.up, 60, "history to catch up")
+        with psycopg.connect(pg.url) as conn:
+            rows = conn.execute("SELECT pitr, id FROM unifeed_positions").fetchall()
     assert Counter((int(p), str(i)) for p, i in rows) == _expected_rows(records)

@@ -241,3 +241,21 @@ def test_partitions_interleaved_give_the_state_of_the_feed(
     got = {a.id: {"lat": a.lat, "lon": a.lon, "pitr": a.pitr, "kind": a.kind, "access": a.access}
            for a in table.query(None, audience)}
     assert got == reference(records, STALE, audience)
+
+
+def test_phase_from_positions_closer_than_a_second() -> None:
+    """Positions every 200 ms: the rate is measured over a second or more, not never."""
+    table = Table(STALE)
+    fold = Fold(table)
+    lines = [
+        _line({"type": "position", "pitr": 1_000 + 200 * k, "id": "F1", "lat": 1, "lon": 2,
+               "clock": 1, "alt": 10_000 + 20 * k, "air_ground": "A"})  # 6,000 ft/min
+        for k in range(12)
+    ] + [
+        _line({"type": "position", "pitr": 4_000 + 200 * k, "id": "F2", "lat": 1, "lon": 2,
+               "clock": 1, "alt": 30_000, "air_ground": "A"})
+        for k in range(12)
+    ]
+    fold.apply(lines)
+    phases = {a.id: a.phase for a in table.all()}
+    assert phases == {"F1": "climb", "F2": "cruise"}

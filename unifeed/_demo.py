@@ -1166,6 +1166,7 @@ def format_summary(options: DemoOptions, report: DemoReport, broker_pid: int | N
             f"--bootstrap-servers {report.bootstrap}",
             f"  unifeed checkpoint show --instance {COMBINE_INSTANCE} "
             f"--bootstrap-servers {report.bootstrap}",
+            f"  unifeed serve --input kafka:{OUTPUT_TOPIC} --bootstrap-servers {report.bootstrap}",
             "Stop it with " + (f"kill {broker_pid}" if broker_pid else "kill") + ".",
         ]
     return "\n".join(lines) + "\n"

@@ -242,7 +242,11 @@ class Service:
                 log.error("reading %s failed: %s", source.describe, item)
                 self.stopped.set()
                 return
-            self.apply(item)
+            try:
+                self.apply(item)
+            except Exception as exc:  # a failure here must stop serve, not freeze its state
+                self._fail(f"applying a batch of {source.describe}", exc)
+                return
 
     def apply(self, batch: Batch) -> Changes:
         """Fold one source batch; history and shared state get their part afterwards."""
@@ -263,8 +267,18 @@ class Service:
         interval = self.settings.push_interval_s
         while True:
             started = time.monotonic()
-            self.push_cycle()
+            try:
+                self.push_cycle()
+            except Exception as exc:  # a failure here must stop serve, not its updates
+                self._fail("the push cycle", exc)
+                return
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        log.error("%s failed: %s: %s", what, type(exc).__name__, exc)
+        log.debug("where %s failed", what, exc_info=exc)
+        self.failure = exc
+        self.stopped.set()
 
     def push_cycle(self) -> None:
         """Expire what went stale by feed time, then send every viewport its update."""

@@ -113,12 +113,15 @@ class _Flight(msgspec.Struct, gc=False):
 
 
 class _Motion(msgspec.Struct, gc=False):
-    """Per aircraft, what derivation needs from its previous position."""
+    """Per aircraft, what derivation needs from its previous positions: the reference
+    sample for the vertical rate (``alt`` at ``pitr``, at least a second old once there is
+    a newer one), the phase derived last, and the pitr of its latest position."""
 
     own_access: object
     alt: float | None
     pitr: int
     phase: str | None
+    last: int = 0
 
 
 class Changes:
@@ -199,9 +202,9 @@ def derive_phase(
     previous: _Motion | None,
 ) -> str:
     """``ground`` on the ground; airborne: ``climb``/``descent`` beyond 250 ft/min (the
-    record's vertical rate, else the altitude change since the previous position of the
-    same aircraft at least a second earlier), ``cruise`` within it, ``airborne`` when
-    nothing tells.
+    record's vertical rate, else the altitude change since the reference sample of the
+    same aircraft, a position at least a second earlier), ``cruise`` within it; the
+    previous phase while less than a second has passed; ``airborne`` when nothing tells.
 
     >>> derive_phase(False, 10_000.0, 61_000, None, _Motion(None, 9_000.0, 1_000, None))
     'climb'
@@ -340,7 +343,7 @@ class Fold:
         previous = self._motion.get(key)
         # Older than the state held (records from several partitions interleave): history
         # keeps it, the live state does not go back.
-        late = previous is not None and previous.pitr > pitr
+        late = previous is not None and previous.last > pitr
         if flight_key is None and surface_key is not None:
             # At the same pitr as the link the order is unknowable across partitions:
             # the link wins.
@@ -391,7 +394,12 @@ class Fold:
         changes.positions.append(aircraft)
         if late:
             return
-        self._motion[key] = _Motion(own_access, alt, pitr, phase)
+        if previous is not None and previous.alt is not None and alt is not None and pitr - previous.pitr < 1_000:
+            # Positions come more often than a second: the rate is taken over a second
+            # or more, from the reference sample.
+            self._motion[key] = _Motion(own_access, previous.alt, previous.pitr, phase, pitr)
+        else:
+            self._motion[key] = _Motion(own_access, alt, pitr, phase, pitr)
         table.put(aircraft)
         changes.upsert(aircraft)
 
