@@ -130,6 +130,24 @@ def test_demo_refuses_bad_options_before_starting_anything(
     assert "starting the embedded broker" not in done.stderr
 
 
+def test_demo_serve_refuses_a_busy_port_before_starting_anything() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "unifeed", "demo", "--serve", "--serve-port", str(port)],
+            capture_output=True,
+            text=True,
+            env=_environment(),
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"--serve-port {port}: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "starting the embedded broker" not in done.stderr
+
+
 def test_compress_time_moves_pitr_and_clock_only() -> None:
     line = b'{"type":"ground_position","pitr":2000,"surface_id":"S1","clock":1900,"lat":1.5}'
     assert compress_time(line, 1000, 10_000, 10) == (

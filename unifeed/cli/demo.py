@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from unifeed.cli.pipeline import duration_arg
-from unifeed.demo.run import DemoOptions, format_summary, run_demo
+from unifeed.demo.run import DemoOptions, run_and_report
 
 
 def register(subparsers: Any) -> None:
@@ -54,6 +53,19 @@ def register(subparsers: Any) -> None:
         help="combine's real-time threshold (default 5s, so a short outage means catch-up)",
     )
     p.add_argument(
+        "--serve",
+        action="store_true",
+        help="also run `unifeed serve` on the unified feed and print the live map's URL; "
+        "it stays up after the verdict until Ctrl-C",
+    )
+    p.add_argument(
+        "--serve-port",
+        type=int,
+        default=8080,
+        metavar="PORT",
+        help="port of the live map with --serve (default 8080; 0 picks a free one)",
+    )
+    p.add_argument(
         "--keep-broker",
         action="store_true",
         help="leave the broker running afterwards and print how to look at the output",
@@ -71,8 +83,6 @@ def _demo(args: argparse.Namespace) -> int:
         outage_s=args.outage,
         realtime_threshold_ms=args.realtime_threshold,
         keep_broker=args.keep_broker,
+        serve_port=args.serve_port if args.serve else None,
     )
-    report = run_demo(options)
-    sys.stdout.write(format_summary(options, report, report.broker_pid))
-    sys.stdout.flush()
-    return 0 if report.ok else 1
+    return run_and_report(options)

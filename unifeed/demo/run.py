@@ -15,7 +15,10 @@ What it does, in well under a minute with the defaults:
 4. kills ``combine`` with SIGKILL part way through (an outage) while the traffic keeps
    coming, restarts it, and lets it catch up from its checkpoint: the backlog is older
    than the real-time threshold (5 s here), so it is processed in catch-up mode;
-5. ends the traffic with keepalives past ``--stop-at``, so ``combine`` finishes by
+5. with ``--serve``, starts ``unifeed serve`` on the unified topic as soon as it has
+   records and prints the live map's URL: the map shows the traffic live, through the
+   outage and the catch-up, and stays up after the verdict until Ctrl-C;
+6. ends the traffic with keepalives past ``--stop-at``, so ``combine`` finishes by
    itself, then checks the output: ``unifeed dump`` of the output topic must equal,
    byte for byte, what the file pipeline (`unify_lines`) makes of exactly the messages
    that were loaded - ordered, complete, nothing twice; every annotated ground position
@@ -46,6 +49,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -111,6 +115,8 @@ class DemoOptions:
     outage_s: float | None = None
     realtime_threshold_ms: int = 5_000
     keep_broker: bool = False
+    #: Port for ``unifeed serve`` (the live map) on the output; None: no serve.
+    serve_port: int | None = None
 
     @property
     def playback_s(self) -> float:
@@ -134,6 +140,12 @@ class DemoOptions:
             )
         if self.realtime_threshold_ms < 1000:
             raise ConfigError("--realtime-threshold must be at least 1s")
+        if self.serve_port is not None:
+            check_serve(self.serve_port)
+
+    def serve_stale(self) -> str:
+        """serve's --stale: four simulated minutes, as wall (= feed) time."""
+        return f"{max(5000, round(240_000 / self.speed))}ms"
 
     def outage(self) -> float:
         """The outage length: long enough that the backlog is older than the threshold."""
@@ -141,6 +153,30 @@ class DemoOptions:
             return self.outage_s
         wanted = max(self.realtime_threshold_ms / 1000 + 3.0, 0.25 * self.playback_s)
         return min(wanted, 0.5 * self.playback_s)
+
+
+def check_serve(port: int) -> None:
+    """Before anything starts: serve's packages are installed and the port is free (it
+    can still be taken in between; serve then says so and the demo fails)."""
+    import importlib.util
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--serve-port must be within 0..65535, got {port}")
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"--serve needs {', '.join(missing)}: pip install 'unifeed[serve]'"
+        )
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"--serve-port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
+                    "give another port, or 0 for a free one"
+                ) from None
 
 
 # --- traffic ---------------------------------------------------------------
@@ -414,6 +450,18 @@ class Command:
     def explain(self) -> str:
         tail = "\n".join(f"    {line}" for line in list(self.tail)[-15:])
         return f"unifeed {self.name} exited with {self.process.returncode}:\n{tail}"
+
+
+_SERVE_URL: Final = re.compile(r"unifeed serve: (http://\S+)")
+
+
+def _serve_url(command: Command) -> str | None:
+    """The URL serve printed on its first line, once it has."""
+    for line in list(command.tail):
+        found = _SERVE_URL.search(line)
+        if found:
+            return found.group(1)
+    return None
 
 
 def run_cli(
@@ -693,6 +741,9 @@ class _Run:
         self.player: TrafficPlayer | None = None
         self.mappings: Command | None = None
         self.combines: list[Command] = []
+        self.serve: Command | None = None
+        self.serve_url: str | None = None
+        self.serve_dir: str | None = None
         self.phase = "starting"
         self.bootstrap = ""
 
@@ -745,6 +796,8 @@ class _Run:
             combine_args = self._combine_args(traffic.end_pitr)
             self.combines.append(Command("combine", combine_args))
             self.display.event("started unifeed combine --strict-order (output: kafka:unified)")
+            if o.serve_port is not None:
+                self._start_serve()
             playback_start = time.monotonic() - (_now_ms() - t0) / 1000
             outage = o.outage()
             if outage > 0:
@@ -809,7 +862,38 @@ class _Run:
             "--status-interval", str(_STATUS_INTERVAL_S),
         ]  # fmt: skip
 
+    def _start_serve(self) -> None:
+        """``unifeed serve`` on the output topic once it has records (serve starts by
+        rebuilding state from the end of the topic), then its URL."""
+        o = self.options
+        assert o.serve_port is not None
+        self._wait_for(
+            lambda: _high_watermark(self.bootstrap, OUTPUT_TOPIC) > 0,
+            f"records in {OUTPUT_TOPIC}",
+            _SUBPROCESS_START_S,
+            self.combines[-1],
+        )
+        self.serve_dir = tempfile.mkdtemp(prefix="unifeed-demo-serve-")
+        self.serve = Command(
+            "serve",
+            [
+                "serve",
+                "--input", f"kafka:{OUTPUT_TOPIC}",
+                "--bootstrap-servers", self.bootstrap,
+                "--port", str(o.serve_port),
+                "--state-dir", self.serve_dir,
+                "--stale", o.serve_stale(),
+                "--push-interval", "500ms",
+            ],
+        )  # fmt: skip
+        serve = self.serve
+        self._wait_for(lambda: _serve_url(serve) is not None, "URL from serve", _SUBPROCESS_START_S, serve)
+        self.serve_url = _serve_url(serve)
+        self.display.event(f"live map: {self.serve_url} (unifeed serve on kafka:{OUTPUT_TOPIC})")
+
     def _alive_or_fail(self) -> None:
+        if self.serve is not None and not self.serve.running():
+            raise KafkaRuntimeError(self.serve.explain())
         if self.player is not None and self.player.error is not None:
             raise KafkaRuntimeError(f"playing the traffic failed: {self.player.error}")
         if self.mappings is not None and not self.mappings.running():
@@ -981,8 +1065,22 @@ class _Run:
                 command.kill()
         if self.mappings is not None and self.mappings.running():
             self.mappings.stop()
+        if self.serving():
+            return  # serve and the broker stay up until `close`
+        self.close()
+
+    def serving(self) -> bool:
+        """Whether the live map is up (it stays up after the verdict, until `close`)."""
+        return self.serve is not None and self.serve.running()
+
+    def close(self) -> None:
+        """Stop serve, and the broker unless it is to be kept."""
+        if self.serve is not None:
+            self.serve.stop()
+        if self.serve_dir is not None:
+            shutil.rmtree(self.serve_dir, ignore_errors=True)
         broker = self.broker
-        if broker is None:
+        if broker is None or broker.poll() is not None:
             return
         if self.options.keep_broker and self.report.bootstrap:
             return
@@ -1065,3 +1163,27 @@ def format_summary(options: DemoOptions, report: DemoReport, broker_pid: int | N
             "Stop it with " + (f"kill {broker_pid}" if broker_pid else "kill") + ".",
         ]
     return "\n".join(lines) + "\n"
+
+
+def run_and_report(options: DemoOptions) -> int:
+    """Run the demo, print its summary on stdout, keep the live map up (``serve_port``)
+    until Ctrl-C; the exit code (0: every check passed)."""
+    options.check()
+    run = _Run(options, sys.stdout, sys.stderr)
+    try:
+        report = run.execute()
+        pid = run.broker.pid if run.broker is not None else None
+        sys.stdout.write(format_summary(options, report, pid))
+        if run.serving():
+            sys.stdout.write(
+                f"\nThe live map stays up at {run.serve_url} (unifeed serve on "
+                f"kafka:{OUTPUT_TOPIC}); Ctrl-C stops it and the broker.\n"
+            )
+        sys.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            # Waits for the user's Ctrl-C (SIGINT), or for serve to end by itself.
+            while run.serving():
+                time.sleep(0.5)
+    finally:
+        run.close()
+    return 0 if report.ok else 1
