@@ -16,7 +16,9 @@
     partition is the one Kafka's Java clients pick for that key (murmur2 of the key,
     positive, modulo the topic's partition count, read from the cluster's metadata: the
     topic must exist). ``--partition N`` (or ``kafka:T:N``) pins every record to
-    partition N instead; a topic that lacks it is refused before anything is produced.
+    partition N instead. Whenever the topic exists, a partition it lacks is refused
+    before anything is produced (exit 2); a topic that does not exist is auto-created by
+    the broker on the first write, with its ``num.partitions``.
     With ``--allow-invalid``, a line without a usable key is loaded without a key, to
     partition 0 (or the pinned one).
 
@@ -297,7 +299,7 @@ def load_lines(
     config = producer_config(bootstrap, extra_config, compression=compression, linger_ms=20)
     config.update({"delivery.report.only.error": True, "on_delivery": on_failure})
     producer = Producer(config)
-    spread_over = _partitions_for_load(producer, target, spread) if keys is not None else None
+    spread_over = _partitions_for_load(producer, target, spread)
     records = blank = invalid = 0
     last_pitr = 0
     started = last_note = time.monotonic()

@@ -130,6 +130,7 @@ class Merger:
                 where=where,
                 decoder=StampedDecoder(self._name_of[source_key(s)]),
                 partition=None if isinstance(s, str) else s[1],
+                queue=source_key(s),
             )
             for s in ordered
         }

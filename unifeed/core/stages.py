@@ -175,10 +175,12 @@ class FeedIntake:
         where: str = "line",
         decoder: RecordDecoder | StampedDecoder | None = None,
         partition: int | None = None,
+        queue: str | None = None,
     ) -> None:
         if where not in ("line", "offset"):
             raise ValueError("where must be 'line' or 'offset'")
         self.feed = feed
+        self.queue = feed if queue is None else queue
         self.where = where
         self.partition = partition
         self._decoder = RecordDecoder(feed) if decoder is None else decoder
@@ -222,6 +224,7 @@ class FeedIntake:
         decode = self._decoder.decode
         fast_decode = self._decoder.decode_ascii
         feed = self.feed
+        queue = self.queue
         floor = self.floor
         # `check`, inlined: this loop runs once per input message.
         # A None value never gets past `decode`; for the type checker they are all bytes.
@@ -252,7 +255,7 @@ class FeedIntake:
             floor = pitr
             if type(rec) is Keepalive:
                 keepalive_at.append(len(good))
-            append(Accepted(feed, pitr, raw, rec))
+            append(Accepted(queue, pitr, raw, rec))
         self.floor = floor
         self.accepted += len(good)
         self.dead += len(dead)
