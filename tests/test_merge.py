@@ -226,3 +226,22 @@ def test_start_and_stop_at_keep_the_window_and_still_check_order() -> None:
     out, stats = merge_lines({"a": lines}, start=5, stop_at=9)
     assert out == [b'{"pitr":5}', b'{"pitr":9}']
     assert stats.feed("a").skipped == 2 and stats.feed("a").dead_letters == 1
+
+
+def test_the_unified_feed_is_the_merge_of_controlstream_and_annotated_surfacestream() -> None:
+    """`combine` is merge + mapping derivation + annotation: its output, split back into
+    its controlstream and (annotated) surfacestream records, merges into itself."""
+    from tests.support.golden import golden_path, read_lines
+
+    unified = read_lines(golden_path("busy-airport", "expected.unified"))
+    surface_types = (b'"type":"ground_position"', b'"type":"vehicle_position"',
+                     b'"type":"location_entry"', b'"type":"location_exit"')
+    is_surface = [any(t in line for t in surface_types) for line in unified]
+    control = [x for x, s in zip(unified, is_surface, strict=True) if not s]
+    surface = [x for x, s in zip(unified, is_surface, strict=True) if s]
+    assert control and surface
+    out, stats = merge_lines({"controlstream": control, "surfacestream": surface})
+    assert out == unified and stats.dead_letters == ()
+    # The other rank breaks ties the other way: the order of inputs matters.
+    swapped, _ = merge_lines({"surfacestream": surface, "controlstream": control})
+    assert swapped != unified
