@@ -245,3 +245,46 @@ def test_the_unified_feed_is_the_merge_of_controlstream_and_annotated_surfacestr
     # The other rank breaks ties the other way: the order of inputs matters.
     swapped, _ = merge_lines({"surfacestream": surface, "controlstream": control})
     assert swapped != unified
+
+
+@st.composite
+def partitioned_histories(draw: st.DrawFn) -> dict[tuple[str, int], list[bytes]]:
+    """Up to 4 feeds of 1 to 3 partitions (any numbers), each partition a history."""
+    out: dict[tuple[str, int], list[bytes]] = {}
+    for i in range(draw(st.integers(1, 4))):
+        parts = draw(st.lists(st.integers(0, 9), min_size=1, max_size=3, unique=True))
+        for p in parts:
+            out[(f"f{i}", p)] = draw(feed_history(f"f{i}p{p}"))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(partitioned_histories(), st.randoms(use_true_random=False))
+def test_partitioned_merge_is_the_stable_merge_by_pitr_rank_partition(
+    history: dict[tuple[str, int], list[bytes]], rnd: Any
+) -> None:
+    """Each partition its own FIFO queue with its own pitr order: the merge, fed in any
+    interleaving of batches, is the stable merge by (pitr, feed rank, partition)."""
+    sources = list(history)
+    rnd.shuffle(sources)  # the order sources are declared in does not matter, only rank
+    names = sorted({n for n, _ in sources})
+    ranked = sorted(sources, key=lambda s: (names.index(s[0]), s[1]))
+    m = Merger(sorted(sources, key=lambda s: names.index(s[0])), clock=CATCHUP_CLOCK,
+               where="offset")
+    pending = {s: list(enumerate(history[s])) for s in sources}
+    out: list[bytes] = []
+    while pending:
+        source = rnd.choice(sorted(pending))
+        take = rnd.randint(1, 4)
+        batch, pending[source] = pending[source][:take], pending[source][take:]
+        key = f"{source[0]}[{source[1]}]"
+        m.feed(key, batch)
+        if not pending[source]:
+            del pending[source]
+            m.close(key)
+        out.extend(m.drain())
+    out.extend(m.drain())
+    expected, dead = reference_merge({f"{n}[{p}]": history[(n, p)] for n, p in ranked})
+    assert out == expected
+    found = sorted((f"{d.feed}[{d.partition}]", (d.offset or 0) + 1) for d in m.stats().dead_letters)
+    assert found == sorted(dead)
