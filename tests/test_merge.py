@@ -214,11 +214,27 @@ def test_live_required_rules_real_time_only() -> None:
     [
         ({"live_required": ["c"]}, "live_required names ['c']"),
         ({"start": 5, "stop_at": 4}, "stop_at 4 is before start 5"),
+        ({"live_required": "a"}, "live_required must be a collection of input names"),
     ],
 )
 def test_merge_arguments_are_checked(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         merge_lines({"a": [], "b": []}, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ([], "a merge needs at least one input"),
+        (["a", "a"], "inputs must be unique"),
+        ([("a", 0), "a"], "feed 'a' is given whole and by partition"),
+        ([("a", -1)], "a partition must be an integer >= 0"),
+        ([""], "an input's name must be a non-empty string"),
+    ],
+)
+def test_merger_sources_are_checked(sources: list[Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Merger(sources)
 
 
 def test_start_and_stop_at_keep_the_window_and_still_check_order() -> None:

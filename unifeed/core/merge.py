@@ -99,6 +99,8 @@ class Merger:
             name = s if isinstance(s, str) else s[0]
             if not isinstance(name, str) or not name:
                 raise ValueError(f"an input's name must be a non-empty string, got {name!r}")
+            if not isinstance(s, str) and (type(s[1]) is not int or s[1] < 0):
+                raise ValueError(f"a partition must be an integer >= 0, got {s[1]!r} for {name!r}")
             if name not in names:
                 names.append(name)
         keys = [source_key(s) for s in sources]
@@ -108,6 +110,8 @@ class Merger:
         split = {s[0] for s in sources if not isinstance(s, str)}
         if plain & split:
             raise ValueError(f"feed {sorted(plain & split)[0]!r} is given whole and by partition")
+        if isinstance(live_required, str):
+            raise ValueError("live_required must be a collection of input names, not a string")
         required = set(names) if live_required is None else set(live_required)
         unknown = sorted(required - set(names))
         if unknown:
@@ -121,9 +125,7 @@ class Merger:
         )
         self.names: tuple[str, ...] = tuple(names)
         self.keys: tuple[str, ...] = tuple(source_key(s) for s in ordered)
-        self._name_of = {
-            source_key(s): s if isinstance(s, str) else s[0] for s in ordered
-        }
+        self._name_of = {source_key(s): s if isinstance(s, str) else s[0] for s in ordered}
         self._intakes = {
             source_key(s): FeedIntake(
                 self._name_of[source_key(s)],
@@ -135,10 +137,7 @@ class Merger:
             for s in ordered
         }
         self.stage = MergeStage(
-            [
-                Feed(key, self._name_of[key] in required, True, capacity)
-                for key in self.keys
-            ],
+            [Feed(key, self._name_of[key] in required, True, capacity) for key in self.keys],
             realtime_threshold_ms=realtime_threshold_ms,
             clock=clock,
         )
