@@ -26,6 +26,16 @@ The whole pipeline over complete JSON-lines inputs:
 >>> out, run = unify_lines(control, surface)
 >>> print(out[-1].decode())
 {"type":"ground_position","pitr":3,"surface_id":"S9","facility":"KSFO","clock":3,"lat":37.6,"lon":-122.4,"id":"F1","access":"restricted"}
+
+Any feeds whose messages carry an integer ``pitr``, merged (ties by input order):
+
+>>> from unifeed import merge_lines
+>>> out, stats = merge_lines({"radar": [b'{"pitr":1,"r":1}', b'{"pitr":3,"r":2}'],
+...                           "adsb": [b'{"pitr":1,"a":1}', b'{"type":"keepalive","pitr":2}']})
+>>> out
+[b'{"pitr":1,"r":1}', b'{"pitr":1,"a":1}', b'{"pitr":3,"r":2}']
+>>> stats.output, stats.feed("adsb").keepalives
+(3, 1)
 """
 
 from unifeed.core.annotate import Annotator as Annotator
@@ -45,6 +55,9 @@ from unifeed.core.errors import KafkaRuntimeError as KafkaRuntimeError
 from unifeed.core.errors import StartRefusedError as StartRefusedError
 from unifeed.core.errors import UnifeedError as UnifeedError
 from unifeed.core.mapping import MappingDeriver as MappingDeriver
+from unifeed.core.merge import Merger as Merger
+from unifeed.core.merge import MergeStats as MergeStats
+from unifeed.core.merge import merge_lines as merge_lines
 from unifeed.core.stages import DeadLetter as DeadLetter
 from unifeed.core.unify import Unifier as Unifier
 from unifeed.core.unify import unify_lines as unify_lines
@@ -65,10 +78,13 @@ __all__ = [
     "InstanceFencedError",
     "KafkaRuntimeError",
     "MappingDeriver",
+    "MergeStats",
+    "Merger",
     "Mode",
     "StartRefusedError",
     "UnifeedError",
     "Unifier",
+    "merge_lines",
     "unify_lines",
 ]
 

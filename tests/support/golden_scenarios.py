@@ -152,3 +152,61 @@ SCENARIOS: dict[str, Callable[[], tuple[list[bytes], list[bytes]]]] = {
 }
 #: Scenarios whose files are stored gzip-compressed.
 COMPRESSED = {"busy-airport", "catchup-desync"}
+
+
+def merge_three_feeds() -> dict[str, list[bytes]]:
+    """Inputs of `unifeed merge`, in rank order: radar every second, ADS-B every 250 ms
+    (stored compressed), MLAT every 3 s with keepalives in between. Their times coincide
+    every second (ties across feeds, broken by rank) and ADS-B repeats a pitr (a tie
+    within one feed, kept in line order). Each feed has bad lines: not JSON, not an
+    object, no pitr, a string pitr, a negative pitr, a step back, invalid UTF-8; MLAT has
+    a blank line and a CRLF line ending. Fields beyond pitr differ per feed and pass as
+    they are."""
+    radar: list[bytes] = []
+    for k in range(31):
+        radar.append(_line({"type": "plot", "pitr": T0 + k * 1000, "track": f"R{k % 3}",
+                            "range_nm": round(12.5 + k * 0.25, 2), "bearing": (k * 7) % 360}))
+        if k == 10:
+            radar.append(b"not json at all")
+        if k == 20:
+            radar.append(_line({"type": "plot", "pitr": T0 + 19_500, "track": "late"}))
+    adsb: list[bytes] = []
+    for j in range(121):
+        pitr = T0 + j * 250
+        adsb.append(_line({"hex": "a1b2c3", "pitr": pitr, "alt_ft": 3000 + 25 * j,
+                           "squawk": "1200"}))
+        if j == 40:
+            adsb.append(_line({"hex": "d4e5f6", "pitr": pitr, "alt_ft": 11000}))
+        if j == 60:
+            adsb.append(_line({"hex": "a1b2c3", "pitr": str(pitr)}))
+        if j == 61:
+            adsb.append(_line({"hex": "a1b2c3", "alt_ft": 1}))
+        if j == 62:
+            adsb.append(b'{"hex":"\xff\xfe","pitr":%d}' % pitr)
+        if j % 40 == 0:
+            adsb.append(_line({"type": "keepalive", "pitr": pitr}))
+    mlat: list[bytes] = []
+    for k in range(31):
+        pitr = T0 + k * 1000
+        if k % 3 == 0:
+            mlat.append(_line({"type": "mlat_fix", "pitr": pitr, "receivers": 4 + k % 5,
+                               "lat": 37.6 + k / 1000, "lon": -122.4}))
+        else:
+            mlat.append(_line({"type": "keepalive", "pitr": pitr}))
+        if k == 5:
+            mlat.append(b"[1,2,3]")
+        if k == 6:
+            mlat.append(_line({"type": "mlat_fix", "pitr": -5}))
+        if k == 7:
+            mlat.append(b"   ")
+        if k == 9:
+            mlat[-1] = mlat[-1] + b"\r"
+    return {"radar": radar, "adsb": adsb, "mlat": mlat}
+
+
+#: Scenarios of `unifeed merge`: inputs by name in rank order.
+MERGE_SCENARIOS: dict[str, Callable[[], dict[str, list[bytes]]]] = {
+    "merge-three-feeds": merge_three_feeds,
+}
+#: Merge inputs stored compressed (read transparently by `unifeed merge`).
+MERGE_COMPRESSED = {("merge-three-feeds", "adsb")}

@@ -227,3 +227,40 @@ def stable_merge(feeds: Iterable[tuple[str, Iterable[tuple[int, Any]]]]) -> list
     ]
     rows.sort(key=lambda r: (r[0], r[1], r[2]))
     return [(name, pitr, item) for pitr, _, _, name, item in rows]
+
+
+def reference_merge(
+    inputs: dict[str, list[bytes]],
+) -> tuple[list[bytes], list[tuple[str, int]]]:
+    """`unifeed merge` of complete inputs, modelled: ``(merged lines, dead letters as
+    (feed, line number))``.
+
+    A line (without its line ending; blank lines skipped) is accepted when it is UTF-8
+    JSON, an object, with an integer ``pitr`` >= 0 not below the feed's previous accepted
+    one; a keepalive is accepted and not written. Then one stable sort by
+    ``(pitr, rank)`` over everything written, so ties keep the order of the inputs and,
+    within one input, of its lines.
+    """
+    written: list[tuple[int, int, bytes]] = []
+    dead: list[tuple[str, int]] = []
+    for rank, (name, lines) in enumerate(inputs.items()):
+        floor = -1
+        for number, line in enumerate(lines, 1):
+            body = line[:-1] if line.endswith(b"\n") else line
+            body = body[:-1] if body.endswith(b"\r") else body
+            if not body.strip():
+                continue
+            try:
+                obj = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                dead.append((name, number))
+                continue
+            pitr = obj.get("pitr") if isinstance(obj, dict) else None
+            if type(pitr) is not int or pitr < 0 or pitr < floor:
+                dead.append((name, number))
+                continue
+            floor = pitr
+            if obj.get("type") != "keepalive":
+                written.append((pitr, rank, body))
+    written.sort(key=lambda w: (w[0], w[1]))
+    return [w[2] for w in written], dead

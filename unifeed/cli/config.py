@@ -523,7 +523,11 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
     """``value`` (a TOML value or an environment string) as the option's parsed value."""
     if _is_flag(action):
         return action.const if _flag(value, where) else action.default
-    if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+    if (
+        action.nargs in ("*", "+")
+        or isinstance(action.nargs, int)
+        or isinstance(action, argparse._AppendAction)
+    ):
         items = value if isinstance(value, list) else str(value).replace(",", " ").split()
         return [_convert_one(action, item, where) for item in items]
     return _convert_one(action, value, where)

@@ -10,6 +10,18 @@
     be (``message.max.bytes``, 1,000,000 bytes by default) is refused either way: nothing
     is loaded, exit 4. Blank lines are skipped. Prints the count on stdout.
 
+``unifeed load FILE --topic kafka:T --key FIELD [--partition N]``
+    Each record's key is the line's FIELD (a string's UTF-8 bytes, an integer's decimal
+    digits; anything else, or no such field, makes the line invalid as above) and its
+    partition is the one Kafka's Java clients pick for that key (murmur2 of the key,
+    positive, modulo the topic's partition count, read from the cluster's metadata: the
+    topic must exist). ``--partition N`` (or ``kafka:T:N``) pins every record to
+    partition N instead. Whenever the topic exists, a partition it lacks is refused
+    before anything is produced (exit 2); a topic that does not exist is auto-created by
+    the broker on the first write, with its ``num.partitions``.
+    With ``--allow-invalid``, a line without a usable key is loaded without a key, to
+    partition 0 (or the pinned one).
+
 ``unifeed dump kafka:T [--from T] [--to T] [--audience A]``
     Writes the partition's records, one per line, to stdout: from the start of the
     partition to its end as it was when the command started (read_committed).
@@ -33,7 +45,7 @@ import datetime as dt
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -48,16 +60,20 @@ from unifeed.core.unify import stdin_bytes, stdout_bytes
 from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
     COMPRESSIONS,
+    MAX_PARTITION,
     Target,
     consume_batch,
     consumer_config,
     kafka_error,
+    parse_selection,
     parse_target,
+    partition_count,
     producer_config,
     record_timestamp,
     watermarks,
 )
 from unifeed.kafka.embedded import run_broker_foreground
+from unifeed.kafka.partitioner import partition_for_key
 
 __all__ = [
     "DumpReport",
@@ -89,11 +105,51 @@ _stamp_decoder: Final = msgspec.json.Decoder(_Stamp)
 
 
 class LoadReport(msgspec.Struct, frozen=True, gc=False):
-    """What `load_lines` did: records produced, blank lines skipped, invalid lines loaded."""
+    """What `load_lines` did: records produced, blank lines skipped, invalid lines loaded,
+    and the topic's partition count when records were spread by key."""
 
     records: int
     blank: int
     invalid: int
+    spread_over: int | None = None
+
+
+class KeyReader:
+    """Reads a record key from one field of a JSON-lines line (`unifeed load --key`).
+
+    >>> KeyReader("surface_id").key(b'{"pitr":1,"surface_id":"S9"}')
+    (b'S9', '')
+    >>> KeyReader("id").key(b'{"pitr":1,"id":42}')
+    (b'42', '')
+    >>> KeyReader("id").key(b'{"pitr":1}')
+    (None, 'no `id` field to take the key from')
+    """
+
+    def __init__(self, field: str) -> None:
+        if not field:
+            raise ConfigError("--key must name a JSON field, like id")
+        self.field = field
+        shape = msgspec.defstruct(
+            "_Keyed", [("value", Any, msgspec.UNSET)], rename={"value": field}, gc=False
+        )
+        self._decode: Callable[[bytes], Any] = msgspec.json.Decoder(shape).decode
+
+    def key(self, line: bytes) -> tuple[bytes | None, str]:
+        """``(key, "")``, or ``(None, reason)`` when the line has no usable key."""
+        try:
+            value = self._decode(line).value
+        except msgspec.DecodeError as exc:
+            return None, str(exc)
+        except RecursionError:
+            return None, TOO_DEEP
+        if value is msgspec.UNSET:
+            return None, f"no `{self.field}` field to take the key from"
+        if isinstance(value, str):
+            return value.encode("utf-8"), ""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value).encode("ascii"), ""
+        shown = msgspec.json.encode(value).decode()[:40]
+        return None, f"`{self.field}` must be a string or an integer to be a key, got {shown}"
 
 
 def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -117,9 +173,16 @@ def _pitr_of_line(line: bytes) -> tuple[int | None, str]:
     return pitr, ""
 
 
-def _check_lines(stream: IO[bytes], source: str, max_bytes: int, allow_invalid: bool) -> None:
+def _check_lines(
+    stream: IO[bytes],
+    source: str,
+    max_bytes: int,
+    allow_invalid: bool,
+    keys: KeyReader | None = None,
+) -> None:
     """Refuse the whole file (`BadRecordError`) if a line is larger than a record may be
-    or, unless ``allow_invalid``, is not a JSON object with an integer pitr >= 0."""
+    or, unless ``allow_invalid``, is not a JSON object with an integer pitr >= 0 (and,
+    with ``keys``, a usable key)."""
     bad: list[str] = []
     count = large = 0
     for number, line in _lines(stream):
@@ -134,6 +197,10 @@ def _check_lines(stream: IO[bytes], source: str, max_bytes: int, allow_invalid: 
         if allow_invalid:
             continue
         pitr, reason = _pitr_of_line(line)
+        if pitr is not None and keys is not None:
+            key, reason = keys.key(line)
+            if key is None:
+                pitr = None
         if pitr is None:
             count += 1
             if len(bad) < _NAMED_BAD_LINES:
@@ -148,6 +215,11 @@ def _check_lines(stream: IO[bytes], source: str, max_bytes: int, allow_invalid: 
         what = (
             f"{count} line(s) are larger than a record may be ({max_bytes:,} bytes) or "
             "are not JSON objects with an integer pitr >= 0"
+        )
+    elif keys is not None:
+        what = (
+            f"{count} line(s) are not JSON objects with an integer pitr >= 0 and a string "
+            f"or integer `{keys.field}` (--key)"
         )
     else:
         what = f"{count} line(s) are not JSON objects with an integer pitr >= 0"
@@ -194,8 +266,15 @@ def load_lines(
     source: str = "input",
     timeout_s: float = 60.0,
     progress: IO[str] | None = None,
+    key_field: str | None = None,
+    spread: bool = False,
 ) -> LoadReport:
     """Produce every non-blank line of ``stream`` to ``target`` (record timestamp = pitr).
+
+    With ``key_field`` each record's key is that field of its line; with ``spread`` too,
+    its partition is the one Kafka's Java clients pick for the key over every partition
+    of ``target.topic`` (which must exist), else ``target.partition``, which the topic
+    must have (`ConfigError` before anything is produced).
 
     The stream must be seekable: it is checked first and nothing is produced if a line is
     larger than a record may be (``message.max.bytes``, 1,000,000 by default) or, without
@@ -205,8 +284,11 @@ def load_lines(
     """
     if rate is not None and rate <= 0:
         raise ConfigError("--rate must be > 0")
+    if spread and key_field is None:
+        raise ValueError("spreading records over partitions needs a key_field")
+    keys = None if key_field is None else KeyReader(key_field)
     max_bytes = int(str((extra_config or {}).get("message.max.bytes", _MAX_RECORD_BYTES)))
-    _check_lines(stream, source, max_bytes, allow_invalid)
+    _check_lines(stream, source, max_bytes, allow_invalid, keys)
     stream.seek(0)
     failures: list[KafkaError] = []
 
@@ -217,6 +299,7 @@ def load_lines(
     config = producer_config(bootstrap, extra_config, compression=compression, linger_ms=20)
     config.update({"delivery.report.only.error": True, "on_delivery": on_failure})
     producer = Producer(config)
+    spread_over = _partitions_for_load(producer, target, spread)
     records = blank = invalid = 0
     last_pitr = 0
     started = last_note = time.monotonic()
@@ -229,15 +312,22 @@ def load_lines(
             blank += 1
             continue
         pitr, _reason = _pitr_of_line(line)
-        if pitr is None:
+        key = None
+        if keys is not None:
+            key, _reason = keys.key(line)
+            partition = target.partition
+            if key is not None and spread_over is not None:
+                partition = partition_for_key(key, spread_over)
+        if pitr is None or (keys is not None and key is None):
             invalid += 1
+        if pitr is None:
             pitr = last_pitr
         last_pitr = pitr
         # timestamp 0 would mean "now" to librdkafka; pitr 0 is 1970 anyway.
         stamp = pitr if pitr <= stamp_cap else record_timestamp(pitr, int(time.time() * 1000))
         for _attempt in range(10_000):
             try:
-                produce(topic, line, None, partition, timestamp=stamp)
+                produce(topic, line, key, partition, timestamp=stamp)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -275,7 +365,29 @@ def load_lines(
             f"{remaining} records to {target} not acknowledged within {timeout_s:g} s",
             "_MSG_TIMED_OUT",
         )
-    return LoadReport(records=records, blank=blank, invalid=invalid)
+    return LoadReport(records=records, blank=blank, invalid=invalid, spread_over=spread_over)
+
+
+def _partitions_for_load(producer: Producer, target: Target, spread: bool) -> int | None:
+    """The topic's partition count when records are spread by key (None when pinned);
+    `ConfigError` when the topic is missing (spread) or lacks the pinned partition."""
+    count = partition_count(producer, target.topic)
+    if count is None:
+        if spread:
+            raise ConfigError(
+                f"topic {target.topic!r} does not exist: --key spreads records over the "
+                "topic's partitions, so create it first with the partition count you want "
+                "(or pin one with --partition N)"
+            )
+        return None
+    if not spread:
+        if target.partition >= count:
+            raise ConfigError(
+                f"topic {target.topic!r} has {count} partition(s) (0..{count - 1}), so no "
+                f"partition {target.partition}; nothing was loaded"
+            )
+        return None
+    return count
 
 
 # --- dump ------------------------------------------------------------------
@@ -500,6 +612,18 @@ def register(subparsers: Any) -> None:
     load.add_argument("--compression", choices=COMPRESSIONS, default="lz4", help="default lz4")
     load.add_argument("--rate", type=float, metavar="R", help="pace to R records per second")
     load.add_argument(
+        "--key",
+        metavar="FIELD",
+        help="set each record's key from FIELD and spread the records over the topic's "
+        "partitions as Kafka's Java clients do (murmur2); the topic must exist",
+    )
+    load.add_argument(
+        "--partition",
+        type=int,
+        metavar="N",
+        help="write every record to partition N (same as kafka:TOPIC:N)",
+    )
+    load.add_argument(
         "--allow-invalid",
         action="store_true",
         help="load lines without a valid pitr as they are (stamped with the previous pitr)",
@@ -529,8 +653,26 @@ def register(subparsers: Any) -> None:
     _checkpoint.register(subparsers)
 
 
+def _load_target(args: argparse.Namespace) -> tuple[Target, bool]:
+    """The target of ``unifeed load`` and whether records are spread over partitions by key."""
+    selection = parse_selection(args.topic)
+    if args.partition is not None and not 0 <= args.partition <= MAX_PARTITION:
+        raise ConfigError(f"--partition must be in 0..{MAX_PARTITION}, got {args.partition}")
+    if selection.partitions is not None and len(selection.partitions) > 1:
+        raise ConfigError(
+            f"--topic {args.topic}: load writes one partition (kafka:TOPIC:N or --partition N) "
+            "or spreads by --key over every partition (kafka:TOPIC), not a list"
+        )
+    given = None if selection.partitions is None else selection.partitions[0]
+    if given is not None and args.partition is not None and given != args.partition:
+        raise ConfigError(f"--topic {args.topic} and --partition {args.partition} disagree")
+    pinned = given if given is not None else args.partition
+    spread = args.key is not None and pinned is None
+    return Target(selection.topic, 0 if pinned is None else pinned), spread
+
+
 def _load(args: argparse.Namespace) -> int:
-    target = parse_target(args.topic)
+    target, spread = _load_target(args)
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be > 0")
     source = "stdin" if args.file == "-" else args.file
@@ -560,12 +702,17 @@ def _load(args: argparse.Namespace) -> int:
             allow_invalid=args.allow_invalid,
             source=source,
             progress=sys.stderr if sys.stderr.isatty() else None,
+            key_field=args.key,
+            spread=spread,
         )
     notes = [f"{_lines_word(report.blank)} blank skipped"] if report.blank else []
     if report.invalid:
         notes.append(f"{_lines_word(report.invalid)} invalid loaded as they are")
     suffix = f" ({', '.join(notes)})" if notes else ""
-    print(f"loaded {report.records} records into {target}{suffix}")
+    where = str(target)
+    if report.spread_over is not None:
+        where = f"kafka:{target.topic} (by {args.key} over {report.spread_over} partitions)"
+    print(f"loaded {report.records} records into {where}{suffix}")
     return 0
 
 

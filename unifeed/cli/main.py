@@ -29,6 +29,7 @@ from unifeed.core.errors import UnifeedError
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
     "unifeed.cli.pipeline",
+    "unifeed.cli.merge",
     "unifeed.cli.simulate",
     "unifeed.cli.ingest",
     "unifeed.cli.kafka",

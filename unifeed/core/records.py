@@ -305,3 +305,81 @@ def dead_letter_raw(raw: bytes) -> dict[str, str]:
         return {"raw": raw.decode("utf-8")}
     except UnicodeDecodeError:
         return {"raw_b64": base64.b64encode(raw).decode("ascii")}
+
+
+# --- merge inputs: any JSON object with an integer pitr ----------------------
+
+
+class Stamped(msgspec.Struct, frozen=True, gc=False):
+    """A message of a `unifeed merge` input: only its ``pitr`` is read (and ``type``, to
+    tell a keepalive); every other field stays in the raw bytes, untouched."""
+
+    pitr: Pitr
+    type: Any = None
+
+
+class StampedDecoder:
+    """Decodes the messages of a content-agnostic input (`unifeed merge`).
+
+    A message is any JSON object with an integer ``pitr`` >= 0; one whose ``type`` is
+    ``"keepalive"`` decodes as a `Keepalive` (progress, never forwarded). Same interface
+    as `RecordDecoder`, so the same intake validates both kinds of feed.
+
+    >>> d = StampedDecoder("radar")
+    >>> d.decode(b'{"pitr":5,"anything":[1,2]}')
+    Stamped(pitr=5, type=None)
+    >>> d.decode(b'{"type":"keepalive","pitr":7}')
+    Keepalive(pitr=7)
+    """
+
+    __slots__ = ("_decoder", "decode_ascii", "feed")
+
+    def __init__(self, feed: str) -> None:
+        if not feed:
+            raise ValueError("feed name must not be empty")
+        self.feed = feed
+        self._decoder: msgspec.json.Decoder[Stamped] = msgspec.json.Decoder(Stamped)
+        self.decode_ascii: Callable[[bytes], AnyRecord | Stamped] = self._decode_valid
+
+    def _decode_valid(self, raw: bytes) -> Stamped | Keepalive:
+        rec = self._decoder.decode(raw)
+        return Keepalive(rec.pitr) if rec.type == "keepalive" else rec
+
+    def decode(self, raw: bytes | None) -> Stamped | Keepalive:
+        """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
+        if raw is None:
+            raise BadRecordError(
+                self.feed, "message is not valid JSON (the Kafka record's value is null)"
+            )
+        try:
+            if not raw.isascii():
+                raw.decode("utf-8")
+            return self._decode_valid(raw)
+        except UnicodeDecodeError as exc:
+            raise BadRecordError(
+                self.feed, f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise BadRecordError(self.feed, _clip(_explain_stamped(raw, exc))) from None
+        except RecursionError:
+            raise BadRecordError(self.feed, TOO_DEEP) from None
+
+
+def _explain_stamped(raw: bytes, exc: msgspec.DecodeError) -> str:
+    try:
+        value = _probe.decode(raw)
+    except RecursionError:
+        return TOO_DEEP
+    except msgspec.DecodeError as inner:
+        return f"message is not valid JSON ({inner})"
+    if not isinstance(value, dict):
+        return f"message must be a JSON object, got {type(value).__name__}"
+    if "pitr" not in value:
+        return "message has no `pitr` field"
+    pitr = value["pitr"]
+    if type(pitr) is not int:
+        shown = msgspec.json.encode(pitr).decode()[:40]
+        return f"`pitr` must be an integer (epoch milliseconds), got {shown}"
+    if pitr < 0:
+        return f"`pitr` must not be negative, got {pitr}"
+    return f"invalid message: {exc}"

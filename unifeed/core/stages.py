@@ -38,6 +38,8 @@ from unifeed.core.records import (
     Keepalive,
     Mapping,
     RecordDecoder,
+    Stamped,
+    StampedDecoder,
     dead_letter_raw,
 )
 
@@ -51,6 +53,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     feed: str
     line: int | None = None
     offset: int | None = None
+    #: The Kafka partition of the input message (inputs read from several partitions).
+    partition: int | None = None
     reason: str
     raw: str | None = None
     raw_b64: str | None = None
@@ -92,11 +96,13 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         )
 
 
-def make_dead_letter(feed: str, where: str, loc: int, reason: str, raw: bytes) -> DeadLetter:
+def make_dead_letter(
+    feed: str, where: str, loc: int, reason: str, raw: bytes, partition: int | None = None
+) -> DeadLetter:
     """``where`` is ``"line"`` (file input) or ``"offset"`` (Kafka input)."""
     kw: dict[str, Any] = dead_letter_raw(raw)
     kw[where] = loc
-    return DeadLetter(feed=feed, reason=reason, **kw)
+    return DeadLetter(feed=feed, reason=reason, partition=partition, **kw)
 
 
 class Accepted(Emitted, frozen=True, gc=False):
@@ -155,27 +161,43 @@ class FeedIntake:
 
     A message that is invalid, or whose ``pitr`` is below the previous one or the last
     keepalive, becomes a `DeadLetter`; the feed carries on as if it had not been there.
+
+    ``decoder`` defaults to the feed's schema (`RecordDecoder`); `unifeed merge` gives a
+    `StampedDecoder`, which asks only for an integer ``pitr``. An intake reading one
+    partition of a feed names it in its dead letters (``partition``); its ``pitr`` order
+    is that partition's own.
     """
 
-    def __init__(self, feed: str, *, where: str = "line") -> None:
+    def __init__(
+        self,
+        feed: str,
+        *,
+        where: str = "line",
+        decoder: RecordDecoder | StampedDecoder | None = None,
+        partition: int | None = None,
+        queue: str | None = None,
+    ) -> None:
         if where not in ("line", "offset"):
             raise ValueError("where must be 'line' or 'offset'")
         self.feed = feed
+        self.queue = feed if queue is None else queue
         self.where = where
-        self._decoder = RecordDecoder(feed)
+        self.partition = partition
+        self._decoder = RecordDecoder(feed) if decoder is None else decoder
         self.floor = -1  # highest pitr seen (message or keepalive)
         self.accepted = 0
         self.dead = 0
 
-    def check(self, loc: int, raw: bytes) -> AnyRecord | DeadLetter:
+    def check(self, loc: int, raw: bytes) -> AnyRecord | Stamped | DeadLetter:
         try:
             rec = self._decoder.decode(raw)
         except BadRecordError as exc:
             self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw)
+            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw, self.partition)
         if rec.pitr < self.floor:
             self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, _backwards(rec.pitr, self.floor), raw)
+            reason = _backwards(rec.pitr, self.floor)
+            return make_dead_letter(self.feed, self.where, loc, reason, raw, self.partition)
         self.floor = rec.pitr
         self.accepted += 1
         return rec
@@ -202,6 +224,7 @@ class FeedIntake:
         decode = self._decoder.decode
         fast_decode = self._decoder.decode_ascii
         feed = self.feed
+        queue = self.queue
         floor = self.floor
         # `check`, inlined: this loop runs once per input message.
         # A None value never gets past `decode`; for the type checker they are all bytes.
@@ -216,19 +239,23 @@ class FeedIntake:
                 except BadRecordError as exc:
                     i = len(good) + len(dead)
                     dead.append(
-                        make_dead_letter(self.feed, self.where, loc_of(i), exc.reason, raw or b"")
+                        make_dead_letter(
+                            feed, self.where, loc_of(i), exc.reason, raw or b"", self.partition
+                        )
                     )
                     continue
             pitr = rec.pitr
             if pitr < floor:
                 i = len(good) + len(dead)
                 reason = _backwards(pitr, floor)
-                dead.append(make_dead_letter(self.feed, self.where, loc_of(i), reason, raw))
+                dead.append(
+                    make_dead_letter(feed, self.where, loc_of(i), reason, raw, self.partition)
+                )
                 continue
             floor = pitr
             if type(rec) is Keepalive:
                 keepalive_at.append(len(good))
-            append(Accepted(feed, pitr, raw, rec))
+            append(Accepted(queue, pitr, raw, rec))
         self.floor = floor
         self.accepted += len(good)
         self.dead += len(dead)
@@ -351,8 +378,33 @@ def _too_late(raw: bytes, late: LateBeyondHistory, applied: int) -> DeadLetter:
     return DeadLetter(feed=SURFACESTREAM, reason=reason, pitr=late.pitr, **kw)
 
 
-class WriterStage:
-    """The combining rule over (controlstream, annotated surfacestream): the unified feed."""
+class MergeStage:
+    """The combining rule over any number of feeds of `Accepted` messages: a merge.
+
+    Each feed's keepalives advance it instead of being queued, so they are never
+    forwarded. `unifeed merge` is this stage over its inputs; the unified feed's writer
+    is this stage over controlstream and the annotated surfacestream (`WriterStage`).
+    """
+
+    def __init__(
+        self,
+        feeds: Sequence[Feed],
+        *,
+        realtime_threshold_ms: int = 30_000,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.combiner = Combiner(feeds, realtime_threshold_ms=realtime_threshold_ms, clock=clock)
+
+    def push(self, feed: str, batch: Iterable[Accepted]) -> bool:
+        """Queue a feed's accepted messages (a keepalive advances it); False when full."""
+        return _push_runs(self.combiner, feed, batch)
+
+    def drain(self) -> list[Emitted]:
+        return self.combiner.drain_list()
+
+
+class WriterStage(MergeStage):
+    """The merge of controlstream and the annotated surfacestream: the unified feed."""
 
     def __init__(
         self,
@@ -362,7 +414,7 @@ class WriterStage:
         strict_order: bool = False,
         capacity: int = 100_000,
     ) -> None:
-        self.combiner = Combiner(
+        super().__init__(
             [
                 Feed(CONTROLSTREAM, True, True, capacity),
                 Feed(ANNOTATED, strict_order, True, capacity),
@@ -372,13 +424,10 @@ class WriterStage:
         )
 
     def push_control(self, batch: Iterable[Accepted]) -> bool:
-        return _push_runs(self.combiner, CONTROLSTREAM, batch)
+        return self.push(CONTROLSTREAM, batch)
 
     def push_annotated(self, batch: list[Emitted]) -> bool:
         return self.combiner.push_emitted(ANNOTATED, batch)
-
-    def drain(self) -> list[Emitted]:
-        return self.combiner.drain_list()
 
 
 class ControlIntake(FeedIntake):
@@ -403,6 +452,7 @@ _CATEGORIES: Final = (
     ("message is not valid JSON", "not_json"),
     ("message must be a JSON object", "not_object"),
     ("message has no `type`", "unknown_type"),
+    ("message has no `pitr`", "bad_pitr"),
     ("unknown message type", "unknown_type"),
     ("`pitr` must", "bad_pitr"),
     ("pitr ", "pitr_backwards"),

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 from unifeed.core.combine import Emitted
 from unifeed.core.errors import ConfigError, UnifeedError
@@ -221,32 +221,52 @@ def _numbered_chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[i
         yield [(number, rest)]
 
 
-def run_unifier(
-    unifier: Unifier,
+class FilePipeline(Protocol):
+    """What `run_files` drives: a `Unifier` (the unified feed) or a `Merger` (merge)."""
+
+    def intake(self, feed: str) -> FeedIntake: ...
+
+    def feed(self, feed: str, batch: Iterable[tuple[int, bytes]]) -> None: ...
+
+    def close(self, feed: str) -> None: ...
+
+    def drain(self) -> list[bytes]: ...
+
+
+def run_files(
+    pipeline: FilePipeline,
     inputs: dict[str, Iterable[bytes]],
     emit: Callable[[list[bytes]], None],
     *,
     chunk: int = _CHUNK,
 ) -> None:
-    """Drive ``unifier`` over complete inputs, reading next from the feed that lags most.
+    """Drive ``pipeline`` over complete inputs, reading next from the feed that lags most
+    (on a tie, the one given first).
 
-    Memory stays bounded by the chunk size and the feeds' skew, not by their length.
+    Memory stays bounded by the chunk size and the feeds' skew, not by their length. The
+    output does not depend on the reading order (the combining rule holds back what
+    another feed may still precede), only the memory does.
     """
     readers = {feed: _numbered_chunks(lines, chunk) for feed, lines in inputs.items()}
+    rank = {feed: i for i, feed in enumerate(inputs)}
     while readers:
-        feed = min(readers, key=lambda f: (unifier.intake(f).floor, f != CONTROLSTREAM))
+        feed = min(readers, key=lambda f: (pipeline.intake(f).floor, rank[f]))
         batch = next(readers[feed], None)
         if batch is None:
             del readers[feed]
-            unifier.close(feed)
+            pipeline.close(feed)
         else:
-            unifier.feed(feed, batch)
-        out = unifier.drain()
+            pipeline.feed(feed, batch)
+        out = pipeline.drain()
         if out:
             emit(out)
-    out = unifier.drain()
+    out = pipeline.drain()
     if out:
         emit(out)
+
+
+#: The unified feed's file pipeline is the one file driver.
+run_unifier: Final = run_files
 
 
 def unify_lines(
@@ -262,7 +282,7 @@ def unify_lines(
     if mapping is not None:
         inputs[MAPPINGSTREAM] = mapping
     output: list[bytes] = []
-    run_unifier(unifier, inputs, output.extend)
+    run_files(unifier, inputs, output.extend)
     return output, unifier
 
 

@@ -34,13 +34,16 @@ __all__ = [
     "PitrSeek",
     "RdkafkaLog",
     "Target",
+    "TopicSelection",
     "client_config",
     "consume_batch",
     "consumer_config",
     "ensure_reachable",
     "find_offset_for_pitr",
     "last_record_before",
+    "parse_selection",
     "parse_target",
+    "partition_count",
     "producer_config",
     "read_at",
     "read_properties",
@@ -153,13 +156,7 @@ kafka:TOPIC:PARTITION, got 'surfacestream'
         raise ConfigError(f"a Kafka feed must be written {_TARGET_FORMS}, got {text!r}")
     rest = text[len("kafka:") :]
     topic, sep, partition_text = rest.partition(":")
-    if not topic:
-        raise ConfigError(f"the topic name is empty in {text!r} (expected {_TARGET_FORMS})")
-    if not _TOPIC_NAME.fullmatch(topic):
-        raise ConfigError(
-            f"topic name {topic!r} in {text!r} is not a Kafka topic name: use 1 to 249 "
-            "ASCII letters, digits, '.', '_' or '-'"
-        )
+    _check_topic(topic, text, _TARGET_FORMS)
     if not sep:
         return Target(topic, 0)
     if not partition_text.isdigit() or not partition_text.isascii():
@@ -167,6 +164,122 @@ kafka:TOPIC:PARTITION, got 'surfacestream'
             f"the partition in {text!r} must be an integer >= 0, got {partition_text!r}"
         )
     return Target(topic, int(partition_text))
+
+
+#: The highest partition number Kafka allows (partition counts are 32-bit signed ints).
+MAX_PARTITION: Final = 2**31 - 2
+_SELECTION_FORMS: Final = "kafka:TOPIC, kafka:TOPIC:N or kafka:TOPIC:N,M,..."
+
+
+class TopicSelection(msgspec.Struct, frozen=True, gc=False):
+    """A feed read from Kafka: a topic and which of its partitions (None: every one).
+
+    Written ``kafka:TOPIC`` (every partition), ``kafka:TOPIC:N`` (one) or
+    ``kafka:TOPIC:0,2,5`` (a list, kept sorted: partition order is the merge's
+    tie-break, not the order they were written in).
+
+    >>> parse_selection("kafka:surfacestream:5,0,2")
+    TopicSelection(topic='surfacestream', partitions=(0, 2, 5))
+    >>> str(parse_selection("kafka:controlstream"))
+    'kafka:controlstream'
+    >>> parse_selection("kafka:controlstream").targets(3)
+    [Target(topic='controlstream', partition=0), Target(topic='controlstream', partition=1), Target(topic='controlstream', partition=2)]
+    """
+
+    topic: str
+    partitions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.partitions is not None:
+            if not self.partitions:
+                raise ValueError("partitions must not be empty (None means every partition)")
+            if list(self.partitions) != sorted(set(self.partitions)):
+                raise ValueError("partitions must be sorted and unique")
+            if self.partitions[0] < 0 or self.partitions[-1] > MAX_PARTITION:
+                raise ValueError(f"partitions must be in 0..{MAX_PARTITION}")
+
+    def __str__(self) -> str:
+        if self.partitions is None:
+            return f"kafka:{self.topic}"
+        return f"kafka:{self.topic}:{','.join(map(str, self.partitions))}"
+
+    @property
+    def every_partition(self) -> bool:
+        return self.partitions is None
+
+    def targets(self, partition_count: int) -> list[Target]:
+        """The selected partitions of a topic that has ``partition_count`` of them, in
+        partition order; `ConfigError` naming the missing ones when the topic lacks any."""
+        if partition_count < 1:
+            raise ConfigError(f"topic {self.topic!r} has no partitions")
+        chosen = range(partition_count) if self.partitions is None else self.partitions
+        missing = [p for p in chosen if p >= partition_count]
+        if missing:
+            listed = ", ".join(map(str, missing))
+            raise ConfigError(
+                f"{self}: topic {self.topic!r} has {partition_count} partition(s) "
+                f"(0..{partition_count - 1}), so no partition {listed}"
+            )
+        return [Target(self.topic, p) for p in chosen]
+
+
+def parse_selection(text: str) -> TopicSelection:
+    """Parse ``kafka:TOPIC[:N[,N...]]``; raise `ConfigError` saying what is wrong.
+
+    >>> parse_selection("kafka:t:1,1")
+    Traceback (most recent call last):
+    ...
+    unifeed.core.errors.ConfigError: partition 1 is listed twice in 'kafka:t:1,1'
+    """
+    if not text.startswith("kafka:"):
+        raise ConfigError(f"a Kafka feed must be written {_SELECTION_FORMS}, got {text!r}")
+    topic, sep, listed = text[len("kafka:") :].partition(":")
+    _check_topic(topic, text, _SELECTION_FORMS)
+    if not sep:
+        return TopicSelection(topic)
+    partitions: list[int] = []
+    for item in listed.split(","):
+        if not item.isdigit() or not item.isascii():
+            raise ConfigError(
+                f"the partitions in {text!r} must be integers >= 0 separated by commas "
+                f"(expected {_SELECTION_FORMS}), got {item!r}"
+            )
+        number = int(item)
+        if number > MAX_PARTITION:
+            raise ConfigError(f"partition {number} in {text!r} is beyond Kafka's {MAX_PARTITION}")
+        if number in partitions:
+            raise ConfigError(f"partition {number} is listed twice in {text!r}")
+        partitions.append(number)
+    return TopicSelection(topic, tuple(sorted(partitions)))
+
+
+def _check_topic(topic: str, text: str, forms: str) -> None:
+    if not topic:
+        raise ConfigError(f"the topic name is empty in {text!r} (expected {forms})")
+    if not _TOPIC_NAME.fullmatch(topic):
+        raise ConfigError(
+            f"topic name {topic!r} in {text!r} is not a Kafka topic name: use 1 to 249 "
+            "ASCII letters, digits, '.', '_' or '-'"
+        )
+
+
+def partition_count(client: Any, topic: str, timeout_s: float = 10.0) -> int | None:
+    """How many partitions ``topic`` has, from the cluster's metadata; None when it does
+    not exist. ``client`` is any confluent-kafka client (`list_topics`).
+
+    Asks for every topic's metadata: a request naming the topic would let a producer's
+    client auto-create it (with the broker's ``num.partitions``).
+    """
+    try:
+        metadata = client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise kafka_error(f"reading the metadata of topic {topic!r} failed", exc.args[0]) from None
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        if found is not None and found.error.code() not in _UNKNOWN_PARTITION:
+            raise kafka_error(f"reading the metadata of topic {topic!r} failed", found.error)
+        return None
+    return len(found.partitions)
 
 
 # --- settings --------------------------------------------------------------
