@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from unifeed.kafka.apache import local_kafka_available
+from unifeed.kafka.apache import cluster_id, local_kafka_available
 from unifeed.kafka.clients import (
     Target,
     consumer_config,
@@ -167,3 +169,17 @@ def test_broker_kafka_command_without_java_says_what_to_do(tmp_path: Path) -> No
     assert len(err.strip().splitlines()) == 1, err
     assert "Java" in err and "no java on PATH" in err, err
     assert "dependency:copy-dependencies" in err and str(tmp_path / "cache") in err, err
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """kafka-storage reads ``-t -abc...`` as an option: such IDs are drawn again."""
+    dash_first = uuid.UUID(bytes=b"\xf8" + bytes(15))  # base64 "-A..."
+    plain = uuid.UUID(bytes=b"\x00" + bytes(15))
+    draws = iter([dash_first, dash_first, plain])
+    chosen = cluster_id(lambda: next(draws))
+    assert chosen == base64.urlsafe_b64encode(plain.bytes).rstrip(b"=").decode()
+    assert next(draws, None) is None  # it drew until it found one
+    assert base64.urlsafe_b64encode(dash_first.bytes).decode().startswith("-")
+    ids = [cluster_id() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)

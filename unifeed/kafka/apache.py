@@ -257,8 +257,16 @@ def _quiet_log() -> Any:
     return RdkafkaLog(probe)
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A KRaft cluster ID: a random UUID in URL-safe base64, never starting with ``-``.
+
+    Like Kafka's own ``Uuid.randomUuid``, an ID with a leading ``-`` is drawn again:
+    ``kafka-storage format -t -abc`` would read it as an option (one draw in 64).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(draw().bytes).rstrip(b"=").decode("ascii")
+        if not text.startswith("-"):
+            return text
 
 
 class LocalKafka:
@@ -355,7 +363,7 @@ class LocalKafka:
             str(libs / "*"),
         ]
         formatted = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=max(5.0, deadline - time.monotonic()),
