@@ -22,7 +22,7 @@ from tests.support.kafkatools import (
     start_cli,
     wait_for,
 )
-from tests.test_kafka_pipeline import _long_scenario, combine_args, loaded_long_scenario
+from tests.support.scenarios import combine_args, loaded_long_scenario, long_scenario
 from unifeed.checkpoint.store import Checkpoint, CheckpointStore
 
 pytestmark = pytest.mark.kafka
@@ -107,7 +107,7 @@ def test_a_feed_whose_topic_does_not_exist_yet_is_never_passed(
     from unifeed import unify_lines
 
     ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
-    control, surface = _long_scenario(2)
+    control, surface = long_scenario(2)
     last = max(pitr_of(control[-1]), pitr_of(surface[-1]))
     control, surface = [*control, keepalive(last + 1000)], [*surface, keepalive(last + 1000)]
     load(kafka_bootstrap, srf, surface)
@@ -335,7 +335,7 @@ def test_restart_with_another_control_topic_is_refused_and_old_checkpoints_resum
     from tests.support.kafkatools import pitr_of
 
     ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 4)
-    control, _ = _long_scenario(4)
+    control, _ = long_scenario(4)
     other = unique_topic("ctl2")
     load(kafka_bootstrap, other, control)
     name = f"in-{out}"
