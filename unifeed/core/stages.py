@@ -26,7 +26,7 @@ from unifeed.core.annotate import (
     Annotator,
     LateBeyondHistory,
 )
-from unifeed.core.combine import Combiner, Emitted, Feed
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Combiner, Emitted, Feed
 from unifeed.core.errors import BadRecordError
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import (
@@ -245,7 +245,7 @@ class AnnotateStage:
     def __init__(
         self,
         *,
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         link_ttl_ms: int = DEFAULT_LINK_TTL_MS,
@@ -357,7 +357,7 @@ class WriterStage:
     def __init__(
         self,
         *,
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         capacity: int = 100_000,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from unifeed.core.combine import Emitted
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Emitted
 from unifeed.core.errors import ConfigError, UnifeedError
 from unifeed.core.mapping import encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
@@ -65,7 +65,7 @@ class Unifier:
         *,
         derive_mappings: bool = True,
         where: str = "line",
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         link_ttl_ms: int | None = None,
