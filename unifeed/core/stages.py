@@ -27,7 +27,7 @@ from unifeed.core.annotate import (
     LateBeyondHistory,
 )
 from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Combiner, Emitted, Feed
-from unifeed.core.errors import BadRecordError
+from unifeed.core.errors import BadRecordError, DeadLetterReason
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import (
     CONTROLSTREAM,
@@ -45,8 +45,8 @@ ANNOTATED: Final = "surfacestream"
 _dl_encode: Final = msgspec.json.Encoder().encode
 
 
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One refused input message (binding fields: feed, line or offset, reason, raw/raw_b64)."""
+class _DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A dead letter as written (binding fields: feed, line or offset, reason, raw/raw_b64)."""
 
     feed: str
     line: int | None = None
@@ -61,8 +61,18 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: For a valid message that could not be written (no input offset is known then).
     pitr: int | None = None
 
+
+_RECORD_FIELDS: Final = _DeadLetterRecord.__struct_fields__
+
+
+class DeadLetter(_DeadLetterRecord, frozen=True, kw_only=True, omit_defaults=True):
+    """One refused input message: the record written, and its `DeadLetterReason` (``kind``,
+    for metrics; not written: the ``reason`` text says it for people)."""
+
+    kind: DeadLetterReason = DeadLetterReason.INVALID_FIELD
+
     def encode(self) -> bytes:
-        return _dl_encode(self)
+        return _dl_encode(_DeadLetterRecord(**{f: getattr(self, f) for f in _RECORD_FIELDS}))
 
     def fitted(self, limit: int) -> DeadLetter:
         """This dead letter, its raw text cut to fit in ``limit`` bytes when encoded.
@@ -92,11 +102,13 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         )
 
 
-def make_dead_letter(feed: str, where: str, loc: int, reason: str, raw: bytes) -> DeadLetter:
+def make_dead_letter(
+    feed: str, where: str, loc: int, reason: str, raw: bytes, kind: DeadLetterReason
+) -> DeadLetter:
     """``where`` is ``"line"`` (file input) or ``"offset"`` (Kafka input)."""
     kw: dict[str, Any] = dead_letter_raw(raw)
     kw[where] = loc
-    return DeadLetter(feed=feed, reason=reason, **kw)
+    return DeadLetter(feed=feed, reason=reason, kind=kind, **kw)
 
 
 class Accepted(Emitted, frozen=True, gc=False):
@@ -143,6 +155,9 @@ def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
     return c.room(feed) > 0
 
 
+_BACKWARDS: Final = DeadLetterReason.PITR_BACKWARDS
+
+
 def _backwards(pitr: int, floor: int) -> str:
     return (
         f"pitr {pitr} is lower than {floor}, the feed's previous pitr or "
@@ -172,10 +187,12 @@ class FeedIntake:
             rec = self._decoder.decode(raw)
         except BadRecordError as exc:
             self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw)
+            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw, exc.kind)
         if rec.pitr < self.floor:
             self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, _backwards(rec.pitr, self.floor), raw)
+            return make_dead_letter(
+                self.feed, self.where, loc, _backwards(rec.pitr, self.floor), raw, _BACKWARDS
+            )
         self.floor = rec.pitr
         self.accepted += 1
         return rec
@@ -216,14 +233,18 @@ class FeedIntake:
                 except BadRecordError as exc:
                     i = len(good) + len(dead)
                     dead.append(
-                        make_dead_letter(self.feed, self.where, loc_of(i), exc.reason, raw or b"")
+                        make_dead_letter(
+                            self.feed, self.where, loc_of(i), exc.reason, raw or b"", exc.kind
+                        )
                     )
                     continue
             pitr = rec.pitr
             if pitr < floor:
                 i = len(good) + len(dead)
                 reason = _backwards(pitr, floor)
-                dead.append(make_dead_letter(self.feed, self.where, loc_of(i), reason, raw))
+                dead.append(
+                    make_dead_letter(self.feed, self.where, loc_of(i), reason, raw, _BACKWARDS)
+                )
                 continue
             floor = pitr
             if type(rec) is Keepalive:
@@ -348,7 +369,9 @@ def _too_late(raw: bytes, late: LateBeyondHistory, applied: int) -> DeadLetter:
         "annotated with a guess"
     )
     kw: dict[str, Any] = dead_letter_raw(raw)
-    return DeadLetter(feed=SURFACESTREAM, reason=reason, pitr=late.pitr, **kw)
+    return DeadLetter(
+        feed=SURFACESTREAM, reason=reason, pitr=late.pitr, kind=DeadLetterReason.TOO_LATE, **kw
+    )
 
 
 class WriterStage:
@@ -396,30 +419,3 @@ class ControlIntake(FeedIntake):
         out: list[Mapping | Keepalive] = []
         out.extend(deriver.process_many([a.rec for a in good]))
         return out
-
-
-_CATEGORIES: Final = (
-    ("message is not valid UTF-8", "not_utf8"),
-    ("message is not valid JSON", "not_json"),
-    ("message must be a JSON object", "not_object"),
-    ("message has no `type`", "unknown_type"),
-    ("unknown message type", "unknown_type"),
-    ("`pitr` must", "bad_pitr"),
-    ("pitr ", "pitr_backwards"),
-    ("the output record", "too_large"),
-    ("late surface message", "too_late"),
-)
-
-
-def dead_letter_category(reason: str) -> str:
-    """A short, stable label for a dead letter's reason (for metrics).
-
-    >>> dead_letter_category("message is not valid JSON (...)")
-    'not_json'
-    """
-    for prefix, category in _CATEGORIES:
-        if reason.startswith(prefix):
-            return category
-    if " message has no `pitr`" in reason:
-        return "bad_pitr"
-    return "invalid_field"

@@ -19,6 +19,7 @@ from unifeed.core.combine import Emitted
 from unifeed.core.errors import (
     CheckpointError,
     DeadLetterLimitError,
+    DeadLetterReason,
     InstanceFencedError,
     KafkaRuntimeError,
     StartRefusedError,
@@ -33,7 +34,6 @@ from unifeed.core.records import (
 )
 from unifeed.core.stages import (
     DeadLetter,
-    dead_letter_category,
 )
 from unifeed.kafka.clients import (
     TIMESTAMP_AHEAD_MAX_MS,
@@ -516,7 +516,9 @@ class Committer:
             f"--kafka-config to pass such records"
         )
         kw: dict[str, Any] = dead_letter_raw(value)
-        letter = DeadLetter(feed=feed, reason=reason, pitr=pitr, **kw)
+        letter = DeadLetter(
+            feed=feed, reason=reason, pitr=pitr, kind=DeadLetterReason.TOO_LARGE, **kw
+        )
         log.warning("%s: %s: %s (pitr %d)", self.options.instance, feed, reason, pitr)
         self.write_dead([letter])
 
@@ -605,7 +607,7 @@ class Committer:
             if d.offset is not None and d.offset > self._dead_offsets.get(d.feed, -1):
                 self._dead_offsets[d.feed] = d.offset
         for d in letters:
-            self.state.add(f"dead_letters.{dead_letter_category(d.reason)}")
+            self.state.add(f"dead_letters.{d.kind.value}")
         self._dirty = True
 
     def stop_if_over_dead_letter_limit(self) -> None:
