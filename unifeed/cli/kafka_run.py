@@ -12,7 +12,6 @@ from typing import Any
 
 from unifeed.core.errors import ConfigError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
-from unifeed.core.stages import ANNOTATED
 from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import parse_target, read_properties, resolve_bootstrap
 from unifeed.runtime import CombineRun, MappingsRun, RuntimeOptions
@@ -122,7 +121,7 @@ class StatusLine:
         lags = " ".join(f"{f}-lag={_fmt_lag(wall - p)}" for f, p in sorted(st.lag_pitr.items()))
         depths = (
             f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
-            f"{self.run.writer_inbox.depth(ANNOTATED)} "
+            f"{self.run.writer_inbox.depth(SURFACESTREAM)} "
             f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
             f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import msgspec
 import msgspec.structs
@@ -33,7 +33,6 @@ from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
     SURFACESTREAM,
-    AnyRecord,
     GroundPosition,
     Keepalive,
     Mapping,
@@ -41,7 +40,6 @@ from unifeed.core.records import (
     dead_letter_raw,
 )
 
-ANNOTATED: Final = "surfacestream"
 _dl_encode: Final = msgspec.json.Encoder().encode
 
 
@@ -103,7 +101,7 @@ class DeadLetter(_DeadLetterRecord, frozen=True, kw_only=True, omit_defaults=Tru
 
 
 def make_dead_letter(
-    feed: str, where: str, loc: int, reason: str, raw: bytes, kind: DeadLetterReason
+    feed: str, where: Where, loc: int, reason: str, raw: bytes, kind: DeadLetterReason
 ) -> DeadLetter:
     """``where`` is ``"line"`` (file input) or ``"offset"`` (Kafka input)."""
     kw: dict[str, Any] = dead_letter_raw(raw)
@@ -156,6 +154,8 @@ def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
 
 
 _BACKWARDS: Final = DeadLetterReason.PITR_BACKWARDS
+#: How a dead letter names its message's place: a line of a file, or a Kafka offset.
+Where = Literal["line", "offset"]
 
 
 def _backwards(pitr: int, floor: int) -> str:
@@ -172,7 +172,7 @@ class FeedIntake:
     keepalive, becomes a `DeadLetter`; the feed carries on as if it had not been there.
     """
 
-    def __init__(self, feed: str, *, where: str = "line") -> None:
+    def __init__(self, feed: str, *, where: Where = "line") -> None:
         if where not in ("line", "offset"):
             raise ValueError("where must be 'line' or 'offset'")
         self.feed = feed
@@ -181,21 +181,6 @@ class FeedIntake:
         self.floor = -1  # highest pitr seen (message or keepalive)
         self.accepted = 0
         self.dead = 0
-
-    def check(self, loc: int, raw: bytes) -> AnyRecord | DeadLetter:
-        try:
-            rec = self._decoder.decode(raw)
-        except BadRecordError as exc:
-            self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw, exc.kind)
-        if rec.pitr < self.floor:
-            self.dead += 1
-            return make_dead_letter(
-                self.feed, self.where, loc, _backwards(rec.pitr, self.floor), raw, _BACKWARDS
-            )
-        self.floor = rec.pitr
-        self.accepted += 1
-        return rec
 
     def process(self, batch: Iterable[tuple[int, bytes]]) -> tuple[list[Accepted], list[DeadLetter]]:
         """Split a batch of ``(line or offset, raw)`` into accepted messages and dead letters.
@@ -220,7 +205,7 @@ class FeedIntake:
         fast_decode = self._decoder.decode_ascii
         feed = self.feed
         floor = self.floor
-        # `check`, inlined: this loop runs once per input message.
+        # The one intake check: this loop runs once per input message.
         # A None value never gets past `decode`; for the type checker they are all bytes.
         for raw in cast(Sequence[bytes], values):
             try:
@@ -335,16 +320,16 @@ class AnnotateStage:
                     and raw[-1:] == b"}"
                 ):
                     annotated += 1
-                    append(Emitted(ANNOTATED, e.pitr, raw[:-1] + linked[0]))
+                    append(Emitted(SURFACESTREAM, e.pitr, raw[:-1] + linked[0]))
                 else:
                     try:
                         out_raw = annotate(raw, rec)
                     except LateBeyondHistory as late:
                         self.dead.append(_too_late(raw, late, ann.applied))
                         continue
-                    append(e if out_raw is raw else Emitted(ANNOTATED, e.pitr, out_raw))
+                    append(e if out_raw is raw else Emitted(SURFACESTREAM, e.pitr, out_raw))
             else:
-                # Unchanged: the entry itself goes on (ANNOTATED is surfacestream's name).
+                # Unchanged: the entry itself goes on (SURFACESTREAM is surfacestream's name).
                 passed += 1
                 append(e)
         ann.passed += passed
@@ -388,7 +373,7 @@ class WriterStage:
         self.combiner = Combiner(
             [
                 Feed(CONTROLSTREAM, True, True, capacity),
-                Feed(ANNOTATED, strict_order, True, capacity),
+                Feed(SURFACESTREAM, strict_order, True, capacity),
             ],
             realtime_threshold_ms=realtime_threshold_ms,
             clock=clock,
@@ -398,7 +383,7 @@ class WriterStage:
         return _push_runs(self.combiner, CONTROLSTREAM, batch)
 
     def push_annotated(self, batch: list[Emitted]) -> bool:
-        return self.combiner.push_emitted(ANNOTATED, batch)
+        return self.combiner.push_emitted(SURFACESTREAM, batch)
 
     def drain(self) -> list[Emitted]:
         return self.combiner.drain_list()
@@ -407,7 +392,7 @@ class WriterStage:
 class ControlIntake(FeedIntake):
     """controlstream intake that also derives mappings (when no mapping feed is given)."""
 
-    def __init__(self, *, where: str = "line", derive: bool = True) -> None:
+    def __init__(self, *, where: Where = "line", derive: bool = True) -> None:
         super().__init__(CONTROLSTREAM, where=where)
         self.deriver = MappingDeriver() if derive else None
 

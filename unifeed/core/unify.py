@@ -20,11 +20,11 @@ from unifeed.core.errors import ConfigError, UnifeedError
 from unifeed.core.mapping import encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
 from unifeed.core.stages import (
-    ANNOTATED,
     AnnotateStage,
     ControlIntake,
     DeadLetter,
     FeedIntake,
+    Where,
     WriterStage,
 )
 
@@ -64,7 +64,7 @@ class Unifier:
         self,
         *,
         derive_mappings: bool = True,
-        where: str = "line",
+        where: Where = "line",
         realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
@@ -137,9 +137,9 @@ class Unifier:
             self.writer.push_annotated(annotated)
         progress = self.annotate.progress()
         if progress is not None:
-            writer.advance(ANNOTATED, progress)
-        if self.annotate.finished() and not writer.is_closed(ANNOTATED):
-            writer.close(ANNOTATED)
+            writer.advance(SURFACESTREAM, progress)
+        if self.annotate.finished() and not writer.is_closed(SURFACESTREAM):
+            writer.close(SURFACESTREAM)
         out = self.writer.drain()
         self.output_count += len(out)
         return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from unifeed.core.annotate import DEFAULT_LATE_WINDOW_MS, Annotator
 from unifeed.core.mapping import (
@@ -18,7 +17,6 @@ from unifeed.core.records import (
     Mapping,
 )
 from unifeed.core.stages import (
-    ANNOTATED,
     Accepted,
     DeadLetter,
 )
@@ -31,10 +29,10 @@ from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import Committer
-from unifeed.runtime.reader import Delivery, FeedReader, ReadPlan
+from unifeed.runtime.reader import Delivery, FeedReader, HandOnStep, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
-from unifeed.runtime.stages import AnnotatorThread, WriterThread
+from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
     links_hook,
     open_committer,
@@ -130,8 +128,8 @@ class CombineRun(Supervisor):
     ) -> None:
         o = self.options
         st = self.state
-        writer_inbox = Inbox([CONTROLSTREAM, ANNOTATED], LANE_BATCHES, st.stop)
-        annot_inbox = Inbox([MAPPINGSTREAM, SURFACESTREAM], LANE_BATCHES, st.stop)
+        writer_inbox: WriterInbox = Inbox([CONTROLSTREAM, SURFACESTREAM], LANE_BATCHES, st.stop)
+        annot_inbox: AnnotatorInbox = Inbox([MAPPINGSTREAM, SURFACESTREAM], LANE_BATCHES, st.stop)
         rconf = consumer_config(o.bootstrap, o.kafka_extra)
         rconf.setdefault("queued.max.messages.kbytes", 16_384)
         rconf.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
@@ -148,7 +146,7 @@ class CombineRun(Supervisor):
             dead: list[DeadLetter],
             caught_up: bool,
             closed: bool,
-        ) -> Batch | None:
+        ) -> Batch[Accepted] | None:
             marker = good[-1].rec.pitr if good else None
             return Batch(good, dead, marker, caught_up, closed)
 
@@ -158,7 +156,7 @@ class CombineRun(Supervisor):
             dead: list[DeadLetter],
             caught_up: bool,
             closed: bool,
-        ) -> Batch | None:
+        ) -> Batch[Mapping] | None:
             assert deriver is not None
             records: list[Mapping | Keepalive] = []
             records.extend(deriver.process_many([a.rec for a in replay]))
@@ -169,7 +167,7 @@ class CombineRun(Supervisor):
                 last = good[-1].rec.pitr
             return Batch(maps, [], last, caught_up, closed)
 
-        control_steps: list[tuple[Inbox, str, Callable[..., Batch | None]]] = []
+        control_steps: list[HandOnStep] = []
         if derive:
             control_steps.append((annot_inbox, MAPPINGSTREAM, control_to_annotator))
         control_steps.append((writer_inbox, CONTROLSTREAM, control_to_writer))
@@ -180,7 +178,7 @@ class CombineRun(Supervisor):
             dead: list[DeadLetter],
             caught_up: bool,
             closed: bool,
-        ) -> Batch | None:
+        ) -> Batch[Accepted] | None:
             return Batch(good, dead, None, caught_up, closed)
 
         def reader(
@@ -243,7 +241,7 @@ class CombineRun(Supervisor):
                 dead: list[DeadLetter],
                 caught_up: bool,
                 closed: bool,
-            ) -> Batch | None:
+            ) -> Batch[Mapping] | None:
                 records = [a.rec for a in good]
                 apply = links.apply
                 for r in records:
@@ -291,7 +289,7 @@ class CombineRun(Supervisor):
             return {}  # still starting: no queues yet
         return {
             "writer.controlstream": self.writer_inbox.depth(CONTROLSTREAM),
-            "writer.surfacestream": self.writer_inbox.depth(ANNOTATED),
+            "writer.surfacestream": self.writer_inbox.depth(SURFACESTREAM),
             "annotator.mappingstream": self.annot_inbox.depth(MAPPINGSTREAM),
             "annotator.surfacestream": self.annot_inbox.depth(SURFACESTREAM),
         }

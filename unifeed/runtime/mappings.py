@@ -42,7 +42,7 @@ class MappingsRun(Supervisor):
         self.control = control
         self.output = output
         self.deriver = MappingDeriver()
-        self.inbox = Inbox([CONTROLSTREAM], LANE_BATCHES, self.state.stop)
+        self.inbox: Inbox[Emitted] = Inbox([CONTROLSTREAM], LANE_BATCHES, self.state.stop)
 
     def depths(self) -> dict[str, int]:
         return {"writer": self.inbox.depth(CONTROLSTREAM)}
@@ -90,7 +90,7 @@ class MappingsRun(Supervisor):
             dead: list[DeadLetter],
             caught_up: bool,
             closed: bool,
-        ) -> Batch | None:
+        ) -> Batch[Emitted] | None:
             for a in replay:
                 deriver.process(a.rec)
             out: list[Emitted] = []
@@ -132,7 +132,7 @@ class MappingsRun(Supervisor):
 class MappingsWriter(Worker):
     """Writes the mappings and dead letters the reader hands on, and commits."""
 
-    def __init__(self, state: RunState, inbox: Inbox, committer: Committer) -> None:
+    def __init__(self, state: RunState, inbox: Inbox[Emitted], committer: Committer) -> None:
         super().__init__("writer", state)
         self.inbox = inbox
         self.committer = committer

@@ -12,9 +12,14 @@ from typing import Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from unifeed.checkpoint.store import Checkpoint, CheckpointStore, StateRef, encode_record
-from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
-from unifeed.checkpoint.store import OutputCheckpoint as OutputPosition
+from unifeed.checkpoint.store import (
+    Checkpoint,
+    CheckpointStore,
+    FeedCheckpoint,
+    OutputCheckpoint,
+    StateRef,
+    encode_record,
+)
 from unifeed.core.combine import Emitted
 from unifeed.core.errors import (
     CheckpointError,
@@ -103,7 +108,7 @@ class Committer:
         self.producer = Producer(config)
         self._error: KafkaError | None = None
         self._last_poll = 0.0
-        self.positions: dict[str, FeedPosition] = {}
+        self.positions: dict[str, FeedCheckpoint] = {}
         self.feeds = feeds
         self.next_offset = 0
         self._delivered_next = -1
@@ -357,7 +362,7 @@ class Committer:
         elif self._served(lambda: self.producer.flush(30)):
             raise KafkaRuntimeError("a checkpoint record was not delivered within 30 s")
 
-    def first_checkpoint(self, positions: dict[str, FeedPosition]) -> None:
+    def first_checkpoint(self, positions: dict[str, FeedCheckpoint]) -> None:
         """Written before any output when the instance has no checkpoint yet."""
         self.positions = dict(positions)
         self._dirty = True
@@ -414,7 +419,7 @@ class Committer:
     def write(
         self,
         items: list[Emitted],
-        positions: dict[str, FeedPosition] | None = None,
+        positions: dict[str, FeedCheckpoint] | None = None,
     ) -> None:
         """Produce each item's bytes (timestamp = pitr) in order; advance the positions.
 
@@ -506,7 +511,7 @@ class Committer:
                 if prev is not None and prev.pitr == pitr:
                     count += prev.skip
             prev_dead = positions[feed].dead_offset if feed in positions else None
-            positions[feed] = FeedPosition(pitr=pitr, skip=count, dead_offset=prev_dead)
+            positions[feed] = FeedCheckpoint(pitr=pitr, skip=count, dead_offset=prev_dead)
 
     def _oversized(self, feed: str, pitr: int, value: bytes) -> None:
         """A record the producer cannot send: a dead letter instead of a stopped run."""
@@ -522,15 +527,15 @@ class Committer:
         log.warning("%s: %s: %s (pitr %d)", self.options.instance, feed, reason, pitr)
         self.write_dead([letter])
 
-    def _feed_checkpoints(self) -> dict[str, FeedPosition]:
-        out: dict[str, FeedPosition] = {}
+    def _feed_checkpoints(self) -> dict[str, FeedCheckpoint]:
+        out: dict[str, FeedCheckpoint] = {}
         for f in self.feeds:
             pos = self.positions.get(f)
             if pos is None:
                 continue
             dead = self._dead_offsets.get(f)
             if dead is not None and (pos.dead_offset is None or dead > pos.dead_offset):
-                pos = FeedPosition(pitr=pos.pitr, skip=pos.skip, dead_offset=dead)
+                pos = FeedCheckpoint(pitr=pos.pitr, skip=pos.skip, dead_offset=dead)
                 self.positions[f] = pos
             out[f] = pos
         # A feed read without a position of its own (an external mappingstream) keeps only
@@ -538,7 +543,7 @@ class Committer:
         for f, dead in self._dead_offsets.items():
             prev = self.positions.get(f)
             if f not in out and (prev is None or dead > (prev.dead_offset or -1)):
-                self.positions[f] = FeedPosition(pitr=0, skip=0, dead_offset=dead)
+                self.positions[f] = FeedCheckpoint(pitr=0, skip=0, dead_offset=dead)
         for f, pos in self.positions.items():
             if f not in out:
                 out[f] = pos
@@ -548,14 +553,14 @@ class Committer:
                 pos = out[f]
                 offset = marks.offset_for(pos.pitr if lookback is None else lowest - lookback)
                 if offset != pos.offset:
-                    out[f] = self.positions[f] = FeedPosition(
+                    out[f] = self.positions[f] = FeedCheckpoint(
                         pitr=pos.pitr, skip=pos.skip, dead_offset=pos.dead_offset, offset=offset
                     )
         # Each feed names its input, so that a start with other inputs is refused (an
         # external mappingstream too, with no position of its own).
         for f, target in self.inputs.items():
             source = f"{target.topic}:{target.partition}"
-            pos = out.get(f) or FeedPosition(pitr=0, skip=0)
+            pos = out.get(f) or FeedCheckpoint(pitr=0, skip=0)
             if pos.source != source:
                 out[f] = msgspec.structs.replace(pos, source=source)
         return out
@@ -662,7 +667,7 @@ class Committer:
             instance=self.options.instance,
             state=msgspec.UNSET if self.state_ref is None else self.state_ref,
             feeds=feeds,
-            output=OutputPosition(
+            output=OutputCheckpoint(
                 topic=self.output.topic,
                 partition=self.output.partition,
                 next_offset=self.next_offset,
@@ -686,7 +691,7 @@ class Committer:
         self.state.add("commits")
 
     def _save_state(
-        self, feeds: dict[str, FeedPosition]
+        self, feeds: dict[str, FeedCheckpoint]
     ) -> tuple[list[Any], StateRef] | None:
         """Produce the newest snapshot the checkpoint may name, in parts, inside the open
         transaction (before its flush); its offsets are filled in by delivery reports."""

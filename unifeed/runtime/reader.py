@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
+from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.errors import (
     KafkaRuntimeError,
 )
@@ -50,7 +50,7 @@ class ReadPlan:
     """Where a reader starts and which messages it only replays (state, no output)."""
 
     offset: int
-    resume_after: FeedPosition | None = None
+    resume_after: FeedCheckpoint | None = None
     dead_offset: int | None = None
     #: The intake's order floor at ``offset`` (a restart from saved state), if known.
     floor: int | None = None
@@ -251,12 +251,21 @@ class FeedReader(Worker):
         return True
 
 
+#: What a reader's batch becomes for one lane: ``(replay, good, dead, caught_up, closed)``
+#: to the batch that lane gets (None: nothing for it this time).
+HandOn = Callable[
+    [list[Accepted], list[Accepted], list[DeadLetter], bool, bool], "Batch[Any] | None"
+]
+#: One lane a reader feeds: its inbox, the lane's name and the hand-on that fills it.
+HandOnStep = tuple["Inbox[Any]", str, HandOn]
+
+
 class Delivery:
     """Hands one reader's output to its lanes, retrying only what is still undelivered."""
 
-    def __init__(self, steps: list[tuple[Inbox, str, Callable[..., Batch | None]]]) -> None:
+    def __init__(self, steps: list[HandOnStep]) -> None:
         self.steps = steps
-        self.pending: list[tuple[Inbox, str, Batch]] = []
+        self.pending: list[tuple[Inbox[Any], str, Batch[Any]]] = []
 
     def __call__(
         self,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
+from unifeed.core.combine import Emitted
 from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
     SURFACESTREAM,
+    Mapping,
 )
 from unifeed.core.stages import (
-    ANNOTATED,
+    Accepted,
     AnnotateStage,
     DeadLetter,
     WriterStage,
@@ -23,12 +26,21 @@ from unifeed.runtime.state import RunState, Worker
 
 log = logging.getLogger("unifeed")
 
-# --- stages as threads -----------------------------------------------------
+# An inbox's lanes carry different record types; each lane's type is named where it is
+# taken (cast), as the lane's producer made it.
+#: The writer's lanes: controlstream's accepted messages, surfacestream's annotated output.
+WriterInbox = Inbox[Accepted | Emitted]
+#: The annotator's lanes: mappings (derived or read), surfacestream's accepted messages.
+AnnotatorInbox = Inbox[Mapping | Accepted]
 
 
 class AnnotatorThread(Worker):
     def __init__(
-        self, state: RunState, inbox: Inbox, writer_inbox: Inbox, options: RuntimeOptions
+        self,
+        state: RunState,
+        inbox: AnnotatorInbox,
+        writer_inbox: WriterInbox,
+        options: RuntimeOptions,
     ) -> None:
         super().__init__("annotator", state)
         self.inbox = inbox
@@ -53,14 +65,14 @@ class AnnotatorThread(Worker):
             for lane, batch in self.inbox.take(lanes, IDLE_S):
                 dead.extend(batch.dead)
                 if lane == MAPPINGSTREAM:
-                    stage.push_mappings(batch.records)
+                    stage.push_mappings(cast("list[Mapping]", batch.records))
                     if batch.marker is not None:
                         c.advance(MAPPINGSTREAM, batch.marker)
                     c.caught_up(MAPPINGSTREAM, batch.caught_up)
                     if batch.closed:
                         c.close(MAPPINGSTREAM)
                 else:
-                    stage.push_surface(batch.records)
+                    stage.push_surface(cast("list[Accepted]", batch.records))
                     if batch.records or batch.caught_up:
                         self.surface_caught_up = batch.caught_up
                     c.caught_up(SURFACESTREAM, batch.caught_up)
@@ -80,8 +92,8 @@ class AnnotatorThread(Worker):
                 or finished
                 or caught_up != self._sent_caught_up
             ):
-                batch = Batch(out, dead, marker, caught_up, finished)
-                if not self.writer_inbox.put_blocking(ANNOTATED, batch):
+                sent: Batch[Accepted | Emitted] = Batch(out, dead, marker, caught_up, finished)
+                if not self.writer_inbox.put_blocking(SURFACESTREAM, sent):
                     return
                 self._sent_marker = marker
                 self._sent_caught_up = caught_up
@@ -99,7 +111,7 @@ class AnnotatorThread(Worker):
 
 class WriterThread(Worker):
     def __init__(
-        self, state: RunState, inbox: Inbox, committer: Committer, options: RuntimeOptions
+        self, state: RunState, inbox: WriterInbox, committer: Committer, options: RuntimeOptions
     ) -> None:
         super().__init__("writer", state)
         self.inbox = inbox
@@ -119,11 +131,11 @@ class WriterThread(Worker):
         try:
             while True:
                 stopping = self.state.stop.is_set()
-                lanes = [lane for lane in (CONTROLSTREAM, ANNOTATED) if c.room(lane) > 0]
+                lanes = [lane for lane in (CONTROLSTREAM, SURFACESTREAM) if c.room(lane) > 0]
                 for lane, batch in self.inbox.take(lanes, 0 if stopping else IDLE_S):
                     committer.write_dead(batch.dead)
                     if lane == CONTROLSTREAM:
-                        stage.push_control(batch.records)
+                        stage.push_control(cast("list[Accepted]", batch.records))
                     else:
                         stage.push_annotated(batch.records)
                     if batch.marker is not None:

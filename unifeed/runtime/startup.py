@@ -8,8 +8,7 @@ from collections.abc import Callable
 import msgspec
 from confluent_kafka import Consumer
 
-from unifeed.checkpoint.store import CheckpointStore
-from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
+from unifeed.checkpoint.store import CheckpointStore, FeedCheckpoint
 from unifeed.core.annotate import Annotator
 from unifeed.core.errors import (
     KafkaRuntimeError,
@@ -107,19 +106,19 @@ def restart_offset(options: RuntimeOptions, target: Target, pitr: int, hint: int
 
 def start_positions(
     options: RuntimeOptions, targets: dict[str, Target]
-) -> dict[str, tuple[int, FeedPosition]]:
+) -> dict[str, tuple[int, FeedCheckpoint]]:
     """Offsets and checkpoint positions for a first start (no checkpoint)."""
-    out: dict[str, tuple[int, FeedPosition]] = {}
+    out: dict[str, tuple[int, FeedCheckpoint]] = {}
     for feed, target in targets.items():
         low, high = watermarks_or_empty(options, target)
         if options.start == START_EARLIEST:
-            out[feed] = (low, FeedPosition(pitr=0, skip=0))
+            out[feed] = (low, FeedCheckpoint(pitr=0, skip=0))
         elif options.start == START_LATEST:
             last = _last_pitr(options, target, low, high)
-            out[feed] = (high, FeedPosition(pitr=0 if last is None else last + 1, skip=0))
+            out[feed] = (high, FeedCheckpoint(pitr=0 if last is None else last + 1, skip=0))
         else:
             t = options.start
-            out[feed] = (offset_for_pitr(options, target, t), FeedPosition(pitr=t, skip=0))
+            out[feed] = (offset_for_pitr(options, target, t), FeedCheckpoint(pitr=t, skip=0))
     return out
 
 
