@@ -18,7 +18,6 @@ from unifeed.core.records import (
 )
 from unifeed.core.stages import (
     Accepted,
-    DeadLetter,
 )
 from unifeed.kafka.clients import (
     Target,
@@ -29,7 +28,7 @@ from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import Committer
-from unifeed.runtime.reader import Delivery, FeedReader, HandOnStep, ReadPlan
+from unifeed.runtime.reader import Delivery, FeedReader, HandOnStep, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
@@ -140,24 +139,14 @@ class CombineRun(Supervisor):
             else MappingDeriver() if restored is None else MappingDeriver.restore(restored)
         )
 
-        def control_to_writer(
-            replay: list[Accepted],
-            good: list[Accepted],
-            dead: list[DeadLetter],
-            caught_up: bool,
-            closed: bool,
-        ) -> Batch[Accepted] | None:
+        def control_to_writer(read: ReadBatch) -> Batch[Accepted] | None:
+            good = read.good
             marker = good[-1].rec.pitr if good else None
-            return Batch(good, dead, marker, caught_up, closed)
+            return Batch(good, read.dead, marker, read.caught_up, read.closed)
 
-        def control_to_annotator(
-            replay: list[Accepted],
-            good: list[Accepted],
-            dead: list[DeadLetter],
-            caught_up: bool,
-            closed: bool,
-        ) -> Batch[Mapping] | None:
+        def control_to_annotator(read: ReadBatch) -> Batch[Mapping] | None:
             assert deriver is not None
+            replay, good = read.replay, read.good
             records: list[Mapping | Keepalive] = []
             records.extend(deriver.process_many([a.rec for a in replay]))
             records.extend(deriver.process_many([a.rec for a in good]))
@@ -165,21 +154,15 @@ class CombineRun(Supervisor):
             last = (replay or good)[-1].rec.pitr if (good or replay) else None
             if good:
                 last = good[-1].rec.pitr
-            return Batch(maps, [], last, caught_up, closed)
+            return Batch(maps, [], last, read.caught_up, read.closed)
 
         control_steps: list[HandOnStep] = []
         if derive:
             control_steps.append((annot_inbox, MAPPINGSTREAM, control_to_annotator))
         control_steps.append((writer_inbox, CONTROLSTREAM, control_to_writer))
 
-        def surface_to_annotator(
-            replay: list[Accepted],
-            good: list[Accepted],
-            dead: list[DeadLetter],
-            caught_up: bool,
-            closed: bool,
-        ) -> Batch[Accepted] | None:
-            return Batch(good, dead, None, caught_up, closed)
+        def surface_to_annotator(read: ReadBatch) -> Batch[Accepted] | None:
+            return Batch(read.good, read.dead, None, read.caught_up, read.closed)
 
         def reader(
             feed: str, target: Target, plan: ReadPlan, deliver: Delivery
@@ -235,24 +218,18 @@ class CombineRun(Supervisor):
             if restored is not None:
                 links.seed(restored.links, restored.floor)
 
-            def mapping_to_annotator(
-                replay: list[Accepted],
-                good: list[Accepted],
-                dead: list[DeadLetter],
-                caught_up: bool,
-                closed: bool,
-            ) -> Batch[Mapping] | None:
-                records = [a.rec for a in good]
+            def mapping_to_annotator(read: ReadBatch) -> Batch[Mapping] | None:
+                records = [a.rec for a in read.good]
                 apply = links.apply
                 for r in records:
                     if type(r) is Mapping:
                         apply(r)
                 return Batch(
                     [r for r in records if type(r) is Mapping],
-                    dead,
+                    read.dead,
                     records[-1].pitr if records else None,
-                    caught_up,
-                    closed,
+                    read.caught_up,
+                    read.closed,
                 )
 
             ref = committer.state_ref

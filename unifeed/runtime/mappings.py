@@ -9,14 +9,13 @@ from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.combine import Emitted
 from unifeed.core.mapping import DeriverState, DeriverStats, MappingDeriver, encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM
-from unifeed.core.stages import Accepted, DeadLetter
 from unifeed.kafka.clients import Target, consumer_config
 from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import IDLE_S, LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import Committer
-from unifeed.runtime.reader import Delivery, FeedReader, ReadPlan
+from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.startup import (
@@ -84,14 +83,9 @@ class MappingsRun(Supervisor):
         if plan.resume_after is not None:
             tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
 
-        def hand_on(
-            replay: list[Accepted],
-            good: list[Accepted],
-            dead: list[DeadLetter],
-            caught_up: bool,
-            closed: bool,
-        ) -> Batch[Emitted] | None:
-            for a in replay:
+        def hand_on(read: ReadBatch) -> Batch[Emitted] | None:
+            good = read.good
+            for a in read.replay:
                 deriver.process(a.rec)
             out: list[Emitted] = []
             for a in good:
@@ -106,7 +100,7 @@ class MappingsRun(Supervisor):
                     count += tracker["skip"]
                 tracker.update(pitr=last, skip=count)
                 position = FeedCheckpoint(pitr=last, skip=count)
-            return Batch(out, dead, None, caught_up, closed, position)
+            return Batch(out, read.dead, None, read.caught_up, read.closed, position)
 
         reader = FeedReader(
             state=self.state,

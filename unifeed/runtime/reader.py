@@ -8,14 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.errors import (
     KafkaRuntimeError,
-)
-from unifeed.core.records import (
-    Keepalive,
 )
 from unifeed.core.stages import (
     Accepted,
@@ -28,6 +26,7 @@ from unifeed.kafka.clients import (
     kafka_error,
     watermarks,
 )
+from unifeed.runtime.endwatch import EndOfLogWatch
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import (
     MESSAGE_ERROR,
@@ -38,6 +37,7 @@ from unifeed.runtime.limits import (
     UNKNOWN_CODES,
 )
 from unifeed.runtime.marks import RestartMarks
+from unifeed.runtime.resume import ResumeSkip
 from unifeed.runtime.state import RunState, Worker
 
 log = logging.getLogger("unifeed")
@@ -67,7 +67,7 @@ class FeedReader(Worker):
         target: Target,
         config: dict[str, Any],
         plan: ReadPlan,
-        deliver: Callable[[list[Accepted], list[Accepted], list[DeadLetter], bool, bool], bool],
+        deliver: Callable[[ReadBatch], bool],
         stop_at: int | None,
         exit_at_end: bool,
         count_keepalives: bool = False,
@@ -103,14 +103,10 @@ class FeedReader(Worker):
     def _loop(self, consumer: Consumer) -> None:
         tp = self.target.topic_partition(self.plan.offset)
         consumer.assign([tp])
-        resume = self.plan.resume_after
-        replaying = resume is not None
-        at_resume_pitr = 0
+        skip = ResumeSkip(self.plan.resume_after, count_keepalives=self.count_keepalives)
         stop = self.state.stop
         closed = False
-        grace = self.end_of_log_grace_s
-        at_end_since: float | None = None
-        reported_end = False
+        end = EndOfLogWatch(self.end_of_log_grace_s)
         idle_since = time.monotonic()
         warned_missing = 0.0
         while not stop.is_set() and not closed:
@@ -118,7 +114,7 @@ class FeedReader(Worker):
             eof = False
             if messages:
                 idle_since = time.monotonic()
-            elif at_end_since is None and time.monotonic() - idle_since >= 1.0:
+            elif not end.at_end and time.monotonic() - idle_since >= 1.0:
                 # librdkafka reports no end of log for an empty or missing partition:
                 # ask for the watermarks instead.
                 idle_since = time.monotonic()
@@ -172,46 +168,13 @@ class FeedReader(Worker):
             if dead and self.plan.dead_offset is not None:
                 # Written and committed by the run that left the checkpoint.
                 dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
-            replay: list[Accepted] = []
-            if replaying and resume is not None:
-                k = 0
-                for a in good:
-                    p = a.rec.pitr
-                    counted = self.count_keepalives or type(a.rec) is not Keepalive
-                    if p < resume.pitr:
-                        k += 1
-                        continue
-                    if p == resume.pitr and counted and at_resume_pitr < resume.skip:
-                        at_resume_pitr += 1
-                        k += 1
-                        continue
-                    if p == resume.pitr and not counted:
-                        k += 1
-                        continue
-                    replaying = False
-                    break
-                if k:
-                    replay, good = good[:k], good[k:]
+            replay, good = skip.split(good)
             if self.stop_at is not None and good and good[-1].rec.pitr > self.stop_at:
                 good = [a for a in good if a.rec.pitr <= self.stop_at]
                 closed = True
             if eof and self.exit_at_end:
                 closed = True
-            # End of log counts as progress only once the reader has stayed there for the
-            # grace period: a source that is merely slow to top up an old backlog must not
-            # let catch-up run ahead of it (which would emit its next messages as late).
-            if records:
-                at_end_since = None
-                reported_end = False
-            if eof and at_end_since is None:
-                at_end_since = time.monotonic()
-            caught_up = (
-                at_end_since is not None
-                and not reported_end
-                and time.monotonic() - at_end_since >= grace
-            )
-            if caught_up:
-                reported_end = True
+            caught_up = end.update(read=bool(records), eof=eof)
             if records or caught_up or closed:
                 self.state.add(f"in.{self.feed}", len(records))
                 if good:
@@ -221,41 +184,42 @@ class FeedReader(Worker):
                     self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
                     if self.before_batch is not None:
                         self.before_batch(records[0].offset() or 0, floor_before)
-                if not self._hand_on(consumer, tp, replay, good, dead, caught_up, closed):
+                if not self._hand_on(consumer, tp, ReadBatch(replay, good, dead, caught_up, closed)):
                     return
 
-    def _hand_on(
-        self,
-        consumer: Consumer,
-        tp: TopicPartition,
-        replay: list[Accepted],
-        good: list[Accepted],
-        dead: list[DeadLetter],
-        caught_up: bool,
-        closed: bool,
-    ) -> bool:
+    def _hand_on(self, consumer: Consumer, tp: TopicPartition, read: ReadBatch) -> bool:
         """Deliver, pausing the partition while the next stage is full."""
         paused = False
         try:
-            while not self.deliver(replay, good, dead, caught_up, closed):
+            while not self.deliver(read):
                 if self.state.stop.is_set():
                     return False
                 if not paused:
                     consumer.pause([tp])
                     paused = True
-                replay = good = []  # already delivered: deliver() retries only what is left
-                dead = []
+                # Already delivered: deliver() retries only what is left.
+                read = ReadBatch([], [], [], read.caught_up, read.closed)
         finally:
             if paused and not self.state.stop.is_set():
                 consumer.resume([tp])
         return True
 
 
-#: What a reader's batch becomes for one lane: ``(replay, good, dead, caught_up, closed)``
-#: to the batch that lane gets (None: nothing for it this time).
-HandOn = Callable[
-    [list[Accepted], list[Accepted], list[DeadLetter], bool, bool], "Batch[Any] | None"
-]
+class ReadBatch(msgspec.Struct, gc=False):
+    """What a reader hands on from one read: ``replay`` (accepted messages that only
+    rebuild state: before the restart position), ``good`` (accepted messages to pass
+    on), ``dead`` (dead letters), whether it is at the end of its log (``caught_up``)
+    and whether its feed has ended (``closed``)."""
+
+    replay: list[Accepted]
+    good: list[Accepted]
+    dead: list[DeadLetter]
+    caught_up: bool
+    closed: bool
+
+
+#: What a reader's batch becomes for one lane (None: nothing for it this time).
+HandOn = Callable[[ReadBatch], "Batch[Any] | None"]
 #: One lane a reader feeds: its inbox, the lane's name and the hand-on that fills it.
 HandOnStep = tuple["Inbox[Any]", str, HandOn]
 
@@ -267,17 +231,12 @@ class Delivery:
         self.steps = steps
         self.pending: list[tuple[Inbox[Any], str, Batch[Any]]] = []
 
-    def __call__(
-        self,
-        replay: list[Accepted],
-        good: list[Accepted],
-        dead: list[DeadLetter],
-        caught_up: bool,
-        closed: bool,
-    ) -> bool:
-        if not self.pending and (replay or good or dead or caught_up or closed):
+    def __call__(self, read: ReadBatch) -> bool:
+        if not self.pending and (
+            read.replay or read.good or read.dead or read.caught_up or read.closed
+        ):
             for inbox, lane, make in self.steps:
-                batch = make(replay, good, dead, caught_up, closed)
+                batch = make(read)
                 if batch is not None:
                     self.pending.append((inbox, lane, batch))
         while self.pending:
