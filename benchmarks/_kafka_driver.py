@@ -33,7 +33,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 from unifeed.kafka.clients import Target, consumer_config, producer_config
-from unifeed.runtime.run import CombineRun, FeedReader, RuntimeOptions
+from unifeed.runtime import CombineRun, RuntimeOptions
+from unifeed.runtime.reader import FeedReader
 
 _REPORT_S = 0.005
 _CPU_SAMPLE_S = 0.25

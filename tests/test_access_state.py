@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import unifeed.runtime.run as _runtime
 from tests.support.kafkatools import ROOT, keepalive, load, read_all, run_cli, start_cli, wait_for
 from tests.support.reference import ACCESS, reference_unified
 from unifeed import unify_lines
@@ -36,6 +35,7 @@ from unifeed.core.mapping import (
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 from unifeed.core.stages import ControlIntake
 from unifeed.core.unify import Unifier, derive_mapping_lines
+from unifeed.runtime import saved
 
 HOUR = 3_600_000
 # The restart's log line: the flightplan's access level came from the saved state, read
@@ -378,7 +378,7 @@ class _InProcessCombine:
             u.control.floor = state.floor
             u.annotate.annotator.seed(state.links, state.floor)
         self.u = u
-        self.snapshots = _runtime.StateSnapshots()
+        self.snapshots = saved.StateSnapshots()
         self.next_control = control_from
         self.next_surface = 0
         self.written = {CONTROLSTREAM: 0, SURFACESTREAM: 0}  # last pitr written
@@ -436,8 +436,8 @@ def test_no_output_is_weaker_than_the_reference_whatever_late_arrivals_and_resta
     arriving late and the run restarted at random moments under a random lookback."""
     with pytest.MonkeyPatch.context() as patch:
         # Snapshots as often as the rule allows, so that restarts restore real state.
-        patch.setattr(_runtime, "_SNAPSHOT_EVERY_MESSAGES", 1)
-        patch.setattr(_runtime, "_SNAPSHOT_EVERY_PITR_MS", 1)
+        patch.setattr(saved, "SNAPSHOT_EVERY_MESSAGES", 1)
+        patch.setattr(saved, "SNAPSHOT_EVERY_PITR_MS", 1)
         _check_late_and_restarts(*case)
 
 

@@ -183,7 +183,7 @@ def register(subparsers: Any) -> None:
         help="address the metrics server binds (default 127.0.0.1)",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no status line or summary")
-    from unifeed.checkpoint.store import add_kafka_options
+    from unifeed.cli.checkpoint import add_kafka_options
 
     add_kafka_options(p)
     p.set_defaults(handler=_ingest)
@@ -265,7 +265,7 @@ def _ingest(args: argparse.Namespace) -> int:
     sources = _sources(args, polls, stop, counters)
 
     def kafka() -> tuple[str, dict[str, str]]:
-        from unifeed.checkpoint.store import kafka_settings
+        from unifeed.cli.checkpoint import kafka_settings
 
         return kafka_settings(args)
 

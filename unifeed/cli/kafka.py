@@ -52,7 +52,7 @@ from typing import IO, Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-import unifeed.checkpoint.store as _checkpoint
+import unifeed.cli.checkpoint as _checkpoint
 from unifeed.core.access import FlightLevels, visible
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP

@@ -224,7 +224,7 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
 
 def _kafka_handler(name: str) -> Any:
     try:
-        module = importlib.import_module("unifeed.runtime.run")
+        module = importlib.import_module("unifeed.cli.kafka_run")
     except ModuleNotFoundError as exc:  # pragma: no cover - only in a partial install
         raise ConfigError("Kafka inputs need unifeed's Kafka runtime, which is missing") from exc
     return getattr(module, name)

@@ -34,7 +34,7 @@ def default_state_dir() -> Path:
 
 def register(subparsers: Any) -> None:
     """Add ``unifeed serve``."""
-    from unifeed.checkpoint.store import add_kafka_options
+    from unifeed.cli.checkpoint import add_kafka_options
 
     p = subparsers.add_parser(
         "serve",
@@ -119,7 +119,7 @@ def make_service(settings: Any, args: argparse.Namespace | None = None) -> Any:
 
         parse_partitions(text)  # a bad target is a usage error now, not in a thread later
         if args is not None:
-            from unifeed.checkpoint.store import kafka_settings
+            from unifeed.cli.checkpoint import kafka_settings
 
             settings.bootstrap, settings.kafka_extra = kafka_settings(args)
         if settings.bootstrap is None:

@@ -22,6 +22,8 @@ import msgspec
 from unifeed.core.errors import FeedOrderError
 
 _NO_MARKER: Final = -(2**63)
+#: Messages younger than this (by the clock) are real time, by default.
+DEFAULT_REALTIME_THRESHOLD_MS: Final = 30_000
 
 
 class Mode(enum.Enum):
@@ -160,7 +162,7 @@ class Combiner:
         self,
         feeds: Sequence[Feed],
         *,
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
     ) -> None:
         if not feeds:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class UnifeedError(Exception):
     """Root of every error unifeed raises on purpose."""
@@ -10,19 +12,39 @@ class UnifeedError(Exception):
     exit_code: int = 1
 
 
+class DeadLetterReason(enum.Enum):
+    """Why a message became a dead letter, as a kind; its value is the metrics label
+    (``unifeed_dead_letters_total{reason=...}``). The dead letter's ``reason`` text says
+    the same for people, with the details."""
+
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_PITR = "bad_pitr"
+    INVALID_FIELD = "invalid_field"
+    PITR_BACKWARDS = "pitr_backwards"
+    TOO_LARGE = "too_large"
+    TOO_LATE = "too_late"
+
+
 class BadRecordError(UnifeedError):
     """Raised when one input message is not a valid record (the outside world's fault).
 
     The runtime never lets it stop a run: the record goes to the dead-letter sink.
-    ``reason`` is a sentence a person understands; ``feed`` names the feed.
+    ``reason`` is a sentence a person understands, ``kind`` the same as a
+    `DeadLetterReason`; ``feed`` names the feed.
     """
 
     exit_code = 4
 
-    def __init__(self, feed: str, reason: str) -> None:
+    def __init__(
+        self, feed: str, reason: str, kind: DeadLetterReason = DeadLetterReason.INVALID_FIELD
+    ) -> None:
         super().__init__(f"{feed}: {reason}")
         self.feed = feed
         self.reason = reason
+        self.kind = kind
 
 
 class FeedOrderError(UnifeedError):

@@ -18,7 +18,7 @@ import msgspec
 
 from unifeed.core.combine import Emitted, Feed
 from unifeed.core.records import Keepalive, StampedDecoder
-from unifeed.core.stages import Accepted, DeadLetter, FeedIntake, Intake, MergeStage
+from unifeed.core.stages import Accepted, DeadLetter, FeedIntake, Intake, MergeStage, Where
 from unifeed.core.unify import CATCHUP_CLOCK, run_files
 
 #: One merge input: a feed's name, or ``(name, partition)`` for one partition of it.
@@ -85,7 +85,7 @@ class Merger:
         sources: Sequence[Source],
         *,
         live_required: Collection[str] | None = None,
-        where: str = "line",
+        where: Where = "line",
         realtime_threshold_ms: int = 30_000,
         clock: Callable[[], int] | None = None,
         start: int | None = None,

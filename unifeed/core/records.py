@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from unifeed.core.errors import BadRecordError
+from unifeed.core.errors import BadRecordError, DeadLetterReason
 
 CONTROLSTREAM: Final = "controlstream"
 SURFACESTREAM: Final = "surfacestream"
@@ -246,7 +246,9 @@ class RecordDecoder:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
         if raw is None:
             raise BadRecordError(
-                self.feed, "message is not valid JSON (the Kafka record's value is null)"
+                self.feed,
+                "message is not valid JSON (the Kafka record's value is null)",
+                DeadLetterReason.NOT_JSON,
             )
         try:
             if not raw.isascii():
@@ -255,43 +257,56 @@ class RecordDecoder:
             return self._decoder.decode(raw)
         except UnicodeDecodeError as exc:
             raise BadRecordError(
-                self.feed, f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+                self.feed,
+                f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+                DeadLetterReason.NOT_UTF8,
             ) from None
         except msgspec.DecodeError as exc:
-            raise BadRecordError(self.feed, _clip(self._explain(raw, exc))) from None
+            reason, kind = self._explain(raw, exc)
+            raise BadRecordError(self.feed, _clip(reason), kind) from None
         except RecursionError:
-            raise BadRecordError(self.feed, TOO_DEEP) from None
+            raise BadRecordError(self.feed, TOO_DEEP, DeadLetterReason.INVALID_FIELD) from None
 
-    def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> str:
-        """Turn msgspec's message into a sentence that says what was expected and what came."""
+    def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLetterReason]:
+        """Turn msgspec's message into a sentence that says what was expected and what
+        came, and its kind."""
         try:
             value = _probe.decode(raw)
         except RecursionError:
-            return TOO_DEEP
+            return TOO_DEEP, DeadLetterReason.INVALID_FIELD
         except msgspec.DecodeError as inner:
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
-                return "message is not valid UTF-8"
-            return f"message is not valid JSON ({inner})"
+                return "message is not valid UTF-8", DeadLetterReason.NOT_UTF8
+            return f"message is not valid JSON ({inner})", DeadLetterReason.NOT_JSON
         if not isinstance(value, dict):
-            return f"message must be a JSON object, got {type(value).__name__}"
+            return (
+                f"message must be a JSON object, got {type(value).__name__}",
+                DeadLetterReason.NOT_OBJECT,
+            )
         kind = value.get("type")
         if kind is None:
-            return "message has no `type` field"
+            return "message has no `type` field", DeadLetterReason.UNKNOWN_TYPE
         if not isinstance(kind, str) or kind not in _TYPES[self.feed]:
             allowed = ", ".join(sorted(_TYPES[self.feed]))
             shown = _clip(repr(kind), 60)
-            return f"unknown message type {shown} for {self.feed} (expected one of {allowed})"
+            return (
+                f"unknown message type {shown} for {self.feed} (expected one of {allowed})",
+                DeadLetterReason.UNKNOWN_TYPE,
+            )
         pitr = value.get("pitr")
         if "pitr" not in value:
-            return f"{kind} message has no `pitr` field"
+            return f"{kind} message has no `pitr` field", DeadLetterReason.BAD_PITR
         if type(pitr) is not int:
             shown = msgspec.json.encode(pitr).decode()[:40]
-            return f"`pitr` must be an integer (epoch milliseconds), got {shown}"
+            return (
+                f"`pitr` must be an integer (epoch milliseconds), got {shown}",
+                DeadLetterReason.BAD_PITR,
+            )
         if pitr < 0:
-            return f"`pitr` must not be negative, got {pitr}"
-        return f"invalid {kind} message: {exc}"
+            return f"`pitr` must not be negative, got {pitr}", DeadLetterReason.BAD_PITR
+        return f"invalid {kind} message: {exc}", DeadLetterReason.INVALID_FIELD
 
 
 def _clip(text: str, limit: int = 300) -> str:
@@ -349,7 +364,9 @@ class StampedDecoder:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
         if raw is None:
             raise BadRecordError(
-                self.feed, "message is not valid JSON (the Kafka record's value is null)"
+                self.feed,
+                "message is not valid JSON (the Kafka record's value is null)",
+                DeadLetterReason.NOT_JSON,
             )
         try:
             if not raw.isascii():
@@ -357,29 +374,38 @@ class StampedDecoder:
             return self._decode_valid(raw)
         except UnicodeDecodeError as exc:
             raise BadRecordError(
-                self.feed, f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+                self.feed,
+                f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+                DeadLetterReason.NOT_UTF8,
             ) from None
         except msgspec.DecodeError as exc:
-            raise BadRecordError(self.feed, _clip(_explain_stamped(raw, exc))) from None
+            reason, kind = _explain_stamped(raw, exc)
+            raise BadRecordError(self.feed, _clip(reason), kind) from None
         except RecursionError:
-            raise BadRecordError(self.feed, TOO_DEEP) from None
+            raise BadRecordError(self.feed, TOO_DEEP, DeadLetterReason.INVALID_FIELD) from None
 
 
-def _explain_stamped(raw: bytes, exc: msgspec.DecodeError) -> str:
+def _explain_stamped(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLetterReason]:
     try:
         value = _probe.decode(raw)
     except RecursionError:
-        return TOO_DEEP
+        return TOO_DEEP, DeadLetterReason.INVALID_FIELD
     except msgspec.DecodeError as inner:
-        return f"message is not valid JSON ({inner})"
+        return f"message is not valid JSON ({inner})", DeadLetterReason.NOT_JSON
     if not isinstance(value, dict):
-        return f"message must be a JSON object, got {type(value).__name__}"
+        return (
+            f"message must be a JSON object, got {type(value).__name__}",
+            DeadLetterReason.NOT_OBJECT,
+        )
     if "pitr" not in value:
-        return "message has no `pitr` field"
+        return "message has no `pitr` field", DeadLetterReason.BAD_PITR
     pitr = value["pitr"]
     if type(pitr) is not int:
         shown = msgspec.json.encode(pitr).decode()[:40]
-        return f"`pitr` must be an integer (epoch milliseconds), got {shown}"
+        return (
+            f"`pitr` must be an integer (epoch milliseconds), got {shown}",
+            DeadLetterReason.BAD_PITR,
+        )
     if pitr < 0:
-        return f"`pitr` must not be negative, got {pitr}"
-    return f"invalid message: {exc}"
+        return f"`pitr` must not be negative, got {pitr}", DeadLetterReason.BAD_PITR
+    return f"invalid message: {exc}", DeadLetterReason.INVALID_FIELD

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import msgspec
 import msgspec.structs
@@ -26,29 +26,26 @@ from unifeed.core.annotate import (
     Annotator,
     LateBeyondHistory,
 )
-from unifeed.core.combine import Combiner, Emitted, Feed
-from unifeed.core.errors import BadRecordError
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Combiner, Emitted, Feed
+from unifeed.core.errors import BadRecordError, DeadLetterReason
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
     SURFACESTREAM,
-    AnyRecord,
     GroundPosition,
     Keepalive,
     Mapping,
     RecordDecoder,
-    Stamped,
     StampedDecoder,
     dead_letter_raw,
 )
 
-ANNOTATED: Final = "surfacestream"
 _dl_encode: Final = msgspec.json.Encoder().encode
 
 
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One refused input message (binding fields: feed, line or offset, reason, raw/raw_b64)."""
+class _DeadLetterRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A dead letter as written (binding fields: feed, line or offset, reason, raw/raw_b64)."""
 
     feed: str
     line: int | None = None
@@ -65,8 +62,18 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: For a valid message that could not be written (no input offset is known then).
     pitr: int | None = None
 
+
+_RECORD_FIELDS: Final = _DeadLetterRecord.__struct_fields__
+
+
+class DeadLetter(_DeadLetterRecord, frozen=True, kw_only=True, omit_defaults=True):
+    """One refused input message: the record written, and its `DeadLetterReason` (``kind``,
+    for metrics; not written: the ``reason`` text says it for people)."""
+
+    kind: DeadLetterReason = DeadLetterReason.INVALID_FIELD
+
     def encode(self) -> bytes:
-        return _dl_encode(self)
+        return _dl_encode(_DeadLetterRecord(**{f: getattr(self, f) for f in _RECORD_FIELDS}))
 
     def fitted(self, limit: int) -> DeadLetter:
         """This dead letter, its raw text cut to fit in ``limit`` bytes when encoded.
@@ -97,12 +104,18 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 def make_dead_letter(
-    feed: str, where: str, loc: int, reason: str, raw: bytes, partition: int | None = None
+    feed: str,
+    where: Where,
+    loc: int,
+    reason: str,
+    raw: bytes,
+    kind: DeadLetterReason,
+    partition: int | None = None,
 ) -> DeadLetter:
     """``where`` is ``"line"`` (file input) or ``"offset"`` (Kafka input)."""
     kw: dict[str, Any] = dead_letter_raw(raw)
     kw[where] = loc
-    return DeadLetter(feed=feed, reason=reason, partition=partition, **kw)
+    return DeadLetter(feed=feed, reason=reason, kind=kind, partition=partition, **kw)
 
 
 class Accepted(Emitted, frozen=True, gc=False):
@@ -149,6 +162,11 @@ def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
     return c.room(feed) > 0
 
 
+_BACKWARDS: Final = DeadLetterReason.PITR_BACKWARDS
+#: How a dead letter names its message's place: a line of a file, or a Kafka offset.
+Where = Literal["line", "offset"]
+
+
 def _backwards(pitr: int, floor: int) -> str:
     return (
         f"pitr {pitr} is lower than {floor}, the feed's previous pitr or "
@@ -172,7 +190,7 @@ class FeedIntake:
         self,
         feed: str,
         *,
-        where: str = "line",
+        where: Where = "line",
         decoder: RecordDecoder | StampedDecoder | None = None,
         partition: int | None = None,
         queue: str | None = None,
@@ -187,20 +205,6 @@ class FeedIntake:
         self.floor = -1  # highest pitr seen (message or keepalive)
         self.accepted = 0
         self.dead = 0
-
-    def check(self, loc: int, raw: bytes) -> AnyRecord | Stamped | DeadLetter:
-        try:
-            rec = self._decoder.decode(raw)
-        except BadRecordError as exc:
-            self.dead += 1
-            return make_dead_letter(self.feed, self.where, loc, exc.reason, raw, self.partition)
-        if rec.pitr < self.floor:
-            self.dead += 1
-            reason = _backwards(rec.pitr, self.floor)
-            return make_dead_letter(self.feed, self.where, loc, reason, raw, self.partition)
-        self.floor = rec.pitr
-        self.accepted += 1
-        return rec
 
     def process(self, batch: Iterable[tuple[int, bytes]]) -> tuple[list[Accepted], list[DeadLetter]]:
         """Split a batch of ``(line or offset, raw)`` into accepted messages and dead letters.
@@ -226,7 +230,7 @@ class FeedIntake:
         feed = self.feed
         queue = self.queue
         floor = self.floor
-        # `check`, inlined: this loop runs once per input message.
+        # The one intake check: this loop runs once per input message.
         # A None value never gets past `decode`; for the type checker they are all bytes.
         for raw in cast(Sequence[bytes], values):
             try:
@@ -240,7 +244,7 @@ class FeedIntake:
                     i = len(good) + len(dead)
                     dead.append(
                         make_dead_letter(
-                            feed, self.where, loc_of(i), exc.reason, raw or b"", self.partition
+                            feed, self.where, loc_of(i), exc.reason, raw or b"", exc.kind, self.partition
                         )
                     )
                     continue
@@ -249,7 +253,9 @@ class FeedIntake:
                 i = len(good) + len(dead)
                 reason = _backwards(pitr, floor)
                 dead.append(
-                    make_dead_letter(feed, self.where, loc_of(i), reason, raw, self.partition)
+                    make_dead_letter(
+                        feed, self.where, loc_of(i), reason, raw, _BACKWARDS, self.partition
+                    )
                 )
                 continue
             floor = pitr
@@ -272,7 +278,7 @@ class AnnotateStage:
     def __init__(
         self,
         *,
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         link_ttl_ms: int = DEFAULT_LINK_TTL_MS,
@@ -341,16 +347,16 @@ class AnnotateStage:
                     and raw[-1:] == b"}"
                 ):
                     annotated += 1
-                    append(Emitted(ANNOTATED, e.pitr, raw[:-1] + linked[0]))
+                    append(Emitted(SURFACESTREAM, e.pitr, raw[:-1] + linked[0]))
                 else:
                     try:
                         out_raw = annotate(raw, rec)
                     except LateBeyondHistory as late:
                         self.dead.append(_too_late(raw, late, ann.applied))
                         continue
-                    append(e if out_raw is raw else Emitted(ANNOTATED, e.pitr, out_raw))
+                    append(e if out_raw is raw else Emitted(SURFACESTREAM, e.pitr, out_raw))
             else:
-                # Unchanged: the entry itself goes on (ANNOTATED is surfacestream's name).
+                # Unchanged: the entry itself goes on (SURFACESTREAM is surfacestream's name).
                 passed += 1
                 append(e)
         ann.passed += passed
@@ -375,7 +381,9 @@ def _too_late(raw: bytes, late: LateBeyondHistory, applied: int) -> DeadLetter:
         "annotated with a guess"
     )
     kw: dict[str, Any] = dead_letter_raw(raw)
-    return DeadLetter(feed=SURFACESTREAM, reason=reason, pitr=late.pitr, **kw)
+    return DeadLetter(
+        feed=SURFACESTREAM, reason=reason, pitr=late.pitr, kind=DeadLetterReason.TOO_LATE, **kw
+    )
 
 
 class MergeStage:
@@ -390,7 +398,7 @@ class MergeStage:
         self,
         feeds: Sequence[Feed],
         *,
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.combiner = Combiner(feeds, realtime_threshold_ms=realtime_threshold_ms, clock=clock)
@@ -409,7 +417,7 @@ class WriterStage(MergeStage):
     def __init__(
         self,
         *,
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         capacity: int = 100_000,
@@ -417,7 +425,7 @@ class WriterStage(MergeStage):
         super().__init__(
             [
                 Feed(CONTROLSTREAM, True, True, capacity),
-                Feed(ANNOTATED, strict_order, True, capacity),
+                Feed(SURFACESTREAM, strict_order, True, capacity),
             ],
             realtime_threshold_ms=realtime_threshold_ms,
             clock=clock,
@@ -427,13 +435,13 @@ class WriterStage(MergeStage):
         return self.push(CONTROLSTREAM, batch)
 
     def push_annotated(self, batch: list[Emitted]) -> bool:
-        return self.combiner.push_emitted(ANNOTATED, batch)
+        return self.combiner.push_emitted(SURFACESTREAM, batch)
 
 
 class ControlIntake(FeedIntake):
     """controlstream intake that also derives mappings (when no mapping feed is given)."""
 
-    def __init__(self, *, where: str = "line", derive: bool = True) -> None:
+    def __init__(self, *, where: Where = "line", derive: bool = True) -> None:
         super().__init__(CONTROLSTREAM, where=where)
         self.deriver = MappingDeriver() if derive else None
 
@@ -445,31 +453,3 @@ class ControlIntake(FeedIntake):
         out: list[Mapping | Keepalive] = []
         out.extend(deriver.process_many([a.rec for a in good]))
         return out
-
-
-_CATEGORIES: Final = (
-    ("message is not valid UTF-8", "not_utf8"),
-    ("message is not valid JSON", "not_json"),
-    ("message must be a JSON object", "not_object"),
-    ("message has no `type`", "unknown_type"),
-    ("message has no `pitr`", "bad_pitr"),
-    ("unknown message type", "unknown_type"),
-    ("`pitr` must", "bad_pitr"),
-    ("pitr ", "pitr_backwards"),
-    ("the output record", "too_large"),
-    ("late surface message", "too_late"),
-)
-
-
-def dead_letter_category(reason: str) -> str:
-    """A short, stable label for a dead letter's reason (for metrics).
-
-    >>> dead_letter_category("message is not valid JSON (...)")
-    'not_json'
-    """
-    for prefix, category in _CATEGORIES:
-        if reason.startswith(prefix):
-            return category
-    if " message has no `pitr`" in reason:
-        return "bad_pitr"
-    return "invalid_field"

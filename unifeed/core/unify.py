@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Protocol
 
-from unifeed.core.combine import Emitted
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Emitted
 from unifeed.core.errors import ConfigError, UnifeedError
 from unifeed.core.mapping import encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM, Keepalive, Mapping
 from unifeed.core.stages import (
-    ANNOTATED,
     AnnotateStage,
     ControlIntake,
     DeadLetter,
     FeedIntake,
+    Where,
     WriterStage,
 )
 
@@ -64,8 +64,8 @@ class Unifier:
         self,
         *,
         derive_mappings: bool = True,
-        where: str = "line",
-        realtime_threshold_ms: int = 30_000,
+        where: Where = "line",
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         link_ttl_ms: int | None = None,
@@ -137,9 +137,9 @@ class Unifier:
             self.writer.push_annotated(annotated)
         progress = self.annotate.progress()
         if progress is not None:
-            writer.advance(ANNOTATED, progress)
-        if self.annotate.finished() and not writer.is_closed(ANNOTATED):
-            writer.close(ANNOTATED)
+            writer.advance(SURFACESTREAM, progress)
+        if self.annotate.finished() and not writer.is_closed(SURFACESTREAM):
+            writer.close(SURFACESTREAM)
         out = self.writer.drain()
         self.output_count += len(out)
         return out

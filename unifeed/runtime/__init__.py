@@ -1,8 +1,56 @@
 """The Kafka runtime: threads between Kafka and the core (readers, annotator, writer),
 bounded channels, start planning, output transactions and tail reconciliation, the
-instance claim, metrics and the status line.
+instance claim, metrics. May import `unifeed.core`, `unifeed.kafka`,
+`unifeed.checkpoint`; never `unifeed.cli`.
 
-This is the public way to embed a Kafka run in another program (`CombineRun`,
-`RuntimeOptions`). May import: `unifeed.core`, `unifeed.kafka`, `unifeed.checkpoint`;
-never `unifeed.cli`.
+This is the public way to embed a Kafka run in another program: build `RuntimeOptions`,
+then a `CombineRun` (or `MappingsRun`), `start` it (metrics port, checkpoint, claim,
+threads planned) and `run` it (returns 0 when it has finished, raises the run's
+`UnifeedError` otherwise; `stop` from another thread ends it after a last commit)::
+
+    from unifeed.kafka.clients import Target
+    from unifeed.runtime import CombineRun, RuntimeOptions
+
+    options = RuntimeOptions(bootstrap="127.0.0.1:9092", instance="uf-a", exit_at_end=True)
+    run = CombineRun(options, control=Target("controlstream"),
+                     surface=Target("surfacestream"), output=Target("unified"))
+    run.start()
+    run.run()
+
+Modules, by job: `options` (RuntimeOptions), `state` (shared run state, the worker
+thread), `reader` (one feed's reader thread) with its pure parts `resume` (the resume
+skip), `endwatch` (end-of-log watch) and `marks` (restart marks), `stages` (annotator
+and writer threads), `output` (the Committer: transactions, produce, checkpoints),
+`claim` (the claim watcher), `health` (broker health), `seek` and `startup` (start
+planning and checks), `saved` (deriver snapshots and the state topic), `supervisor`
+(the run loop both commands share), `combine` and `mappings` (the two runs), `inbox`
+(bounded channels), `metrics` (Prometheus text and its server).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unifeed.runtime.combine import CombineRun
+    from unifeed.runtime.mappings import MappingsRun
+    from unifeed.runtime.options import RuntimeOptions
+
+__all__ = ["CombineRun", "MappingsRun", "RuntimeOptions"]
+
+_HOMES = {
+    "CombineRun": "unifeed.runtime.combine",
+    "MappingsRun": "unifeed.runtime.mappings",
+    "RuntimeOptions": "unifeed.runtime.options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names, imported on first use: `unifeed.runtime.metrics` alone (as the
+    ingest command uses it) does not load the Kafka client."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'unifeed.runtime' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(home), name)

@@ -10,30 +10,37 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
 
+if TYPE_CHECKING:
+    from unifeed.checkpoint.store import FeedCheckpoint
+    from unifeed.core.stages import DeadLetter
 
-class Batch(msgspec.Struct, gc=False):
+#: What a lane carries: `Accepted` input messages, `Mapping` records or `Emitted` output.
+R = TypeVar("R")
+
+
+class Batch(msgspec.Struct, Generic[R], gc=False):
     """What one feed's producer hands on: messages plus what it knows about progress.
 
-    ``records``: the feed's messages in order (type depends on the lane); ``dead``: dead
+    ``records``: the feed's messages in order (their type is the lane's); ``dead``: dead
     letters found while reading them; ``marker``: nothing below it will follow;
     ``caught_up``: the reader is at the end of its log; ``closed``: the feed has ended.
     ``position``: how far the producer's own input got, when that is not one input
     message per record.
     """
 
-    records: list[Any]
-    dead: list[Any] = msgspec.field(default_factory=list)
+    records: list[R]
+    dead: list[DeadLetter] = msgspec.field(default_factory=list)
     marker: int | None = None
     caught_up: bool = False
     closed: bool = False
-    position: Any = None
+    position: FeedCheckpoint | None = None
 
 
-class Inbox:
+class Inbox(Generic[R]):
     """Per-feed bounded lanes of batches, read by one thread.
 
     >>> stop = threading.Event()
@@ -47,12 +54,12 @@ class Inbox:
     def __init__(self, lanes: Sequence[str], max_batches: int, stop: threading.Event) -> None:
         if max_batches < 1:
             raise ValueError("max_batches must be >= 1")
-        self._lanes: dict[str, deque[Batch]] = {name: deque() for name in lanes}
+        self._lanes: dict[str, deque[Batch[R]]] = {name: deque() for name in lanes}
         self._max = max_batches
         self._cond = threading.Condition()
         self._stop = stop
 
-    def put(self, lane: str, batch: Batch, timeout_s: float = 0.1) -> bool:
+    def put(self, lane: str, batch: Batch[R], timeout_s: float = 0.1) -> bool:
         """Queue ``batch``; wait at most ``timeout_s`` for room. False: still full (or stopping)."""
         q = self._lanes[lane]
         deadline = time.monotonic() + timeout_s
@@ -66,7 +73,7 @@ class Inbox:
             self._cond.notify_all()
         return True
 
-    def put_blocking(self, lane: str, batch: Batch, max_wait_s: float = 3600.0) -> bool:
+    def put_blocking(self, lane: str, batch: Batch[R], max_wait_s: float = 3600.0) -> bool:
         """`put` until it succeeds or the stop event is set (False then)."""
         deadline = time.monotonic() + max_wait_s
         while not self._stop.is_set() and time.monotonic() < deadline:
@@ -74,7 +81,7 @@ class Inbox:
                 return True
         return False
 
-    def take(self, lanes: Iterable[str], timeout_s: float) -> list[tuple[str, Batch]]:
+    def take(self, lanes: Iterable[str], timeout_s: float) -> list[tuple[str, Batch[R]]]:
         """Every queued batch of ``lanes`` (waiting up to ``timeout_s`` for the first)."""
         wanted = [(name, self._lanes[name]) for name in lanes]
         deadline = time.monotonic() + timeout_s

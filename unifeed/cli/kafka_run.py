@@ -1,0 +1,154 @@
+"""``unifeed combine`` and ``unifeed mappings`` against Kafka: their arguments become
+`RuntimeOptions`, the run is `unifeed.runtime`'s, and what it reports is printed here
+(the progress line, the closing summary). Imported only when a command names a
+``kafka:`` target, so that file runs never load the Kafka client."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from unifeed.core.errors import ConfigError
+from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
+from unifeed.core.units import parse_time_ms
+from unifeed.kafka.clients import parse_target, read_properties, resolve_bootstrap
+from unifeed.runtime import CombineRun, MappingsRun, RuntimeOptions
+from unifeed.runtime.options import START_EARLIEST, START_LATEST, Start
+from unifeed.runtime.supervisor import install_signals
+
+__all__ = ["combine_command", "mappings_command", "runtime_options"]
+
+
+def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
+    """The `RuntimeOptions` of a ``combine`` or ``mappings`` command line, checked."""
+    extra: dict[str, Any] = dict(getattr(args, "kafka_properties", None) or {})
+    if getattr(args, "kafka_config", None):
+        extra.update(read_properties(args.kafka_config))
+    start: Start = (
+        args.start
+        if args.start in (START_EARLIEST, START_LATEST)
+        else parse_time_ms(args.start, "--start")  # checked now: a typo is a usage error
+    )
+    defaults = RuntimeOptions(bootstrap="")
+    return RuntimeOptions(
+        bootstrap=resolve_bootstrap(args.bootstrap_servers),
+        instance=args.instance,
+        checkpoint_topic=args.checkpoint_topic,
+        start=start,
+        stop_at=None if args.stop_at is None else parse_time_ms(args.stop_at, "--stop-at"),
+        exit_at_end=args.exit_at_end,
+        delivery=args.delivery,
+        realtime_threshold_ms=getattr(args, "realtime_threshold", defaults.realtime_threshold_ms),
+        strict_order=getattr(args, "strict_order", False),
+        lookback_ms=args.lookback,
+        commit_interval_ms=args.commit_interval,
+        dead_letter=args.dead_letter,
+        max_dead_letters=getattr(args, "max_dead_letters", None),
+        kafka_extra=extra,
+        status_interval_s=args.status_interval if not args.quiet else 0.0,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        end_of_log_grace_s=_seconds(args, "end_of_log_grace", defaults.end_of_log_grace_s),
+        broker_timeout_s=_seconds(args, "broker_timeout", defaults.broker_timeout_s),
+        wait_for_topics=getattr(args, "wait_for_topics", False),
+        allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
+    )
+
+
+def _seconds(args: argparse.Namespace, name: str, default_s: float) -> float:
+    """A duration option (milliseconds) in seconds; ``default_s`` where the command has none."""
+    ms = getattr(args, name, None)
+    return default_s if ms is None else float(ms) / 1000
+
+
+def combine_command(args: argparse.Namespace) -> int:
+    options = runtime_options(args)
+    if args.reorder:
+        raise ConfigError("--reorder is available for file inputs only")
+    run = CombineRun(
+        options,
+        control=parse_target(args.control),
+        surface=parse_target(args.surface),
+        output=parse_target(args.output),
+        mapping=parse_target(args.mapping) if args.mapping else None,
+    )
+    install_signals(run)
+    run.start()
+    status = StatusLine(run, options.status_interval_s)
+    return run.run(status.maybe_print if status.interval > 0 else None)
+
+
+def mappings_command(args: argparse.Namespace) -> int:
+    options = runtime_options(args)
+    run = MappingsRun(options, control=parse_target(args.control), output=parse_target(args.output))
+    install_signals(run)
+    run.start()
+    code = run.run()
+    if not args.quiet:
+        s = run.stats()
+        print(
+            f"unifeed mappings [{options.instance}]: {s.links} links, {s.unlinks} unlinks, "
+            f"{s.keepalives} keepalives, {run.state.counters.get('dead_letters', 0)} dead letters",
+            file=sys.stderr,
+        )
+    return code
+
+
+class StatusLine:
+    """A progress line on stderr: rate, mode, per-feed lag, queue depths."""
+
+    def __init__(self, run: CombineRun, interval_s: float) -> None:
+        self.run = run
+        self.interval = interval_s
+        self.started = time.monotonic()
+        self.last = self.started
+        self.last_out = 0
+
+    def maybe_print(self, final: bool = False) -> None:
+        if self.interval <= 0:
+            return
+        now = time.monotonic()
+        if not final and now - self.last < self.interval:
+            return
+        st = self.run.state
+        out = st.counters.get("out", 0)
+        rate = (out - self.last_out) / max(now - self.last, 1e-9)
+        if final:
+            rate = out / max(now - self.started, 1e-9)
+        wall = self.run.options.clock()
+        lags = " ".join(f"{f}-lag={_fmt_lag(wall - p)}" for f, p in sorted(st.lag_pitr.items()))
+        depths = (
+            f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
+            f"{self.run.writer_inbox.depth(SURFACESTREAM)} "
+            f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
+            f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
+        )
+        print(
+            f"unifeed combine [{self.run.options.instance}] {'done' if final else st.mode}: "
+            f"out={out} rate={rate:,.0f}/s {lags} {depths} late={st.counters.get('late', 0)} "
+            f"dead={st.counters.get('dead_letters', 0)} commits={st.counters.get('commits', 0)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.last = now
+        self.last_out = out
+
+
+def _fmt_lag(ms: int) -> str:
+    """A lag for the status line, in the unit a person reads it in.
+
+    >>> [_fmt_lag(ms) for ms in (-200, 1_500, 600_000, 36_000_000, 96_062_400_000)]
+    ['-0.2s', '1.5s', '10.0m', '10.0h', '1111.8d']
+    """
+    s = ms / 1000
+    if abs(s) < 120:
+        return f"{s:.1f}s"
+    if abs(s) < 7200:
+        return f"{s / 60:.1f}m"
+    if abs(s) < 172_800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86_400:.1f}d"
+
+

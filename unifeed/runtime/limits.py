@@ -1,0 +1,45 @@
+"""Bounds, intervals and defaults of the Kafka runtime, one constant each."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from confluent_kafka import KafkaError, Message
+
+log = logging.getLogger("unifeed")
+
+READ_BATCH: Final = 5000
+LANE_BATCHES: Final = 8
+MARK_SPAN: Final = 5000  # offsets: restart marks closer than this are merged
+STAGE_CAPACITY: Final = 50_000
+JOIN_TIMEOUT_S: Final = 30.0
+IDLE_S: Final = 0.05
+# Threads hand over whole batches: longer GIL slices mean fewer costly hand-overs.
+SWITCH_INTERVAL_S: Final = 0.02
+POLL_EVERY_S: Final = 0.05
+MESSAGE_VALUE: Final = Message.value
+MESSAGE_ERROR: Final = Message.error
+DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
+MISSING_WARN_EVERY_S: Final = 30.0
+UNKNOWN_CODES: Final = frozenset({"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"})
+#: A checkpoint position this far past the wall clock that no input record reaches is
+#: stale (a test's, another system's), not a future the inputs will bring: refused.
+FUTURE_TOLERANCE_MS: Final = 5 * 60_000
+# Deriver snapshots: at most one per this much pitr and per this many input messages
+# (and never more often than 20 messages per entry of the previous one, so that their
+# cost stays a small constant per message whatever the state's size); at most this many
+# held between the reader and the commit that saves one (older ones thinned).
+SNAPSHOT_EVERY_PITR_MS: Final = 5 * 60_000
+SNAPSHOT_EVERY_MESSAGES: Final = 5000
+SNAPSHOT_MESSAGES_PER_ENTRY: Final = 20
+SNAPSHOTS_HELD: Final = 16
+STATE_PART_BYTES: Final = 256 * 1024
+TRANSIENT: Final = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+    }
+)

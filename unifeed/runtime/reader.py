@@ -1,0 +1,247 @@
+"""The reader thread of one feed (`FeedReader`): reads its partition, applies the intake checks and the resume skip, and hands batches on (`Delivery`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from unifeed.checkpoint.store import FeedCheckpoint
+from unifeed.core.errors import (
+    KafkaRuntimeError,
+)
+from unifeed.core.stages import (
+    Accepted,
+    DeadLetter,
+    FeedIntake,
+)
+from unifeed.kafka.clients import (
+    Target,
+    consume_batch,
+    kafka_error,
+    watermarks,
+)
+from unifeed.runtime.endwatch import EndOfLogWatch
+from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.limits import (
+    MESSAGE_ERROR,
+    MESSAGE_VALUE,
+    MISSING_WARN_EVERY_S,
+    READ_BATCH,
+    TRANSIENT,
+    UNKNOWN_CODES,
+)
+from unifeed.runtime.marks import RestartMarks
+from unifeed.runtime.resume import ResumeSkip
+from unifeed.runtime.state import RunState, Worker
+
+log = logging.getLogger("unifeed")
+
+# --- readers ---------------------------------------------------------------
+
+
+@dataclass
+class ReadPlan:
+    """Where a reader starts and which messages it only replays (state, no output)."""
+
+    offset: int
+    resume_after: FeedCheckpoint | None = None
+    dead_offset: int | None = None
+    #: The intake's order floor at ``offset`` (a restart from saved state), if known.
+    floor: int | None = None
+
+
+class FeedReader(Worker):
+    """Reads one feed's partition; validates; hands batches on; reports end of log."""
+
+    def __init__(
+        self,
+        *,
+        state: RunState,
+        feed: str,
+        target: Target,
+        config: dict[str, Any],
+        plan: ReadPlan,
+        deliver: Callable[[ReadBatch], bool],
+        stop_at: int | None,
+        exit_at_end: bool,
+        count_keepalives: bool = False,
+        end_of_log_grace_s: float = 2.0,
+    ) -> None:
+        super().__init__(f"reader-{feed}", state)
+        self.end_of_log_grace_s = end_of_log_grace_s
+        self.feed = feed
+        self.target = target
+        self.config = config
+        self.plan = plan
+        self.deliver = deliver
+        self.stop_at = stop_at
+        self.exit_at_end = exit_at_end
+        self.count_keepalives = count_keepalives
+        self.intake = FeedIntake(feed, where="offset")
+        if plan.floor is not None:
+            self.intake.floor = plan.floor
+        self.next_offset = plan.offset
+        self.high = -1
+        self.marks = RestartMarks(plan.offset)
+        #: Called in this thread before a batch with accepted messages is handed on, with
+        #: the batch's first offset and the intake's floor before it.
+        self.before_batch: Callable[[int, int], None] | None = None
+
+    def work(self) -> None:
+        consumer = Consumer(self.config)
+        try:
+            self._loop(consumer)
+        finally:
+            consumer.close()
+
+    def _loop(self, consumer: Consumer) -> None:
+        tp = self.target.topic_partition(self.plan.offset)
+        consumer.assign([tp])
+        skip = ResumeSkip(self.plan.resume_after, count_keepalives=self.count_keepalives)
+        stop = self.state.stop
+        closed = False
+        end = EndOfLogWatch(self.end_of_log_grace_s)
+        idle_since = time.monotonic()
+        warned_missing = 0.0
+        while not stop.is_set() and not closed:
+            messages = consume_batch(consumer, READ_BATCH, 0.1)
+            eof = False
+            if messages:
+                idle_since = time.monotonic()
+            elif not end.at_end and time.monotonic() - idle_since >= 1.0:
+                # librdkafka reports no end of log for an empty or missing partition:
+                # ask for the watermarks instead.
+                idle_since = time.monotonic()
+                try:
+                    _, high = watermarks(consumer, self.target, 5.0)
+                except KafkaRuntimeError as exc:
+                    if exc.code not in UNKNOWN_CODES:
+                        raise
+                    # A feed never seen (no record, no end of its partition) is never
+                    # passed: it could still deliver anything.
+                    high = -1
+                    now = time.monotonic()
+                    if now - warned_missing >= MISSING_WARN_EVERY_S:
+                        log.warning(
+                            "%s: %s does not exist (yet); waiting for it (its feed is not "
+                            "passed until it exists)",
+                            self.feed,
+                            self.target,
+                        )
+                        warned_missing = now
+                if high >= 0 and self.next_offset >= high:
+                    eof = True
+            # Two passes in C (here and the map over the values below) instead of one Python
+            # loop: this runs for every input message, and errors are rare (end of
+            # partition). `error()` is None or a KafkaError, which is always true (and
+            # raises when compared, so not `.count(None)`).
+            if any(map(MESSAGE_ERROR, messages)):
+                records = []
+                for m in messages:
+                    err = m.error()
+                    if err is None:
+                        records.append(m)
+                    elif err.code() == KafkaError._PARTITION_EOF:
+                        eof = True
+                    elif not err.fatal() and (err.retriable() or err.code() in TRANSIENT):
+                        # The client reconnects by itself; BrokerHealth gives up in time.
+                        log.debug("%s: %s", self.feed, err.str())
+                    else:
+                        raise kafka_error(f"reading {self.feed} from {self.target}", err)
+            else:
+                records = messages
+            if records:
+                self.next_offset = (records[-1].offset() or 0) + 1
+
+            def offset_of(i: int, rs: list[Message] = records) -> int:
+                return rs[i].offset() or 0
+
+            floor_before = self.intake.floor
+            good: list[Accepted]
+            good, dead = self.intake.process_values(list(map(MESSAGE_VALUE, records)), offset_of)
+            if dead and self.plan.dead_offset is not None:
+                # Written and committed by the run that left the checkpoint.
+                dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
+            replay, good = skip.split(good)
+            if self.stop_at is not None and good and good[-1].rec.pitr > self.stop_at:
+                good = [a for a in good if a.rec.pitr <= self.stop_at]
+                closed = True
+            if eof and self.exit_at_end:
+                closed = True
+            caught_up = end.update(read=bool(records), eof=eof)
+            if records or caught_up or closed:
+                self.state.add(f"in.{self.feed}", len(records))
+                if good:
+                    self.state.lag_pitr[self.feed] = good[-1].rec.pitr
+                if good or replay:
+                    # Before the batch goes on: no commit can cover it without its mark.
+                    self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
+                    if self.before_batch is not None:
+                        self.before_batch(records[0].offset() or 0, floor_before)
+                if not self._hand_on(consumer, tp, ReadBatch(replay, good, dead, caught_up, closed)):
+                    return
+
+    def _hand_on(self, consumer: Consumer, tp: TopicPartition, read: ReadBatch) -> bool:
+        """Deliver, pausing the partition while the next stage is full."""
+        paused = False
+        try:
+            while not self.deliver(read):
+                if self.state.stop.is_set():
+                    return False
+                if not paused:
+                    consumer.pause([tp])
+                    paused = True
+                # Already delivered: deliver() retries only what is left.
+                read = ReadBatch([], [], [], read.caught_up, read.closed)
+        finally:
+            if paused and not self.state.stop.is_set():
+                consumer.resume([tp])
+        return True
+
+
+class ReadBatch(msgspec.Struct, gc=False):
+    """What a reader hands on from one read: ``replay`` (accepted messages that only
+    rebuild state: before the restart position), ``good`` (accepted messages to pass
+    on), ``dead`` (dead letters), whether it is at the end of its log (``caught_up``)
+    and whether its feed has ended (``closed``)."""
+
+    replay: list[Accepted]
+    good: list[Accepted]
+    dead: list[DeadLetter]
+    caught_up: bool
+    closed: bool
+
+
+#: What a reader's batch becomes for one lane (None: nothing for it this time).
+HandOn = Callable[[ReadBatch], "Batch[Any] | None"]
+#: One lane a reader feeds: its inbox, the lane's name and the hand-on that fills it.
+HandOnStep = tuple["Inbox[Any]", str, HandOn]
+
+
+class Delivery:
+    """Hands one reader's output to its lanes, retrying only what is still undelivered."""
+
+    def __init__(self, steps: list[HandOnStep]) -> None:
+        self.steps = steps
+        self.pending: list[tuple[Inbox[Any], str, Batch[Any]]] = []
+
+    def __call__(self, read: ReadBatch) -> bool:
+        if not self.pending and (
+            read.replay or read.good or read.dead or read.caught_up or read.closed
+        ):
+            for inbox, lane, make in self.steps:
+                batch = make(read)
+                if batch is not None:
+                    self.pending.append((inbox, lane, batch))
+        while self.pending:
+            inbox, lane, batch = self.pending[0]
+            if not inbox.put(lane, batch, 0.1):
+                return False
+            self.pending.pop(0)
+        return True

@@ -1,0 +1,140 @@
+"""Saved state: deriver snapshots taken by a reader (`StateSnapshots`) and the state topic they are written to and read back from (`load_state`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Final
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from unifeed.checkpoint.store import StateRef
+from unifeed.core.errors import (
+    KafkaRuntimeError,
+)
+from unifeed.core.mapping import (
+    DeriverState,
+    decode_state,
+)
+from unifeed.kafka.clients import (
+    consume_batch,
+    consumer_config,
+    kafka_error,
+)
+from unifeed.runtime.limits import (
+    SNAPSHOT_EVERY_MESSAGES,
+    SNAPSHOT_EVERY_PITR_MS,
+    SNAPSHOT_MESSAGES_PER_ENTRY,
+    SNAPSHOTS_HELD,
+)
+from unifeed.runtime.options import RuntimeOptions
+
+log = logging.getLogger("unifeed")
+
+class StateSnapshots:
+    """Snapshots of the mapping deriver, each as of the start of a controlstream batch,
+    from the reader that runs the deriver to the commits that save them.
+
+    A commit saves the newest snapshot that lies wholly before every feed's position less
+    the late window (`take`): a restart restores it and reads controlstream from its
+    offset. The reader adds (`due`, `add`), the writer takes, under a lock. Snapshots are
+    spaced by pitr and by input messages (the more state, the further apart), never by
+    the wall clock: their cost per message stays small and constant.
+    """
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[int, DeriverState]] = deque()
+        self._lock = threading.Lock()
+        self._last_offset = -(2**63)
+        self._last_pitr = -(2**63)
+        self._next_offset = -(2**63)
+
+    def due(self, offset: int, pitr: int) -> bool:
+        return pitr - self._last_pitr >= SNAPSHOT_EVERY_PITR_MS and offset >= self._next_offset
+
+    def add(self, offset: int, state: DeriverState) -> None:
+        self._last_pitr = state.floor
+        entries = len(state.access) + len(state.links)
+        self._next_offset = offset + max(
+            SNAPSHOT_EVERY_MESSAGES, SNAPSHOT_MESSAGES_PER_ENTRY * entries
+        )
+        with self._lock:
+            held = self._held
+            held.append((offset, state))
+            if len(held) > SNAPSHOTS_HELD:
+                # Keep the oldest (a commit may need one that far back), thin the rest.
+                del held[1]
+
+    def take(self, before_pitr: int) -> tuple[int, DeriverState] | None:
+        """The newest snapshot whose messages all have pitr below ``before_pitr`` (and
+        forget it and older ones), or None."""
+        found = None
+        with self._lock:
+            held = self._held
+            while held and held[0][1].floor < before_pitr:
+                found = held.popleft()
+        return found
+
+
+class StatePart(msgspec.Struct, frozen=True, gc=False):
+    instance: str
+    id: str
+    part: int
+    parts: int
+
+
+part_encode: Final = msgspec.json.Encoder().encode
+_part_decode: Final = msgspec.json.Decoder(StatePart).decode
+
+
+def state_topic(checkpoint_topic: str) -> str:
+    """Where saved state goes: beside the checkpoints, compacted, partition 0."""
+    return f"{checkpoint_topic}.state"
+
+
+def load_state(options: RuntimeOptions, ref: StateRef) -> DeriverState | None:
+    """The saved state a checkpoint refers to, or None (logged) when it cannot be read."""
+    consumer = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+    parts: dict[int, bytes] = {}
+    wanted = set(ref.offsets)
+    try:
+        consumer.assign([TopicPartition(ref.topic, ref.partition, min(ref.offsets))])
+        deadline = time.monotonic() + 60
+        last = max(ref.offsets)
+        done = False
+        while not done and time.monotonic() < deadline:
+            for m in consume_batch(consumer, 1000, 0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    raise kafka_error(f"reading saved state from {ref.topic}", err)
+                offset = m.offset() or 0
+                if offset in wanted:
+                    head, _, body = (m.value() or b"").partition(b"\n")
+                    part = _part_decode(head)
+                    if part.id == ref.id and part.instance == options.instance:
+                        parts[part.part] = body
+                if offset >= last:
+                    done = True
+        if len(parts) != len(ref.offsets):
+            log.warning(
+                "%s: the saved state at %s:%d offsets %s is gone or incomplete; rebuilding "
+                "links and access levels from --lookback instead",
+                options.instance, ref.topic, ref.partition, ref.offsets,
+            )
+            return None
+        return decode_state(b"".join(parts[i] for i in range(len(parts))))
+    except (msgspec.DecodeError, KafkaException, KafkaRuntimeError) as exc:
+        log.warning(
+            "%s: the saved state at %s:%d cannot be read (%s); rebuilding links and access "
+            "levels from --lookback instead",
+            options.instance, ref.topic, ref.partition, exc,
+        )
+        return None
+    finally:
+        consumer.close()
