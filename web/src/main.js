@@ -41,7 +41,7 @@ const state = {
   follow: false,
   followEndedBy: null,
   trail: [],
-  mode: null, // "live" | "catchup" from the server
+  mode: null, // "live" | "catchup": the server's, carried by every WebSocket frame
   source: "live", // "live" | "playback"
   playback: null,
   ws: "connecting",
@@ -318,6 +318,7 @@ function wsUrl() {
 function goLive() {
   stopPlaybackClock();
   state.source = "live";
+  state.mode = null; // until the first live frame says
   state.playback = null;
   state.frame = null;
   state.drawnViewport = null;
@@ -333,6 +334,7 @@ function onFrame(frame) {
   const started = performance.now();
   if (frame.source !== state.source) return;
   state.frame = frame;
+  if (frame.source === "live") state.mode = frame.mode;
   state.frames += 1;
   for (const id of frame.ids) everDrawn.add(id);
   state.drawnViewport = frame.viewport;
@@ -354,10 +356,26 @@ function onFrame(frame) {
   if (state.handleMs.length > 200) state.handleMs.shift();
 }
 
+let tokenChecked = false;
+
 function onSocket(msg) {
   state.ws = msg.status;
   if (msg.status === "closed" && msg.code === 1008) reportError(`server closed the connection: ${msg.detail}`);
+  if (msg.status === "closed" && !msg.opened && token && !tokenChecked) {
+    // The handshake was refused; a browser does not say why, the HTTP API does (once).
+    tokenChecked = true;
+    checkToken();
+  }
   updateClock();
+}
+
+async function checkToken() {
+  try {
+    const response = await fetch(`${base}api/aircraft/-`, { headers: authHeaders });
+    if (response.status === 401) reportError("unknown token: the server refused it");
+  } catch {
+    // the server is down: the WebSocket status says so
+  }
 }
 
 // --- viewport ---------------------------------------------------------------------------
@@ -645,26 +663,6 @@ function updateClock() {
   $("count").textContent = state.frame ? `${state.frame.count.toLocaleString("en")} shown` : "";
 }
 
-async function pollMode() {
-  // The server's own judgement of live vs catch-up comes with every /api/aircraft answer;
-  // an empty box keeps the answer small.
-  try {
-    const response = await fetch(`${base}api/aircraft?bbox=0,0,0,0`, { headers: authHeaders });
-    if (response.status === 401) {
-      reportError("unknown token: the server refused it");
-      return;
-    }
-    if (response.ok) {
-      const body = await response.json();
-      state.mode = body.mode;
-      updateClock();
-    }
-  } catch {
-    // the server is down: the WebSocket status says so
-  }
-  setTimeout(pollMode, 2000);
-}
-
 // --- playback ---------------------------------------------------------------------------------
 
 let playTimer = null;
@@ -862,5 +860,4 @@ async function fitTraffic() {
 map.on("load", async () => {
   await fitTraffic();
   goLive();
-  pollMode();
 });
