@@ -10,7 +10,7 @@
 import maplibregl from "maplibre-gl";
 import { MapboxOverlay } from "@deck.gl/mapbox";
 import { IconLayer, PathLayer, ScatterplotLayer, TextLayer } from "@deck.gl/layers";
-import { LEGEND } from "./colors.js";
+import { LEGEND, EMERGENCY_SQUAWKS } from "./colors.js";
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
@@ -564,7 +564,9 @@ function showPanel() {
     dt.textContent = label;
     const dd = document.createElement("dd");
     dd.textContent = value == null || value === "" ? "—" : String(value);
-    if (label === "Emergency" && a.emergency) dd.className = "emergency";
+    if ((label === "Emergency" && a.emergency) || (label === "Squawk" && EMERGENCY_SQUAWKS.has(a.squawk))) {
+      dd.className = "emergency";
+    }
     rows.append(dt, dd);
   }
 }
@@ -827,6 +829,10 @@ window.unifeedMap = {
       ws: state.ws,
       playback: state.playback ? { ...state.playback } : null,
       center: map.getCenter().toArray(),
+      /** The base map: the tile style's URL (--tiles, config.json or ?style=), or null
+       * for the bundled layers; and the style's layer ids as MapLibre holds them. */
+      style: customStyle,
+      layers: (map.getStyle()?.layers || []).map((l) => l.id),
       zoom: map.getZoom(),
       errors: [...state.errors],
       handleMs: [...state.handleMs],
