@@ -573,6 +573,17 @@ def test_follow_mode_stops_on_a_drag(live_server: Serve, open_page: Callable[...
     page.wait("() => !window.unifeedMap.state().follow")
     page.wait("(z) => window.unifeedMap.state().zoom > z + 0.2", zoom)
     assert page.state()["followEndedBy"] in ("wheel", "zoomstart", "movestart")
+    # And the zoom buttons, and the keyboard's arrows (a pan).
+    for gesture in ("button", "key"):
+        page.page.click("#follow")
+        page.wait("() => window.unifeedMap.state().follow")
+        if gesture == "button":
+            page.page.click(".maplibregl-ctrl-zoom-out")
+        else:
+            page.page.focus(".maplibregl-canvas")
+            page.page.keyboard.press("ArrowLeft")
+        page.wait("() => !window.unifeedMap.state().follow")
+        assert page.state()["followEndedBy"] in ("zoomstart", "movestart", "dragstart")
 
 
 @pytest.mark.kafka
@@ -644,13 +655,24 @@ def test_phone_sized_window(feed_server: Serve, open_page: Callable[..., Page]) 
     assert panel is not None
     assert panel["width"] == 390 and panel["y"] + panel["height"] == pytest.approx(780, abs=1)
     assert not page.page.locator("#legend").is_visible()
-    # The search box takes the bar's width; the playback form fits the window.
+    # The search box takes the bar's width.
     search = page.page.locator("#search").bounding_box()
     assert search is not None and search["width"] > 390 * 0.9
-    page.page.click("#panel-close")
+    # The sheet collapses to its title row and opens again.
+    page.page.click("#panel-collapse")
+    page.wait("() => window.unifeedMap.state().panelCollapsed")
+    collapsed = page.page.locator("#panel").bounding_box()
+    assert collapsed is not None and collapsed["height"] < 60 and not page.page.locator("#panel-rows").is_visible()
+    page.page.click("#panel-collapse")
+    assert page.page.locator("#panel").bounding_box() == panel
+    # Opening playback collapses the sheet; the form fits the window above it.
     page.page.click("#toggle-playback")
+    assert page.state()["panelCollapsed"]
     form = page.page.locator("#playback").bounding_box()
-    assert form is not None and form["x"] >= 0 and form["x"] + form["width"] <= 390
+    sheet = page.page.locator("#panel").bounding_box()
+    assert form is not None and sheet is not None
+    assert form["x"] >= 0 and form["x"] + form["width"] <= 390
+    assert form["y"] + form["height"] <= sheet["y"]  # no overlap
     assert page.page.locator("#play").is_visible()
 
 

@@ -577,6 +577,17 @@ function hidePanel() {
 }
 
 $("panel-close").addEventListener("click", () => select(null, { fly: false }));
+$("panel-collapse").addEventListener("click", () => setPanelCollapsed(!$("panel").classList.contains("collapsed")));
+
+/** Phone-sized windows (the CSS's breakpoint): panels collapse instead of covering the map. */
+const phone = window.matchMedia("(max-width: 640px)");
+
+function setPanelCollapsed(on) {
+  $("panel").classList.toggle("collapsed", on);
+  $("panel-collapse").textContent = on ? "▴" : "▾";
+  $("panel-collapse").setAttribute("aria-expanded", String(!on));
+  $("panel-collapse").setAttribute("aria-label", on ? "expand the panel" : "collapse the panel");
+}
 $("follow").addEventListener("click", () => setFollow(!state.follow, "button"));
 
 // --- search -------------------------------------------------------------------------------------
@@ -728,6 +739,7 @@ $("live").addEventListener("click", () => {
 $("toggle-playback").addEventListener("click", () => {
   const box = $("playback");
   box.hidden = !box.hidden;
+  if (!box.hidden && phone.matches) setPanelCollapsed(true);
   if (!box.hidden && !$("play-from").value && state.frame) {
     $("play-to").value = toInput(state.frame.pitr);
     $("play-from").value = toInput(state.frame.pitr - 10 * 60000);
@@ -822,6 +834,7 @@ window.unifeedMap = {
       selection: state.selection,
       selected: state.selected,
       panelOpen: !$("panel").hidden,
+      panelCollapsed: $("panel").classList.contains("collapsed"),
       follow: state.follow,
       followEndedBy: state.followEndedBy,
       trail: state.trail.length,
