@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -744,7 +745,7 @@ def test_tiles_style_replaces_the_bundled_layers(
             state = page.open(f"{tiled.url}?{WEST_COAST}")
             assert state["style"] == url
             assert state["layers"] == ["test-background"]
-            assert asked == ["/style.json"]
+            assert asked and set(asked) == {"/style.json"}
             assert not any(u.endswith(("/land.json", "/airports.json")) for u in page.requests)
             assert state["aircraft"] == tiled.ids(state["viewport"])
             # What the user sees is that style: its colour fills the map around the aircraft.
@@ -752,6 +753,25 @@ def test_tiles_style_replaces_the_bundled_layers(
             assert page.share_of_colour(SEA_RGB) == 0.0
         finally:
             tiled.stop()
+
+
+def test_unreachable_tiles_style_falls_back_to_the_bundled_map(
+    feed_server: Serve, open_page: Callable[..., Page]
+) -> None:
+    """A style that cannot be fetched would leave the map empty (MapLibre never loads):
+    the page draws the bundled layers and the aircraft, and says why."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/style.json"
+    page = open_page()
+    state = page.open(f"{feed_server.url}?{WEST_COAST}&style={dead}")
+    assert (state["style"], state["styleWanted"]) == (None, dead)
+    assert {"sea", "land", "airports"} <= set(state["layers"])
+    assert state["aircraft"] == feed_server.ids(state["viewport"])
+    assert [e for e in state["errors"] if "showing the bundled map" in e] == state["errors"]
+    assert len(state["errors"]) == 1 and dead in state["errors"][0]
+    # The browser logs the refused connection itself; nothing else may be logged.
+    page.errors = [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e]
 
 
 @pytest.mark.kafka

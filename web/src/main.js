@@ -96,8 +96,26 @@ async function loadConfig() {
   return {};
 }
 
+/** The tile style `url` if it can be fetched, else null: a style MapLibre cannot load
+ * leaves the map without its "load" event, and so without any aircraft, so the page falls
+ * back to the bundled layers and says why. */
+async function usableStyle(url) {
+  try {
+    const response = await fetch(url);
+    if (response.ok) {
+      await response.json();
+      return url;
+    }
+    reportError(`tile style ${url}: HTTP ${response.status}; showing the bundled map`);
+  } catch (error) {
+    reportError(`tile style ${url}: ${error.message || error}; showing the bundled map`);
+  }
+  return null;
+}
+
 const config = await loadConfig();
-const customStyle = params.get("style") || config.style || null;
+const wantedStyle = params.get("style") || config.style || null;
+const customStyle = wantedStyle ? await usableStyle(wantedStyle) : null;
 
 const map = new MapLibre({
   container: "map",
@@ -845,6 +863,7 @@ window.unifeedMap = {
       /** The base map: the tile style's URL (--tiles, config.json or ?style=), or null
        * for the bundled layers; and the style's layer ids as MapLibre holds them. */
       style: customStyle,
+      styleWanted: wantedStyle,
       layers: (map.getStyle()?.layers || []).map((l) => l.id),
       zoom: map.getZoom(),
       errors: [...state.errors],
