@@ -404,6 +404,23 @@ def test_public_token_never_shows_restricted_aircraft(
     assert answer.status_code == 404
 
 
+def test_unknown_token_is_said_once(feed_server: Serve, open_page: Callable[..., Page]) -> None:
+    """The WebSocket handshake refuses an unknown token (401, which a browser hides); the
+    page asks the HTTP API once why, says so, and shows nothing."""
+    page = open_page()
+    page.page.goto(f"{feed_server.url}?token=guessed&{WEST_COAST}")
+    page.wait("() => window.unifeedMap && window.unifeedMap.state().errors.length > 0")
+    page.wait("() => window.unifeedMap.state().ws === 'closed'")
+    state = page.state()
+    assert state["errors"] == ["unknown token: the server refused it"]
+    assert (state["count"], state["clock"]["badge"]) == (0, "disconnected")
+    assert page.page.inner_text("#toast") == "unknown token: the server refused it"
+    checks = [u for u in page.requests if "/api/aircraft/" in u]
+    assert len(checks) == 1, checks
+    # The browser logs the refused handshake and the 401 itself; nothing else may be logged.
+    page.errors = [e for e in page.errors if "401" not in e and "WebSocket connection" not in e]
+
+
 def test_playback_moves_the_clock(feed_server: Serve, open_page: Callable[..., Page]) -> None:
     page = open_page()
     live = page.open(f"{feed_server.url}?{WEST_COAST}")
