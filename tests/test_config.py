@@ -102,21 +102,21 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path, unifeed:
     assert defaults["log_level"] == "info"
     combine = defaults["combine"]
     assert isinstance(combine, dict)
-    assert combine["instance"] == "unifeed"
-    assert combine["realtime_threshold"] == 30_000
+    assert combine["instance"] == "combine"
+    assert combine["realtime_threshold"] == "30s"
 
     from_file = show("--config", str(config))
     assert from_file["log_level"] == "warning"
     assert from_file["combine"]["instance"] == "file-combine"  # type: ignore[index]
     assert from_file["mappings"]["instance"] == "file-top"  # type: ignore[index]
-    assert from_file["combine"]["realtime_threshold"] == 10_000  # type: ignore[index]
+    assert from_file["combine"]["realtime_threshold"] == "10s"  # type: ignore[index]
 
     env = {"UNIFEED_INSTANCE": "env", "UNIFEED_LOG_LEVEL": "debug", "UNIFEED_CONFIG": str(config)}
     from_env = show(env=env)
     assert from_env["log_level"] == "debug"
     assert from_env["combine"]["instance"] == "env"  # type: ignore[index]
     assert from_env["mappings"]["instance"] == "env"  # type: ignore[index]
-    assert from_env["combine"]["realtime_threshold"] == 10_000  # type: ignore[index]
+    assert from_env["combine"]["realtime_threshold"] == "10s"  # type: ignore[index]
 
     from_cli = show("--log-level", "error", env=env)
     assert from_cli["log_level"] == "error"

@@ -445,7 +445,13 @@ class Configuration:
                     if key is None or key in seen:
                         continue
                     seen.add(key)
-                    rows.append((key, self.setting(path, action)))
+                    setting = self.setting(path, action)
+                    if getattr(action.type, "is_duration", False) and type(setting.value) is int:
+                        # Written back as a duration, which every duration option reads.
+                        setting = Setting(
+                            duration_text(setting.value), setting.source, setting.origin
+                        )
+                    rows.append((key, setting))
             if not rows:
                 continue
             lines.extend(["", f"[{_toml_key(name)}]"])
@@ -458,6 +464,20 @@ class Configuration:
                 )
             )
         return "\n".join(lines) + "\n"
+
+
+def duration_text(ms: int) -> str:
+    """A duration in milliseconds as the largest whole unit that `parse_duration_ms` reads.
+
+    >>> [duration_text(ms) for ms in (0, 250, 2000, 90_000, 21_600_000, 86_400_000)]
+    ['0s', '250ms', '2s', '90s', '6h', '1d']
+    """
+    if ms == 0:
+        return "0s"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _render_rows(rows: list[tuple[str, Setting]]) -> list[str]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from unifeed.cli.pipeline import duration_arg
+from unifeed.cli.pipeline import duration_arg, interval_arg
 from unifeed.demo.run import DemoOptions, format_summary, run_demo
 
 
@@ -42,8 +42,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--outage",
-        type=float,
-        metavar="SECONDS",
+        type=interval_arg,
+        metavar="DURATION",
         help="how long combine stays killed (default: enough to need a catch-up; 0: none)",
     )
     p.add_argument(
@@ -68,7 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
         speed=args.speed,
         airports=args.airports,
         rate=args.rate,
-        outage_s=args.outage,
+        outage_s=None if args.outage is None else args.outage / 1000,
         realtime_threshold_ms=args.realtime_threshold,
         keep_broker=args.keep_broker,
     )

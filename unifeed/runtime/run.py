@@ -32,7 +32,13 @@ from typing import Any, Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from unifeed.checkpoint.store import Checkpoint, CheckpointStore, StateRef, encode_record
+from unifeed.checkpoint.store import (
+    Checkpoint,
+    CheckpointStore,
+    StateRef,
+    client_properties,
+    encode_record,
+)
 from unifeed.checkpoint.store import FeedCheckpoint as FeedPosition
 from unifeed.checkpoint.store import OutputCheckpoint as OutputPosition
 from unifeed.core.annotate import DEFAULT_LATE_WINDOW_MS, Annotator
@@ -83,7 +89,6 @@ from unifeed.kafka.clients import (
     kafka_error,
     parse_target,
     producer_config,
-    read_properties,
     resolve_bootstrap,
     watermarks,
 )
@@ -160,9 +165,8 @@ class RuntimeOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RuntimeOptions:
-        extra: dict[str, Any] = dict(getattr(args, "kafka_properties", None) or {})
-        if getattr(args, "kafka_config", None):
-            extra.update(read_properties(args.kafka_config))
+        extra: dict[str, Any] = client_properties(args)
+        broker_timeout_s = getattr(args, "broker_timeout", 30_000) / 1000
         if args.start not in ("earliest", "latest"):
             parse_time_ms(args.start, "--start")  # checked now: a typo is a usage error
         return cls(
@@ -180,11 +184,12 @@ class RuntimeOptions:
             dead_letter=args.dead_letter,
             max_dead_letters=getattr(args, "max_dead_letters", None),
             kafka_extra=extra,
-            status_interval_s=args.status_interval if not args.quiet else 0.0,
+            status_interval_s=args.status_interval / 1000 if not args.quiet else 0.0,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             end_of_log_grace_s=getattr(args, "end_of_log_grace", 2000) / 1000,
-            broker_timeout_s=getattr(args, "broker_timeout", 30_000) / 1000,
+            broker_timeout_s=broker_timeout_s,
+            connect_timeout_s=broker_timeout_s,  # the start-up wait honours --broker-timeout
             wait_for_topics=getattr(args, "wait_for_topics", False),
             allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
         )
@@ -788,6 +793,19 @@ class Committer:
                     "pass --allow-nonempty-output to append after those records"
                 )
             return low, high
+        holder = "combine" if SURFACESTREAM in cp.feeds else "mappings"
+        if holder != ("combine" if SURFACESTREAM in self.feeds else "mappings"):
+            # Another command's run holds the name: refused before init_transactions,
+            # which would fence that run's producer (same transactional.id).
+            held_output = (
+                f" writing kafka:{cp.output.topic}:{cp.output.partition}"
+                if cp.output is not None
+                else ""
+            )
+            raise StartRefusedError(
+                f"instance name {name!r} is held by a `unifeed {holder}` run{held_output} "
+                f"({where}); give this run its own --instance"
+            )
         if cp.output is not None and (
             cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
         ):
