@@ -204,9 +204,11 @@ def test_unknown_key_stops_a_real_command(feeds: Path) -> None:
         env={"UNIFEED_CONTROLL": "x"},
         cwd=feeds,
     )
-    assert done.returncode == 2
-    assert "environment variable UNIFEED_CONTROLL names no unifeed option" in done.stderr
-    assert not (feeds / "m.jsonl").exists()
+    # An unknown variable is warned about once, and the command runs.
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("UNIFEED_CONTROLL: it names no unifeed option") == 1, done.stderr
+    assert "did you mean 'UNIFEED_CONTROL'" in done.stderr
+    assert (feeds / "m.jsonl").exists()
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path, unifeed: InProcess) -> None:
@@ -218,8 +220,6 @@ def test_missing_file_is_a_usage_error(tmp_path: Path, unifeed: InProcess) -> No
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
-        ({"UNIFEED_FOO": "1"}, "UNIFEED_FOO names no unifeed option"),
-        ({"UNIFEED_BOOTSTRAP_SERVER": "x:1"}, "did you mean 'UNIFEED_BOOTSTRAP_SERVERS'"),
         ({"UNIFEED_METRICS_PORT": "ninety"}, "UNIFEED_METRICS_PORT"),
         ({"UNIFEED_STRICT_ORDER": "perhaps"}, "UNIFEED_STRICT_ORDER: expected true or false"),
         ({"UNIFEED_LOG_LEVEL": "loud"}, "UNIFEED_LOG_LEVEL"),

@@ -134,3 +134,77 @@ def argparse_suppress() -> str:
     import argparse
 
     return argparse.SUPPRESS
+
+
+# --- 3 and 4: the environment ----------------------------------------------------------
+
+
+_FILES = (
+    b'{"type":"flightplan","pitr":1000,"id":"F1","ident":"UAL1"}\n'
+    b'{"type":"power_on","pitr":2000,"id":"F1","surface_id":"S9","facility":"KSFO"}\n'
+)
+
+
+def test_kubernetes_service_links_and_unknown_variables_only_warn(tmp_path: Path) -> None:
+    (tmp_path / "control.jsonl").write_bytes(_FILES)
+    env = {
+        "UNIFEED_PORT": "tcp://10.0.0.7:9100",
+        "UNIFEED_PORT_9100_TCP_ADDR": "10.0.0.7",
+        "UNIFEED_SERVICE_HOST": "10.0.0.7",
+        "UNIFEED_METRICS_PORT": "tcp://10.0.0.8:9100",
+    }
+    for args in (("--help",), ("combine", "--help"), ("config", "show"),
+                 ("mappings", "--control", "control.jsonl", "--output", "m.jsonl")):  # fmt: skip
+        result = _unifeed(*args, env=env, cwd=tmp_path)
+        assert result.returncode == 0, (args, result.stderr.decode())
+    err = result.stderr.decode()
+    assert err.count("UNIFEED_SERVICE_HOST") == 1, err
+    assert "Kubernetes service link" in err and "UNIFEED_METRICS_PORT" in err, err
+    assert b'"action":"link"' in (tmp_path / "m.jsonl").read_bytes()
+
+
+def test_a_bad_value_stops_only_the_commands_that_have_the_option(tmp_path: Path) -> None:
+    (tmp_path / "control.jsonl").write_bytes(_FILES)
+    env = {"UNIFEED_REALTIME_THRESHOLD": "soon"}  # combine's option, not mappings'
+    ok = _unifeed("mappings", "--control", "control.jsonl", "--output", "m.jsonl", env=env,
+                  cwd=tmp_path)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr.decode()
+    bad = _unifeed("combine", "--control", "control.jsonl", "--surface", "control.jsonl",
+                   "--output", "u.jsonl", env=env, cwd=tmp_path)  # fmt: skip
+    err = bad.stderr.decode()
+    assert bad.returncode == 2, err
+    assert "UNIFEED_REALTIME_THRESHOLD" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "u.jsonl").exists()
+
+
+def test_kafka_settings_from_the_environment_and_x_are_masked_in_config_show() -> None:
+    env = {"UNIFEED_KAFKA__SASL_PASSWORD": "hunter2", "UNIFEED_KAFKA__SASL_USERNAME": "ops",
+           "UNIFEED_KAFKA__SSL_KEY_PASSWORD": "pem-pass"}  # fmt: skip
+    result = _unifeed("config", "show", env=env)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "hunter2" not in out and "pem-pass" not in out
+    assert '"sasl.password" = "********"' in out, out
+    assert '"sasl.username" = "ops"' in out and "UNIFEED_KAFKA__SASL_USERNAME" in out, out
+
+
+@pytest.mark.kafka
+def test_kafka_settings_reach_the_client_from_env_and_x(
+    kafka_bootstrap: str, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """A setting librdkafka refuses proves it arrived: from UNIFEED_KAFKA__*, and from -X
+    over it; a good -X value then wins over the bad variable."""
+    topic = unique_topic("x")
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'{"type":"keepalive","pitr":1700000000000}\n')
+    env = {"UNIFEED_KAFKA__SOCKET_TIMEOUT_MS": "nonsense"}
+    bad = _unifeed("load", str(src), "--topic", f"kafka:{topic}", "-b", kafka_bootstrap, env=env)
+    assert bad.returncode == 2, bad.stderr.decode()
+    assert "socket.timeout.ms" in bad.stderr.decode()
+    bad_x = _unifeed("load", str(src), "--topic", f"kafka:{topic}", "-b", kafka_bootstrap,
+                     "-X", "socket.timeout.ms=nonsense")  # fmt: skip
+    assert bad_x.returncode == 2 and "socket.timeout.ms" in bad_x.stderr.decode()
+    good = _unifeed("load", str(src), "--topic", f"kafka:{topic}", "--bootstrap-server",
+                    kafka_bootstrap, "-X", "socket.timeout.ms=30000", env=env)  # fmt: skip
+    assert good.returncode == 0, good.stderr.decode()
+    assert b"loaded 1 records" in good.stdout

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from typing import Any
 from unifeed.cli.config import Configuration, add_global_options, config_path_from_argv
 from unifeed.cli.logs import setup_logging
 from unifeed.core.errors import UnifeedError
+
+log = logging.getLogger("unifeed.config")
 
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
@@ -156,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance=getattr(args, "instance", None),
         )
         configuration.log_summary()
+        for warning in configuration.warnings:
+            log.warning("%s", warning)
+        configuration.check_for(args.command)
         code = handler(args)
         if sys.stdout is not None:
             sys.stdout.flush()  # here, so that a full disk is reported like any error
