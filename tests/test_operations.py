@@ -208,3 +208,36 @@ def test_kafka_settings_reach_the_client_from_env_and_x(
                     kafka_bootstrap, "-X", "socket.timeout.ms=30000", env=env)  # fmt: skip
     assert good.returncode == 0, good.stderr.decode()
     assert b"loaded 1 records" in good.stdout
+
+
+# --- 7: checks before the broker ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("combine", "--control", "kafka:c", "--surface", "kafka:s", "--output", "kafka:o",
+          "--metrics-port", "99999"), "0-65535"),
+        (("mappings", "--control", "kafka:c", "--output", "kafka:o", "--max-dead-letters", "-1"),
+         "must be >= 0"),
+        (("load", "/nope.jsonl", "--topic", "kafka:t"), "/nope.jsonl"),
+        (("combine", "--control", "kafka:c", "--surface", "kafka:s", "--output", "kafka:o",
+          "--start", "yesterday-ish"), "--start"),
+    ],
+)  # fmt: skip
+def test_what_can_be_checked_is_checked_before_the_broker(args: tuple[str, ...], needle: str) -> None:
+    """Against an address nobody answers, with a long --broker-timeout: a usage error (2)
+    comes back, not the unreachable broker's 3 after the wait."""
+    result = _unifeed(*args, "-b", _closed_port(), "--broker-timeout", "60s", timeout=45)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert needle in err, err
+
+
+def test_metrics_port_in_a_file_run_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "control.jsonl").write_bytes(_FILES)
+    result = _unifeed("mappings", "--control", "control.jsonl", "--output", "m.jsonl",
+                      "--metrics-port", "0", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr.decode()
+    assert "--metrics-port" in result.stderr.decode()
+    assert not (tmp_path / "m.jsonl").exists()

@@ -548,7 +548,6 @@ def _load(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be > 0")
     source = "stdin" if args.file == "-" else args.file
-    bootstrap, extra = _checkpoint.kafka_settings(args)
     with contextlib.ExitStack() as stack:
         if args.file == "-":
             # Spooled so that it can be checked before anything is produced.
@@ -564,6 +563,8 @@ def _load(args: argparse.Namespace) -> int:
                 stream = stack.enter_context(Path(args.file).open("rb"))
             except OSError as exc:
                 raise ConfigError(f"cannot read {args.file!r}: {exc.strerror}") from None
+        # The file is open and readable before the broker is asked for anything.
+        bootstrap, extra = _checkpoint.kafka_settings(args)
         report = load_lines(
             stream,
             target,

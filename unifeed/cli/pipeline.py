@@ -298,6 +298,15 @@ def _parse_reorder(spec: str | None) -> tuple[str, str, int] | None:
     return feed, parts[1], window
 
 
+def _refuse_kafka_only_options(args: argparse.Namespace) -> None:
+    """A file run has no metrics server: a --metrics-port there would be silently unused."""
+    if args.metrics_port is not None:
+        raise ConfigError(
+            "--metrics-port serves a Kafka run's metrics; with files there is none "
+            "(the summary on stderr has the counts)"
+        )
+
+
 def _combine(args: argparse.Namespace) -> int:
     targets = [args.control, args.surface, args.mapping, args.output]
     if any(is_kafka(t) for t in targets):
@@ -307,6 +316,7 @@ def _combine(args: argparse.Namespace) -> int:
                 "or all as files (use `unifeed load` / `unifeed dump` to move data)"
             )
         return int(_kafka_handler("combine_command")(args))
+    _refuse_kafka_only_options(args)
     reorder = _parse_reorder(args.reorder)
     started = time.monotonic()
     unifier = Unifier(
@@ -357,6 +367,7 @@ def _mappings(args: argparse.Namespace) -> int:
         if not (is_kafka(args.control) and is_kafka(args.output)):
             raise ConfigError("give both --control and --output as kafka:TOPIC, or both as files")
         return int(_kafka_handler("mappings_command")(args))
+    _refuse_kafka_only_options(args)
     with (
         open_input(args.control) as control,
         open_output(args.output) as out,
