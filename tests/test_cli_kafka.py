@@ -220,7 +220,9 @@ def test_unreachable_broker_exits_3_with_one_line_reason(tmp_path: Path) -> None
 
 
 def test_missing_bootstrap_is_a_usage_error(tmp_path: Path) -> None:
-    for args in (("dump", "kafka:t"), ("load", str(tmp_path), "--topic", "kafka:t")):
+    source = tmp_path / "one.jsonl"
+    source.write_bytes(b'{"type":"keepalive","pitr":1}\n')
+    for args in (("dump", "kafka:t"), ("load", str(source), "--topic", "kafka:t")):
         result = _unifeed(*args)
         assert result.returncode == 2
         message = result.stderr.decode()

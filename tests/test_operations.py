@@ -241,3 +241,65 @@ def test_metrics_port_in_a_file_run_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr.decode()
     assert "--metrics-port" in result.stderr.decode()
     assert not (tmp_path / "m.jsonl").exists()
+
+
+# --- 8: gzip ----------------------------------------------------------------------------
+
+
+def test_gzip_is_recognised_by_its_bytes_and_gz_outputs_are_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    plain = _unifeed("mappings", "--control", "-", "--output", "-", stdin=_FILES)
+    assert plain.returncode == 0 and plain.stdout, plain.stderr.decode()
+    # gzip on stdin, and in a file whose name does not say so
+    (tmp_path / "control.data").write_bytes(gzip.compress(_FILES))
+    for args, stdin in ((("--control", "-"), gzip.compress(_FILES)),
+                        (("--control", "control.data"), None)):  # fmt: skip
+        result = _unifeed("mappings", *args, "--output", "-", stdin=stdin, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout == plain.stdout
+        assert b"0 dead letters" in result.stderr
+    # a .gz output is gzip, with the same content, and equal runs give equal bytes
+    for name in ("m1.jsonl.gz", "m2.jsonl.gz"):
+        result = _unifeed("mappings", "--control", "control.data", "--output", name,
+                          cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+    written = (tmp_path / "m1.jsonl.gz").read_bytes()
+    assert written[:2] == b"\x1f\x8b" and gzip.decompress(written) == plain.stdout
+    assert written == (tmp_path / "m2.jsonl.gz").read_bytes()
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "stdin"])
+def test_a_corrupt_gzip_archive_is_a_one_line_usage_error(tmp_path: Path, how: str) -> None:
+    import gzip
+
+    whole = gzip.compress(_FILES * 50)
+    data = whole[: len(whole) // 2] if how != "garbage" else whole[:10] + b"\x00" * 40
+    (tmp_path / "control.jsonl.gz").write_bytes(data)
+    source = "-" if how == "stdin" else "control.jsonl.gz"
+    result = _unifeed("mappings", "--control", source, "--output", "m.jsonl",
+                      stdin=data if how == "stdin" else None, cwd=tmp_path)  # fmt: skip
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert len(err.strip().splitlines()) == 1 and "not a valid gzip archive" in err, err
+
+
+def test_a_gz_name_on_plain_text_is_read_as_text(tmp_path: Path) -> None:
+    (tmp_path / "control.jsonl.gz").write_bytes(_FILES)
+    result = _unifeed("mappings", "--control", "control.jsonl.gz", "--output", "-",
+                      cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert b'"action":"link"' in result.stdout
+
+
+@pytest.mark.kafka
+def test_load_takes_gzip_from_stdin(kafka_bootstrap: str, unique_topic: Callable[..., str]) -> None:
+    import gzip
+
+    topic = unique_topic("gz")
+    result = _unifeed("load", "-", "--topic", f"kafka:{topic}", "-b", kafka_bootstrap,
+                      stdin=gzip.compress(_FILES))  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"loaded 2 records" in result.stdout
+    dumped = _unifeed("dump", f"kafka:{topic}", "-b", kafka_bootstrap)
+    assert dumped.stdout == _FILES

@@ -3,7 +3,8 @@
 ``unifeed load FILE --topic kafka:T``
     Each non-blank line of a JSON-lines file (``-``: stdin) becomes one record: value =
     the line's bytes (without its line ending), no key, record timestamp (CreateTime) =
-    its ``pitr``. lz4-compressed by default. A line must be a JSON object with an integer
+    its ``pitr``. A gzip file (or stdin) is recognised by its magic bytes and decompressed.
+    lz4-compressed by default. A line must be a JSON object with an integer
     ``pitr`` >= 0; otherwise nothing is loaded and the command exits 4 naming the bad
     lines. ``--allow-invalid`` loads such lines as they are (to test dead-letter handling
     through Kafka), stamped with the previous line's pitr. A line larger than a record may
@@ -43,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 import unifeed.checkpoint.store as _checkpoint
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
-from unifeed.core.unify import stdin_bytes, stdout_bytes
+from unifeed.core.unify import decompressed, stdin_bytes, stdout_bytes
 from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
     COMPRESSIONS,
@@ -563,6 +564,7 @@ def _load(args: argparse.Namespace) -> int:
                 stream = stack.enter_context(Path(args.file).open("rb"))
             except OSError as exc:
                 raise ConfigError(f"cannot read {args.file!r}: {exc.strerror}") from None
+        stream = decompressed(stream, source)  # gzip, by its magic bytes
         # The file is open and readable before the broker is asked for anything.
         bootstrap, extra = _checkpoint.kafka_settings(args)
         report = load_lines(
