@@ -303,3 +303,91 @@ def test_load_takes_gzip_from_stdin(kafka_bootstrap: str, unique_topic: Callable
     assert b"loaded 2 records" in result.stdout
     dumped = _unifeed("dump", f"kafka:{topic}", "-b", kafka_bootstrap)
     assert dumped.stdout == _FILES
+
+
+# --- 9: Kafka-tool habits ---------------------------------------------------------------
+
+
+def test_version() -> None:
+    import unifeed
+
+    for flag in ("--version", "-V"):
+        result = _unifeed(flag)
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().strip() == f"unifeed {unifeed.__version__}"
+
+
+def _numbered(n: int) -> list[bytes]:
+    return [b'{"type":"keepalive","pitr":%d}' % (1_700_000_000_000 + i) for i in range(n)]
+
+
+@pytest.mark.kafka
+def test_load_and_dump_name_a_topic_alike_and_dump_takes_offset_and_count(
+    kafka_bootstrap: str, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = unique_topic("sym")
+    lines = _numbered(10)
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines[:5]) + b"\n")
+    # positional and --topic, with or without kafka:, for both commands
+    first = _unifeed("load", str(src), topic, "-b", kafka_bootstrap)
+    assert first.returncode == 0, first.stderr.decode()
+    src.write_bytes(b"\n".join(lines[5:]) + b"\n")
+    second = _unifeed("load", str(src), "-t", f"kafka:{topic}", "--bootstrap-server",
+                      kafka_bootstrap)  # fmt: skip
+    assert second.returncode == 0, second.stderr.decode()
+    whole = b"\n".join(lines) + b"\n"
+    for spelling in ((topic,), (f"kafka:{topic}",), ("--topic", topic), ("-t", f"kafka:{topic}:0")):
+        dumped = _unifeed("dump", *spelling, "-b", kafka_bootstrap)
+        assert dumped.returncode == 0, dumped.stderr.decode()
+        assert dumped.stdout == whole
+    cases = {
+        ("--offset", "3", "--count", "2"): lines[3:5],
+        ("-o", "-4"): lines[6:],
+        ("--offset", "end"): [],
+        ("-c", "3"): lines[:3],
+        ("--offset", "beginning", "--count", "0"): [],
+    }
+    for extra, expected in cases.items():
+        dumped = _unifeed("dump", topic, "-b", kafka_bootstrap, *extra)
+        assert dumped.returncode == 0, (extra, dumped.stderr.decode())
+        assert dumped.stdout == b"".join(line + b"\n" for line in expected), extra
+    bad = _unifeed("dump", topic, "-b", kafka_bootstrap, "--offset", "middle")
+    assert bad.returncode == 2 and b"--offset" in bad.stderr
+    both = _unifeed("dump", topic, "--topic", "other", "-b", kafka_bootstrap)
+    assert both.returncode == 2 and b"two topics" in both.stderr
+
+
+@pytest.mark.kafka
+def test_dump_follow_prints_records_committed_later_and_stops_on_sigterm(
+    kafka_bootstrap: str, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    import signal
+
+    from tests.support.kafkatools import load, wait_for
+
+    topic = unique_topic("follow")
+    lines = _numbered(6)
+    load(kafka_bootstrap, topic, lines[:3])
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
+    environ.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    out = tmp_path / "followed.jsonl"
+    with out.open("wb") as sink:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "unifeed", "dump", topic, "-b", kafka_bootstrap, "--follow"],
+            stdout=sink, stderr=subprocess.PIPE, env=environ,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: out.read_bytes().count(b"\n") >= 3 or follower.poll() is not None,
+                     60, "the records already there")  # fmt: skip
+            assert follower.poll() is None, follower.stderr.read() if follower.stderr else ""
+            load(kafka_bootstrap, topic, lines[3:])
+            wait_for(lambda: out.read_bytes().count(b"\n") >= 6 or follower.poll() is not None,
+                     60, "the records loaded later")  # fmt: skip
+            follower.send_signal(signal.SIGTERM)
+            assert follower.wait(timeout=30) == 0
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait(10)
+    assert out.read_bytes() == b"".join(line + b"\n" for line in lines)

@@ -542,8 +542,8 @@ def add_broker_timeout(parser: Any, default_ms: int) -> None:
         dest="broker_timeout",
         type=_legacy_seconds,
         default=argparse.SUPPRESS,
-        metavar="SECONDS",
-        help="deprecated spelling of --broker-timeout (a plain number is seconds)",
+        metavar="DURATION",
+        help="deprecated spelling of --broker-timeout (a plain number is seconds here)",
     )
 
 

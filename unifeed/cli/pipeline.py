@@ -207,7 +207,12 @@ def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> 
         f"application.id); one name per run (default: {default_instance}); a name a run of "
         "another command holds is refused (exit 2)",
     )
-    g.add_argument("--checkpoint-topic", default="unifeed.checkpoints", metavar="TOPIC")
+    g.add_argument(
+        "--checkpoint-topic",
+        default="unifeed.checkpoints",
+        metavar="TOPIC",
+        help="compacted topic of the checkpoints, partition 0 (default unifeed.checkpoints)",
+    )
     g.add_argument(
         "--start",
         default="earliest",
