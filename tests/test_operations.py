@@ -391,3 +391,83 @@ def test_dump_follow_prints_records_committed_later_and_stops_on_sigterm(
                 follower.kill()
                 follower.wait(10)
     assert out.read_bytes() == b"".join(line + b"\n" for line in lines)
+
+
+# --- 5: JSON logs, status lines ---------------------------------------------------------
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    import json
+
+    records = []
+    for line in text.splitlines():
+        records.append(json.loads(line))  # every line is a JSON record
+    return records
+
+
+def test_json_log_format_makes_the_summary_a_json_record(tmp_path: Path) -> None:
+    (tmp_path / "control.jsonl").write_bytes(_FILES)
+    (tmp_path / "surface.jsonl").write_bytes(b'{"type":"keepalive","pitr":2000}\n')
+    for command, extra in (("mappings", ()), ("combine", ("--surface", "surface.jsonl"))):
+        result = _unifeed(command, "--control", "control.jsonl", *extra, "--output", "o.jsonl",
+                          "--log-format", "json", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        records = _json_lines(result.stderr.decode())
+        summary = [r for r in records if r["logger"] == "unifeed.summary"]
+        assert len(summary) == 1, records
+        assert summary[0]["command"] == command and summary[0]["dead"] == 0
+
+
+@pytest.mark.kafka
+def test_status_lines_are_json_records_or_one_text_line_each(
+    kafka_bootstrap: str, unique_topic: Callable[..., str]
+) -> None:
+    from tests.support.kafkatools import load, read_all
+
+    ctl, srf, out = (unique_topic(p) for p in ("ctl", "srf", "out"))
+    load(kafka_bootstrap, ctl, _FILES.splitlines())
+    load(kafka_bootstrap, srf, [b'{"type":"keepalive","pitr":2000}'])
+    for fmt in ("json", "text"):
+        result = _unifeed("combine", "--control", f"kafka:{ctl}", "--surface", f"kafka:{srf}",
+                          "--output", f"kafka:{out}-{fmt}", "-b", kafka_bootstrap,
+                          "--checkpoint-topic", f"{out}.cp", "--instance", f"st-{out}-{fmt}",
+                          "--exit-at-end", "--status-interval", "100ms", "--log-format", fmt)  # fmt: skip
+        err = result.stderr.decode()
+        assert result.returncode == 0, err
+        assert "\r" not in err  # stderr is not a terminal: one line per interval
+        if fmt == "json":
+            records = _json_lines(err)
+            status = [r for r in records if r["logger"] == "unifeed.status"]
+            assert status and status[-1]["mode"] == "done", records
+            written = len(read_all(kafka_bootstrap, f"{out}-{fmt}"))
+            assert status[-1]["out"] == written and status[-1]["command"] == "combine"
+        else:
+            written = len(read_all(kafka_bootstrap, f"{out}-{fmt}"))
+            done = [line for line in err.splitlines() if line.startswith("unifeed combine [")]
+            assert done and f" done: out={written} " in done[-1], err
+
+
+def test_on_a_terminal_the_status_line_rewrites_itself() -> None:
+    import io
+    import logging
+
+    from unifeed.cli.logs import setup_logging, teardown_logging
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    setup_logging("text", "info", stream=screen)
+    try:
+        status = logging.getLogger("unifeed.status")
+        status.info("step 1", extra={"final": False})
+        status.info("step 2", extra={"final": False})
+        logging.getLogger("unifeed.runtime").warning("something happened")
+        status.info("step 3", extra={"final": False})
+        status.info("done", extra={"final": True})
+    finally:
+        teardown_logging()
+    text = screen.getvalue()
+    assert text.startswith("\rstep 1\x1b[K\rstep 2\x1b[K\n"), repr(text)
+    assert text.endswith("something happened\n\rstep 3\x1b[K\rdone\x1b[K\n"), repr(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,9 @@ from unifeed.core.unify import (
     run_unifier,
 )
 from unifeed.core.units import parse_duration_ms
+
+#: The closing summary of a file run: a line of text, or a JSON record (unifeed.cli.logs).
+_summary = logging.getLogger("unifeed.summary")
 
 
 def is_kafka(target: str | None) -> bool:
@@ -357,13 +361,20 @@ def _combine(args: argparse.Namespace) -> int:
     if not args.quiet:
         s = unifier.stats()
         took = time.monotonic() - started
-        print(
+        dead = sum(s.dead_letters.values())
+        _summary.info(
+            "%s",
             f"unifeed combine: {s.output} messages out in {took:.2f}s "
             f"({s.output / max(took, 1e-9):,.0f}/s); accepted control {s.accepted[CONTROLSTREAM]}, "
             f"surface {s.accepted[SURFACESTREAM]}; annotated {s.annotated}, unmapped {s.unmapped}; "
-            f"dead letters {sum(s.dead_letters.values())}",
-            file=sys.stderr,
-        )
+            f"dead letters {dead}",
+            extra={"fields": {
+                "command": "combine", "out": s.output, "seconds": round(took, 3),
+                "accepted": {"controlstream": s.accepted[CONTROLSTREAM],
+                             "surfacestream": s.accepted[SURFACESTREAM]},
+                "annotated": s.annotated, "unmapped": s.unmapped, "dead": dead,
+            }},
+        )  # fmt: skip
     return 0
 
 
@@ -385,8 +396,8 @@ def _mappings(args: argparse.Namespace) -> int:
                 out.write(b"\n".join(lines) + b"\n")
                 written += len(lines)
     if not args.quiet:
-        print(
-            f"unifeed mappings: {written} mappingstream messages, {sink.count} dead letters",
-            file=sys.stderr,
-        )
+        _summary.info(
+            "unifeed mappings: %d mappingstream messages, %d dead letters", written, sink.count,
+            extra={"fields": {"command": "mappings", "out": written, "dead": sink.count}},
+        )  # fmt: skip
     return 0

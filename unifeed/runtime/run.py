@@ -95,6 +95,9 @@ from unifeed.kafka.clients import (
 from unifeed.runtime.inbox import Batch, Inbox
 
 log = logging.getLogger("unifeed")
+#: Progress lines and summaries: text as they always read, or JSON records (unifeed.cli.logs).
+_status_log = logging.getLogger("unifeed.status")
+_summary_log = logging.getLogger("unifeed.summary")
 
 _READ_BATCH: Final = 5000
 _LANE_BATCHES: Final = 8
@@ -2186,13 +2189,23 @@ class StatusLine:
             f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
             f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
         )
-        print(
-            f"unifeed combine [{self.run.options.instance}] {'done' if final else st.mode}: "
-            f"out={out} rate={rate:,.0f}/s {lags} {depths} late={st.counters.get('late', 0)} "
-            f"dead={st.counters.get('dead_letters', 0)} commits={st.counters.get('commits', 0)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        fields = {
+            "command": "combine",
+            "mode": "done" if final else st.mode,
+            "out": out,
+            "rate": round(rate, 1),
+            "lag_seconds": {f: (wall - p) / 1000 for f, p in sorted(st.lag_pitr.items())},
+            "late": st.counters.get("late", 0),
+            "dead": st.counters.get("dead_letters", 0),
+            "commits": st.counters.get("commits", 0),
+        }
+        # One record on "unifeed.status": a line of text, or JSON with these fields.
+        _status_log.info(
+            "unifeed combine [%s] %s: out=%d rate=%s/s %s %s late=%d dead=%d commits=%d",
+            self.run.options.instance, fields["mode"], out, f"{rate:,.0f}", lags, depths,
+            fields["late"], fields["dead"], fields["commits"],
+            extra={"fields": fields, "final": final},
+        )  # fmt: skip
         self.last = now
         self.last_out = out
 
@@ -2371,11 +2384,13 @@ def mappings_command(args: argparse.Namespace) -> int:
         raise state.failure
     if not args.quiet:
         s = deriver.stats()
-        print(
-            f"unifeed mappings [{o.instance}]: {s.links} links, {s.unlinks} unlinks, "
-            f"{s.keepalives} keepalives, {state.counters.get('dead_letters', 0)} dead letters",
-            file=sys.stderr,
-        )
+        dead = state.counters.get("dead_letters", 0)
+        _summary_log.info(
+            "unifeed mappings [%s]: %d links, %d unlinks, %d keepalives, %d dead letters",
+            o.instance, s.links, s.unlinks, s.keepalives, dead,
+            extra={"fields": {"command": "mappings", "links": s.links, "unlinks": s.unlinks,
+                              "keepalives": s.keepalives, "dead": dead}},
+        )  # fmt: skip
     return 0
 
 
