@@ -22,7 +22,8 @@ from tests.support.kafkatools import (
     start_cli,
     wait_for,
 )
-from tests.test_kafka_pipeline import _long_scenario, combine_args, loaded_long_scenario
+from tests.support.scenarios import combine_args, loaded_long_scenario
+from tests.support.scenarios import long_scenario as _long_scenario
 from unifeed.checkpoint.store import Checkpoint, CheckpointStore
 
 pytestmark = pytest.mark.kafka
