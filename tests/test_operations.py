@@ -471,3 +471,12 @@ def test_on_a_terminal_the_status_line_rewrites_itself() -> None:
     text = screen.getvalue()
     assert text.startswith("\rstep 1\x1b[K\rstep 2\x1b[K\n"), repr(text)
     assert text.endswith("something happened\n\rstep 3\x1b[K\rdone\x1b[K\n"), repr(text)
+
+
+def test_simulated_time_is_a_duration_and_minutes_still_works(tmp_path: Path) -> None:
+    for name, option in (("a", ("--duration", "90s")), ("b", ("--minutes", "1.5"))):
+        result = _unifeed("simulate", "--out-dir", str(tmp_path / name), "--rate", "5", *option)
+        assert result.returncode == 0, result.stderr.decode()
+    for feed in ("controlstream.jsonl", "surfacestream.jsonl"):
+        assert (tmp_path / "a" / feed).read_bytes() == (tmp_path / "b" / feed).read_bytes()
+        assert (tmp_path / "a" / feed).stat().st_size > 0

@@ -25,7 +25,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     p.add_argument(
-        "--minutes", type=float, default=8.0, help="simulated minutes of traffic (default 8)"
+        "--duration",
+        type=duration_arg,
+        default=8 * 60_000,
+        metavar="DURATION",
+        help="simulated time of traffic (default 8m)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="deprecated spelling of --duration Nm",
     )
     p.add_argument(
         "--speed",
@@ -64,7 +75,7 @@ def register(subparsers: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         seed=args.seed,
-        minutes=args.minutes,
+        minutes=_minutes(args),
         speed=args.speed,
         airports=args.airports,
         rate=args.rate,
@@ -76,3 +87,9 @@ def _demo(args: argparse.Namespace) -> int:
     sys.stdout.write(format_summary(options, report, report.broker_pid))
     sys.stdout.flush()
     return 0 if report.ok else 1
+
+
+def _minutes(args: argparse.Namespace) -> float:
+    """--duration in minutes; the deprecated --minutes wins when given."""
+    minutes = getattr(args, "minutes", None)
+    return float(minutes) if minutes is not None else args.duration / 60_000
