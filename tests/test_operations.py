@@ -130,6 +130,29 @@ def test_no_time_option_is_in_seconds_only() -> None:
             assert action.metavar != "SECONDS", f"unifeed {path} {action.option_strings}"
 
 
+def test_config_show_writes_every_duration_back_as_a_duration() -> None:
+    """Every command's DURATION options, defaults and environment alike, read back as
+    durations (``"10m"``), never as the milliseconds they parse to."""
+    cli = build_command_line()
+    commands = {path.split()[0] for path in cli.commands}
+    for command in sorted(commands - {"config"}):
+        durations = {
+            action.dest
+            for path, parser in cli.commands.items()
+            if path.split()[0] == command
+            for action in parser.recorded_options
+            if action.metavar == "DURATION" and action.default not in (None, argparse_suppress())
+        }
+        if not durations:
+            continue
+        result = _unifeed("config", "show", "--command", command)
+        out = result.stdout.decode()
+        assert result.returncode == 0, result.stderr.decode()
+        for dest in durations:
+            line = next(li for li in out.splitlines() if li.startswith(f"{dest} "))
+            assert line.split("=")[1].split()[0].startswith('"'), f"{command}: {line}"
+
+
 def argparse_suppress() -> str:
     import argparse
 
@@ -221,6 +244,9 @@ def test_kafka_settings_reach_the_client_from_env_and_x(
         (("mappings", "--control", "kafka:c", "--output", "kafka:o", "--max-dead-letters", "-1"),
          "must be >= 0"),
         (("load", "/nope.jsonl", "--topic", "kafka:t"), "/nope.jsonl"),
+        (("serve", "--input", "kafka:uf", "--port", "99999"), "0-65535"),
+        (("ingest", "--source", "/nope/aircraft.json", "--control", "kafka:c", "--surface",
+          "kafka:s", "--metrics-port", "99999"), "0-65535"),
         (("combine", "--control", "kafka:c", "--surface", "kafka:s", "--output", "kafka:o",
           "--start", "yesterday-ish"), "--start"),
     ],
@@ -408,9 +434,13 @@ def _json_lines(text: str) -> list[dict[str, object]]:
 def test_json_log_format_makes_the_summary_a_json_record(tmp_path: Path) -> None:
     (tmp_path / "control.jsonl").write_bytes(_FILES)
     (tmp_path / "surface.jsonl").write_bytes(b'{"type":"keepalive","pitr":2000}\n')
-    for command, extra in (("mappings", ()), ("combine", ("--surface", "surface.jsonl"))):
-        result = _unifeed(command, "--control", "control.jsonl", *extra, "--output", "o.jsonl",
-                          "--log-format", "json", cwd=tmp_path)  # fmt: skip
+    for command, inputs in (
+        ("mappings", ("--control", "control.jsonl")),
+        ("combine", ("--control", "control.jsonl", "--surface", "surface.jsonl")),
+        ("merge", ("--input", "control=control.jsonl", "--input", "surface=surface.jsonl")),
+    ):
+        result = _unifeed(command, *inputs, "--output", "o.jsonl", "--log-format", "json",
+                          cwd=tmp_path)  # fmt: skip
         assert result.returncode == 0, result.stderr.decode()
         records = _json_lines(result.stderr.decode())
         summary = [r for r in records if r["logger"] == "unifeed.summary"]
