@@ -310,6 +310,22 @@ def test_a_corrupt_gzip_archive_is_a_one_line_usage_error(tmp_path: Path, how: s
     assert len(err.strip().splitlines()) == 1 and "not a valid gzip archive" in err, err
 
 
+@pytest.mark.parametrize("name", ["feed.jsonl", "feed.jsonl.gz"])
+def test_serve_reads_a_gzip_file_by_its_bytes(tmp_path: Path, name: str) -> None:
+    import gzip
+
+    from unifeed.serve._source import LineSource
+
+    lines = [b'{"type":"keepalive","pitr":1000}', b'{"type":"keepalive","pitr":2000}']
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    source = LineSource(str(path))
+    source.run()
+    batch = source.batches.get(timeout=5)
+    assert not isinstance(batch, BaseException), batch
+    assert batch.lines == lines and batch.rebuilt
+
+
 def test_a_gz_name_on_plain_text_is_read_as_text(tmp_path: Path) -> None:
     (tmp_path / "control.jsonl.gz").write_bytes(_FILES)
     result = _unifeed("mappings", "--control", "control.jsonl.gz", "--output", "-",

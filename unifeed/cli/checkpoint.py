@@ -94,14 +94,18 @@ def add_client_options(parser: Any) -> None:
     )
 
 
-def add_broker_timeout(parser: Any, default_ms: int) -> None:
-    """``--broker-timeout DURATION``, and ``--connect-timeout`` as its deprecated spelling."""
+def add_broker_timeout(parser: Any, default_ms: int, *, watched: bool = True) -> None:
+    """``--broker-timeout DURATION``, and ``--connect-timeout`` as its deprecated spelling.
+
+    ``watched``: the command also watches the broker while it runs (combine, mappings);
+    otherwise the timeout bounds the start-up wait alone, and the help says so."""
+    when = "at start-up or later" if watched else "at start-up"
     parser.add_argument(
         "--broker-timeout",
         type=_duration,
         default=default_ms,
         metavar="DURATION",
-        help="give up (exit 3) when no broker answers for this long, at start-up or later "
+        help=f"give up (exit 3) when no broker answers for this long, {when} "
         f"(default {default_ms // 1000}s)",
     )
     parser.add_argument(
@@ -118,7 +122,7 @@ def add_kafka_options(parser: argparse.ArgumentParser) -> None:
     """``-b/--bootstrap-servers``, ``--kafka-config``, ``-X`` and ``--broker-timeout``."""
     add_bootstrap_option(parser)
     add_client_options(parser)
-    add_broker_timeout(parser, 10_000)
+    add_broker_timeout(parser, 10_000, watched=False)
 
 
 def client_properties(args: argparse.Namespace) -> dict[str, str]:
