@@ -27,16 +27,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # built. confluent-kafka and msgspec come as manylinux wheels with librdkafka inside:
 # nothing to compile, no system packages to add.
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels unifeed \
+# The same extras as built: without `serve`, `unifeed serve` could not start.
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'unifeed[serve]' \
     && rm -rf /wheels \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin unifeed
 USER unifeed
 WORKDIR /home/unifeed
 # Prometheus metrics of combine, mappings and ingest with --metrics-port 9100
-# (--metrics-host 0.0.0.0 so that they are reachable from outside the container).
-EXPOSE 9100
-# Healthy while the metrics endpoint answers; a one-off command (load, dump, --help)
-# disables it (`--no-healthcheck`, or `healthcheck: disable: true` in compose).
+# (--metrics-host 0.0.0.0 so that they are reachable from outside the container);
+# `unifeed serve` answers on 8080 (--port), its own /healthz and /metrics included.
+EXPOSE 9100 8080
+# Healthy while the metrics endpoint answers; `unifeed serve` is probed on its /healthz
+# instead (compose.yaml), and a one-off command (load, dump, --help) disables it (`--no-healthcheck`, or `healthcheck: disable: true` in compose).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=3)"]
 ENTRYPOINT ["unifeed"]

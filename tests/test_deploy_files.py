@@ -109,7 +109,7 @@ def test_signals_reach_unifeed_and_a_failed_load_is_not_hidden() -> None:
     "needle",
     [
         "--no-index --find-links /wheels",
-        "EXPOSE 9100",
+        "EXPOSE 9100 8080",
         "HEALTHCHECK ",
         "org.opencontainers.image.title=",
         "org.opencontainers.image.licenses=\"Apache-2.0\"",
@@ -120,6 +120,19 @@ def test_signals_reach_unifeed_and_a_failed_load_is_not_hidden() -> None:
 )
 def test_dockerfile(needle: str) -> None:
     assert needle in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_image_installs_the_extras_it_builds() -> None:
+    """The wheel stage builds unifeed with extras; the final stage must install the same
+    ones (--no-index installs only what it is asked for), and `serve` is among them
+    since compose runs `unifeed serve` from the image."""
+    text = (ROOT / "Dockerfile").read_text()
+    built = re.search(r"pip wheel .*'\.\[([a-z,]+)\]'", text)
+    installed = re.search(r"--find-links /wheels 'unifeed\[([a-z,]+)\]'", text)
+    assert built and installed, "the Dockerfile names the extras it builds and installs"
+    assert set(installed[1].split(",")) == set(built[1].split(","))
+    if any(s.get("command", [None])[0] == "serve" for s in UNIFEED.values()):
+        assert "serve" in installed[1].split(",")
 
 
 def test_dockerignore_keeps_the_build_context_small() -> None:

@@ -656,7 +656,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     load.add_argument("file", metavar="FILE", help="JSON-lines file (gzip too), - for stdin")
-    _add_topic_arguments(load, "destination")
+    _add_topic_arguments(
+        load, "destination", "partition 0 unless :N or --partition N, or by --key"
+    )
     load.add_argument("--compression", choices=COMPRESSIONS, default="lz4", help="default lz4")
     load.add_argument("--rate", type=float, metavar="R", help="pace to R records per second")
     load.add_argument(
@@ -728,15 +730,15 @@ def _count(text: str) -> int:
     return value
 
 
-def _add_topic_arguments(parser: Any, what: str) -> None:
+def _add_topic_arguments(
+    parser: Any, what: str, partition: str = "partition 0 unless :N"
+) -> None:
     """The topic of ``load`` and ``dump``, named the same way in both: a positional
     ``[kafka:]TOPIC[:N]`` or ``-t``/``--topic`` (kcat's and Kafka's tools' spelling)."""
     parser.add_argument(
         "topic_arg", nargs="?", metavar="[kafka:]TOPIC[:N]", help=f"{what} (or --topic)"
     )
-    parser.add_argument(
-        "-t", "--topic", metavar="[kafka:]TOPIC[:N]", help=f"{what}; partition 0 unless :N"
-    )
+    parser.add_argument("-t", "--topic", metavar="[kafka:]TOPIC[:N]", help=f"{what}; {partition}")
 
 
 def _topic_of(args: argparse.Namespace) -> str:
