@@ -1,7 +1,8 @@
 """``unifeed combine`` and ``unifeed mappings`` against Kafka: their arguments become
-`RuntimeOptions`, the run is `unifeed.runtime`'s, and what it reports is printed here
-(the progress line, the closing summary). Imported only when a command names a
-``kafka:`` target, so that file runs never load the Kafka client."""
+`RuntimeOptions`, the run is `unifeed.runtime`'s, and what it reports is written here
+(the progress line and the closing summary, as records of the ``unifeed.status`` and
+``unifeed.summary`` loggers: text or JSON as ``--log-format`` says). Imported only when
+a command names a ``kafka:`` target, so that file runs never load the Kafka client."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def mappings_command(args: argparse.Namespace) -> int:
 
 
 class StatusLine:
-    """A progress line on stderr: rate, mode, per-feed lag, queue depths."""
+    """The progress line (``unifeed.status``): rate, mode, per-feed lag, queue depths."""
 
     def __init__(self, run: CombineRun, interval_s: float) -> None:
         self.run = run
