@@ -119,7 +119,7 @@ def test_sustained_replay_into_kafka(benchmark: Any, broker: str, tmp_path: Path
     def ingest() -> None:
         n = next(rounds)
         done = _cli("ingest", "--replay", str(replay), "--speed", "0", "--control",
-                    f"kafka:ctl{n}", "--surface", f"kafka:srf{n}", "--status-interval", "60",
+                    f"kafka:ctl{n}", "--surface", f"kafka:srf{n}", "--status-interval", "60s",
                     *kafka)  # fmt: skip
         finals.append([line for line in done.stderr.splitlines() if "ingest done" in line][-1])
 

@@ -3,8 +3,10 @@
 The broker comes from, in this order:
 
 1. ``UNIFEED_TEST_BOOTSTRAP`` - an existing cluster (``external``);
-2. testcontainers' Kafka module, when a Docker engine answers a quick ping (``container``);
-   set ``UNIFEED_TEST_NO_DOCKER=1`` to skip the probe;
+2. testcontainers' Kafka module (>= 4.15, one KRaft node), when a Docker engine answers a
+   quick ping (``container``), found as docker's client finds it: ``DOCKER_HOST``, the
+   current context, the rootful, rootless, Desktop and Podman sockets
+   (`tests.support.docker_engine`); set ``UNIFEED_TEST_NO_DOCKER=1`` to skip the probe;
 3. Apache Kafka 4.4 run locally by a JVM (``apache-kafka``, `unifeed.kafka.apache`), when
    ``java`` is on PATH and its jars are cached or ``mvn`` can fetch them;
 4. the embedded broker, librdkafka's mock cluster in this process (``embedded``).
@@ -30,6 +32,7 @@ import msgspec
 import pytest
 from confluent_kafka import Consumer, Producer
 
+from tests.support.docker_engine import find_docker_host, kafka_container
 from tests.support.kafkatools import forget_broker
 from unifeed.core.errors import UnifeedError
 from unifeed.kafka.apache import KAFKA_VERSION, LocalKafka, local_kafka_available
@@ -67,22 +70,28 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 
 
 def _docker_answers() -> tuple[bool, str]:
-    """Whether a Docker engine answers a ping within a few seconds, and why not."""
+    """Whether a Docker engine answers a ping within a few seconds, and why not. The engine
+    is found as docker's client finds it (`find_docker_host`); DOCKER_HOST is set to it,
+    which docker-py and testcontainers read."""
     if os.environ.get("UNIFEED_TEST_NO_DOCKER"):
         return False, "UNIFEED_TEST_NO_DOCKER is set"
-    host = os.environ.get("DOCKER_HOST", "")
-    if not host and not os.path.exists("/var/run/docker.sock"):
-        return False, "no DOCKER_HOST and no /var/run/docker.sock"
+    host, source = find_docker_host()
+    if host is None:
+        return False, source
     try:
         import docker  # testcontainers' own dependency
 
-        client = docker.from_env(timeout=int(_DOCKER_PROBE_S))
+        client = docker.DockerClient(base_url=host, timeout=int(_DOCKER_PROBE_S))
         try:
             client.ping()
         finally:
             client.close()
     except Exception as exc:  # any failure means: no usable engine
-        return False, f"Docker engine did not answer ({type(exc).__name__}: {exc})"
+        return False, f"Docker engine at {host} ({source}) did not answer ({type(exc).__name__}: {exc})"
+    os.environ["DOCKER_HOST"] = host
+    if "podman" in host:
+        # Podman runs no Ryuk reaper by default; the container is stopped by the fixture.
+        os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     return True, ""
 
 
@@ -140,9 +149,7 @@ def _kafka_broker() -> Iterator[BrokerChoice]:
 
 
 def _container_broker() -> Iterator[BrokerChoice]:
-    from testcontainers.community.kafka import KafkaContainer
-
-    container: Any = KafkaContainer()
+    container: Any = kafka_container()
     container.start()
     try:
         bootstrap = container.get_bootstrap_server()

@@ -77,3 +77,38 @@ def test_commands_of_the_spec_exist() -> None:
                  "config show"):
         assert name in commands
     assert {"checkpoint show", "checkpoint reset"} <= commands
+
+
+_PROPER_NOUNS = {"Kafka", "TOML", "JSON", "JSON-lines", "Prometheus"}
+_KAFKA_SPELLINGS = ("-b", "--bootstrap-servers", "--bootstrap-server", "--broker-timeout",
+                    "--kafka-config", "-X")  # fmt: skip
+
+
+def test_every_help_reads_the_same_way() -> None:
+    """One style for every command, present or added later: a description, every option
+    explained, help text starting in lower case, times as DURATION, the same Kafka option
+    spellings, and the exit codes and environment variables at the end."""
+    cli = build_command_line()
+    results = _help_of_all()
+    for path, parser in {"": cli.parser, **cli.commands}.items():
+        name = f"unifeed {path}".strip()
+        text = results[path].stdout
+        assert parser.description or not path, f"{name} has no description"
+        assert "exit codes: 0 done; 1 other failure; 2 usage" in text, name
+        assert "environment: UNIFEED_CONFIG" in text, name
+        options = [a for a in parser.recorded_options if a.option_strings]
+        for action in options:
+            spelled = "/".join(action.option_strings)
+            if action.help == "==SUPPRESS==":
+                continue
+            assert action.help, f"{name} {spelled} has no help"
+            first_word = action.help.split()[0].strip(",")
+            assert action.help[0].islower() or first_word in _PROPER_NOUNS, (
+                f"{name} {spelled}: help starts in upper case: {action.help!r}"
+            )
+            assert not action.help.rstrip().endswith("."), f"{name} {spelled}: ends with '.'"
+            assert action.metavar not in ("SECONDS", "MS", "MILLISECONDS"), f"{name} {spelled}"
+        strings = {s for a in options for s in a.option_strings}
+        if "--bootstrap-servers" in strings:
+            missing = [s for s in _KAFKA_SPELLINGS if s not in strings]
+            assert not missing, f"{name} lacks {missing}"

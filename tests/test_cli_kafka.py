@@ -220,7 +220,9 @@ def test_unreachable_broker_exits_3_with_one_line_reason(tmp_path: Path) -> None
 
 
 def test_missing_bootstrap_is_a_usage_error(tmp_path: Path) -> None:
-    for args in (("dump", "kafka:t"), ("load", str(tmp_path), "--topic", "kafka:t")):
+    source = tmp_path / "one.jsonl"
+    source.write_bytes(b'{"type":"keepalive","pitr":1}\n')
+    for args in (("dump", "kafka:t"), ("load", str(source), "--topic", "kafka:t")):
         result = _unifeed(*args)
         assert result.returncode == 2
         message = result.stderr.decode()
@@ -228,9 +230,12 @@ def test_missing_bootstrap_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_bad_topic_argument_is_a_usage_error() -> None:
-    result = _unifeed("dump", "controlstream", bootstrap="127.0.0.1:1")
-    assert result.returncode == 2
-    assert b"kafka:TOPIC or kafka:TOPIC:PARTITION" in result.stderr
+    # A bare name is a topic for load and dump (kafka: is optional there); these are not.
+    for bad, needle in (("control stream", b"is not a Kafka topic name"),
+                        ("kafka:t:x", b"partition")):  # fmt: skip
+        result = _unifeed("dump", bad, bootstrap="127.0.0.1:1")
+        assert result.returncode == 2
+        assert needle in result.stderr, result.stderr
 
 
 # --- library halves, no subprocess -------------------------------------------

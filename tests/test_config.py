@@ -102,21 +102,21 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path, unifeed:
     assert defaults["log_level"] == "info"
     combine = defaults["combine"]
     assert isinstance(combine, dict)
-    assert combine["instance"] == "unifeed"
-    assert combine["realtime_threshold"] == 30_000
+    assert combine["instance"] == "combine"
+    assert combine["realtime_threshold"] == "30s"
 
     from_file = show("--config", str(config))
     assert from_file["log_level"] == "warning"
     assert from_file["combine"]["instance"] == "file-combine"  # type: ignore[index]
     assert from_file["mappings"]["instance"] == "file-top"  # type: ignore[index]
-    assert from_file["combine"]["realtime_threshold"] == 10_000  # type: ignore[index]
+    assert from_file["combine"]["realtime_threshold"] == "10s"  # type: ignore[index]
 
     env = {"UNIFEED_INSTANCE": "env", "UNIFEED_LOG_LEVEL": "debug", "UNIFEED_CONFIG": str(config)}
     from_env = show(env=env)
     assert from_env["log_level"] == "debug"
     assert from_env["combine"]["instance"] == "env"  # type: ignore[index]
     assert from_env["mappings"]["instance"] == "env"  # type: ignore[index]
-    assert from_env["combine"]["realtime_threshold"] == 10_000  # type: ignore[index]
+    assert from_env["combine"]["realtime_threshold"] == "10s"  # type: ignore[index]
 
     from_cli = show("--log-level", "error", env=env)
     assert from_cli["log_level"] == "error"
@@ -204,9 +204,11 @@ def test_unknown_key_stops_a_real_command(feeds: Path) -> None:
         env={"UNIFEED_CONTROLL": "x"},
         cwd=feeds,
     )
-    assert done.returncode == 2
-    assert "environment variable UNIFEED_CONTROLL names no unifeed option" in done.stderr
-    assert not (feeds / "m.jsonl").exists()
+    # An unknown variable is warned about once, and the command runs.
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("UNIFEED_CONTROLL: it names no unifeed option") == 1, done.stderr
+    assert "did you mean 'UNIFEED_CONTROL'" in done.stderr
+    assert (feeds / "m.jsonl").exists()
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path, unifeed: InProcess) -> None:
@@ -218,8 +220,6 @@ def test_missing_file_is_a_usage_error(tmp_path: Path, unifeed: InProcess) -> No
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
-        ({"UNIFEED_FOO": "1"}, "UNIFEED_FOO names no unifeed option"),
-        ({"UNIFEED_BOOTSTRAP_SERVER": "x:1"}, "did you mean 'UNIFEED_BOOTSTRAP_SERVERS'"),
         ({"UNIFEED_METRICS_PORT": "ninety"}, "UNIFEED_METRICS_PORT"),
         ({"UNIFEED_STRICT_ORDER": "perhaps"}, "UNIFEED_STRICT_ORDER: expected true or false"),
         ({"UNIFEED_LOG_LEVEL": "loud"}, "UNIFEED_LOG_LEVEL"),

@@ -200,3 +200,68 @@ def test_snapshot_from_runtime_counters() -> None:
     assert (s.late, s.annotated, s.unmapped, s.checkpoint_commits) == (2, 3, 1, 4)
     assert s.lag_ms == {"controlstream": 1000, "surfacestream": 0}  # never negative
     assert s.queue_depth == {"writer.controlstream": 1}
+
+
+def test_ipv6_addresses_work() -> None:
+    """``--metrics-host ::1`` binds IPv6 (the server picks the address family)."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this host has no IPv6 loopback")
+    with MetricsServer(0, lambda: MetricsSnapshot(messages_out=3), command="combine",
+                       instance="v6", host="::1") as server:  # fmt: skip
+        assert server.url.startswith("http://[::1]:")
+        with urllib.request.urlopen(server.url, timeout=10) as reply:
+            assert "unifeed_messages_out_total 3.0" in reply.read().decode()
+
+
+def test_metric_names_in_the_docs_are_the_exported_ones() -> None:
+    """Every ``unifeed_*`` metric name in README.md and docs/*.md is one a scrape shows
+    (a counter may be named with or without ``_total``), and every exported family is
+    documented in unifeed.runtime.metrics. ``unifeed serve``'s own families count as
+    exported too."""
+    import re
+    from pathlib import Path
+
+    import unifeed.runtime.metrics as metrics
+
+    snapshot = MetricsSnapshot(
+        messages_in={"controlstream": 1}, messages_out=1, dead_letters={"bad json": 1},
+        lag_ms={"controlstream": 1}, queue_depth={"writer": 1},
+    )  # fmt: skip
+    with MetricsServer(0, lambda: snapshot, command="combine", instance="doc") as server:
+        text = _fetch(server.url)
+    families = {f.name for f in text_string_to_metric_families(text)}
+    exported = families | {f"{name}_total" for name in families}
+    serve_families = {f.name for f in text_string_to_metric_families(_serve_metrics_text())}
+    exported |= serve_families | {f"{name}_total" for name in serve_families}
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = re.compile(r"\bunifeed_[a-z_]+\b")
+    # a label of unifeed_info; serve's PostgreSQL history tables
+    not_metrics = {"unifeed_instance", "unifeed_positions", "unifeed_history_progress"}
+    for page in pages:
+        for name in set(named.findall(page.read_text())) - not_metrics:
+            assert name in exported, f"{page.name} names {name}, not exported ({sorted(exported)})"
+    documented = set(named.findall(metrics.__doc__ or ""))
+    for family in families:
+        assert family in documented or f"{family}_total" in documented, family
+
+
+def _serve_metrics_text() -> str:
+    """``unifeed serve``'s /metrics as the blocked audience sees it (every family), with a
+    history sink present (its families appear only then)."""
+    import types
+
+    from unifeed.core.access import BLOCKED
+    from unifeed.serve._app import Service, Settings, metrics_text
+
+    service = Service(Settings(input="-"), source_factory=None, history=None)
+    service.history = types.SimpleNamespace(up=True, written=0, backlog=0, dropped=0)  # type: ignore[assignment]
+    return metrics_text(service, BLOCKED).decode()
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return str(reply.read().decode())

@@ -17,6 +17,7 @@ from unifeed.checkpoint.store import (
     encode_checkpoint,
 )
 from unifeed.core.errors import CheckpointError, ConfigError
+from unifeed.core.units import parse_duration_ms
 from unifeed.kafka.clients import (
     BOOTSTRAP_ENV,
     ensure_reachable,
@@ -24,47 +25,129 @@ from unifeed.kafka.clients import (
     resolve_bootstrap,
 )
 
-__all__ = ["add_kafka_options", "kafka_settings", "register"]
+__all__ = [
+    "add_bootstrap_option",
+    "add_broker_timeout",
+    "add_client_options",
+    "add_kafka_options",
+    "client_properties",
+    "kafka_settings",
+    "register",
+]
 
 
-def add_kafka_options(parser: argparse.ArgumentParser) -> None:
-    """``--bootstrap-servers``, ``--kafka-config`` and ``--connect-timeout``."""
+def _duration(text: str) -> int:
+    """argparse ``type=`` for a DURATION (``30s``, ``250ms``, plain milliseconds)."""
+    try:
+        return parse_duration_ms(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_duration.is_duration = True  # type: ignore[attr-defined]
+
+
+def _legacy_seconds(text: str) -> int:
+    """The deprecated ``--connect-timeout``: a DURATION, or a plain number of seconds as before."""
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        return _duration(text)
+
+
+def _kafka_property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (a librdkafka setting), got {text!r}")
+    return key.strip(), value
+
+
+def add_bootstrap_option(parser: Any, help_text: str | None = None) -> None:
+    """``-b``/``--bootstrap-servers``/``--bootstrap-server`` (kcat's and Kafka's tools' spellings)."""
     parser.add_argument(
+        "-b",
         "--bootstrap-servers",
+        "--bootstrap-server",
+        dest="bootstrap_servers",
         metavar="HOST:PORT",
-        help=f"Kafka brokers (default: ${BOOTSTRAP_ENV})",
+        help=help_text or f"Kafka brokers, comma-separated (default: ${BOOTSTRAP_ENV})",
     )
+
+
+def add_client_options(parser: Any) -> None:
+    """``--kafka-config FILE`` and the repeatable ``-X KEY=VALUE`` (librdkafka settings)."""
     parser.add_argument(
         "--kafka-config",
         metavar="FILE",
         help="extra librdkafka settings, one key=value per line (security, timeouts, ...)",
     )
     parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="give up (exit 3) when no broker answers within this time (default 10)",
+        "-X",
+        "--kafka-property",
+        dest="kafka_set",
+        type=_kafka_property,
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
+        help="one librdkafka setting, like kcat's -X (repeatable; wins over --kafka-config, "
+        "UNIFEED_KAFKA__* variables and the [kafka] table)",
     )
+
+
+def add_broker_timeout(parser: Any, default_ms: int, *, watched: bool = True) -> None:
+    """``--broker-timeout DURATION``, and ``--connect-timeout`` as its deprecated spelling.
+
+    ``watched``: the command also watches the broker while it runs (combine, mappings);
+    otherwise the timeout bounds the start-up wait alone, and the help says so."""
+    when = "at start-up or later" if watched else "at start-up"
+    parser.add_argument(
+        "--broker-timeout",
+        type=_duration,
+        default=default_ms,
+        metavar="DURATION",
+        help=f"give up (exit 3) when no broker answers for this long, {when} "
+        f"(default {default_ms // 1000}s)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        dest="broker_timeout",
+        type=_legacy_seconds,
+        default=argparse.SUPPRESS,
+        metavar="DURATION",
+        help="deprecated spelling of --broker-timeout (a plain number is seconds here)",
+    )
+
+
+def add_kafka_options(parser: argparse.ArgumentParser) -> None:
+    """``-b/--bootstrap-servers``, ``--kafka-config``, ``-X`` and ``--broker-timeout``."""
+    add_bootstrap_option(parser)
+    add_client_options(parser)
+    add_broker_timeout(parser, 10_000, watched=False)
+
+
+def client_properties(args: argparse.Namespace) -> dict[str, str]:
+    """librdkafka settings of a command, lowest precedence first: the configuration
+    file's ``[kafka]`` table, ``UNIFEED_KAFKA__*`` variables (both in
+    ``args.kafka_properties``), ``--kafka-config FILE``, then each ``-X KEY=VALUE``."""
+    extra: dict[str, str] = dict(getattr(args, "kafka_properties", None) or {})
+    if getattr(args, "kafka_config", None):
+        extra.update(read_properties(args.kafka_config))
+    for key, value in getattr(args, "kafka_set", None) or ():
+        extra[key] = value
+    return extra
 
 
 def kafka_settings(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
     """Bootstrap servers and extra settings from `add_kafka_options` arguments, checked.
 
-    Extra settings: ``args.kafka_properties`` (the configuration file's ``[kafka]`` table,
-    when the command line set it) updated with the ``--kafka-config`` file.
-
-    Raises `ConfigError` (exit 2) without brokers, `BrokerUnreachableError` (exit 3) when
-    none answers within ``--connect-timeout``.
+    Extra settings: `client_properties`. Raises `ConfigError` (exit 2) without brokers,
+    `BrokerUnreachableError` (exit 3) when none answers within ``--broker-timeout``.
     """
     bootstrap = resolve_bootstrap(args.bootstrap_servers)
-    # The configuration file's [kafka] table first, then --kafka-config on top.
-    extra: dict[str, str] = dict(getattr(args, "kafka_properties", None) or {})
-    if args.kafka_config:
-        extra.update(read_properties(args.kafka_config))
-    if args.connect_timeout <= 0:
-        raise ConfigError("--connect-timeout must be > 0")
-    ensure_reachable(bootstrap, args.connect_timeout, extra)
+    extra = client_properties(args)
+    if args.broker_timeout <= 0:
+        raise ConfigError("--broker-timeout must be > 0")
+    ensure_reachable(bootstrap, args.broker_timeout / 1000, extra)
     return bootstrap, extra
 
 

@@ -37,9 +37,17 @@ The environment variable of a key is ``UNIFEED_`` + the key in capitals
 counts as unset. ``UNIFEED_TEST_*`` is left to the test suite, ``UNIFEED_KAFKA_CACHE`` to
 ``unifeed broker --kafka``.
 
-Mistakes are caught before anything runs: an unknown key (with the file and table it is
-in) or an ``UNIFEED_*`` variable that names no option is a `ConfigError` (exit code 2),
-and so is a value of the wrong type.
+Librdkafka settings also come from ``UNIFEED_KAFKA__<KEY>`` variables (secrets without a
+file): ``<KEY>`` in lower case with ``_`` for each dot and ``__`` for an underscore, so
+``UNIFEED_KAFKA__SASL_PASSWORD`` is ``sasl.password``. They override the file's
+``[kafka]`` table; ``--kafka-config FILE`` and ``-X KEY=VALUE`` override them.
+
+Mistakes in the file are caught before anything runs: an unknown key (with the file and
+table it is in) or a value of the wrong type is a `ConfigError` (exit code 2). An
+``UNIFEED_*`` variable that names no option is warned about once and ignored (Kubernetes
+injects ``UNIFEED_PORT=tcp://...`` for a Service named ``unifeed``); so is a value shaped
+like a Kubernetes service link. A variable's value of the wrong type is an error (exit
+code 2) for the commands that have that option, and only for them.
 
 ``unifeed config show [--command NAME]`` prints the effective configuration as TOML, each
 value with where it came from, passwords, secrets and tokens masked.
@@ -99,6 +107,21 @@ _SECRET_KEY: Final = re.compile(
 #: Commands whose options are not settings (``config show --command`` picks a view).
 _NOT_SETTINGS: Final = frozenset({"config"})
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+#: A Kubernetes service-link value (``tcp://10.0.0.7:9100``), never a unifeed setting.
+_SERVICE_LINK: Final = re.compile(r"(tcp|udp|sctp)://[^\s/]+:\d+")
+#: ``UNIFEED_KAFKA__SASL_PASSWORD`` is the librdkafka setting ``sasl.password``.
+KAFKA_ENV_PREFIX: Final = "UNIFEED_KAFKA__"
+
+
+def kafka_env_key(name: str) -> str:
+    """The librdkafka setting an ``UNIFEED_KAFKA__<KEY>`` variable sets: ``<KEY>`` in lower
+    case, each ``_`` a dot and each ``__`` an underscore (librdkafka's keys are dotted).
+
+    >>> kafka_env_key("UNIFEED_KAFKA__SASL_PASSWORD"), kafka_env_key("UNIFEED_KAFKA__A__B_C")
+    ('sasl.password', 'a_b.c')
+    """
+    key = name[len(KAFKA_ENV_PREFIX) :].lower()
+    return ".".join(part.replace("\0", "_") for part in key.replace("__", "\0").split("_"))
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -262,8 +285,18 @@ class Configuration:
             for name, value in environ.items()
             if name.startswith(ENV_PREFIX)
             and name != CONFIG_ENV
-            and not name.startswith(_RESERVED_ENV)
+            and not name.startswith((*_RESERVED_ENV, KAFKA_ENV_PREFIX))
         }
+        #: ``UNIFEED_KAFKA__<KEY>`` variables: librdkafka settings over the file's [kafka].
+        self.kafka_environ = {
+            kafka_env_key(name): (name, value)
+            for name, value in sorted(environ.items())
+            if name.startswith(KAFKA_ENV_PREFIX) and len(name) > len(KAFKA_ENV_PREFIX) and value
+        }
+        #: Said once, after logging is set up: variables that name no option.
+        self.warnings: list[str] = []
+        #: Command table -> the first bad value of an option it has, raised by `check_for`.
+        self.deferred: dict[str, ConfigError] = {}
         # table -> key -> the options (one per parser) it sets
         self.tables: dict[str, dict[str, list[argparse.Action]]] = {}
         for command, parser in self.commands.items():
@@ -278,6 +311,7 @@ class Configuration:
         self.kafka_properties: dict[str, str] = {}
         self._check_file()
         self._check_environment()
+        self.kafka_properties.update({k: v for k, (_n, v) in self.kafka_environ.items()})
 
     def log_summary(self) -> None:
         """One debug line: which file and which variables this run's settings came from."""
@@ -329,23 +363,37 @@ class Configuration:
                 )
 
     def _check_environment(self) -> None:
+        """Unknown ``UNIFEED_*`` variables are warned about, not fatal: Kubernetes adds
+        ``<SERVICE>_PORT=tcp://...`` and friends for every Service, and a Service named
+        ``unifeed-...`` gives them this prefix. A value shaped like such a service link is
+        ignored even for a known option (``UNIFEED_METRICS_PORT=tcp://10.0.0.7:9100``). A
+        known option's value is checked by `apply`, for the commands that have it."""
         for name, value in sorted(self.environ.items()):
             key = name[len(ENV_PREFIX) :].lower()
+            if _SERVICE_LINK.fullmatch(value.strip()):
+                self.warnings.append(
+                    f"ignoring {name}={value}: a Kubernetes service link, not a unifeed "
+                    "setting (set enableServiceLinks: false in the pod spec to drop them)"
+                )
+                del self.environ[name]
+                continue
             if key in GLOBAL_KEYS:
                 if value:
                     self._check_global(key, value, name)
                 continue
             if key not in self.all_keys:
                 known = [ENV_PREFIX + k.upper() for k in (*self.all_keys, *GLOBAL_KEYS)]
-                raise ConfigError(
-                    f"environment variable {name} names no unifeed option"
-                    f"{_suggest(name, known)}; unset it, or see `unifeed config show` for "
-                    f"the options ({CONFIG_ENV} names a configuration file)"
+                self.warnings.append(
+                    f"ignoring environment variable {name}: it names no unifeed option"
+                    f"{_suggest(name, known)} (`unifeed config show` lists the options; "
+                    f"{KAFKA_ENV_PREFIX}<KEY> sets a Kafka client setting)"
                 )
-            if value:
-                for table in self.tables.values():
-                    if key in table:
-                        self._convert_all(table[key], value, name)
+                del self.environ[name]
+
+    def check_for(self, command: str | None) -> None:
+        """Raise the `ConfigError` of a bad value for an option that ``command`` has."""
+        if command is not None and command in self.deferred:
+            raise self.deferred[command]
 
     def _check_global(self, key: str, value: Any, where: str) -> str:
         choices = _GLOBAL_CHOICES[key]
@@ -402,7 +450,12 @@ class Configuration:
             if command.split()[0] in _NOT_SETTINGS:
                 continue
             for action in parser.recorded_options:
-                setting = self.setting(command, action)
+                try:
+                    setting = self.setting(command, action)
+                except ConfigError as exc:
+                    # Only an error for a run of this command (`check_for`).
+                    self.deferred.setdefault(command.split()[0], exc)
+                    continue
                 if setting.source == "default":
                     continue
                 action.default = setting.value
@@ -445,7 +498,13 @@ class Configuration:
                     if key is None or key in seen:
                         continue
                     seen.add(key)
-                    rows.append((key, self.setting(path, action)))
+                    setting = self.setting(path, action)
+                    if getattr(action.type, "is_duration", False) and type(setting.value) is int:
+                        # Written back as a duration, which every duration option reads.
+                        setting = Setting(
+                            duration_text(setting.value), setting.source, setting.origin
+                        )
+                    rows.append((key, setting))
             if not rows:
                 continue
             lines.extend(["", f"[{_toml_key(name)}]"])
@@ -454,10 +513,32 @@ class Configuration:
             lines.extend(["", f"[{KAFKA_TABLE}]"])
             lines.extend(
                 _render_rows(
-                    [(k, Setting(v, "file", self._where)) for k, v in self.kafka_properties.items()]
+                    [
+                        (
+                            k,
+                            Setting(v, "environment", self.kafka_environ[k][0])
+                            if k in self.kafka_environ
+                            else Setting(v, "file", self._where),
+                        )
+                        for k, v in self.kafka_properties.items()
+                    ]
                 )
             )
         return "\n".join(lines) + "\n"
+
+
+def duration_text(ms: int) -> str:
+    """A duration in milliseconds as the largest whole unit that `parse_duration_ms` reads.
+
+    >>> [duration_text(ms) for ms in (0, 250, 2000, 90_000, 21_600_000, 86_400_000)]
+    ['0s', '250ms', '2s', '90s', '6h', '1d']
+    """
+    if ms == 0:
+        return "0s"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _render_rows(rows: list[tuple[str, Setting]]) -> list[str]:

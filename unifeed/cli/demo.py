@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unifeed.cli.pipeline import duration_arg
+from unifeed.cli.pipeline import duration_arg, interval_arg
 from unifeed.demo.run import DemoOptions, run_and_report
 
 
@@ -24,7 +24,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
     p.add_argument(
-        "--minutes", type=float, default=8.0, help="simulated minutes of traffic (default 8)"
+        "--duration",
+        type=duration_arg,
+        default=8 * 60_000,
+        metavar="DURATION",
+        help="simulated time of traffic (default 8m)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="deprecated spelling of --duration Nm",
     )
     p.add_argument(
         "--speed",
@@ -41,8 +52,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--outage",
-        type=float,
-        metavar="SECONDS",
+        type=interval_arg,
+        metavar="DURATION",
         help="how long combine stays killed (default: enough to need a catch-up; 0: none)",
     )
     p.add_argument(
@@ -76,13 +87,19 @@ def register(subparsers: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         seed=args.seed,
-        minutes=args.minutes,
+        minutes=_minutes(args),
         speed=args.speed,
         airports=args.airports,
         rate=args.rate,
-        outage_s=args.outage,
+        outage_s=None if args.outage is None else args.outage / 1000,
         realtime_threshold_ms=args.realtime_threshold,
         keep_broker=args.keep_broker,
         serve_port=args.serve_port if args.serve else None,
     )
     return run_and_report(options)
+
+
+def _minutes(args: argparse.Namespace) -> float:
+    """--duration in minutes; the deprecated --minutes wins when given."""
+    minutes = getattr(args, "minutes", None)
+    return float(minutes) if minutes is not None else args.duration / 60_000

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from unifeed.cli.pipeline import duration_arg
+from unifeed.cli.pipeline import add_metrics_options, add_status_interval, duration_arg
 from unifeed.core.errors import ConfigError
 
 log = logging.getLogger("unifeed.ingest")
@@ -163,25 +163,8 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--stop-after", type=int, metavar="N", help="stop after N polls (all sources together)"
     )
-    run.add_argument(
-        "--status-interval",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="progress line interval on stderr (0: none)",
-    )
-    run.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on HOST:PORT (0 picks a free port)",
-    )
-    run.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        metavar="HOST",
-        help="address the metrics server binds (default 127.0.0.1)",
-    )
+    add_status_interval(run)
+    add_metrics_options(run, "address the metrics server binds, IPv4 or IPv6 (default 127.0.0.1)")
     run.add_argument("--quiet", "-q", action="store_true", help="no status line or summary")
     from unifeed.cli.checkpoint import add_kafka_options
 
@@ -284,7 +267,7 @@ def _ingest(args: argparse.Namespace) -> int:
             stop=stop,
             counters=counters,
             stop_after=args.stop_after,
-            status_interval_s=0.0 if args.quiet else args.status_interval,
+            status_interval_s=0.0 if args.quiet else args.status_interval / 1000,
         )
         metrics = _metrics(args, run, replay=args.replay is not None)
         try:

@@ -3,7 +3,8 @@
 ``unifeed load FILE --topic kafka:T``
     Each non-blank line of a JSON-lines file (``-``: stdin) becomes one record: value =
     the line's bytes (without its line ending), no key, record timestamp (CreateTime) =
-    its ``pitr``. lz4-compressed by default. A line must be a JSON object with an integer
+    its ``pitr``. A gzip file (or stdin) is recognised by its magic bytes and decompressed.
+    lz4-compressed by default. A line must be a JSON object with an integer
     ``pitr`` >= 0; otherwise nothing is loaded and the command exits 4 naming the bad
     lines. ``--allow-invalid`` loads such lines as they are (to test dead-letter handling
     through Kafka), stamped with the previous line's pitr. A line larger than a record may
@@ -22,9 +23,12 @@
     With ``--allow-invalid``, a line without a usable key is loaded without a key, to
     partition 0 (or the pinned one).
 
-``unifeed dump kafka:T [--from T] [--to T] [--audience A]``
+``unifeed dump kafka:T [--from T] [--to T] [--audience A] [-o WHERE] [-c N] [-f]``
     Writes the partition's records, one per line, to stdout: from the start of the
-    partition to its end as it was when the command started (read_committed).
+    partition (or ``--offset``) to its end as it was when the command started
+    (read_committed); with ``--follow`` on until Ctrl-C or SIGTERM, or ``--count``.
+    ``load`` and ``dump`` name a topic the same way: ``[kafka:]TOPIC[:N]`` as an argument
+    or with ``-t``/``--topic``.
     ``--from``/``--to`` keep records with ``from <= pitr < to`` (epoch ms or ISO-8601; a
     record without a pitr is judged by its record timestamp). ``--audience`` hides every
     message whose access is stronger than the audience. A message's access is the stronger
@@ -42,8 +46,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -56,7 +63,7 @@ import unifeed.cli.checkpoint as _checkpoint
 from unifeed.core.access import FlightLevels, visible
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
-from unifeed.core.unify import stdin_bytes, stdout_bytes
+from unifeed.core.unify import decompressed, stdin_bytes, stdout_bytes
 from unifeed.core.units import parse_time_ms
 from unifeed.kafka.clients import (
     COMPRESSIONS,
@@ -81,6 +88,7 @@ __all__ = [
     "dump_partition",
     "load_lines",
     "register",
+    "start_offset",
 ]
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -422,6 +430,27 @@ class DumpReport(msgspec.Struct, frozen=True, gc=False):
     out_of_range: int
 
 
+def start_offset(spec: str | None, low: int, end: int) -> int:
+    """Where ``--offset`` starts a dump, as kcat's ``-o``: ``beginning`` (the default),
+    ``end``, an absolute offset N (clamped to the partition) or -N, N records before the end.
+
+    >>> [start_offset(s, 10, 50) for s in (None, "beginning", "end", "20", "5", "-5", "-100")]
+    [10, 10, 50, 20, 10, 45, 10]
+    """
+    if spec is None or spec == "beginning":
+        return low
+    if spec == "end":
+        return end
+    try:
+        value = int(spec)
+    except ValueError:
+        raise ConfigError(
+            f"--offset must be beginning, end, an offset N or -N (N before the end), got {spec!r}"
+        ) from None
+    wanted = end + value if value < 0 else value
+    return min(max(wanted, low), end)
+
+
 def dump_partition(
     target: Target,
     bootstrap: str,
@@ -432,15 +461,23 @@ def dump_partition(
     to_ms: int | None = None,
     audience: str | None = None,
     stall_s: float = _STALL_S,
+    offset: str | None = None,
+    count: int | None = None,
+    follow: bool = False,
+    stop: threading.Event | None = None,
 ) -> DumpReport:
     """Write the committed records of ``target`` to ``out``, one per line (see module doc).
 
-    Reads from the low watermark to the high watermark taken at the start. Raises
-    `KafkaRuntimeError` when the broker sends nothing for ``stall_s`` or the records
-    are deleted while being read.
+    Reads from ``offset`` (`start_offset`; default the low watermark) to the high
+    watermark taken at the start, or, with ``follow``, on and on until ``stop`` is set;
+    ``count`` ends it after that many records are written. Raises `KafkaRuntimeError`
+    when the broker sends nothing for ``stall_s`` before the end (not while following at
+    the end) or the records are deleted while being read.
     """
     if audience is not None and audience not in ACCESS_RANK:
         raise ConfigError(f"--audience must be one of {', '.join(ACCESS_LEVELS)}, got {audience!r}")
+    if count is not None and count < 0:
+        raise ConfigError("--count must be >= 0")
     audience_rank = ACCESS_RANK[audience] if audience is not None else None
     filtering = from_ms is not None or to_ms is not None or audience is not None
     low_bound = from_ms if from_ms is not None else -(2**63)
@@ -448,24 +485,28 @@ def dump_partition(
     flight_access = FlightLevels()
     dead_letters = target.topic.endswith(DEAD_LETTER_SUFFIX)
     read = written = hidden = out_of_range = 0
+    stop = stop or threading.Event()
     consumer = Consumer(consumer_config(bootstrap, extra_config))
     try:
         low, end = watermarks(consumer, target)
-        if low >= end:
+        first = start_offset(offset, low, end)
+        if count == 0 or (first >= end and not follow):
             return DumpReport(0, 0, 0, 0)
-        consumer.assign([target.topic_partition(low)])
+        consumer.assign([target.topic_partition(first)])
         last_data = time.monotonic()
         finished = False
         max_idle = int(stall_s / 0.1) + 2
         idle = 0
-        # Bounded: every pass brings records (at most end - low of them) or is idle.
-        for _pass in range(end - low + max_idle + 1):
-            if finished:
+        # Bounded without --follow: every pass brings records (at most end - first of
+        # them) or is idle. With --follow it ends on `stop` (SIGINT, SIGTERM) or --count.
+        passes = itertools.count() if follow else range(end - first + max_idle + 1)
+        for _pass in passes:
+            if finished or stop.is_set():
                 break
             messages = consume_batch(consumer, 1024, 0.1)
             if not messages:
                 idle += 1
-                if time.monotonic() - last_data > stall_s or idle > max_idle:
+                if not follow and (time.monotonic() - last_data > stall_s or idle > max_idle):
                     raise KafkaRuntimeError(
                         f"dump of {target}: no data from the broker for {stall_s:g} s "
                         f"(stuck before offset {end})",
@@ -479,11 +520,13 @@ def dump_partition(
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
+                        if follow:
+                            continue
                         finished = True
                         break
                     raise kafka_error(f"dump of {target}", error)
-                offset = message.offset()
-                if offset is None or offset >= end:
+                at = message.offset()
+                if at is None or (at >= end and not follow):
                     finished = True
                     break
                 value = message.value()
@@ -508,12 +551,17 @@ def dump_partition(
                         continue
                 chunk.append(value)
                 written += 1
-                if offset >= end - 1:
+                if count is not None and written >= count:
+                    finished = True
+                    break
+                if at >= end - 1 and not follow:
                     finished = True
                     break
             if chunk:
                 chunk.append(b"")
                 out.write(b"\n".join(chunk))
+                if follow:
+                    out.flush()
         else:
             raise KafkaRuntimeError(f"dump of {target}: did not reach offset {end}", "_TIMED_OUT")
     finally:
@@ -607,8 +655,10 @@ def register(subparsers: Any) -> None:
             "so do lines above message.max.bytes (1,000,000 bytes by default), always."
         ),
     )
-    load.add_argument("file", metavar="FILE", help="JSON-lines file, - for stdin")
-    load.add_argument("--topic", required=True, metavar="kafka:TOPIC[:N]", help="destination")
+    load.add_argument("file", metavar="FILE", help="JSON-lines file (gzip too), - for stdin")
+    _add_topic_arguments(
+        load, "destination", "partition 0 unless :N or --partition N, or by --key"
+    )
     load.add_argument("--compression", choices=COMPRESSIONS, default="lz4", help="default lz4")
     load.add_argument("--rate", type=float, metavar="R", help="pace to R records per second")
     load.add_argument(
@@ -641,11 +691,28 @@ def register(subparsers: Any) -> None:
             "last flightplan; public when neither is known) is stronger than the audience."
         ),
     )
-    dump.add_argument("topic", metavar="kafka:TOPIC[:N]", help="partition to print")
+    _add_topic_arguments(dump, "partition to print")
     dump.add_argument("--from", dest="from_time", metavar="T", help="first pitr (inclusive)")
     dump.add_argument("--to", dest="to_time", metavar="T", help="end pitr (exclusive)")
     dump.add_argument(
         "--audience", choices=ACCESS_LEVELS, help="hide messages with stronger access"
+    )
+    dump.add_argument(
+        "-o",
+        "--offset",
+        metavar="WHERE",
+        help="where to start, as kcat -o: beginning (default), end, an offset N, or -N for "
+        "N records before the end",
+    )
+    dump.add_argument(
+        "-c", "--count", type=_count, metavar="N", help="stop after N records are printed"
+    )
+    dump.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new records as they are committed, until Ctrl-C or SIGTERM "
+        "(exit 0) or --count (kcat without -e)",
     )
     _checkpoint.add_kafka_options(dump)
     dump.set_defaults(handler=_dump)
@@ -653,19 +720,52 @@ def register(subparsers: Any) -> None:
     _checkpoint.register(subparsers)
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _add_topic_arguments(
+    parser: Any, what: str, partition: str = "partition 0 unless :N"
+) -> None:
+    """The topic of ``load`` and ``dump``, named the same way in both: a positional
+    ``[kafka:]TOPIC[:N]`` or ``-t``/``--topic`` (kcat's and Kafka's tools' spelling)."""
+    parser.add_argument(
+        "topic_arg", nargs="?", metavar="[kafka:]TOPIC[:N]", help=f"{what} (or --topic)"
+    )
+    parser.add_argument("-t", "--topic", metavar="[kafka:]TOPIC[:N]", help=f"{what}; {partition}")
+
+
+def _topic_of(args: argparse.Namespace) -> str:
+    """The topic named by ``[kafka:]TOPIC[:N]`` or ``--topic``, as ``kafka:TOPIC[:N]``."""
+    given = [t for t in (args.topic_arg, args.topic) if t]
+    if not given:
+        raise ConfigError("name the topic: [kafka:]TOPIC[:N], or --topic [kafka:]TOPIC[:N]")
+    if len(given) == 2 and given[0] != given[1]:
+        raise ConfigError(f"two topics given ({given[0]} and --topic {given[1]}): give one")
+    text = given[0]
+    return text if text.startswith("kafka:") else f"kafka:{text}"
+
+
 def _load_target(args: argparse.Namespace) -> tuple[Target, bool]:
     """The target of ``unifeed load`` and whether records are spread over partitions by key."""
-    selection = parse_selection(args.topic)
+    topic = _topic_of(args)
+    selection = parse_selection(topic)
     if args.partition is not None and not 0 <= args.partition <= MAX_PARTITION:
         raise ConfigError(f"--partition must be in 0..{MAX_PARTITION}, got {args.partition}")
     if selection.partitions is not None and len(selection.partitions) > 1:
         raise ConfigError(
-            f"--topic {args.topic}: load writes one partition (kafka:TOPIC:N or --partition N) "
+            f"--topic {topic}: load writes one partition (kafka:TOPIC:N or --partition N) "
             "or spreads by --key over every partition (kafka:TOPIC), not a list"
         )
     given = None if selection.partitions is None else selection.partitions[0]
     if given is not None and args.partition is not None and given != args.partition:
-        raise ConfigError(f"--topic {args.topic} and --partition {args.partition} disagree")
+        raise ConfigError(f"--topic {topic} and --partition {args.partition} disagree")
     pinned = given if given is not None else args.partition
     spread = args.key is not None and pinned is None
     return Target(selection.topic, 0 if pinned is None else pinned), spread
@@ -676,7 +776,6 @@ def _load(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be > 0")
     source = "stdin" if args.file == "-" else args.file
-    bootstrap, extra = _checkpoint.kafka_settings(args)
     with contextlib.ExitStack() as stack:
         if args.file == "-":
             # Spooled so that it can be checked before anything is produced.
@@ -692,6 +791,9 @@ def _load(args: argparse.Namespace) -> int:
                 stream = stack.enter_context(Path(args.file).open("rb"))
             except OSError as exc:
                 raise ConfigError(f"cannot read {args.file!r}: {exc.strerror}") from None
+        stream = decompressed(stream, source)  # gzip, by its magic bytes
+        # The file is open and readable before the broker is asked for anything.
+        bootstrap, extra = _checkpoint.kafka_settings(args)
         report = load_lines(
             stream,
             target,
@@ -721,10 +823,16 @@ def _lines_word(count: int) -> str:
 
 
 def _dump(args: argparse.Namespace) -> int:
-    target = parse_target(args.topic)
+    target = parse_target(_topic_of(args))
     from_ms = parse_time_ms(args.from_time, "--from") if args.from_time is not None else None
     to_ms = parse_time_ms(args.to_time, "--to") if args.to_time is not None else None
+    if args.offset is not None:
+        start_offset(args.offset, 0, 0)  # checked before the broker is asked
     bootstrap, extra = _checkpoint.kafka_settings(args)
+    stop = threading.Event()
+    if args.follow and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _signum, _frame: stop.set())
     dump_partition(
         target,
         bootstrap,
@@ -733,5 +841,9 @@ def _dump(args: argparse.Namespace) -> int:
         from_ms=from_ms,
         to_ms=to_ms,
         audience=args.audience,
+        offset=args.offset,
+        count=args.count,
+        follow=args.follow,
+        stop=stop,
     )
     return 0

@@ -1,37 +1,42 @@
 """``unifeed combine`` and ``unifeed mappings`` against Kafka: their arguments become
-`RuntimeOptions`, the run is `unifeed.runtime`'s, and what it reports is printed here
-(the progress line, the closing summary). Imported only when a command names a
-``kafka:`` target, so that file runs never load the Kafka client."""
+`RuntimeOptions`, the run is `unifeed.runtime`'s, and what it reports is written here
+(the progress line and the closing summary, as records of the ``unifeed.status`` and
+``unifeed.summary`` loggers: text or JSON as ``--log-format`` says). Imported only when
+a command names a ``kafka:`` target, so that file runs never load the Kafka client."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 import time
 from typing import Any
 
+from unifeed.cli.checkpoint import client_properties
 from unifeed.core.errors import ConfigError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.units import parse_time_ms
-from unifeed.kafka.clients import parse_target, read_properties, resolve_bootstrap
+from unifeed.kafka.clients import parse_target, resolve_bootstrap
 from unifeed.runtime import CombineRun, MappingsRun, RuntimeOptions
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, Start
 from unifeed.runtime.supervisor import install_signals
 
 __all__ = ["combine_command", "mappings_command", "runtime_options"]
 
+#: Progress lines and summaries: text as they always read, or JSON records (unifeed.cli.logs).
+_status_log = logging.getLogger("unifeed.status")
+_summary_log = logging.getLogger("unifeed.summary")
+
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     """The `RuntimeOptions` of a ``combine`` or ``mappings`` command line, checked."""
-    extra: dict[str, Any] = dict(getattr(args, "kafka_properties", None) or {})
-    if getattr(args, "kafka_config", None):
-        extra.update(read_properties(args.kafka_config))
+    extra: dict[str, Any] = dict(client_properties(args))
     start: Start = (
         args.start
         if args.start in (START_EARLIEST, START_LATEST)
         else parse_time_ms(args.start, "--start")  # checked now: a typo is a usage error
     )
     defaults = RuntimeOptions(bootstrap="")
+    broker_timeout_s = _seconds(args, "broker_timeout", defaults.broker_timeout_s)
     return RuntimeOptions(
         bootstrap=resolve_bootstrap(args.bootstrap_servers),
         instance=args.instance,
@@ -47,11 +52,12 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         dead_letter=args.dead_letter,
         max_dead_letters=getattr(args, "max_dead_letters", None),
         kafka_extra=extra,
-        status_interval_s=args.status_interval if not args.quiet else 0.0,
+        status_interval_s=args.status_interval / 1000 if not args.quiet else 0.0,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
         end_of_log_grace_s=_seconds(args, "end_of_log_grace", defaults.end_of_log_grace_s),
-        broker_timeout_s=_seconds(args, "broker_timeout", defaults.broker_timeout_s),
+        broker_timeout_s=broker_timeout_s,
+        connect_timeout_s=broker_timeout_s,  # the start-up wait honours --broker-timeout
         wait_for_topics=getattr(args, "wait_for_topics", False),
         allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
     )
@@ -88,16 +94,18 @@ def mappings_command(args: argparse.Namespace) -> int:
     code = run.run()
     if not args.quiet:
         s = run.stats()
-        print(
-            f"unifeed mappings [{options.instance}]: {s.links} links, {s.unlinks} unlinks, "
-            f"{s.keepalives} keepalives, {run.state.counters.get('dead_letters', 0)} dead letters",
-            file=sys.stderr,
-        )
+        dead = run.state.counters.get("dead_letters", 0)
+        _summary_log.info(
+            "unifeed mappings [%s]: %d links, %d unlinks, %d keepalives, %d dead letters",
+            options.instance, s.links, s.unlinks, s.keepalives, dead,
+            extra={"fields": {"command": "mappings", "links": s.links, "unlinks": s.unlinks,
+                              "keepalives": s.keepalives, "dead": dead}},
+        )  # fmt: skip
     return code
 
 
 class StatusLine:
-    """A progress line on stderr: rate, mode, per-feed lag, queue depths."""
+    """The progress line (``unifeed.status``): rate, mode, per-feed lag, queue depths."""
 
     def __init__(self, run: CombineRun, interval_s: float) -> None:
         self.run = run
@@ -125,13 +133,23 @@ class StatusLine:
             f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
             f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
         )
-        print(
-            f"unifeed combine [{self.run.options.instance}] {'done' if final else st.mode}: "
-            f"out={out} rate={rate:,.0f}/s {lags} {depths} late={st.counters.get('late', 0)} "
-            f"dead={st.counters.get('dead_letters', 0)} commits={st.counters.get('commits', 0)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        fields = {
+            "command": "combine",
+            "mode": "done" if final else st.mode,
+            "out": out,
+            "rate": round(rate, 1),
+            "lag_seconds": {f: (wall - p) / 1000 for f, p in sorted(st.lag_pitr.items())},
+            "late": st.counters.get("late", 0),
+            "dead": st.counters.get("dead_letters", 0),
+            "commits": st.counters.get("commits", 0),
+        }
+        # One record on "unifeed.status": a line of text, or JSON with these fields.
+        _status_log.info(
+            "unifeed combine [%s] %s: out=%d rate=%s/s %s %s late=%d dead=%d commits=%d",
+            self.run.options.instance, fields["mode"], out, f"{rate:,.0f}", lags, depths,
+            fields["late"], fields["dead"], fields["commits"],
+            extra={"fields": fields, "final": final},
+        )  # fmt: skip
         self.last = now
         self.last_out = out
 

@@ -56,6 +56,11 @@ _MOCK_BROKER: Final = "unifeed.broker.mock"
 
 #: The ``extra=`` keys that both formats show, in this order.
 _CONTEXT: Final = ("instance", "feed", "offset", "line")
+#: A run's progress line, every ``--status-interval``, and the last one (``final``).
+STATUS: Final = "unifeed.status"
+#: A command's closing summary.
+SUMMARY: Final = "unifeed.summary"
+_PLAIN: Final = frozenset({STATUS, SUMMARY})
 
 _installed: logging.Handler | None = None
 
@@ -91,6 +96,8 @@ class TextFormatter(logging.Formatter):
         self.instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
+        if record.name in _PLAIN:
+            return record.getMessage()  # status and summary lines read as they always did
         ctx = _context(record, self.instance)
         parts = [_utc(record.created, millis=False), record.levelname, record.name]
         if "instance" in ctx:
@@ -130,11 +137,46 @@ class JsonFormatter(logging.Formatter):
         }
         out.update(_context(record, self.instance))
         out["message"] = record.getMessage()
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            # A status or summary record: its numbers as fields of their own.
+            out.update({k: v for k, v in fields.items() if k not in out})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes records one per line; with ``rewrite`` (text on a terminal) a status record
+    replaces the previous one in place (``\\r``, clear to the end of the line), and any
+    other record, or the final status, starts on a line of its own."""
+
+    def __init__(self, stream: IO[str], *, rewrite: bool) -> None:
+        super().__init__(stream)
+        self.rewrite = rewrite
+        self._open = False  # a status line without its newline is on the terminal
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            stream = self.stream
+            is_status = record.name == STATUS
+            if self.rewrite and is_status:
+                final = bool(getattr(record, "final", False))
+                stream.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
+                self._open = not final
+            else:
+                if self._open:
+                    stream.write("\n")
+                    self._open = False
+                stream.write(text + self.terminator)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def _level_number(level: str) -> int:
@@ -164,7 +206,12 @@ def setup_logging(
         raise ConfigError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
     number = _level_number(level)
     teardown_logging()
-    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    target = sys.stderr if stream is None else stream
+    try:
+        terminal = target.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    handler = _StderrHandler(target, rewrite=fmt == "text" and terminal)
     handler.setFormatter(JsonFormatter(instance) if fmt == "json" else TextFormatter(instance))
     root = logging.getLogger(ROOT)
     root.addHandler(handler)
@@ -173,6 +220,9 @@ def setup_logging(
     quiet = number if number <= logging.DEBUG else max(number, logging.WARNING)
     logging.getLogger(_MOCK_BROKER).setLevel(quiet)
     logging.getLogger(_RDKAFKA).setLevel(logging.NOTSET)
+    # Status lines and summaries have their own switches (--status-interval, --quiet).
+    for name in _PLAIN:
+        logging.getLogger(name).setLevel(logging.INFO)
     _installed = handler
     return handler
 

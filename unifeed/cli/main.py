@@ -16,15 +16,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from unifeed.cli.config import Configuration, add_global_options, config_path_from_argv
+from unifeed.cli.config import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    KAFKA_ENV_PREFIX,
+    Configuration,
+    add_global_options,
+    config_path_from_argv,
+    option_key,
+)
 from unifeed.cli.logs import setup_logging
 from unifeed.core.errors import UnifeedError
+
+log = logging.getLogger("unifeed.config")
 
 # Modules that register subcommands, in the order `unifeed --help` lists them.
 _COMMAND_MODULES = (
@@ -41,6 +52,23 @@ _COMMAND_MODULES = (
 Handler = Callable[[argparse.Namespace], int]
 
 
+#: Every command's help ends with these; `_epilog` adds the command's own variables.
+EXIT_CODES: Final = (
+    "exit codes: 0 done; 1 other failure; 2 usage or configuration error (also a start "
+    "refused to protect output); 3 Kafka broker unreachable (--broker-timeout); 4 bad data "
+    "beyond what the command accepts (--max-dead-letters, load's checks); 130 interrupted"
+)
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, except that a line break in a description or epilog stays:
+    each line is a paragraph, wrapped on its own."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(super(_Formatter, self)._fill_text(line, width, indent)
+                         for line in text.splitlines())  # fmt: skip
+
+
 class _Parser(argparse.ArgumentParser):
     """Exits 2 on usage errors, and remembers its options (`recorded_options`)."""
 
@@ -48,6 +76,7 @@ class _Parser(argparse.ArgumentParser):
         # Before super().__init__, which adds --help through add_argument.
         self.recorded_options: list[argparse.Action] = []
         self.subcommand_actions: list[argparse.Action] = []
+        kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -114,6 +143,10 @@ def build_command_line() -> CommandLine:
         ),
     )
     add_global_options(parser)
+    parser.add_argument(
+        "-V", "--version", action="version", version=f"unifeed {_version()}",
+        help="print the version and exit",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
         try:
@@ -128,7 +161,31 @@ def build_command_line() -> CommandLine:
     for command in cli.commands.values():
         if not command.subcommand_actions:
             add_global_options(command, suppress=True)
+    for command in (parser, *cli.commands.values()):
+        command.epilog = _epilog(command)
     return cli
+
+
+def _version() -> str:
+    import unifeed
+
+    return str(unifeed.__version__)
+
+
+def _epilog(parser: _Parser) -> str:
+    """Exit codes and environment variables: the same words under every command."""
+    own = sorted(
+        {f"{ENV_PREFIX}{key.upper()}" for a in parser.recorded_options if (key := option_key(a))}
+    )
+    options = f"; for this command's options: {', '.join(own)}" if own else ""
+    return (
+        f"{EXIT_CODES}\n"
+        f"environment: {CONFIG_ENV} (configuration file), UNIFEED_LOG_FORMAT, "
+        f"UNIFEED_LOG_LEVEL, {KAFKA_ENV_PREFIX}<KEY> for a librdkafka setting ("
+        f"{KAFKA_ENV_PREFIX}SASL_PASSWORD is sasl.password){options}. The command line wins "
+        "over the environment, which wins over the file; `unifeed config show` shows the "
+        "result."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance=getattr(args, "instance", None),
         )
         configuration.log_summary()
+        for warning in configuration.warnings:
+            log.warning("%s", warning)
+        configuration.check_for(args.command)
         code = handler(args)
         if sys.stdout is not None:
             sys.stdout.flush()  # here, so that a full disk is reported like any error

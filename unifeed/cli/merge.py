@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from unifeed.cli.pipeline import dead_letter_sink, is_kafka
+from unifeed.cli.pipeline import dead_letter_sink, is_kafka, non_negative_int
 from unifeed.core.errors import ConfigError
 from unifeed.core.merge import Merger
 from unifeed.core.unify import CATCHUP_CLOCK, open_input, open_output, run_files
 from unifeed.core.units import parse_duration_ms, parse_time_ms
 
+#: The closing summary: a line of text, or a JSON record (unifeed.cli.logs).
+_summary = logging.getLogger("unifeed.summary")
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _KAFKA_LATER: Final = (
     "Kafka inputs for merge are not available in this version: write each partition to "
@@ -188,7 +190,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--max-dead-letters",
-        type=int,
+        type=non_negative_int,
         metavar="N",
         help="exit with code 4 once more than N records were dead-lettered (default: no limit)",
     )
@@ -216,8 +218,6 @@ def _merge(args: argparse.Namespace) -> int:
     live_required = parse_live_required(args.live_required, names)
     reorders = parse_reorders(args.reorder, names)
     start, stop_at = _window(args)
-    if args.max_dead_letters is not None and args.max_dead_letters < 0:
-        raise ConfigError(f"--max-dead-letters must be >= 0, got {args.max_dead_letters}")
     for i in inputs:
         if args.output != "-" and i.source != "-" and _same_file(i.source, args.output):
             raise ConfigError(f"--output {args.output} is input {i.name!r}; writing would destroy it")
@@ -252,12 +252,18 @@ def _merge(args: argparse.Namespace) -> int:
         took = time.monotonic() - started
         per_feed = ", ".join(f"{f.name} {f.accepted}" for f in s.feeds)
         skipped = sum(f.skipped for f in s.feeds)
-        print(
+        keepalives = sum(f.keepalives for f in s.feeds)
+        _summary.info(
+            "%s",
             f"unifeed merge: {s.output} records out in {took:.2f}s "
             f"({s.output / max(took, 1e-9):,.0f}/s); accepted {per_feed}; keepalives "
-            f"{sum(f.keepalives for f in s.feeds)}; "
+            f"{keepalives}; "
             + (f"outside --start/--stop-at {skipped}; " if skipped else "")
             + f"dead letters {sink.count}",
-            file=sys.stderr,
-        )
+            extra={"fields": {
+                "command": "merge", "out": s.output, "seconds": round(took, 3),
+                "accepted": {f.name: f.accepted for f in s.feeds}, "keepalives": keepalives,
+                "skipped": skipped, "dead": sink.count,
+            }},
+        )  # fmt: skip
     return 0

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
 from typing import IO, Any
 
+from unifeed.cli.checkpoint import add_bootstrap_option, add_broker_timeout, add_client_options
 from unifeed.core.errors import ConfigError, DeadLetterLimitError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.stages import DeadLetter
@@ -23,6 +25,9 @@ from unifeed.core.unify import (
 )
 from unifeed.core.units import parse_duration_ms
 
+#: The closing summary of a file run: a line of text, or a JSON record (unifeed.cli.logs).
+_summary = logging.getLogger("unifeed.summary")
+
 
 def is_kafka(target: str | None) -> bool:
     return target is not None and target.startswith("kafka:")
@@ -34,6 +39,69 @@ def duration_arg(text: str) -> int:
         return parse_duration_ms(text)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def interval_arg(text: str) -> int:
+    """argparse ``type=`` for a DURATION that used to be a number of seconds
+    (``--status-interval``, ``demo --outage``): a bare number other than 0 needs a unit,
+    since reading ``5`` as 5 ms where it once meant 5 s would be a silent change."""
+    stripped = text.strip()
+    try:
+        number = float(stripped)
+    except ValueError:
+        return duration_arg(text)
+    if number == 0:
+        return 0
+    raise argparse.ArgumentTypeError(
+        f"give a unit, e.g. {stripped}s or {stripped}ms (a bare number meant seconds before), "
+        f"got {text!r}"
+    )
+
+
+duration_arg.is_duration = True  # type: ignore[attr-defined]
+interval_arg.is_duration = True  # type: ignore[attr-defined]
+
+
+def non_negative_int(text: str) -> int:
+    """argparse ``type=`` for counts: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def port_arg(text: str) -> int:
+    """argparse ``type=`` for a TCP port: 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: any free port), got {value}")
+    return value
+
+
+def add_status_interval(p: Any, help_text: str = "progress line interval on stderr") -> None:
+    p.add_argument(
+        "--status-interval",
+        type=interval_arg,
+        default=2000,
+        metavar="DURATION",
+        help=f"{help_text} (default 2s; 0: none); one JSON record each with --log-format json",
+    )
+
+
+def add_metrics_options(p: Any, host_help: str) -> None:
+    p.add_argument(
+        "--metrics-port",
+        type=port_arg,
+        metavar="PORT",
+        help="serve Prometheus metrics on HOST:PORT, /metrics (0 picks a free port)",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help=host_help)
 
 
 class DeadLetterSink:
@@ -77,7 +145,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-dead-letters",
-        type=int,
+        type=non_negative_int,
         metavar="N",
         help="exit with code 4 once more than N messages were dead-lettered (default: no limit)",
     )
@@ -117,7 +185,7 @@ def register(sub: Any) -> None:
         "e.g. surface:clock:2s (applied before combining)",
     )
     _add_common(combine)
-    _add_kafka_options(combine)
+    _add_kafka_options(combine, default_instance="combine")
     combine.set_defaults(handler=_combine)
 
     mappings = sub.add_parser(
@@ -129,19 +197,26 @@ def register(sub: Any) -> None:
     mappings.add_argument("--control", required=True, metavar="X", help="controlstream input")
     mappings.add_argument("--output", required=True, metavar="X", help="mappingstream output")
     _add_common(mappings)
-    _add_kafka_options(mappings)
+    _add_kafka_options(mappings, default_instance="mappings")
     mappings.set_defaults(handler=_mappings)
 
 
-def _add_kafka_options(p: argparse.ArgumentParser) -> None:
+def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> None:
     g = p.add_argument_group("Kafka options (for kafka:TOPIC inputs and outputs)")
-    g.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="or UNIFEED_BOOTSTRAP_SERVERS")
+    add_bootstrap_option(g)
     g.add_argument(
         "--instance",
-        default="unifeed",
-        help="instance name: checkpoint key and transactional.id (default: unifeed)",
+        default=default_instance,
+        help="instance name: checkpoint key and transactional.id (Kafka Streams' "
+        f"application.id); one name per run (default: {default_instance}); a name a run of "
+        "another command holds is refused (exit 2)",
     )
-    g.add_argument("--checkpoint-topic", default="unifeed.checkpoints", metavar="TOPIC")
+    g.add_argument(
+        "--checkpoint-topic",
+        default="unifeed.checkpoints",
+        metavar="TOPIC",
+        help="compacted topic of the checkpoints, partition 0 (default unifeed.checkpoints)",
+    )
     g.add_argument(
         "--start",
         default="earliest",
@@ -166,7 +241,14 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         help="let an instance without a checkpoint append to an output that already holds "
         "records (default: refused, exit 2, since it would write them again)",
     )
-    g.add_argument("--delivery", choices=("exactly-once", "at-least-once"), default="exactly-once")
+    g.add_argument(
+        "--delivery",
+        choices=("exactly-once", "at-least-once"),
+        default="exactly-once",
+        help="exactly-once: output and checkpoint in one transaction (Kafka Streams' "
+        "processing.guarantee=exactly_once_v2); at-least-once: for brokers without "
+        "transactions, a crash may repeat output (default exactly-once)",
+    )
     g.add_argument(
         "--lookback",
         type=duration_arg,
@@ -188,38 +270,17 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         default=2000,
         metavar="DURATION",
         help="a reader that has stayed at the end of its partition this long lets catch-up "
-        "pass its feed (default 2s); raise it when an old backlog is loaded slowly",
+        "pass its feed (default 2s; like Kafka Streams' max.task.idle.ms); raise it when "
+        "an old backlog is loaded slowly",
     )
-    g.add_argument(
-        "--broker-timeout",
-        type=duration_arg,
-        default=30_000,
-        metavar="DURATION",
-        help="give up (exit 3) when the broker has not answered for this long (default 30s)",
+    add_broker_timeout(g, 30_000)
+    add_client_options(g)
+    add_metrics_options(
+        g,
+        "address the metrics server binds, IPv4 or IPv6 (default 127.0.0.1; 0.0.0.0 or :: "
+        "in a container that Prometheus scrapes from outside)",
     )
-    g.add_argument(
-        "--kafka-config", metavar="FILE", help="extra librdkafka properties, one key=value per line"
-    )
-    g.add_argument(
-        "--metrics-port",
-        type=int,
-        metavar="PORT",
-        help="serve Prometheus metrics on HOST:PORT (0 picks a free port)",
-    )
-    g.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        metavar="HOST",
-        help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 in a container "
-        "that Prometheus scrapes from outside)",
-    )
-    g.add_argument(
-        "--status-interval",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
-        help="progress line interval on stderr (0: none)",
-    )
+    add_status_interval(g)
 
 
 def _kafka_handler(name: str) -> Any:
@@ -246,6 +307,15 @@ def _parse_reorder(spec: str | None) -> tuple[str, str, int] | None:
     return feed, parts[1], window
 
 
+def _refuse_kafka_only_options(args: argparse.Namespace) -> None:
+    """A file run has no metrics server: a --metrics-port there would be silently unused."""
+    if args.metrics_port is not None:
+        raise ConfigError(
+            "--metrics-port serves a Kafka run's metrics; with files there is none "
+            "(the summary on stderr has the counts)"
+        )
+
+
 def _combine(args: argparse.Namespace) -> int:
     targets = [args.control, args.surface, args.mapping, args.output]
     if any(is_kafka(t) for t in targets):
@@ -255,6 +325,7 @@ def _combine(args: argparse.Namespace) -> int:
                 "or all as files (use `unifeed load` / `unifeed dump` to move data)"
             )
         return int(_kafka_handler("combine_command")(args))
+    _refuse_kafka_only_options(args)
     reorder = _parse_reorder(args.reorder)
     started = time.monotonic()
     unifier = Unifier(
@@ -290,13 +361,20 @@ def _combine(args: argparse.Namespace) -> int:
     if not args.quiet:
         s = unifier.stats()
         took = time.monotonic() - started
-        print(
+        dead = sum(s.dead_letters.values())
+        _summary.info(
+            "%s",
             f"unifeed combine: {s.output} messages out in {took:.2f}s "
             f"({s.output / max(took, 1e-9):,.0f}/s); accepted control {s.accepted[CONTROLSTREAM]}, "
             f"surface {s.accepted[SURFACESTREAM]}; annotated {s.annotated}, unmapped {s.unmapped}; "
-            f"dead letters {sum(s.dead_letters.values())}",
-            file=sys.stderr,
-        )
+            f"dead letters {dead}",
+            extra={"fields": {
+                "command": "combine", "out": s.output, "seconds": round(took, 3),
+                "accepted": {"controlstream": s.accepted[CONTROLSTREAM],
+                             "surfacestream": s.accepted[SURFACESTREAM]},
+                "annotated": s.annotated, "unmapped": s.unmapped, "dead": dead,
+            }},
+        )  # fmt: skip
     return 0
 
 
@@ -305,6 +383,7 @@ def _mappings(args: argparse.Namespace) -> int:
         if not (is_kafka(args.control) and is_kafka(args.output)):
             raise ConfigError("give both --control and --output as kafka:TOPIC, or both as files")
         return int(_kafka_handler("mappings_command")(args))
+    _refuse_kafka_only_options(args)
     with (
         open_input(args.control) as control,
         open_output(args.output) as out,
@@ -317,8 +396,8 @@ def _mappings(args: argparse.Namespace) -> int:
                 out.write(b"\n".join(lines) + b"\n")
                 written += len(lines)
     if not args.quiet:
-        print(
-            f"unifeed mappings: {written} mappingstream messages, {sink.count} dead letters",
-            file=sys.stderr,
-        )
+        _summary.info(
+            "unifeed mappings: %d mappingstream messages, %d dead letters", written, sink.count,
+            extra={"fields": {"command": "mappings", "out": written, "dead": sink.count}},
+        )  # fmt: skip
     return 0

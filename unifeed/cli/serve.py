@@ -27,6 +27,15 @@ def _duration(text: str) -> int:
     return duration_arg(text)
 
 
+_duration.is_duration = True  # type: ignore[attr-defined]  # config show writes it back as one
+
+
+def _port(text: str) -> int:
+    from unifeed.cli.pipeline import port_arg
+
+    return port_arg(text)
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "unifeed" / "serve"
@@ -50,7 +59,8 @@ def register(subparsers: Any) -> None:
                    help="unified feed: a JSON-lines file, - for stdin, or kafka:TOPIC[:PARTITIONS] "
                         "(partition 0 by default; several as 0,1,2)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8080,
+                   help="port (default 8080; 0 picks a free one)")
     p.add_argument("--tokens", metavar="FILE",
                    help="lines 'TOKEN AUDIENCE' (public, restricted or blocked); without it "
                         "every client is public")
@@ -60,14 +70,15 @@ def register(subparsers: Any) -> None:
                    help="where positions are kept: sqlite (default, in --state-dir), "
                         "sqlite:///PATH, postgresql://..., or none")
     p.add_argument("--window", type=_duration, default=_duration("10m"), metavar="DURATION",
-                   help="Kafka: rebuild state from this much feed time before the end (default 10m)")
+                   help="with a Kafka input, rebuild state from this much feed time before the "
+                        "end (default 10m)")
     p.add_argument("--stale", type=_duration, default=_duration("2m"), metavar="DURATION",
                    help="an aircraft without news for this much feed time leaves the map (default 2m)")
     p.add_argument("--push-interval", type=_duration, default=_duration("1s"), metavar="DURATION",
-                   help="WebSocket updates at most this often (default 1s)")
+                   help="how often WebSocket clients get updates, at most (default 1s)")
     p.add_argument("--lookback", type=_duration, default=_duration("6h"), metavar="DURATION",
-                   help="Kafka: read flight data (flightplans, access) this much further back "
-                        "than --window (default 6h)")
+                   help="with a Kafka input, read flight data (flightplans, access) this much "
+                        "further back than --window (default 6h)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where the default SQLite history lives (default $XDG_STATE_HOME/unifeed/serve)")
     p.add_argument("--cors-origin", metavar="ORIGINS",

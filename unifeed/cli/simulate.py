@@ -16,7 +16,7 @@ from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_adsb, write
 def _simulate(args: argparse.Namespace) -> int:
     start_ms = parse_time_ms(args.start, "--start")
     try:
-        check_arguments(args.minutes, args.airports, args.rate, start_ms)
+        check_arguments(_minutes(args), args.airports, args.rate, start_ms)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out_dir = Path(args.out_dir)
@@ -28,14 +28,14 @@ def _simulate(args: argparse.Namespace) -> int:
         stats = write_streaming(
             out_dir,
             seed=args.seed,
-            minutes=args.minutes,
+            minutes=_minutes(args),
             airports=args.airports,
             rate=args.rate,
             start_ms=start_ms,
         )
     except OSError as exc:
         raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
-    seconds = args.minutes * 60
+    seconds = _minutes(args) * 60
     for feed, (lines, size) in stats.items():
         print(
             f"{out_dir / f'{feed}.jsonl'}: {lines:,} messages over {seconds:g} s "
@@ -53,7 +53,7 @@ def _run_adsb(args: argparse.Namespace, out_dir: Path, start_ms: int) -> int:
             out_dir,
             interval_ms=args.interval,
             seed=args.seed,
-            minutes=args.minutes,
+            minutes=_minutes(args),
             airports=args.airports,
             rate=args.rate,
             start_ms=start_ms,
@@ -78,7 +78,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out-dir", required=True, help="directory to write the two files into")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument(
-        "--minutes", type=float, default=10.0, help="simulated minutes of pitr (default 10)"
+        "--duration",
+        type=duration_arg,
+        default=10 * 60_000,
+        metavar="DURATION",
+        help="simulated time of pitr (default 10m)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="deprecated spelling of --duration Nm",
     )
     p.add_argument(
         "--airports",
@@ -114,3 +125,9 @@ def register(subparsers: Any) -> None:
         help="with --format adsb: one response every DURATION of pitr (default 10s)",
     )
     p.set_defaults(handler=_simulate)
+
+
+def _minutes(args: argparse.Namespace) -> float:
+    """--duration in minutes; the deprecated --minutes wins when given."""
+    minutes = getattr(args, "minutes", None)
+    return float(minutes) if minutes is not None else args.duration / 60_000

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import itertools
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, Protocol
+from typing import IO, Final, Protocol, cast
 
 from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Emitted
 from unifeed.core.errors import ConfigError, UnifeedError
@@ -320,25 +322,78 @@ def stdout_bytes() -> IO[bytes]:
     return sys.stdout.buffer
 
 
+#: The first two bytes of every gzip member (RFC 1952).
+GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+class _GzipInput(io.BufferedIOBase):
+    """A gzip stream whose broken archive is a `ConfigError` (exit 2, one line) naming the
+    input, never a traceback: truncated, a bad CRC, garbage after the magic bytes."""
+
+    def __init__(self, raw: IO[bytes], name: str) -> None:
+        super().__init__()
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._name = name
+
+    def _guard(self, call: Callable[[], bytes]) -> bytes:
+        try:
+            return call()
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ConfigError(f"{self._name} is not a valid gzip archive: {exc}") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._guard(lambda: self._gzip.read(-1 if size is None else size))
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._guard(lambda: self._gzip.read1(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._guard(lambda: self._gzip.readline(-1 if size is None else size))
+
+    def seekable(self) -> bool:
+        return self._gzip.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._gzip.seek(offset, whence)
+
+    def close(self) -> None:
+        self._gzip.close()
+        super().close()
+
+
+def decompressed(raw: IO[bytes], name: str) -> IO[bytes]:
+    """``raw`` itself, or its decompressed content when it starts with gzip's magic bytes
+    (whatever its name; stdin too). ``raw`` must be seekable or have ``peek``."""
+    peek = getattr(raw, "peek", None)
+    if peek is not None:
+        head = peek(2)[:2]
+    else:
+        head = raw.read(2)
+        raw.seek(-len(head), io.SEEK_CUR)
+    return cast(IO[bytes], _GzipInput(raw, name)) if head == GZIP_MAGIC else raw
+
+
 @contextlib.contextmanager
 def open_input(path: str) -> Iterator[Iterable[bytes]]:
-    """A JSON-lines input path (``-`` = stdin; ``.gz`` is decompressed), read as bytes."""
+    """A JSON-lines input path (``-`` = stdin), read as bytes; gzip (recognised by its
+    magic bytes, not its name) is decompressed, and a corrupt archive is a `ConfigError`."""
     if path == "-":
-        yield stdin_bytes()
+        yield decompressed(stdin_bytes(), "stdin")
         return
     try:
-        f: IO[bytes] = (
-            gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
-        )
+        f: IO[bytes] = open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     with f:
-        yield f
+        yield decompressed(f, path)
 
 
 @contextlib.contextmanager
 def open_output(path: str) -> Iterator[IO[bytes]]:
-    """A JSON-lines output path (``-`` = stdout), written as bytes."""
+    """A JSON-lines output path (``-`` = stdout), written as bytes; gzip for a ``.gz`` name."""
     if path == "-":
         out = stdout_bytes()
         yield out
@@ -351,6 +406,12 @@ def open_output(path: str) -> Iterator[IO[bytes]]:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with f:
-            yield f
+            if path.endswith(".gz"):
+                # No name and no time in the header: equal output, equal bytes.
+                with gzip.GzipFile(filename="", mode="wb", fileobj=f, compresslevel=6,
+                                   mtime=0) as zipped:  # fmt: skip
+                    yield zipped  # type: ignore[misc]
+            else:
+                yield f
     except OSError as exc:
         raise UnifeedError(f"cannot write {path}: {exc.strerror or exc}") from None

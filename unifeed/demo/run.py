@@ -859,7 +859,7 @@ class _Run:
             "--strict-order",
             "--realtime-threshold", f"{self.options.realtime_threshold_ms}ms",
             "--stop-at", str(end_pitr),
-            "--status-interval", str(_STATUS_INTERVAL_S),
+            "--status-interval", f"{_STATUS_INTERVAL_S}s",
         ]  # fmt: skip
 
     def _start_serve(self) -> None:

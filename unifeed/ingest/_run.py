@@ -218,14 +218,23 @@ class StatusLine:
         rate = (out - (0 if final else self.last_out)) / max(span, 1e-9)
         skipped = " ".join(f"{k}={v}" for k, v in report.skipped.items() if v)
         errors = " ".join(f"{k}={v}" for k, v in sorted(report.counters.items()))
-        print(
-            f"unifeed ingest {'done' if final else 'running'}: polls={report.polls} "
+        mode = "done" if final else "running"
+        fields = {
+            "command": "ingest", "mode": mode, "polls": report.polls, "states": report.states,
+            "flights": report.flights, "control": report.control, "surface": report.surface,
+            "rate": round(rate, 1), "dead": report.dead_letters,
+            "skipped": {k: v for k, v in report.skipped.items() if v},
+            "errors": dict(sorted(report.counters.items())),
+        }  # fmt: skip
+        # One record on "unifeed.status": a line of text, or JSON with these fields.
+        logging.getLogger("unifeed.status").info(
+            "%s",
+            f"unifeed ingest {mode}: polls={report.polls} "
             f"states={report.states} flights={report.flights} control={report.control} "
             f"surface={report.surface} rate={rate:,.0f}/s dead={report.dead_letters}"
             + (f" skipped: {skipped}" if skipped else "")
             + (f" {errors}" if errors else ""),
-            file=sys.stderr,
-            flush=True,
+            extra={"fields": fields, "final": final},
         )
         self.last = now
         self.last_out = out

@@ -38,14 +38,13 @@ True
 from __future__ import annotations
 
 import logging
-import socketserver
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Final
+from wsgiref.simple_server import WSGIServer
 
 import msgspec
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -224,17 +223,6 @@ def _labelled_counter(
     return family
 
 
-class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape on stderr."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class MetricsServer:
     """Serves ``/metrics`` on ``host``:``port`` (127.0.0.1 unless told) from a daemon thread.
 
@@ -268,32 +256,24 @@ class MetricsServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Bind and serve; `ConfigError` (exit 2) when the port is taken."""
+        """Bind and serve; `ConfigError` (exit 2) when the port is taken or the address
+        cannot be bound. ``host`` may be IPv4 or IPv6 (``::``, ``::1``)."""
         if self._server is not None:
             return
         try:
-            server = make_server(
-                self.host,
-                self._requested,
-                make_wsgi_app(self.registry),
-                _ThreadingServer,
-                handler_class=_QuietHandler,
-            )
-        except OSError as exc:
+            # prometheus_client's own server (a daemon thread, quiet, IPv6-aware); since
+            # 0.20 it returns the server, so that it can be shut down.
+            server, thread = start_http_server(self._requested, self.host, self.registry)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(
                 f"cannot serve metrics on {self.host}:{self._requested}: "
-                f"{exc.strerror or exc}; choose another --metrics-port (0 picks a free one) "
+                f"{reason}; choose another --metrics-port (0 picks a free one) "
                 "or --metrics-host"
             ) from None
         self._server = server
+        self._thread = thread
         self.port = int(server.server_port)
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="unifeed-metrics",
-            daemon=True,
-        )
-        self._thread.start()
         log.info("serving Prometheus metrics on %s", self.url)
 
     @property

@@ -35,6 +35,7 @@ from unifeed.core.mapping import (
 )
 from unifeed.core.records import (
     CONTROLSTREAM,
+    SURFACESTREAM,
     dead_letter_raw,
 )
 from unifeed.core.stages import (
@@ -232,6 +233,19 @@ class Committer:
                     "pass --allow-nonempty-output to append after those records"
                 )
             return low, high
+        holder = "combine" if SURFACESTREAM in cp.feeds else "mappings"
+        if holder != ("combine" if SURFACESTREAM in self.feeds else "mappings"):
+            # Another command's run holds the name: refused before init_transactions,
+            # which would fence that run's producer (same transactional.id).
+            held_output = (
+                f" writing kafka:{cp.output.topic}:{cp.output.partition}"
+                if cp.output is not None
+                else ""
+            )
+            raise StartRefusedError(
+                f"instance name {name!r} is held by a `unifeed {holder}` run{held_output} "
+                f"({where}); give this run its own --instance"
+            )
         if cp.output is not None and (
             cp.output.topic != self.output.topic or cp.output.partition != self.output.partition
         ):

@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING, Final
 import msgspec
 
 from unifeed.core.errors import ConfigError
+from unifeed.core.unify import decompressed
 
 if TYPE_CHECKING:
     from unifeed.kafka.clients import Target
@@ -115,11 +116,8 @@ class LineSource(Source):
                 os.close(fd)
             return
         with open(self.path, "rb") as raw_stream:
-            stream: IO[bytes] = raw_stream
-            if self.path.endswith(".gz"):
-                import gzip
-
-                stream = gzip.open(raw_stream)  # type: ignore[assignment]  # noqa: SIM115
+            # gzip by its magic bytes, whatever the name (a corrupt archive: ConfigError)
+            stream: IO[bytes] = decompressed(raw_stream, self.path)
             positions: list[int] = []
             lines: list[bytes] = []
             for number, raw in enumerate(stream, start=1):
