@@ -340,6 +340,10 @@ def load_lines(
             except BufferError:
                 producer.poll(0.05)
             except KafkaException as exc:
+                # A partition the topic lacks is refused here once the producer knows the
+                # topic (it may have been auto-created a moment ago), else at delivery.
+                if exc.args[0].code() == KafkaError._UNKNOWN_PARTITION:
+                    raise _load_failure(producer, target, exc.args[0]) from None
                 raise kafka_error(f"loading line {number} into {target} failed", exc.args[0]) from None
         else:
             raise KafkaRuntimeError(f"{target}: the producer queue stayed full", "_QUEUE_FULL")
