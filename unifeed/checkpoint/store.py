@@ -51,7 +51,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -59,6 +58,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from unifeed.core.closing import Closing
 from unifeed.core.errors import CheckpointError, KafkaRuntimeError
 from unifeed.kafka.clients import (
     Target,
@@ -239,7 +239,7 @@ def decode_checkpoint(
 EnsureOutcome = Literal["exists", "created", "auto"]
 
 
-class CheckpointStore:
+class CheckpointStore(Closing):
     """Reads and writes the checkpoints of any instance in one checkpoint topic.
 
     Creates its consumer and producer lazily and closes them in `close` (or ``with``).
@@ -291,17 +291,6 @@ class CheckpointStore:
             consumer.close()
         if producer is not None:
             producer.flush(self.timeout_s)
-
-    def __enter__(self) -> CheckpointStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- topic --
 

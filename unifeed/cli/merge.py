@@ -21,10 +21,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from unifeed.cli.pipeline import dead_letter_sink, is_kafka
+from unifeed.cli.pipeline import is_kafka, run_to_output
 from unifeed.core.errors import ConfigError
 from unifeed.core.merge import Merger
-from unifeed.core.unify import CATCHUP_CLOCK, open_input, open_output, run_files
+from unifeed.core.unify import CATCHUP_CLOCK, open_input
 from unifeed.core.units import parse_duration_ms, parse_time_ms
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
@@ -235,18 +235,7 @@ def _merge(args: argparse.Namespace) -> int:
                 field, window = reorders[i.name]
                 lines = reorder_lines(lines, window, field)
             feeds[i.name] = lines
-        out = stack.enter_context(open_output(args.output))
-        sink = stack.enter_context(dead_letter_sink(args.dead_letter, args.max_dead_letters))
-        write = out.write
-
-        def emit(lines: list[bytes]) -> None:
-            sink.write(merger.dead_letters)
-            merger.dead_letters.clear()
-            write(b"\n".join(lines) + b"\n")
-
-        run_files(merger, feeds, emit)
-        sink.write(merger.dead_letters)
-        merger.dead_letters.clear()
+        sink = run_to_output(stack, merger, feeds, args)
     if not args.quiet:
         s = merger.stats()
         took = time.monotonic() - started

@@ -7,7 +7,7 @@ import contextlib
 import importlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from unifeed.core.errors import ConfigError, DeadLetterLimitError
@@ -15,11 +15,12 @@ from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.stages import DeadLetter
 from unifeed.core.unify import (
     CATCHUP_CLOCK,
+    FilePipeline,
     Unifier,
     iter_mapping_lines,
     open_input,
     open_output,
-    run_unifier,
+    run_files,
 )
 from unifeed.core.units import parse_duration_ms
 
@@ -66,6 +67,31 @@ def dead_letter_sink(path: str | None, limit: int | None) -> Iterator[DeadLetter
         raise ConfigError("a kafka: dead-letter sink needs Kafka inputs; give a file path")
     with open_output(path) as f:
         yield DeadLetterSink(f, limit)
+
+
+def run_to_output(
+    stack: contextlib.ExitStack,
+    pipeline: FilePipeline,
+    inputs: dict[str, Iterable[bytes]],
+    args: argparse.Namespace,
+) -> DeadLetterSink:
+    """Drive ``pipeline`` over complete ``inputs`` (`run_files`) into ``--output``, its dead
+    letters into ``--dead-letter`` (``--max-dead-letters`` enforced), each batch's dead
+    letters written before its output lines; both outputs are closed with ``stack``."""
+    out = stack.enter_context(open_output(args.output))
+    sink = stack.enter_context(dead_letter_sink(args.dead_letter, args.max_dead_letters))
+    write = out.write
+    dead_letters = pipeline.dead_letters
+
+    def emit(lines: list[bytes]) -> None:
+        sink.write(dead_letters)
+        dead_letters.clear()
+        write(b"\n".join(lines) + b"\n")
+
+    run_files(pipeline, inputs, emit)
+    sink.write(dead_letters)
+    dead_letters.clear()
+    return sink
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -275,18 +301,7 @@ def _combine(args: argparse.Namespace) -> int:
 
             feed, field, window = reorder
             inputs[feed] = reorder_lines(inputs[feed], window, field)
-        out = stack.enter_context(open_output(args.output))
-        sink = stack.enter_context(dead_letter_sink(args.dead_letter, args.max_dead_letters))
-        write = out.write
-
-        def emit(lines: list[bytes]) -> None:
-            sink.write(unifier.dead_letters)
-            unifier.dead_letters.clear()
-            write(b"\n".join(lines) + b"\n")
-
-        run_unifier(unifier, inputs, emit)
-        sink.write(unifier.dead_letters)
-        unifier.dead_letters.clear()
+        run_to_output(stack, unifier, inputs, args)
     if not args.quiet:
         s = unifier.stats()
         took = time.monotonic() - started

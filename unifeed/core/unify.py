@@ -224,6 +224,9 @@ def _numbered_chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[i
 class FilePipeline(Protocol):
     """What `run_files` drives: a `Unifier` (the unified feed) or a `Merger` (merge)."""
 
+    #: Refused input messages not yet written (the driver writes and clears them).
+    dead_letters: list[DeadLetter]
+
     def intake(self, feed: str) -> FeedIntake: ...
 
     def feed(self, feed: str, batch: Iterable[tuple[int, bytes]]) -> None: ...

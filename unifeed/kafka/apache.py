@@ -52,9 +52,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Any, Final
 
+from unifeed.core.closing import Closing
 from unifeed.core.errors import ConfigError, KafkaRuntimeError
 
 __all__ = [
@@ -269,7 +270,7 @@ def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
             return text
 
 
-class LocalKafka:
+class LocalKafka(Closing):
     """One Apache Kafka broker+controller on 127.0.0.1, in a JVM this object owns.
 
     >>> with LocalKafka() as kafka:  # doctest: +SKIP
@@ -511,14 +512,6 @@ class LocalKafka:
 
     def __enter__(self) -> LocalKafka:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

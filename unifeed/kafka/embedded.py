@@ -25,11 +25,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Final
 
 from confluent_kafka import KafkaException, Producer
 
+from unifeed.core.closing import Closing
 from unifeed.core.errors import KafkaRuntimeError
 from unifeed.kafka.clients import RdkafkaLog
 
@@ -42,7 +43,7 @@ log = logging.getLogger("unifeed.broker")
 _MOCK_LOG: Final = RdkafkaLog(logging.getLogger("unifeed.broker.mock"))
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Closing):
     """An in-process Kafka-protocol broker on 127.0.0.1 (an ephemeral port).
 
     >>> with EmbeddedBroker() as broker:
@@ -104,17 +105,6 @@ class EmbeddedBroker:
         self._logs.join(timeout=5)
         host.poll(0)
         host.close()
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "closed"
