@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from unifeed.cli.pipeline import is_kafka, run_to_output
+from unifeed.cli.pipeline import RepeatedOption, is_kafka, run_to_output
 from unifeed.core.errors import ConfigError
 from unifeed.core.merge import Merger
 from unifeed.core.unify import CATCHUP_CLOCK, open_input
@@ -33,23 +33,6 @@ _KAFKA_LATER: Final = (
     "a file with `unifeed dump kafka:TOPIC:N > FILE` and merge the files "
     "(README, `unifeed merge`)"
 )
-
-
-class RepeatedOption(argparse._AppendAction):
-    """``action="append"`` whose default (from ``--config`` or the environment) is replaced,
-    not extended, by the values given on the command line: the command line wins."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        current = getattr(namespace, self.dest, None)
-        if current is self.default:
-            setattr(namespace, self.dest, [])
-        super().__call__(parser, namespace, values, option_string)
 
 
 @dataclass(frozen=True)

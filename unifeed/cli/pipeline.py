@@ -37,6 +37,30 @@ def duration_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _CommandLineWins(argparse.Action):
+    """A repeatable option whose default (from ``--config`` or the environment) is
+    replaced, not extended, by the values given on the command line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
+class RepeatedOption(_CommandLineWins, argparse._AppendAction):
+    """``action="append"``, the command line winning over the default."""
+
+
+class ExtendedOption(_CommandLineWins, argparse._ExtendAction):
+    """``action="extend"``, the command line winning over the default."""
+
+
 class DeadLetterSink:
     """Writes dead letters as JSON lines (a file or stderr) and enforces the limit."""
 
