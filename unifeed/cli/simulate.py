@@ -12,7 +12,8 @@ from typing import Any
 from unifeed.cli.pipeline import duration_arg
 from unifeed.core.errors import ConfigError
 from unifeed.core.units import parse_time_ms
-from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_adsb, write_streaming
+from unifeed.sim.adsb import write_adsb
+from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
 
 
 def _simulate(args: argparse.Namespace) -> int:
