@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
+from unifeed.checkpoint import CHECKPOINT_TOPIC
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS
 from unifeed.core.errors import ConfigError, DeadLetterLimitError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.stages import DeadLetter
@@ -23,6 +25,7 @@ from unifeed.core.unify import (
     run_files,
 )
 from unifeed.core.units import parse_duration_ms
+from unifeed.kafka import DEFAULT_BROKER_TIMEOUT_S
 
 
 def is_kafka(target: str | None) -> bool:
@@ -156,9 +159,10 @@ def register(sub: Any) -> None:
     combine.add_argument(
         "--realtime-threshold",
         type=duration_arg,
-        default=30_000,
+        default=DEFAULT_REALTIME_THRESHOLD_MS,
         metavar="DURATION",
-        help="messages younger than this are real time (default 30s)",
+        help="messages younger than this are real time "
+        f"(default {DEFAULT_REALTIME_THRESHOLD_MS // 1000}s)",
     )
     combine.add_argument(
         "--reorder",
@@ -191,7 +195,7 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
         default="unifeed",
         help="instance name: checkpoint key and transactional.id (default: unifeed)",
     )
-    g.add_argument("--checkpoint-topic", default="unifeed.checkpoints", metavar="TOPIC")
+    g.add_argument("--checkpoint-topic", default=CHECKPOINT_TOPIC, metavar="TOPIC")
     g.add_argument(
         "--start",
         default="earliest",
@@ -243,9 +247,10 @@ def _add_kafka_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--broker-timeout",
         type=duration_arg,
-        default=30_000,
+        default=round(DEFAULT_BROKER_TIMEOUT_S * 1000),
         metavar="DURATION",
-        help="give up (exit 3) when the broker has not answered for this long (default 30s)",
+        help="give up (exit 3) when the broker has not answered for this long "
+        f"(default {DEFAULT_BROKER_TIMEOUT_S:g}s)",
     )
     g.add_argument(
         "--kafka-config", metavar="FILE", help="extra librdkafka properties, one key=value per line"

@@ -406,7 +406,8 @@ class _Traffic:
         self._first_spawn = [0] * airports  # t0 of each airport's first flight after start
 
     def _draw(self, low: int, high: int) -> int:
-        """A uniform integer in ``[low, high)`` (much cheaper than `random.Random.randint`)."""
+        """A uniform integer in ``[low, high)`` from exactly one ``random()`` draw (the
+        sequence of draws is the simulation: same draws, same bytes)."""
         return low + int(self.rng.random() * (high - low))
 
     def _next_gap(self, ap: _Airport) -> int:
