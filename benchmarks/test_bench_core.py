@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import gzip
 import heapq
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from benchmarks._data import FAR_FUTURE_MS, TwoFeedInput, decode_pitr, two_feed_merge_input
+from benchmarks._data import (
+    FAR_FUTURE_MS,
+    TwoFeedInput,
+    decode_pitr,
+    drive_annotate_stage,
+    two_feed_merge_input,
+)
 from benchmarks._options import BenchOptions
 from benchmarks._peers import Interleaved
 from unifeed import Combiner, Feed
@@ -32,13 +37,12 @@ from unifeed.cli.main import main as unifeed_main
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import (
     CONTROLSTREAM,
-    MAPPINGSTREAM,
     SURFACESTREAM,
     GroundPosition,
     Keepalive,
     Mapping,
 )
-from unifeed.core.stages import AnnotateStage, FeedIntake
+from unifeed.core.stages import FeedIntake
 
 MERGE_TARGET = 0.4
 PIPELINE_TARGET = 0.5
@@ -218,16 +222,8 @@ def annotate_stage(data: AnnotateInput) -> list[Any]:
     surface messages, drain; ``ANNOTATE_LAPS`` times over, each lap a new stage."""
     out: list[Any] = []
     for _ in range(ANNOTATE_LAPS):
-        stage = AnnotateStage(clock=lambda: FAR_FUTURE_MS)
         out = []
-        empty: list[Any] = []
-        for maps, batch in itertools.zip_longest(data.mappings, data.surface, fillvalue=empty):
-            stage.push_mappings(maps)
-            stage.push_surface(batch)
-            out.extend(stage.drain())
-        stage.combiner.close(MAPPINGSTREAM)
-        stage.combiner.close(SURFACESTREAM)
-        out.extend(stage.drain())
+        drive_annotate_stage(data.mappings, data.surface, out.extend)
     return [e.item for e in out]
 
 
