@@ -2,6 +2,7 @@
 
 * `two_feed_merge_input`: pre-decoded messages of two feeds for the combining rule alone;
 * `busy_airport_dir`: the busy-airport JSON-lines files for the file pipeline;
+* `drive_annotate_stage`: an `AnnotateStage` fed batch by batch, as its thread feeds it;
 * `KafkaTraffic`: simulated controlstream and surfacestream for the Kafka runs, either in
   memory as they are (`materialize`) or as an endless cycle of a pool whose ``pitr`` moves
   forward on every lap (`cycle`), for runs longer than is worth simulating.
@@ -12,20 +13,41 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
-from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.core.combine import Emitted
+from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
+from unifeed.core.stages import AnnotateStage
 from unifeed.sim.traffic import iter_traffic, write_simulation
 
 REPO: Final = Path(__file__).resolve().parent.parent
 #: Far in the future of every simulated ``pitr``: every candidate is in catch-up.
 FAR_FUTURE_MS: Final = 2**62
 FEEDS: Final = (CONTROLSTREAM, SURFACESTREAM)
+
+
+def drive_annotate_stage(
+    mappings: Sequence[list[Any]],
+    surface: Sequence[list[Any]],
+    emit: Callable[[list[Emitted]], Any],
+) -> None:
+    """A new `AnnotateStage` (catch-up) fed as the annotator thread feeds it: a batch of
+    mappings, a batch of accepted surface messages, a drain given to ``emit``; then both
+    feeds closed and a last drain."""
+    stage = AnnotateStage(clock=lambda: FAR_FUTURE_MS)
+    empty: list[Any] = []
+    for maps, batch in itertools.zip_longest(mappings, surface, fillvalue=empty):
+        stage.push_mappings(maps)
+        stage.push_surface(batch)
+        emit(stage.drain())
+    stage.combiner.close(SURFACESTREAM)
+    stage.combiner.close(MAPPINGSTREAM)
+    emit(stage.drain())
 
 
 class _Pitr(msgspec.Struct, gc=False):

@@ -23,10 +23,10 @@ from typing import Any
 import msgspec
 from confluent_kafka import Producer
 
-from benchmarks._data import REPO
+from benchmarks._data import REPO, drive_annotate_stage
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM, Head, Mapping
-from unifeed.core.stages import AnnotateStage, FeedIntake, WriterStage
+from unifeed.core.stages import FeedIntake, WriterStage
 from unifeed.sim.traffic import iter_traffic
 
 _BATCH = 5000
@@ -110,16 +110,8 @@ def main() -> None:
     mappings = derive()
 
     def annotate() -> list[Any]:
-        stage = AnnotateStage(clock=lambda: 2**62)
         out: list[Any] = []
-        empty: list[Any] = []
-        for maps, batch in itertools.zip_longest(mappings, good_surface, fillvalue=empty):
-            stage.push_mappings(maps)
-            stage.push_surface(batch)
-            out.append(stage.drain())
-        stage.combiner.close(SURFACESTREAM)
-        stage.combiner.close("mappingstream")
-        out.append(stage.drain())
+        drive_annotate_stage(mappings, good_surface, out.append)
         return out
 
     measure("annotator", "combine mappings + surface, annotate (per surface)", n_surface, annotate)

@@ -7,23 +7,42 @@
 (b) ``unifeed combine`` on the busy-airport files (validate, derive mappings, annotate,
     combine twice, write) vs a baseline that decodes only ``pitr`` and `heapq.merge`s the
     lines into a file. Target: pipeline throughput >= 0.5x the baseline's.
+(c) `AnnotateStage` (the annotator thread's work: the combining rule over mappings and
+    surface messages, then annotation) on the busy-airport surfacestream and the mappings
+    derived from its controlstream, vs `heapq.merge` of the two and a dict of splices.
+    Target: the stage's throughput >= 0.5x the dict splice's.
 """
 
 from __future__ import annotations
 
 import gzip
 import heapq
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-from benchmarks._data import FAR_FUTURE_MS, TwoFeedInput, decode_pitr, two_feed_merge_input
+from benchmarks._data import (
+    FAR_FUTURE_MS,
+    TwoFeedInput,
+    decode_pitr,
+    drive_annotate_stage,
+    two_feed_merge_input,
+)
 from benchmarks._options import BenchOptions
 from benchmarks._peers import Interleaved
 from unifeed import Combiner, Feed
 from unifeed.cli.main import main as unifeed_main
-from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.core.mapping import MappingDeriver
+from unifeed.core.records import (
+    CONTROLSTREAM,
+    SURFACESTREAM,
+    GroundPosition,
+    Keepalive,
+    Mapping,
+)
+from unifeed.core.stages import FeedIntake
 
 MERGE_TARGET = 0.4
 PIPELINE_TARGET = 0.5
@@ -155,4 +174,105 @@ def test_file_pipeline_vs_pitr_merge(
     assert ratio >= PIPELINE_TARGET, (
         f"the file pipeline's throughput is {ratio:.2f}x the pitr-merge baseline's "
         f"(target >= {PIPELINE_TARGET}x)"
+    )
+
+
+# --- (c) the annotator stage -------------------------------------------------------
+
+ANNOTATE_TARGET = 0.5
+ANNOTATE_BATCH = 5000
+ANNOTATE_LAPS = 8
+
+
+@dataclass(frozen=True)
+class AnnotateInput:
+    """The busy-airport surfacestream as accepted messages and the mappings derived from its
+    controlstream, in batches as the annotator thread gets them."""
+
+    mappings: list[list[Mapping]]
+    surface: list[list[Any]]
+    #: Surface messages that are output (keepalives are not).
+    count: int
+    source: str
+
+
+@pytest.fixture(scope="module")
+def annotate_input(busy_airport: tuple[Path, Path, str]) -> AnnotateInput:
+    control, surface, source = busy_airport
+
+    def lines(path: Path) -> list[tuple[int, bytes]]:
+        with _open(path) as f:
+            return [(i, line.rstrip(b"\n")) for i, line in enumerate(f) if line.strip()]
+
+    good_control, _ = FeedIntake(CONTROLSTREAM).process(lines(control))
+    good_surface, _ = FeedIntake(SURFACESTREAM).process(lines(surface))
+    deriver = MappingDeriver()
+    mappings = [m for m in deriver.process_many([a.rec for a in good_control]) if type(m) is Mapping]
+    step = ANNOTATE_BATCH
+    return AnnotateInput(
+        mappings=[mappings[i : i + step] for i in range(0, len(mappings), step)],
+        surface=[good_surface[i : i + step] for i in range(0, len(good_surface), step)],
+        count=len(good_surface) - len(good_surface.keepalive_at),
+        source=source,
+    )
+
+
+def annotate_stage(data: AnnotateInput) -> list[Any]:
+    """`AnnotateStage` fed as the annotator thread feeds it: a batch of mappings, a batch of
+    surface messages, drain; ``ANNOTATE_LAPS`` times over, each lap a new stage."""
+    out: list[Any] = []
+    for _ in range(ANNOTATE_LAPS):
+        out = []
+        drive_annotate_stage(data.mappings, data.surface, out.extend)
+    return [e.item for e in out]
+
+
+def dict_splice(data: AnnotateInput) -> list[bytes]:
+    """The least work of the same job: mappings and surface messages merged by (pitr,
+    mappings first) with `heapq.merge`, links in a dict, each linked ground position's
+    closing brace replaced by the flight's id and access; keepalives are not output."""
+    out: list[bytes] = []
+    for _ in range(ANNOTATE_LAPS):
+        links: dict[str, bytes] = {}
+        out = []
+        append = out.append
+        maps = ((m.pitr, 0, m) for batch in data.mappings for m in batch)
+        surface = ((a.pitr, 1, a) for batch in data.surface for a in batch)
+        for _, rank, x in heapq.merge(maps, surface, key=lambda t: (t[0], t[1])):
+            if rank == 0:
+                if x.action == "link":
+                    links[x.surface_id] = b',"id":"%s","access":"%s"}' % (
+                        x.id.encode(),
+                        x.access.encode(),
+                    )
+                else:
+                    links.pop(x.surface_id, None)
+                continue
+            raw = x.item
+            kind = type(x.rec)
+            if kind is GroundPosition:
+                splice = links.get(x.rec.surface_id)
+                if splice is not None:
+                    raw = raw[:-1] + splice
+            elif kind is Keepalive:
+                continue
+            append(raw)
+    return out
+
+
+@pytest.mark.benchmark(group="annotate")
+def test_annotate_stage_vs_dict_splice(benchmark: Any, annotate_input: AnnotateInput) -> None:
+    runs = Interleaved(dict_splice, annotate_stage, (annotate_input,), warmup_rounds=2, rounds=11)
+    out = runs.run(benchmark)
+    expected = dict_splice(annotate_input)
+    assert len(out) == len(expected) == annotate_input.count
+    # The same bytes: the inputs name no id or access of their own and no link expires.
+    assert out == expected
+    ratio = runs.compare(
+        benchmark, annotate_input.count * ANNOTATE_LAPS, "AnnotateStage", "dict splice"
+    )
+    benchmark.extra_info.update(input=annotate_input.source, target=ANNOTATE_TARGET)
+    assert ratio >= ANNOTATE_TARGET, (
+        f"the annotator stage's throughput is {ratio:.2f}x the dict splice's "
+        f"(target >= {ANNOTATE_TARGET}x)"
     )

@@ -61,7 +61,7 @@ def test_dump_and_the_demo_apply_one_audience_rule(
     import io
 
     from unifeed.cli.kafka import dump_partition
-    from unifeed.demo.run import public_view
+    from unifeed.demo.verify import public_view
     from unifeed.kafka.clients import Target
 
     topic = unique_topic("aud")

@@ -20,7 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.kafkatools import ROOT, keepalive, load, read_all, run_cli, start_cli, wait_for
+from tests.support.kafkatools import (
+    ROOT,
+    combine_feeding_surface_later,
+    keepalive,
+    load,
+    read_all,
+    run_cli,
+)
 from tests.support.reference import ACCESS, reference_unified
 from unifeed import unify_lines
 from unifeed.checkpoint.store import CheckpointStore
@@ -95,25 +102,14 @@ def test_late_surface_messages_get_the_link_and_access_of_their_own_pitr(
 
     load(kafka_bootstrap, ctl, control)
     # surfacestream's topic appears only when its producer starts, as in a live deployment.
-    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
-                                  "--wait-for-topics"))
-    try:
-        # Every control message is written (so every mapping was applied) before the
-        # surface positions are produced.
-        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= 6, 60, "the control messages")
-        time.sleep(1.5)
-        load(kafka_bootstrap, srf, surface)
-        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= 8, 60, "the surface messages")
-        load(kafka_bootstrap, ctl, [keepalive(stop_at + 1)])
-        load(kafka_bootstrap, srf, [keepalive(stop_at + 1)])
-        rc = proc.wait(timeout=60)
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        assert rc == 0, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    written = read_all(kafka_bootstrap, out)
+    # Every control message is written (so every mapping was applied) before the surface
+    # positions are produced.
+    written = combine_feeding_surface_later(
+        kafka_bootstrap,
+        combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
+                     "--wait-for-topics"),
+        (ctl, srf, out), surface, before=6, after=8, pause_s=1.5, end_at=stop_at + 1,
+    )
     assert [(m.get("id"), m.get("access")) for m in ground_positions(written)] == [
         ("F1", "restricted"), ("F2", "restricted")]
     assert sorted(written) == sorted(expected)
@@ -156,23 +152,12 @@ def test_catchup_past_a_silent_surfacestream_annotates_its_later_messages_as_of_
     expected, _ = unify_lines(control, surface)
     load(kafka_bootstrap, ctl, control)
     load(kafka_bootstrap, srf, surface[:1])
-    proc = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
-                                  "--end-of-log-grace", "300ms"))
-    try:
-        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= 6, 60, "the control messages")
-        time.sleep(1.0)
-        load(kafka_bootstrap, srf, surface[1:])
-        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= 8, 60, "the surface messages")
-        load(kafka_bootstrap, ctl, [keepalive(stop_at + 1)])
-        load(kafka_bootstrap, srf, [keepalive(stop_at + 1)])
-        rc = proc.wait(timeout=60)
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        assert rc == 0, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    written = read_all(kafka_bootstrap, out)
+    written = combine_feeding_surface_later(
+        kafka_bootstrap,
+        combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
+                     "--end-of-log-grace", "300ms"),
+        (ctl, srf, out), surface[1:], before=6, after=8, pause_s=1.0, end_at=stop_at + 1,
+    )
     assert [(m.get("id"), m.get("access")) for m in ground_positions(written)] == [
         ("F1", "restricted"), ("F2", "restricted")]
     assert sorted(written) == sorted(expected)

@@ -356,7 +356,7 @@ def test_padded_lines_give_the_same_output_from_files_and_from_kafka(
 
 def test_demo_verification_reads_past_a_record_nested_too_deeply() -> None:
     """The demo's checks of an output judge a record they cannot decode instead of dying."""
-    from unifeed.demo.run import public_view, verify_access, verify_audience, verify_output
+    from unifeed.demo.verify import public_view, verify_access, verify_audience, verify_output
 
     good = [_departure(T0), _departure(T0 + 1)]
     deep = _control_with_deep_records()[1]  # a departure with a field nested too deeply

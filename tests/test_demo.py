@@ -13,14 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from unifeed.demo.run import (
-    compress_time,
-    parse_status,
-    public_view,
-    verify_access,
-    verify_audience,
-    verify_output,
-)
+from unifeed.demo.run import compress_time, parse_status
+from unifeed.demo.verify import public_view, verify_access, verify_audience, verify_output
 
 ROOT = Path(__file__).resolve().parent.parent
 _DEMO_TIMEOUT_S = 120

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from unifeed.core.records import ACCESS_RANK, RecordDecoder
-from unifeed.sim.traffic import adsb_responses
+from unifeed.sim.adsb import adsb_responses
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "golden" / "ingest-adsb"

@@ -11,7 +11,8 @@ import pytest
 
 from unifeed.core.records import ACCESS_RANK, RecordDecoder
 from unifeed.ingest import AccessList, Tracker, decode_response, load_airports
-from unifeed.sim.traffic import adsb_responses, simulate
+from unifeed.sim.adsb import adsb_responses
+from unifeed.sim.traffic import simulate
 
 TRAFFIC: dict[str, Any] = {"seed": 11, "minutes": 25, "airports": 2, "rate": 15}
 INTERVAL_MS = 10_000

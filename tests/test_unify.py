@@ -200,7 +200,8 @@ _EXTRAS = st.sampled_from(
 def test_pipeline_annotation_is_the_public_annotators_byte_for_byte(
     extra: dict[str, Any], spaces: str, linked: bool, compact: bool
 ) -> None:
-    """The annotator stage's inlined splice and `Annotator.annotate_ground` agree exactly,
+    """The annotator stage (`Annotator.annotate_merged`) and `Annotator.annotate_ground`
+    agree exactly,
     and the result has the flight's id and access at the top level and nothing else changed."""
     from unifeed import Annotator
     from unifeed.core.records import MAPPINGSTREAM, SURFACESTREAM, Mapping
@@ -282,3 +283,26 @@ def test_pushing_runs_between_keepalives_is_pushing_one_at_a_time(
     for c in (fast, plain, single):
         c.caught_up("other")
     assert state(fast) == state(plain) == state(single)
+
+
+def test_annotator_links_seed_an_annotator_that_annotates_the_same() -> None:
+    """`Annotator.links` is what `Annotator.seed` takes: a seeded copy annotates every
+    track as the original does (the saved-links restart relies on it)."""
+    from unifeed import Annotator
+    from unifeed.core.records import Mapping
+
+    a = Annotator()
+    a.apply(Mapping(pitr=1, surface_id="S1", id="F1", action="link", access="restricted",
+                    facility="K"))
+    a.apply(Mapping(pitr=2, surface_id="S2", id="F2", action="link", access="public",
+                    facility="K"))
+    a.apply(Mapping(pitr=3, surface_id="S2", id="F2", action="unlink", access="public",
+                    facility="K"))
+    a.apply(Mapping(pitr=4, surface_id="S3", id="F3", action="link", access="blocked",
+                    facility="K"))
+    assert sorted(a.links()) == [("S1", "F1", "", 1, "restricted"), ("S3", "F3", "", 4, "blocked")]
+    b = Annotator()
+    b.seed(a.links(), 4)
+    for track in ("S1", "S2", "S3", "S4"):
+        raw = line({"type": "ground_position", "pitr": 5, "surface_id": track})
+        assert b.annotate_ground(raw, track, 5) == a.annotate_ground(raw, track, 5)

@@ -223,6 +223,38 @@ def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.
     raise TimeoutError(f"waited {timeout_s}s for {what}")
 
 
+def combine_feeding_surface_later(
+    bootstrap: str,
+    args: Sequence[str],
+    topics: tuple[str, str, str],
+    surface: list[bytes],
+    *,
+    before: int,
+    after: int,
+    pause_s: float,
+    end_at: int,
+) -> list[bytes]:
+    """Run ``unifeed combine`` (``args``) over ``topics`` = (controlstream, surfacestream,
+    output): once it has written ``before`` records and ``pause_s`` has passed, produce
+    ``surface``; once it has written ``after``, end both inputs with a keepalive at
+    ``end_at`` (past its --stop-at). Asserts it exits 0; returns what it wrote."""
+    ctl, srf, out = topics
+    proc = start_cli(args)
+    try:
+        wait_for(lambda: len(read_all(bootstrap, out)) >= before, 60, f"{before} records written")
+        time.sleep(pause_s)
+        load(bootstrap, srf, surface)
+        wait_for(lambda: len(read_all(bootstrap, out)) >= after, 60, f"{after} records written")
+        load(bootstrap, ctl, [keepalive(end_at)])
+        load(bootstrap, srf, [keepalive(end_at)])
+        rc = proc.wait(timeout=60)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        assert rc == 0, stderr
+    finally:
+        reap(proc)
+    return read_all(bootstrap, out)
+
+
 class PacedLoader(threading.Thread):
     """Produces feeds as a live source would: in merged pitr order, each message when the
     wall clock reaches it. ``entries`` are ``(topic, pitr, line)`` with pitr near now."""

@@ -3,3 +3,8 @@ partition.
 
 May import: `unifeed.core` and `unifeed.kafka`.
 """
+
+from typing import Final
+
+#: The checkpoint topic of every command, by default.
+CHECKPOINT_TOPIC: Final = "unifeed.checkpoints"

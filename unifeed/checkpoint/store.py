@@ -20,25 +20,24 @@ instance name. A record's value is one JSON object, keys always in this order::
   ``dead_offset`` (its ``pitr`` and ``skip`` are 0: combine resumes it from the
   surfacestream's). ``source``, when present, names the input the feed was read from
   (``TOPIC:PARTITION``): a start with other inputs is refused, since the positions belong
-  to those inputs. Records written before it existed have none and resume as before.
+  to those inputs. A feed without ``source`` resumes without that check.
 * ``output``: the output partition and ``next_offset``, the offset after the last output
   record this checkpoint covers (output-tail reconciliation); null before any output.
 * ``generation``: incarnation counter; a run resuming from generation g writes g + 1.
   Lets logs and ``unifeed checkpoint show`` tell runs apart. 0 when unknown.
 * ``incarnation``: a random token of the process that wrote the record. Two processes
   that claim the same generation at once are told apart by it: the one whose
-  ``(generation, incarnation)`` is greater keeps the name, the other stops. Empty in
-  records written before it existed.
+  ``(generation, incarnation)`` is greater keeps the name, the other stops. Empty when
+  unknown.
 * ``written_ms``: wall-clock epoch ms when the record was made; for people only, never
   used to decide anything.
-* ``state`` (absent in records written before it existed, and until the first state
-  snapshot is committed): where the saved links and access levels are. ``topic``,
+* ``state`` (absent until the first state snapshot is committed): where the saved links and access levels are. ``topic``,
   ``partition``, ``offsets`` (one record per part, written in the same transaction as
   this checkpoint or an earlier one), ``id`` (the snapshot's token, in every part),
   ``feed`` and ``offset``: the input the state was built from (controlstream when
   mappings are derived, mappingstream when they are read) and the offset of that feed
   the snapshot was taken before. A restart restores it and reads that feed from there,
-  whatever ``--lookback``; without it, it replays ``--lookback`` as before.
+  whatever ``--lookback``; without it, it replays ``--lookback``.
 
 A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
 None, and on a compacted topic the broker eventually drops the key altogether. A running
@@ -51,7 +50,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -59,8 +57,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from unifeed.checkpoint import CHECKPOINT_TOPIC
+from unifeed.core.closing import Closing
 from unifeed.core.errors import CheckpointError, KafkaRuntimeError
 from unifeed.kafka.clients import (
+    CALL_TIMEOUT_S,
     Target,
     client_config,
     consumer_config,
@@ -87,7 +88,6 @@ __all__ = [
 
 log = logging.getLogger("unifeed.checkpoint")
 
-CHECKPOINT_TOPIC: Final = "unifeed.checkpoints"
 CHECKPOINT_PARTITION: Final = 0
 CHECKPOINT_VERSION: Final = 1
 #: ``checkpoint reset``: how long it waits for a running incarnation to stop, how often.
@@ -108,7 +108,7 @@ class FeedCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_d
     dead_offset: int | None = None
     #: An input offset from which a restart may read (every message before it is done).
     offset: int | None = None
-    #: The input this feed was read from, ``TOPIC:PARTITION``; None in older records.
+    #: The input this feed was read from, ``TOPIC:PARTITION``; None: not recorded (no check).
     source: str | None = None
 
 
@@ -239,7 +239,7 @@ def decode_checkpoint(
 EnsureOutcome = Literal["exists", "created", "auto"]
 
 
-class CheckpointStore:
+class CheckpointStore(Closing):
     """Reads and writes the checkpoints of any instance in one checkpoint topic.
 
     Creates its consumer and producer lazily and closes them in `close` (or ``with``).
@@ -255,7 +255,7 @@ class CheckpointStore:
         topic: str = CHECKPOINT_TOPIC,
         extra_config: Mapping[str, object] | None = None,
         *,
-        timeout_s: float = 30.0,
+        timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
         if not topic:
             raise ValueError("topic must not be empty")
@@ -291,17 +291,6 @@ class CheckpointStore:
             consumer.close()
         if producer is not None:
             producer.flush(self.timeout_s)
-
-    def __enter__(self) -> CheckpointStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- topic --
 

@@ -12,7 +12,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from unifeed.cli.pipeline import add_metrics_options, add_status_interval, duration_arg
+from unifeed.cli.pipeline import (
+    ExtendedOption,
+    add_metrics_options,
+    add_status_interval,
+    duration_arg,
+)
 from unifeed.core.errors import ConfigError
 
 log = logging.getLogger("unifeed.ingest")
@@ -40,24 +45,6 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
-class _SourcesAction(argparse.Action):
-    """Each ``--source`` adds one; the first on the command line replaces the sources that
-    came from the environment or a configuration file (the command line wins)."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        current = getattr(namespace, self.dest, None)
-        if not getattr(namespace, "_sources_from_command_line", False):
-            current = []
-            namespace._sources_from_command_line = True
-        setattr(namespace, self.dest, [*(current or []), *values])
-
-
 def register(subparsers: Any) -> None:
     """Add ``unifeed ingest`` to the command line."""
     p = subparsers.add_parser(
@@ -78,7 +65,7 @@ def register(subparsers: Any) -> None:
     sources = p.add_argument_group("sources (at least one --source, or --replay)")
     sources.add_argument(
         "--source",
-        action=_SourcesAction,
+        action=ExtendedOption,
         nargs=1,
         metavar="SRC",
         help="http(s)://URL of a readsb-format JSON document (aggregator form {ac, now ms} or "

@@ -21,10 +21,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from unifeed.cli.pipeline import dead_letter_sink, is_kafka, non_negative_int
+from unifeed.cli.pipeline import (
+    RepeatedOption,
+    is_kafka,
+    non_negative_int,
+    run_to_output,
+)
 from unifeed.core.errors import ConfigError
 from unifeed.core.merge import Merger
-from unifeed.core.unify import CATCHUP_CLOCK, open_input, open_output, run_files
+from unifeed.core.unify import CATCHUP_CLOCK, open_input
 from unifeed.core.units import parse_duration_ms, parse_time_ms
 
 #: The closing summary: a line of text, or a JSON record (unifeed.cli.logs).
@@ -35,23 +40,6 @@ _KAFKA_LATER: Final = (
     "a file with `unifeed dump kafka:TOPIC:N > FILE` and merge the files "
     "(README, `unifeed merge`)"
 )
-
-
-class RepeatedOption(argparse._AppendAction):
-    """``action="append"`` whose default (from ``--config`` or the environment) is replaced,
-    not extended, by the values given on the command line: the command line wins."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        current = getattr(namespace, self.dest, None)
-        if current is self.default:
-            setattr(namespace, self.dest, [])
-        super().__call__(parser, namespace, values, option_string)
 
 
 @dataclass(frozen=True)
@@ -235,18 +223,7 @@ def _merge(args: argparse.Namespace) -> int:
                 field, window = reorders[i.name]
                 lines = reorder_lines(lines, window, field)
             feeds[i.name] = lines
-        out = stack.enter_context(open_output(args.output))
-        sink = stack.enter_context(dead_letter_sink(args.dead_letter, args.max_dead_letters))
-        write = out.write
-
-        def emit(lines: list[bytes]) -> None:
-            sink.write(merger.dead_letters)
-            merger.dead_letters.clear()
-            write(b"\n".join(lines) + b"\n")
-
-        run_files(merger, feeds, emit)
-        sink.write(merger.dead_letters)
-        merger.dead_letters.clear()
+        sink = run_to_output(stack, merger, feeds, args)
     if not args.quiet:
         s = merger.stats()
         took = time.monotonic() - started

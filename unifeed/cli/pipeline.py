@@ -8,22 +8,26 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
+from unifeed.checkpoint import CHECKPOINT_TOPIC
 from unifeed.cli.checkpoint import add_bootstrap_option, add_broker_timeout, add_client_options
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS
 from unifeed.core.errors import ConfigError, DeadLetterLimitError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.stages import DeadLetter
 from unifeed.core.unify import (
     CATCHUP_CLOCK,
+    FilePipeline,
     Unifier,
     iter_mapping_lines,
     open_input,
     open_output,
-    run_unifier,
+    run_files,
 )
 from unifeed.core.units import parse_duration_ms
+from unifeed.kafka import DEFAULT_BROKER_TIMEOUT_S
 
 #: The closing summary of a file run: a line of text, or a JSON record (unifeed.cli.logs).
 _summary = logging.getLogger("unifeed.summary")
@@ -104,6 +108,30 @@ def add_metrics_options(p: Any, host_help: str) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help=host_help)
 
 
+class _CommandLineWins(argparse.Action):
+    """A repeatable option whose default (from ``--config`` or the environment) is
+    replaced, not extended, by the values given on the command line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is self.default:
+            setattr(namespace, self.dest, [])
+        super().__call__(parser, namespace, values, option_string)
+
+
+class RepeatedOption(_CommandLineWins, argparse._AppendAction):
+    """``action="append"``, the command line winning over the default."""
+
+
+class ExtendedOption(_CommandLineWins, argparse._ExtendAction):
+    """``action="extend"``, the command line winning over the default."""
+
+
 class DeadLetterSink:
     """Writes dead letters as JSON lines (a file or stderr) and enforces the limit."""
 
@@ -134,6 +162,31 @@ def dead_letter_sink(path: str | None, limit: int | None) -> Iterator[DeadLetter
         raise ConfigError("a kafka: dead-letter sink needs Kafka inputs; give a file path")
     with open_output(path) as f:
         yield DeadLetterSink(f, limit)
+
+
+def run_to_output(
+    stack: contextlib.ExitStack,
+    pipeline: FilePipeline,
+    inputs: dict[str, Iterable[bytes]],
+    args: argparse.Namespace,
+) -> DeadLetterSink:
+    """Drive ``pipeline`` over complete ``inputs`` (`run_files`) into ``--output``, its dead
+    letters into ``--dead-letter`` (``--max-dead-letters`` enforced), each batch's dead
+    letters written before its output lines; both outputs are closed with ``stack``."""
+    out = stack.enter_context(open_output(args.output))
+    sink = stack.enter_context(dead_letter_sink(args.dead_letter, args.max_dead_letters))
+    write = out.write
+    dead_letters = pipeline.dead_letters
+
+    def emit(lines: list[bytes]) -> None:
+        sink.write(dead_letters)
+        dead_letters.clear()
+        write(b"\n".join(lines) + b"\n")
+
+    run_files(pipeline, inputs, emit)
+    sink.write(dead_letters)
+    dead_letters.clear()
+    return sink
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -174,9 +227,10 @@ def register(sub: Any) -> None:
     combine.add_argument(
         "--realtime-threshold",
         type=duration_arg,
-        default=30_000,
+        default=DEFAULT_REALTIME_THRESHOLD_MS,
         metavar="DURATION",
-        help="messages younger than this are real time (default 30s)",
+        help="messages younger than this are real time "
+        f"(default {DEFAULT_REALTIME_THRESHOLD_MS // 1000}s)",
     )
     combine.add_argument(
         "--reorder",
@@ -213,9 +267,9 @@ def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> 
     )
     g.add_argument(
         "--checkpoint-topic",
-        default="unifeed.checkpoints",
+        default=CHECKPOINT_TOPIC,
         metavar="TOPIC",
-        help="compacted topic of the checkpoints, partition 0 (default unifeed.checkpoints)",
+        help=f"compacted topic of the checkpoints, partition 0 (default {CHECKPOINT_TOPIC})",
     )
     g.add_argument(
         "--start",
@@ -273,7 +327,7 @@ def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> 
         "pass its feed (default 2s; like Kafka Streams' max.task.idle.ms); raise it when "
         "an old backlog is loaded slowly",
     )
-    add_broker_timeout(g, 30_000)
+    add_broker_timeout(g, round(DEFAULT_BROKER_TIMEOUT_S * 1000))
     add_client_options(g)
     add_metrics_options(
         g,
@@ -346,18 +400,7 @@ def _combine(args: argparse.Namespace) -> int:
 
             feed, field, window = reorder
             inputs[feed] = reorder_lines(inputs[feed], window, field)
-        out = stack.enter_context(open_output(args.output))
-        sink = stack.enter_context(dead_letter_sink(args.dead_letter, args.max_dead_letters))
-        write = out.write
-
-        def emit(lines: list[bytes]) -> None:
-            sink.write(unifier.dead_letters)
-            unifier.dead_letters.clear()
-            write(b"\n".join(lines) + b"\n")
-
-        run_unifier(unifier, inputs, emit)
-        sink.write(unifier.dead_letters)
-        unifier.dead_letters.clear()
+        run_to_output(stack, unifier, inputs, args)
     if not args.quiet:
         s = unifier.stats()
         took = time.monotonic() - started

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from unifeed.cli.pipeline import duration_arg
 from unifeed.core.errors import ConfigError
 from unifeed.core.units import parse_time_ms
-from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_adsb, write_streaming
+from unifeed.sim.adsb import write_adsb
+from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -24,17 +27,8 @@ def _simulate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out-dir {out_dir} exists and is not a directory")
     if args.format == "adsb":
         return _run_adsb(args, out_dir, start_ms)
-    try:
-        stats = write_streaming(
-            out_dir,
-            seed=args.seed,
-            minutes=_minutes(args),
-            airports=args.airports,
-            rate=args.rate,
-            start_ms=start_ms,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+    with _writing(out_dir):
+        stats = write_streaming(out_dir, **_traffic(args, start_ms))
     seconds = _minutes(args) * 60
     for feed, (lines, size) in stats.items():
         print(
@@ -45,21 +39,31 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _traffic(args: argparse.Namespace, start_ms: int) -> dict[str, Any]:
+    """The simulation's arguments, the same for every output format."""
+    return {
+        "seed": args.seed,
+        "minutes": _minutes(args),
+        "airports": args.airports,
+        "rate": args.rate,
+        "start_ms": start_ms,
+    }
+
+
+@contextlib.contextmanager
+def _writing(out_dir: Path) -> Iterator[None]:
+    """An OSError while writing into ``out_dir`` is a configuration error (exit 2)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+
+
 def _run_adsb(args: argparse.Namespace, out_dir: Path, start_ms: int) -> int:
     if args.interval <= 0:
         raise ConfigError("--interval must be > 0")
-    try:
-        count = write_adsb(
-            out_dir,
-            interval_ms=args.interval,
-            seed=args.seed,
-            minutes=_minutes(args),
-            airports=args.airports,
-            rate=args.rate,
-            start_ms=start_ms,
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+    with _writing(out_dir):
+        count = write_adsb(out_dir, interval_ms=args.interval, **_traffic(args, start_ms))
     print(f"{out_dir / 'adsb.jsonl'}: {count:,} responses; {out_dir / 'access.txt'}", file=sys.stderr)
     return 0
 

@@ -9,13 +9,22 @@ keys is decoded and re-encoded in full.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
 from msgspec import UNSET
 
-from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, GroundPosition, Ident, Mapping
+from unifeed.core.combine import Emitted
+from unifeed.core.records import (
+    ACCESS_LEVELS,
+    ACCESS_RANK,
+    MAPPINGSTREAM,
+    SURFACESTREAM,
+    GroundPosition,
+    Ident,
+    Mapping,
+)
 
 _encode: Final = msgspec.json.Encoder().encode
 _decode_object: Final = msgspec.json.Decoder(dict[str, Any]).decode
@@ -48,12 +57,17 @@ class AnnotatorStats(msgspec.Struct, frozen=True, gc=False):
 class LateBeyondHistory(Exception):
     """A surface message's pitr lies before what the link history still holds: which
     flight its track belonged to then is no longer known. The caller dead-letters it
-    (a guess could show a restricted flight's position to the public)."""
+    (a guess could show a restricted flight's position to the public).
 
-    def __init__(self, pitr: int, horizon: int) -> None:
-        super().__init__(pitr, horizon)
+    ``horizon``: the oldest pitr the history reaches; ``applied``: the pitr of the latest
+    mapping applied when the message came.
+    """
+
+    def __init__(self, pitr: int, horizon: int, applied: int) -> None:
+        super().__init__(pitr, horizon, applied)
         self.pitr = pitr
         self.horizon = horizon
+        self.applied = applied
 
 
 def _stronger(a: str, b: str) -> str:
@@ -153,7 +167,7 @@ class Annotator:
         Runtime complexity: O(changes of the track after ``pitr``).
         """
         if not self._late_window:
-            raise LateBeyondHistory(pitr, self.applied)
+            raise LateBeyondHistory(pitr, self.applied, self.applied)
         entry = self._links.get(surface_id)
         hist = self._history.get(surface_id)
         if hist:
@@ -163,7 +177,7 @@ class Annotator:
                 entry = before
         if pitr < self._horizon or (entry is not None and entry[3] > pitr):
             # An entry newer than pitr with no change recorded: the history does not reach.
-            raise LateBeyondHistory(pitr, self._horizon)
+            raise LateBeyondHistory(pitr, self._horizon, self.applied)
         if entry is not None and pitr - entry[3] > self._ttl:
             return None
         return entry
@@ -199,6 +213,11 @@ class Annotator:
         linked = self._links.get(surface_id)
         return None if linked is None else (linked[1], linked[2])
 
+    def links(self) -> list[tuple[Ident, Ident, str, int, str]]:
+        """The links held now, in the form `seed` takes: ``(surface_id, flight, facility
+        (not kept: ""), pitr of the link event, access)``."""
+        return [(s, e[1], "", e[3], e[2]) for s, e in self._links.items()]
+
     def annotate_ground(self, raw: bytes, surface_id: Ident, pitr: int) -> bytes:
         """A ``ground_position``'s output bytes. Runtime complexity: O(len(raw))."""
         if pitr < self.applied:
@@ -215,11 +234,72 @@ class Annotator:
             return raw
         return self._splice(raw, linked)
 
+    def annotate_merged(
+        self, entries: Iterable[Emitted]
+    ) -> tuple[list[Emitted], list[tuple[bytes, LateBeyondHistory]]]:
+        """Apply the mappings and annotate the surface messages of a run of the combining
+        rule over (mappingstream, surfacestream), in its order.
+
+        A mapping is an `Emitted` of `MAPPINGSTREAM` holding a `Mapping`; a surface message
+        is an `Emitted` holding its raw bytes, with its decoded record as ``rec``. Returns
+        the surface messages as output (an entry that is not a ``ground_position`` goes on
+        as it is; an annotated one holds its output bytes as ``item``) and the late messages
+        the link history does not reach, with why (they are not output).
+
+        Each message gets the bytes `annotate_ground` gives it. The common case (linked,
+        in time, no ``id``/``access`` of its own, ending in ``}``) is spliced here;
+        everything else takes `annotate_ground`. Runtime complexity: O(len(entries)) for
+        in-time messages.
+        """
+        out: list[Emitted] = []
+        too_late: list[tuple[bytes, LateBeyondHistory]] = []
+        append = out.append
+        apply = self.apply
+        annotate = self.annotate_ground
+        links = self._links
+        ttl = self._ttl
+        applied = self.applied
+        passed = 0
+        annotated = 0
+        for e in entries:
+            if e.feed == MAPPINGSTREAM:
+                apply(e.item)
+                applied = self.applied
+                continue
+            rec = e.rec  # type: ignore[attr-defined]  # a surface entry carries its record
+            if type(rec) is GroundPosition:
+                raw = e.item
+                linked = links.get(rec.surface_id)
+                if (
+                    linked is not None
+                    and e.pitr >= applied
+                    and e.pitr - linked[3] <= ttl
+                    and rec.given_id is UNSET
+                    and rec.given_access is UNSET
+                    and raw[-1:] == b"}"
+                ):
+                    annotated += 1
+                    append(Emitted(SURFACESTREAM, e.pitr, raw[:-1] + linked[0]))
+                else:
+                    try:
+                        out_raw = annotate(raw, rec.surface_id, e.pitr)
+                    except LateBeyondHistory as late:
+                        too_late.append((raw, late))
+                        continue
+                    append(e if out_raw is raw else Emitted(SURFACESTREAM, e.pitr, out_raw))
+            else:
+                # Unchanged: the entry itself goes on (SURFACESTREAM is surfacestream's name).
+                passed += 1
+                append(e)
+        self.passed += passed
+        self.annotated += annotated
+        return out, too_late
+
     def _splice(self, raw: bytes, linked: list[Any]) -> bytes:
         self.annotated += 1
         body = raw if raw[-1:] == b"}" else raw.rstrip()
         # `find`, not `in`: CPython 3.11's `bytes in bytes` first tries the needle as an
-        # integer and builds (then drops) a TypeError every time, measured 3x slower.
+        # integer and builds (then drops) a TypeError every time; `find` does not.
         if body.find(b'"id"') >= 0 or body.find(b'"access"') >= 0 or body[-1:] != b"}":
             # Rare: the bytes name an id or access somewhere, or end oddly: decode to see.
             obj = _decode_object(raw)
@@ -234,24 +314,6 @@ class Annotator:
             return _encode(obj)
         splice: bytes = linked[0]
         return body[:-1] + splice
-
-    def annotate_position(self, raw: bytes, rec: GroundPosition) -> bytes:
-        """`annotate_ground` for a decoded ``ground_position``: the same bytes, faster
-        (the decoder has already told whether the message names an ``id`` or ``access``).
-        """
-        linked = self._links.get(rec.surface_id)
-        if (
-            linked is None
-            or rec.pitr < self.applied
-            or rec.pitr - linked[3] > self._ttl
-            or rec.given_id is not UNSET
-            or rec.given_access is not UNSET
-            or raw[-1:] != b"}"
-        ):
-            return self.annotate_ground(raw, rec.surface_id, rec.pitr)
-        self.annotated += 1
-        out: bytes = raw[:-1] + linked[0]
-        return out
 
     def pass_through(self) -> None:
         """Count a surface message that never gets a flight ID (vehicles, locations)."""

@@ -16,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from unifeed.core.combine import Emitted, Feed
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Emitted, Feed
 from unifeed.core.records import Keepalive, StampedDecoder
 from unifeed.core.stages import Accepted, DeadLetter, FeedIntake, Intake, MergeStage, Where
 from unifeed.core.unify import CATCHUP_CLOCK, run_files
@@ -86,7 +86,7 @@ class Merger:
         *,
         live_required: Collection[str] | None = None,
         where: Where = "line",
-        realtime_threshold_ms: int = 30_000,
+        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
         clock: Callable[[], int] | None = None,
         start: int | None = None,
         stop_at: int | None = None,

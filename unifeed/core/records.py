@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -57,51 +57,48 @@ class FlightPlan(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="f
     access: Access = "public"
 
 
-class Departure(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="departure"):
+class _FlightEvent(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a flight's events without a surface track."""
+
     pitr: Pitr
     id: Ident
 
 
-class Arrival(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="arrival"):
-    pitr: Pitr
-    id: Ident
+class Departure(_FlightEvent, frozen=True, gc=False, tag_field="type", tag="departure"):
+    pass
 
 
-class Cancellation(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="cancellation"):
-    pitr: Pitr
-    id: Ident
+class Arrival(_FlightEvent, frozen=True, gc=False, tag_field="type", tag="arrival"):
+    pass
 
 
-class PowerOn(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="power_on"):
-    pitr: Pitr
-    id: Ident
-    surface_id: Ident
-    facility: str
+class Cancellation(_FlightEvent, frozen=True, gc=False, tag_field="type", tag="cancellation"):
+    pass
 
 
-class SurfaceOffblock(
-    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="surface_offblock"
-):
+class _TrackEvent(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a flight's events on a surface track."""
+
     pitr: Pitr
     id: Ident
     surface_id: Ident
     facility: str
 
 
-class SurfaceOnblock(
-    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="surface_onblock"
-):
-    pitr: Pitr
-    id: Ident
-    surface_id: Ident
-    facility: str
+class PowerOn(_TrackEvent, frozen=True, gc=False, tag_field="type", tag="power_on"):
+    pass
 
 
-class PowerOff(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="power_off"):
-    pitr: Pitr
-    id: Ident
-    surface_id: Ident
-    facility: str
+class SurfaceOffblock(_TrackEvent, frozen=True, gc=False, tag_field="type", tag="surface_offblock"):
+    pass
+
+
+class SurfaceOnblock(_TrackEvent, frozen=True, gc=False, tag_field="type", tag="surface_onblock"):
+    pass
+
+
+class PowerOff(_TrackEvent, frozen=True, gc=False, tag_field="type", tag="power_off"):
+    pass
 
 
 class Keepalive(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="keepalive"):
@@ -126,15 +123,18 @@ LinkEvent = PowerOn | SurfaceOffblock | SurfaceOnblock
 # --- surfacestream ---------------------------------------------------------
 
 
-class GroundPosition(
-    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="ground_position"
-):
+class _SurfacePosition(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a position on the surface."""
+
     pitr: Pitr
     surface_id: Ident
     facility: str
     clock: Number
     lat: Number
     lon: Number
+
+
+class GroundPosition(_SurfacePosition, frozen=True, gc=False, tag_field="type", tag="ground_position"):
     # Not checked, only noticed: an ``id`` or ``access`` the message already carries is
     # overwritten by annotation, which then re-encodes the message instead of splicing.
     # UNSET (the usual case) costs the decoder nothing.
@@ -142,29 +142,25 @@ class GroundPosition(
     given_access: Any = msgspec.field(default=msgspec.UNSET, name="access")
 
 
-class VehiclePosition(
-    msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="vehicle_position"
-):
-    pitr: Pitr
-    surface_id: Ident
-    facility: str
-    clock: Number
-    lat: Number
-    lon: Number
+class VehiclePosition(_SurfacePosition, frozen=True, gc=False, tag_field="type", tag="vehicle_position"):
+    pass
 
 
-class LocationEntry(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="location_entry"):
+class _LocationEvent(msgspec.Struct, frozen=True, gc=False):
+    """The fields of a track entering or leaving a named location."""
+
     pitr: Pitr
     surface_id: Ident
     facility: str
     location: str
 
 
-class LocationExit(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="location_exit"):
-    pitr: Pitr
-    surface_id: Ident
-    facility: str
-    location: str
+class LocationEntry(_LocationEvent, frozen=True, gc=False, tag_field="type", tag="location_entry"):
+    pass
+
+
+class LocationExit(_LocationEvent, frozen=True, gc=False, tag_field="type", tag="location_exit"):
+    pass
 
 
 SurfaceRecord = GroundPosition | VehiclePosition | LocationEntry | LocationExit | Keepalive
@@ -223,26 +219,21 @@ TOO_DEEP: Final = (
 )
 
 
-class RecordDecoder:
-    """Decodes and checks the messages of one feed; built once, reused for every message.
+R = TypeVar("R")
 
-    >>> d = RecordDecoder("controlstream")
-    >>> d.decode(b'{"type":"departure","pitr":5,"id":"UAL1-1"}')
-    Departure(pitr=5, id='UAL1-1')
-    """
+
+class _CheckedDecoder(Generic[R]):
+    """What `RecordDecoder` and `StampedDecoder` share: ``decode`` checks what
+    ``decode_ascii`` (msgspec alone) takes on trust, and says why a message is refused."""
 
     __slots__ = ("_decoder", "decode_ascii", "feed")
 
-    def __init__(self, feed: str) -> None:
-        if feed not in _UNIONS:
-            raise ValueError(f"feed must be one of {', '.join(FEED_NAMES)}, not {feed!r}")
-        self.feed = feed
-        self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(_UNIONS[feed])
-        #: msgspec's decode alone, for bytes known to be ASCII (so valid UTF-8); it raises
-        #: `msgspec.DecodeError` with msgspec's own words: `decode` says it better.
-        self.decode_ascii: Callable[[bytes], AnyRecord] = self._decoder.decode
+    feed: str
+    #: msgspec's decode alone, for bytes known to be ASCII (so valid UTF-8); it raises
+    #: `msgspec.DecodeError` with msgspec's own words: `decode` says it better.
+    decode_ascii: Callable[[bytes], R]
 
-    def decode(self, raw: bytes | None) -> AnyRecord:
+    def decode(self, raw: bytes | None) -> R:
         """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
         if raw is None:
             raise BadRecordError(
@@ -254,7 +245,7 @@ class RecordDecoder:
             if not raw.isascii():
                 # msgspec checks only the strings it decodes; skipped fields pass unchecked.
                 raw.decode("utf-8")
-            return self._decoder.decode(raw)
+            return self.decode_ascii(raw)
         except UnicodeDecodeError as exc:
             raise BadRecordError(
                 self.feed,
@@ -266,6 +257,27 @@ class RecordDecoder:
             raise BadRecordError(self.feed, _clip(reason), kind) from None
         except RecursionError:
             raise BadRecordError(self.feed, TOO_DEEP, DeadLetterReason.INVALID_FIELD) from None
+
+    def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLetterReason]:
+        raise NotImplementedError
+
+
+class RecordDecoder(_CheckedDecoder[AnyRecord]):
+    """Decodes and checks the messages of one feed; built once, reused for every message.
+
+    >>> d = RecordDecoder("controlstream")
+    >>> d.decode(b'{"type":"departure","pitr":5,"id":"UAL1-1"}')
+    Departure(pitr=5, id='UAL1-1')
+    """
+
+    __slots__ = ()
+
+    def __init__(self, feed: str) -> None:
+        if feed not in _UNIONS:
+            raise ValueError(f"feed must be one of {', '.join(FEED_NAMES)}, not {feed!r}")
+        self.feed = feed
+        self._decoder: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(_UNIONS[feed])
+        self.decode_ascii = self._decoder.decode
 
     def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLetterReason]:
         """Turn msgspec's message into a sentence that says what was expected and what
@@ -295,18 +307,10 @@ class RecordDecoder:
                 f"unknown message type {shown} for {self.feed} (expected one of {allowed})",
                 DeadLetterReason.UNKNOWN_TYPE,
             )
-        pitr = value.get("pitr")
-        if "pitr" not in value:
-            return f"{kind} message has no `pitr` field", DeadLetterReason.BAD_PITR
-        if type(pitr) is not int:
-            shown = msgspec.json.encode(pitr).decode()[:40]
-            return (
-                f"`pitr` must be an integer (epoch milliseconds), got {shown}",
-                DeadLetterReason.BAD_PITR,
-            )
-        if pitr < 0:
-            return f"`pitr` must not be negative, got {pitr}", DeadLetterReason.BAD_PITR
-        return f"invalid {kind} message: {exc}", DeadLetterReason.INVALID_FIELD
+        return _pitr_problem(value, f"{kind} message") or (
+            f"invalid {kind} message: {exc}",
+            DeadLetterReason.INVALID_FIELD,
+        )
 
 
 def _clip(text: str, limit: int = 300) -> str:
@@ -333,7 +337,7 @@ class Stamped(msgspec.Struct, frozen=True, gc=False):
     type: Any = None
 
 
-class StampedDecoder:
+class StampedDecoder(_CheckedDecoder[Stamped | Keepalive]):
     """Decodes the messages of a content-agnostic input (`unifeed merge`).
 
     A message is any JSON object with an integer ``pitr`` >= 0; one whose ``type`` is
@@ -347,42 +351,21 @@ class StampedDecoder:
     Keepalive(pitr=7)
     """
 
-    __slots__ = ("_decoder", "decode_ascii", "feed")
+    __slots__ = ()
 
     def __init__(self, feed: str) -> None:
         if not feed:
             raise ValueError("feed name must not be empty")
         self.feed = feed
         self._decoder: msgspec.json.Decoder[Stamped] = msgspec.json.Decoder(Stamped)
-        self.decode_ascii: Callable[[bytes], AnyRecord | Stamped] = self._decode_valid
+        self.decode_ascii = self._decode_valid
 
     def _decode_valid(self, raw: bytes) -> Stamped | Keepalive:
         rec = self._decoder.decode(raw)
         return Keepalive(rec.pitr) if rec.type == "keepalive" else rec
 
-    def decode(self, raw: bytes | None) -> Stamped | Keepalive:
-        """Decode one message; raise `BadRecordError` with a readable reason if it is invalid."""
-        if raw is None:
-            raise BadRecordError(
-                self.feed,
-                "message is not valid JSON (the Kafka record's value is null)",
-                DeadLetterReason.NOT_JSON,
-            )
-        try:
-            if not raw.isascii():
-                raw.decode("utf-8")
-            return self._decode_valid(raw)
-        except UnicodeDecodeError as exc:
-            raise BadRecordError(
-                self.feed,
-                f"message is not valid UTF-8 (byte {exc.start}: {exc.reason})",
-                DeadLetterReason.NOT_UTF8,
-            ) from None
-        except msgspec.DecodeError as exc:
-            reason, kind = _explain_stamped(raw, exc)
-            raise BadRecordError(self.feed, _clip(reason), kind) from None
-        except RecursionError:
-            raise BadRecordError(self.feed, TOO_DEEP, DeadLetterReason.INVALID_FIELD) from None
+    def _explain(self, raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLetterReason]:
+        return _explain_stamped(raw, exc)
 
 
 def _explain_stamped(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLetterReason]:
@@ -397,8 +380,17 @@ def _explain_stamped(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLet
             f"message must be a JSON object, got {type(value).__name__}",
             DeadLetterReason.NOT_OBJECT,
         )
+    return _pitr_problem(value, "message") or (
+        f"invalid message: {exc}",
+        DeadLetterReason.INVALID_FIELD,
+    )
+
+
+def _pitr_problem(value: dict[str, Any], what: str) -> tuple[str, DeadLetterReason] | None:
+    """Why a message's ``pitr`` is refused (``what``: the message, as the reason names
+    it), or None when it is a non-negative integer."""
     if "pitr" not in value:
-        return "message has no `pitr` field", DeadLetterReason.BAD_PITR
+        return f"{what} has no `pitr` field", DeadLetterReason.BAD_PITR
     pitr = value["pitr"]
     if type(pitr) is not int:
         shown = msgspec.json.encode(pitr).decode()[:40]
@@ -408,4 +400,4 @@ def _explain_stamped(raw: bytes, exc: msgspec.DecodeError) -> tuple[str, DeadLet
         )
     if pitr < 0:
         return f"`pitr` must not be negative, got {pitr}", DeadLetterReason.BAD_PITR
-    return f"invalid message: {exc}", DeadLetterReason.INVALID_FIELD
+    return None

@@ -18,7 +18,6 @@ from typing import Any, Final, Literal, cast
 
 import msgspec
 import msgspec.structs
-from msgspec import UNSET
 
 from unifeed.core.annotate import (
     DEFAULT_LATE_WINDOW_MS,
@@ -33,7 +32,6 @@ from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
     SURFACESTREAM,
-    GroundPosition,
     Keepalive,
     Mapping,
     RecordDecoder,
@@ -316,51 +314,9 @@ class AnnotateStage:
 
         Each returned `Emitted` holds the output bytes as ``item``.
         """
-        out: list[Emitted] = []
-        append = out.append
-        ann = self.annotator
-        apply = ann.apply
-        annotate = ann.annotate_position
-        links = ann._links
-        ttl = ann._ttl
-        applied = ann.applied
-        passed = 0
-        annotated = 0
-        for e in self.combiner.drain_list():
-            if e.feed == MAPPINGSTREAM:
-                apply(e.item)
-                applied = ann.applied
-                continue
-            rec = e.rec  # type: ignore[attr-defined]  # surfacestream entries are `Accepted`
-            if type(rec) is GroundPosition:
-                # `Annotator.annotate_position`'s common case, inlined (the hot loop of
-                # the annotator thread); everything else (late messages too) takes the
-                # method.
-                raw = e.item
-                linked = links.get(rec.surface_id)
-                if (
-                    linked is not None
-                    and e.pitr >= applied
-                    and e.pitr - linked[3] <= ttl
-                    and rec.given_id is UNSET
-                    and rec.given_access is UNSET
-                    and raw[-1:] == b"}"
-                ):
-                    annotated += 1
-                    append(Emitted(SURFACESTREAM, e.pitr, raw[:-1] + linked[0]))
-                else:
-                    try:
-                        out_raw = annotate(raw, rec)
-                    except LateBeyondHistory as late:
-                        self.dead.append(_too_late(raw, late, ann.applied))
-                        continue
-                    append(e if out_raw is raw else Emitted(SURFACESTREAM, e.pitr, out_raw))
-            else:
-                # Unchanged: the entry itself goes on (SURFACESTREAM is surfacestream's name).
-                passed += 1
-                append(e)
-        ann.passed += passed
-        ann.annotated += annotated
+        out, too_late = self.annotator.annotate_merged(self.combiner.drain_list())
+        if too_late:
+            self.dead.extend(_too_late(raw, late) for raw, late in too_late)
         return out
 
     def progress(self) -> int | None:
@@ -373,10 +329,10 @@ class AnnotateStage:
         return c.is_closed(SURFACESTREAM) and c.queued(SURFACESTREAM) == 0
 
 
-def _too_late(raw: bytes, late: LateBeyondHistory, applied: int) -> DeadLetter:
+def _too_late(raw: bytes, late: LateBeyondHistory) -> DeadLetter:
     reason = (
         f"late surface message: pitr {late.pitr} is older than the link history reaches "
-        f"(mappings up to pitr {applied} were applied; history from {late.horizon}), so the "
+        f"(mappings up to pitr {late.applied} were applied; history from {late.horizon}), so the "
         "flight its track belonged to then is unknown; it is not written rather than "
         "annotated with a guess"
     )

@@ -197,7 +197,7 @@ _BLOCK: Final = 1 << 20
 def _numbered_chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[int, bytes]]]:
     """Chunks of ``(line number, line)`` for the non-blank lines of an input.
 
-    A binary file is read in blocks and split (several times faster than line by line
+    A binary file is read in blocks and split (one call per block, not per line, also
     through gzip); any other iterable of lines is taken as it is.
     """
     read = getattr(lines, "read1", None) or getattr(lines, "read", None)
@@ -225,6 +225,9 @@ def _numbered_chunks(lines: Iterable[bytes], size: int) -> Iterator[list[tuple[i
 
 class FilePipeline(Protocol):
     """What `run_files` drives: a `Unifier` (the unified feed) or a `Merger` (merge)."""
+
+    #: Refused input messages not yet written (the driver writes and clears them).
+    dead_letters: list[DeadLetter]
 
     def intake(self, feed: str) -> FeedIntake: ...
 

@@ -150,8 +150,9 @@ class _PositionOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
     emergency: bool
 
 
-class _GroundOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
-                 tag_field="type", tag="ground_position"):  # fmt: skip
+class _SurfaceOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """The first fields of a surface position (a subclass's own fields follow them)."""
+
     pitr: int
     surface_id: str
     facility: str
@@ -160,6 +161,10 @@ class _GroundOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
     lon: float
     gs: float | None = None
     heading: float | None = None
+
+
+class _GroundOut(_SurfaceOut, kw_only=True, omit_defaults=True, gc=False,
+                 tag_field="type", tag="ground_position"):  # fmt: skip
     hexid: str
     squawk: str | None = None
     air_ground: str
@@ -168,16 +173,8 @@ class _GroundOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
     access: str | None = None
 
 
-class _VehicleOut(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False,
+class _VehicleOut(_SurfaceOut, kw_only=True, omit_defaults=True, gc=False,
                   tag_field="type", tag="vehicle_position"):  # fmt: skip
-    pitr: int
-    surface_id: str
-    facility: str
-    clock: int
-    lat: float
-    lon: float
-    gs: float | None = None
-    heading: float | None = None
     callsign: str | None = None
     hexid: str
     category: str

@@ -3,3 +3,8 @@ seek by ``pitr``, and the brokers unifeed can start itself (the embedded mock cl
 
 May import: `unifeed.core` (errors and record decoding only) and confluent-kafka.
 """
+
+from typing import Final
+
+#: How long a run waits for a silent broker before it ends (exit 3), by default.
+DEFAULT_BROKER_TIMEOUT_S: Final = 30.0

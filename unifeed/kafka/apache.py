@@ -52,10 +52,11 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import IO, Any, Final
 
+from unifeed.core.closing import Closing
 from unifeed.core.errors import ConfigError, KafkaRuntimeError
+from unifeed.kafka.foreground import run_until_signal
 
 __all__ = [
     "KAFKA_VERSION",
@@ -269,7 +270,7 @@ def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
             return text
 
 
-class LocalKafka:
+class LocalKafka(Closing):
     """One Apache Kafka broker+controller on 127.0.0.1, in a JVM this object owns.
 
     >>> with LocalKafka() as kafka:  # doctest: +SKIP
@@ -512,14 +513,6 @@ class LocalKafka:
     def __enter__(self) -> LocalKafka:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"LocalKafka({self.bootstrap_servers!r}, {state})"
@@ -529,46 +522,30 @@ def run_local_kafka_foreground(out: IO[str] | None = None) -> int:
     """``unifeed broker --kafka``: start the local Apache Kafka, print its address, run
     until SIGINT or SIGTERM, then stop it. The first line of ``out`` (stdout) is the
     address alone; notes go to stderr. Returns the exit code (0; 1 if the broker died)."""
-    stream = sys.stdout if out is None else out
     available, why_not = local_kafka_available()
     if not available:
         raise ConfigError(
             f"unifeed broker --kafka needs Java 17+ and Apache Kafka {KAFKA_VERSION} "
             f"({why_not}); fill the cache with: {_fill_hint()}"
         )
-    stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def describe(kafka: LocalKafka) -> tuple[str, str]:
+        address = kafka.bootstrap_servers
+        return address, (
+            f"unifeed broker: Apache Kafka {KAFKA_VERSION} (KRaft, one node) listening "
+            f"on {address}, pid {kafka.pid}, storage deleted when it stops.\n"
+            f"  export UNIFEED_BOOTSTRAP_SERVERS={address}\n"
+            "  Stop it with Ctrl-C or SIGTERM."
+        )
 
-    previous = {
-        signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    code = 0
-    try:
-        with LocalKafka() as kafka:
-            address = kafka.bootstrap_servers
-            stream.write(address + "\n")
-            stream.flush()
-            print(
-                f"unifeed broker: Apache Kafka {KAFKA_VERSION} (KRaft, one node) listening "
-                f"on {address}, pid {kafka.pid}, storage deleted when it stops.\n"
-                f"  export UNIFEED_BOOTSTRAP_SERVERS={address}\n"
-                "  Stop it with Ctrl-C or SIGTERM.",
-                file=sys.stderr,
-                flush=True,
-            )
-            while not stop.wait(0.5):
-                if not kafka.running:
-                    print(
-                        f"unifeed broker: Apache Kafka exited on its own: {kafka._log_tail()}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    code = 1
-                    break
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    print("unifeed broker: stopped", file=sys.stderr, flush=True)
-    return code
+    def check(kafka: LocalKafka) -> int | None:
+        if kafka.running:
+            return None
+        print(
+            f"unifeed broker: Apache Kafka exited on its own: {kafka._log_tail()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+
+    return run_until_signal(LocalKafka, describe, check, out)

@@ -64,6 +64,8 @@ BOOTSTRAP_ENV: Final = "UNIFEED_BOOTSTRAP_SERVERS"
 #: broker refuses the fetch without one). unifeed never joins or commits to this group:
 #: its progress lives in the checkpoint topic.
 ASSIGN_ONLY_GROUP_ID: Final = "unifeed-assign-only"
+#: How long one bounded call (a seek by pitr, a checkpoint read or write) waits, by default.
+CALL_TIMEOUT_S: Final = 30.0
 
 # Consumer settings unifeed's guarantees depend on: an extra config must not change them.
 _CONSUMER_FIXED: Final = frozenset(
@@ -858,7 +860,7 @@ def find_offset_for_pitr(
     pitr: int,
     pitr_of: Callable[[Message], int | None] = record_pitr,
     *,
-    timeout_s: float = 30.0,
+    timeout_s: float = CALL_TIMEOUT_S,
     use_offsets_for_times: bool = True,
 ) -> PitrSeek:
     """Find the offset of the first record of ``target`` whose pitr is ``>= pitr``.
@@ -958,7 +960,7 @@ def seek_offset_for_pitr(
     pitr: int,
     pitr_of: Callable[[Message], int | None] = record_pitr,
     *,
-    timeout_s: float = 30.0,
+    timeout_s: float = CALL_TIMEOUT_S,
 ) -> int:
     """The offset `find_offset_for_pitr` finds (without the statistics)."""
     return find_offset_for_pitr(consumer, target, pitr, pitr_of, timeout_s=timeout_s).offset

@@ -19,19 +19,19 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import IO, Final
 
 from confluent_kafka import KafkaException, Producer
 
+from unifeed.core.closing import Closing
 from unifeed.core.errors import KafkaRuntimeError
 from unifeed.kafka.clients import RdkafkaLog
+from unifeed.kafka.foreground import run_until_signal
 
 __all__ = ["EmbeddedBroker", "run_broker_foreground", "spawn_broker_process"]
 
@@ -42,7 +42,7 @@ log = logging.getLogger("unifeed.broker")
 _MOCK_LOG: Final = RdkafkaLog(logging.getLogger("unifeed.broker.mock"))
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Closing):
     """An in-process Kafka-protocol broker on 127.0.0.1 (an ephemeral port).
 
     >>> with EmbeddedBroker() as broker:
@@ -105,17 +105,6 @@ class EmbeddedBroker:
         host.poll(0)
         host.close()
 
-    def __enter__(self) -> EmbeddedBroker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         state = "running" if self.running else "closed"
         return f"EmbeddedBroker({self.bootstrap_servers!r}, {state})"
@@ -127,35 +116,20 @@ def run_broker_foreground(out: IO[str] | None = None) -> int:
     The first line of ``out`` (stdout) is the address alone, flushed, so a script can read
     it; notes for people go to stderr. Returns the exit code (0).
     """
-    stream = sys.stdout if out is None else out
-    stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    def describe(broker: EmbeddedBroker) -> tuple[str, str]:
+        address = broker.bootstrap_servers
+        return address, (
+            f"unifeed broker: embedded Kafka-protocol broker listening on {address} "
+            "(in memory, at most 5 MB per partition).\n"
+            f"  export UNIFEED_BOOTSTRAP_SERVERS={address}\n"
+            "  Stop it with Ctrl-C or SIGTERM."
+        )
 
-    previous = {
-        signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        with EmbeddedBroker() as broker:
-            address = broker.bootstrap_servers
-            stream.write(address + "\n")
-            stream.flush()
-            print(
-                f"unifeed broker: embedded Kafka-protocol broker listening on {address} "
-                "(in memory, at most 5 MB per partition).\n"
-                f"  export UNIFEED_BOOTSTRAP_SERVERS={address}\n"
-                "  Stop it with Ctrl-C or SIGTERM.",
-                file=sys.stderr,
-                flush=True,
-            )
-            while not stop.wait(0.5):
-                broker.poll_logs()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    print("unifeed broker: stopped", file=sys.stderr, flush=True)
-    return 0
+    def check(broker: EmbeddedBroker) -> None:
+        broker.poll_logs()
+
+    return run_until_signal(EmbeddedBroker, describe, check, out)
 
 
 def spawn_broker_process(

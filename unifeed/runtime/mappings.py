@@ -18,6 +18,7 @@ from unifeed.runtime.output import Committer
 from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
+from unifeed.runtime.stages import end_round
 from unifeed.runtime.startup import (
     open_committer,
     restart_offset,
@@ -147,13 +148,7 @@ class MappingsWriter(Worker):
                     if batch.closed:
                         finished = True
                 committer.stop_if_over_dead_letter_limit()
-                if finished or stopping:
-                    # After a failure the open transaction is aborted, not committed: the
-                    # restart redoes it from the last checkpoint.
-                    if state.failure is None:
-                        committer.commit(reopen=False)
+                if end_round(committer, state, finished or stopping):
                     return
-                if committer.due():
-                    committer.commit()
         finally:
             committer.close()

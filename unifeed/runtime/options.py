@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from unifeed.checkpoint.store import CHECKPOINT_TOPIC
+from unifeed.checkpoint import CHECKPOINT_TOPIC
 from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS
+from unifeed.kafka import DEFAULT_BROKER_TIMEOUT_S
 
 START_EARLIEST: Final = "earliest"
 START_LATEST: Final = "latest"
@@ -23,8 +24,6 @@ AT_LEAST_ONCE: Final = "at-least-once"
 #: transactions, a restart may write the tail after the last checkpoint again.
 DeliveryMode = Literal["exactly-once", "at-least-once"]
 
-#: How long a broker may stay silent before the run ends (exit 3), by default.
-DEFAULT_BROKER_TIMEOUT_S: Final = 30.0
 #: How much input a restart without saved state replays to rebuild links, by default.
 DEFAULT_LOOKBACK_MS: Final = 6 * 3_600_000
 

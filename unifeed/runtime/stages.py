@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 from unifeed.core.combine import Emitted
 from unifeed.core.records import (
@@ -45,12 +45,7 @@ class AnnotatorThread(Worker):
         super().__init__("annotator", state)
         self.inbox = inbox
         self.writer_inbox = writer_inbox
-        self.stage = AnnotateStage(
-            realtime_threshold_ms=options.realtime_threshold_ms,
-            clock=options.clock,
-            strict_order=options.strict_order,
-            capacity=STAGE_CAPACITY,
-        )
+        self.stage = AnnotateStage(**_stage_options(options))
         self.surface_caught_up = False
         self._sent_marker: int | None = None
         self._sent_caught_up = False
@@ -109,6 +104,29 @@ class AnnotatorThread(Worker):
                 return
 
 
+def _stage_options(options: RuntimeOptions) -> dict[str, Any]:
+    """The options a stage thread gives its core stage."""
+    return {
+        "realtime_threshold_ms": options.realtime_threshold_ms,
+        "clock": options.clock,
+        "strict_order": options.strict_order,
+        "capacity": STAGE_CAPACITY,
+    }
+
+
+def end_round(committer: Committer, state: RunState, ending: bool) -> bool:
+    """A writing thread's end of a round: when ``ending`` (returns True), the open
+    transaction is committed, unless the run failed: then it is aborted, not committed,
+    and the restart redoes it from the last checkpoint; else a commit that is due."""
+    if ending:
+        if state.failure is None:
+            committer.commit(reopen=False)
+        return True
+    if committer.due():
+        committer.commit()
+    return False
+
+
 class WriterThread(Worker):
     def __init__(
         self, state: RunState, inbox: WriterInbox, committer: Committer, options: RuntimeOptions
@@ -116,12 +134,7 @@ class WriterThread(Worker):
         super().__init__("writer", state)
         self.inbox = inbox
         self.committer = committer
-        self.stage = WriterStage(
-            realtime_threshold_ms=options.realtime_threshold_ms,
-            clock=options.clock,
-            strict_order=options.strict_order,
-            capacity=STAGE_CAPACITY,
-        )
+        self.stage = WriterStage(**_stage_options(options))
         self.finished = False
 
     def work(self) -> None:
@@ -154,13 +167,7 @@ class WriterThread(Worker):
                     committer.commit(reopen=False)
                     self.finished = True
                     return
-                if stopping:
-                    # After a failure the open transaction is aborted, not committed: the
-                    # restart redoes it from the last checkpoint.
-                    if self.state.failure is None:
-                        committer.commit(reopen=False)
+                if end_round(committer, self.state, stopping):
                     return
-                if committer.due():
-                    committer.commit()
         finally:
             committer.close()

@@ -1,5 +1,6 @@
 """Deterministic synthetic traffic (``unifeed simulate``): controlstream and
-surfacestream for tests, benchmarks and the demo.
+surfacestream for tests, benchmarks and the demo (`unifeed.sim.traffic`), and the same
+traffic as ADS-B aggregator responses for `unifeed ingest` (`unifeed.sim.adsb`).
 
 May import: `unifeed.core`.
 """

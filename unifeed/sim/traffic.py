@@ -46,7 +46,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from operator import itemgetter
@@ -57,7 +57,7 @@ import msgspec
 
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 
-__all__ = ["Simulation", "adsb_responses", "iter_traffic", "simulate", "write_adsb", "write_simulation"]
+__all__ = ["Simulation", "iter_traffic", "simulate", "write_simulation", "write_streaming"]
 
 _SECOND: Final = 1000
 _MINUTE: Final = 60 * _SECOND
@@ -115,7 +115,8 @@ _LONG_TYPES: Final = ("B789", "B77W", "A359", "A333", "B772", "A35K")
 _CARGO_TYPES: Final = ("B763", "B77L", "MD11", "A306")
 _VEHICLES: Final = ("TUG", "FUEL", "BUS", "CATER", "OPS", "FOLLOW", "DEICE", "BAG")
 _ACCESS: Final = ("public", "restricted", "blocked")
-_LINK_EVENTS: Final = frozenset({"power_on", "surface_offblock", "surface_onblock"})
+#: The controlstream events that link a surface track to a flight.
+LINK_EVENTS: Final = frozenset({"power_on", "surface_offblock", "surface_onblock"})
 _DEICING_PAD: Final = "deicing_pad"
 _CARGO_RAMP: Final = "cargo_ramp"
 
@@ -405,7 +406,8 @@ class _Traffic:
         self._first_spawn = [0] * airports  # t0 of each airport's first flight after start
 
     def _draw(self, low: int, high: int) -> int:
-        """A uniform integer in ``[low, high)`` (much cheaper than `random.Random.randint`)."""
+        """A uniform integer in ``[low, high)`` from exactly one ``random()`` draw (the
+        sequence of draws is the simulation: same draws, same bytes)."""
         return low + int(self.rng.random() * (high - low))
 
     def _next_gap(self, ap: _Airport) -> int:
@@ -712,7 +714,7 @@ class _Traffic:
                         next(
                             e
                             for e in reversed(past)
-                            if e[2]["type"] in _LINK_EVENTS and e[2]["surface_id"] == sid
+                            if e[2]["type"] in LINK_EVENTS and e[2]["surface_id"] == sid
                         )
                     )
         return [(begin, feed, msg) for _, feed, msg in snapshot] + [
@@ -757,16 +759,7 @@ class _Traffic:
             tb = min(tb, t_to)
             if gs:
                 heading = headings[j]
-                dlat, dlon, dt = lb - la, ob - oa, tb - ta
-                while t < tb:
-                    frac = (t - ta) / dt
-                    clock = t - 100 - int(rand() * 1400)
-                    yield (
-                        SURFACESTREAM,
-                        t,
-                        moving % (t, clock, la + dlat * frac, oa + dlon * frac, gs, heading),
-                    )
-                    t += lo + int(rand() * span)
+                t = yield from _drive(moving, t, (ta, la, oa), (tb, lb, ob), gs, heading, rand, lo, span)
             elif t < tb:
                 still = head + b'"lat":%.5f,"lon":%.5f,"gs":0,"heading":%d' % (la, oa, heading)
                 still += tail
@@ -861,17 +854,9 @@ class _Traffic:
             course = int(_bearing(here, there))
             # Drive there...
             lat0, lon0 = here
-            dlat, dlon, dt, gs = there[0] - lat0, there[1] - lon0, arrive - t, int(speed)
-            t_a = t
-            while t < arrive:
-                frac = (t - t_a) / dt
-                clock = t - 100 - int(rand() * 1400)
-                yield (
-                    SURFACESTREAM,
-                    t,
-                    moving % (t, clock, lat0 + dlat * frac, lon0 + dlon * frac, gs, course),
-                )
-                t += lo + int(rand() * span)
+            t = yield from _drive(
+                moving, t, (t, lat0, lon0), (arrive, *there), int(speed), course, rand, lo, span
+            )
             if where is not None:
                 yield SURFACESTREAM, arrive, self._area("location_entry", arrive, sid, code, where)
             # ... and wait there.
@@ -893,6 +878,31 @@ class _Traffic:
             "location": where,
         }
         return _encode(msg)
+
+
+def _drive(
+    moving: bytes,
+    t: int,
+    start: tuple[int, float, float],
+    end: tuple[int, float, float],
+    gs: float,
+    heading: int,
+    rand: Callable[[], float],
+    lo: int,
+    span: int,
+) -> Generator[tuple[str, int, bytes], None, int]:
+    """Positions (``moving`` filled with pitr, clock, lat, lon, gs, heading) on the
+    straight line from ``start`` to ``end`` (each ``(pitr, lat, lon)``), from ``t`` until
+    the end's pitr, one every ``lo`` to ``lo + span`` ms; returns the pitr after the last."""
+    ta, la, oa = start
+    tb, lb, ob = end
+    dlat, dlon, dt = lb - la, ob - oa, tb - ta
+    while t < tb:
+        frac = (t - ta) / dt
+        clock = t - 100 - int(rand() * 1400)
+        yield SURFACESTREAM, t, moving % (t, clock, la + dlat * frac, oa + dlon * frac, gs, heading)
+        t += lo + int(rand() * span)
+    return t
 
 
 def _segments(keys: list[_Key]) -> tuple[list[int], list[int]]:
@@ -1046,191 +1056,11 @@ def write_streaming(
     return {feed: (n, size) for feed, (n, size) in stats.items()}
 
 
-# -- ADS-B responses (``unifeed simulate --format adsb``) ---------------------
+def __getattr__(name: str) -> Any:
+    """`adsb_responses` and `write_adsb` live in `unifeed.sim.adsb`; this module's names
+    for them stay valid for callers that import them from here."""
+    if name in ("adsb_responses", "write_adsb"):
+        from unifeed.sim import adsb
 
-
-class _SimLine(msgspec.Struct, gc=False):
-    """The fields of a simulated line that its ADS-B rendering needs."""
-
-    type: str
-    pitr: int
-    id: str | None = None
-    surface_id: str | None = None
-    clock: int | None = None
-    lat: float | None = None
-    lon: float | None = None
-    alt: int | None = None
-    gs: float | None = None
-    heading: float | None = None
-    ident: str | None = None
-    hexid: str | None = None
-    access: str | None = None
-    aircrafttype: str | None = None
-    callsign: str | None = None
-
-
-_sim_line: Final = msgspec.json.Decoder(_SimLine)
-#: How long a response keeps an aircraft after its last position (readsb: 60 s).
-_ADSB_KEEP_MS: Final = 60 * _SECOND
-
-
-class _AdsbState(msgspec.Struct, gc=False):
-    hex: str
-    pitr: int
-    clock: int
-    lat: float
-    lon: float
-    ground: bool
-    flight: str | None = None
-    t: str | None = None
-    alt: int | None = None
-    gs: float | None = None
-    track: float | None = None
-    rate: int | None = None
-    squawk: str | None = None
-    emergency: str | None = None
-    category: str = "A3"
-
-
-def _crc(text: str) -> int:
-    import zlib
-
-    return zlib.crc32(text.encode())
-
-
-def adsb_responses(
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-    interval_ms: int = 10 * _SECOND,
-    access: dict[str, str] | None = None,
-) -> Iterator[bytes]:
-    """The simulated traffic as readsb aggregator responses, one every ``interval_ms``.
-
-    Each response (``{"ac": [...], "msg": "No error", "now": <ms>, "total": N, "ctime":
-    <ms>, "ptime": 0}``) holds every aircraft and vehicle heard within the last 60 s with
-    its latest state: ``hex`` from the flight's ``hexid`` (vehicles get a non-ICAO
-    ``~`` address derived from their track), ``flight`` the space-padded callsign once
-    the flight is known, ``alt_baro`` (``"ground"`` on the surface), ``gs``, ``track``,
-    ``baro_rate`` from the last two altitudes, ``squawk``, ``category`` (``A3``; ``C1`` for
-    follow-me and operations vehicles, ``C2`` for the others), ``seen_pos`` and ``seen``
-    (0.1 s). About one flight in forty squawks 7700 while airborne and one in forty
-    reports ``emergency: "minfuel"``. When ``access`` is given it is filled with the
-    strongest access level of each non-public flight's address (an access list).
-    """
-    if interval_ms <= 0:
-        raise ValueError(f"interval_ms must be > 0, got {interval_ms}")
-    states: dict[str, _AdsbState] = {}  # by address
-    flights: dict[str, tuple[str, str | None, str]] = {}  # id -> (ident, type, access)
-    links: dict[str, str] = {}  # surface_id -> flight id
-    next_at = start_ms + interval_ms
-    encode = _encode
-
-    def response(now: int) -> bytes:
-        cut = now - _ADSB_KEEP_MS
-        for key in [k for k, s in states.items() if s.pitr < cut]:
-            del states[key]
-        ac: list[dict[str, Any]] = []
-        for s in states.values():
-            entry: dict[str, Any] = {"hex": s.hex, "type": "adsb_icao"}
-            if s.flight is not None:
-                entry["flight"] = f"{s.flight:<8}"
-            if s.t is not None:
-                entry["t"] = s.t
-            entry["alt_baro"] = "ground" if s.ground else s.alt
-            if s.gs is not None:
-                entry["gs"] = s.gs
-            if s.track is not None:
-                entry["track"] = s.track
-            if s.rate is not None and not s.ground:
-                entry["baro_rate"] = s.rate
-            if s.squawk is not None:
-                entry["squawk"] = s.squawk
-            entry["emergency"] = s.emergency or "none"
-            entry["category"] = s.category
-            entry["lat"] = s.lat
-            entry["lon"] = s.lon
-            entry["seen_pos"] = round((now - s.clock) / 1000, 1)
-            entry["seen"] = round((now - s.pitr) / 1000, 1)
-            ac.append(entry)
-        return encode({"ac": ac, "msg": "No error", "now": now, "total": len(ac), "ctime": now,
-                       "ptime": 0})  # fmt: skip
-
-    for _feed, pitr, raw in iter_traffic(
-        seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
-    ):
-        while pitr >= next_at:
-            yield response(next_at)
-            next_at += interval_ms
-        line = _sim_line.decode(raw)
-        kind = line.type
-        if kind == "flightplan" and line.id is not None:
-            old = flights.get(line.id)
-            level = line.access or "public"
-            if old is not None and _ACCESS.index(old[2]) > _ACCESS.index(level):
-                level = old[2]
-            flights[line.id] = (line.ident or "", line.aircrafttype, level)
-        elif kind in _LINK_EVENTS and line.surface_id is not None and line.id is not None:
-            links[line.surface_id] = line.id
-        elif kind in ("position", "ground_position", "vehicle_position"):
-            assert line.clock is not None and line.lat is not None and line.lon is not None
-            if kind == "vehicle_position":
-                sid = line.surface_id or ""
-                address = f"~{_crc(sid) & 0xFFFFFF:06x}"
-                flight_id = None
-            else:
-                address = (line.hexid or "").lower()
-                flight_id = line.id if kind == "position" else links.get(line.surface_id or "")
-            state = states.get(address)
-            if state is None:
-                state = states[address] = _AdsbState(
-                    address, pitr, line.clock, line.lat, line.lon, kind == "ground_position"
-                )
-            elif line.clock <= state.clock:
-                state.pitr = pitr  # an older position arriving late: heard, not moved
-                continue
-            if kind == "position" and line.alt is not None:
-                if state.alt is not None and not state.ground:
-                    state.rate = round((line.alt - state.alt) * 60_000 / (line.clock - state.clock))
-                state.alt = line.alt
-            state.pitr, state.clock, state.lat, state.lon = pitr, line.clock, line.lat, line.lon
-            state.ground = kind != "position"
-            state.gs, state.track = line.gs, line.heading
-            if kind == "vehicle_position":
-                callsign = line.callsign or ""
-                state.flight = callsign
-                state.category = "C1" if callsign.startswith(("FOLLOW", "OPS")) else "C2"
-            elif flight_id is not None and flight_id in flights:
-                ident, aircraft_type, level = flights[flight_id]
-                state.flight, state.t = ident, aircraft_type
-                mark = _crc(flight_id) % 40
-                state.squawk = "7700" if mark == 0 and not state.ground else (
-                    f"{_crc(ident) % 0o7000 + 0o1000:o}"
-                )
-                state.emergency = "minfuel" if mark == 1 else None
-                if access is not None and level != "public":
-                    old_level = access.get(address, "public")
-                    if _ACCESS.index(level) > _ACCESS.index(old_level):
-                        access[address] = level
-    end = start_ms + round(minutes * _MINUTE)
-    while next_at <= end:
-        yield response(next_at)
-        next_at += interval_ms
-
-
-def write_adsb(out_dir: Path, *, interval_ms: int = 10 * _SECOND, **traffic: Any) -> int:
-    """Write ``adsb.jsonl`` (`adsb_responses`, one per line) and ``access.txt`` (the
-    non-public addresses, one ``HEX LEVEL`` per line) in ``out_dir``; the response count."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    access: dict[str, str] = {}
-    count = 0
-    with (out_dir / "adsb.jsonl").open("wb") as out:
-        for body in adsb_responses(interval_ms=interval_ms, access=access, **traffic):
-            out.write(body + b"\n")
-            count += 1
-    lines = [f"{address} {level}\n" for address, level in sorted(access.items())]
-    (out_dir / "access.txt").write_text("# non-public addresses of the simulation\n" + "".join(lines))
-    return count
+        return getattr(adsb, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
