@@ -214,3 +214,71 @@ def test_checkpoint_command_without_broker_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "--bootstrap-servers" in result.stderr
     assert "unifeed broker" in result.stderr
+
+
+def test_highest_claim_is_the_greatest_rank_not_the_latest_record(
+    kafka_bootstrap: str, unique_topic: Any
+) -> None:
+    with CheckpointStore(kafka_bootstrap, unique_topic("cp")) as store:
+        store.ensure_topic()
+        store.write("uf-a", _checkpoint(generation=1, incarnation="1111"))
+        since = store.end_offset()
+        top = store.write("uf-a", _checkpoint(generation=1, incarnation="ffff"))
+        store.write("uf-b", _checkpoint("uf-b", generation=9, incarnation="ffff"))
+        last = store.write("uf-a", _checkpoint(generation=1, incarnation="0000"))
+        assert store.load("uf-a") == (_checkpoint(generation=1, incarnation="0000"), last)
+        assert store.highest_claim("uf-a", since) == (
+            _checkpoint(generation=1, incarnation="ffff"),
+            top,
+        )
+        assert store.highest_claim("uf-a", store.end_offset()) is None
+        assert store.highest_claim("uf-c", since) is None
+
+
+def test_a_twin_claim_that_landed_first_and_outranks_stops_this_start(
+    kafka_bootstrap: str, unique_topic: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes of a new name load the (absent) checkpoint at once; the twin's claim
+    lands first and outranks this one, this one's lands last. This run must stop: its
+    claim is the latest record, but not the greatest."""
+    from unifeed.core.errors import InstanceFencedError
+    from unifeed.kafka.clients import Target
+    from unifeed.runtime.options import RuntimeOptions
+    from unifeed.runtime.output import Committer
+    from unifeed.runtime.state import RunState
+
+    topic, output = unique_topic("cp"), unique_topic("out")
+    options = RuntimeOptions(
+        bootstrap=kafka_bootstrap, instance="twin", checkpoint_topic=topic, claim_grace_s=0.2
+    )
+    store = CheckpointStore(kafka_bootstrap, topic)
+    committer = Committer(
+        options=options,
+        output=Target(output),
+        dead_target=None,
+        store=store,
+        feeds=("controlstream", "surfacestream"),
+        state=RunState(),
+    )
+    twin = Checkpoint(instance="twin", feeds={}, generation=1, incarnation="f" * 16)
+    load = store.load
+    calls: list[int] = []
+
+    def load_then_twin_claims(instance: str) -> Any:
+        found = load(instance)
+        if not calls:  # the twin claims between this run's load and its claim
+            CheckpointStore(kafka_bootstrap, topic).write("twin", twin)
+        calls.append(1)
+        return found
+
+    monkeypatch.setattr(store, "load", load_then_twin_claims)
+    try:
+        with pytest.raises(InstanceFencedError, match="started at the same time"):
+            committer.start()
+    finally:
+        committer.close()
+        store.close()
+    assert len(calls) == 2
+    # This run's own claim is the latest record: reading only that one let it go on.
+    latest, _ = CheckpointStore(kafka_bootstrap, topic).load("twin")
+    assert latest is not None and latest.incarnation == committer.incarnation

@@ -69,6 +69,7 @@ from unifeed.kafka.clients import (
     kafka_error,
     last_record_before,
     producer_config,
+    read_range,
     watermarks,
 )
 
@@ -394,6 +395,39 @@ class CheckpointStore(Closing):
         offset = found.offset()
         assert offset is not None
         return found.value(), offset
+
+    def end_offset(self) -> int:
+        """The checkpoint partition's high watermark (0 when the topic does not exist)."""
+        try:
+            return watermarks(self._reader(), self.target, self.timeout_s)[1]
+        except KafkaRuntimeError as exc:
+            if is_unknown_partition(exc):
+                return 0
+            raise
+
+    def highest_claim(self, instance: str, since: int) -> tuple[Checkpoint, int] | None:
+        """Of the checkpoints of ``instance`` at offsets from ``since`` to the end, the one
+        with the greatest ``(generation, incarnation)``, and its offset (None if none).
+
+        Two processes claiming one name at the same moment each see both claims here,
+        whichever landed last; records that are not checkpoints (and tombstones) are
+        passed over.
+        """
+        consumer = self._reader()
+        key = instance.encode("utf-8")
+        best: tuple[Checkpoint, int] | None = None
+        high = watermarks(consumer, self.target, self.timeout_s)[1]
+        for message in read_range(consumer, self.target, since, high, self.timeout_s):
+            value, offset = message.value(), message.offset()
+            if message.key() != key or not value or offset is None:
+                continue
+            try:
+                cp = decode_checkpoint(value, topic=self.topic, offset=offset, instance=instance)
+            except CheckpointError:
+                continue
+            if best is None or cp.claim_rank > best[0].claim_rank:
+                best = (cp, offset)
+        return best
 
     def write(self, instance: str, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` (non-transactional) and return its offset once acknowledged."""

@@ -129,6 +129,7 @@ class Committer:
         # Tells apart two processes that claim the same generation at the same moment.
         self.incarnation = secrets.token_hex(8)
         self.watch_from: int | None = None  # checkpoint offset the claim watcher starts at
+        self._claims_from = 0  # checkpoint offset from which rival claims are looked for
         self._dead_offsets: dict[str, int] = {}
         #: Dead letters this run has written (those a restart skips are not counted).
         self.dead_written = 0
@@ -159,6 +160,9 @@ class Committer:
         # incarnation starting at the same time then comes after its first checkpoint,
         # which this load sees (so it is not taken for a foreign output).
         before = watermarks_or_empty(self.options, self.output)
+        # A claim made by a twin after this point is at or after this offset (one made
+        # before it is in what `load` reads next, and this run then claims above it).
+        self._claims_from = self.store.end_offset()
         cp, cp_offset = self.store.load(self.options.instance)
         self._check_start(cp, cp_offset, output_before=before)
         if self.transactional:
@@ -352,10 +356,14 @@ class Committer:
                 f"the checkpoint of instance {instance!r} was reset while this run started; "
                 "start it again"
             )
-        if latest.claim_rank > self.claim_rank:
+        # Not only the latest record: a twin that claimed at the same moment may have
+        # landed before this claim and still outrank it.
+        top = self.store.highest_claim(instance, self._claims_from)
+        rival = top[0] if top is not None and top[0].claim_rank > latest.claim_rank else latest
+        if rival.claim_rank > self.claim_rank:
             raise InstanceFencedError(
-                f"another incarnation of instance {instance!r} (generation {latest.generation}, "
-                f"{latest.incarnation}) started at the same time as this one (generation "
+                f"another incarnation of instance {instance!r} (generation {rival.generation}, "
+                f"{rival.incarnation}) started at the same time as this one (generation "
                 f"{self.generation}, {self.incarnation}); this one stops"
             )
         log.info("%s: generation %d claimed (incarnation %s)", instance, self.generation,
