@@ -13,12 +13,17 @@ from typing import Any
 from unifeed.core.errors import ConfigError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.units import parse_time_ms
-from unifeed.kafka.clients import parse_target, read_properties, resolve_bootstrap
-from unifeed.runtime import CombineRun, MappingsRun, RuntimeOptions
+from unifeed.kafka.clients import (
+    parse_selection,
+    parse_target,
+    read_properties,
+    resolve_bootstrap,
+)
+from unifeed.runtime import CombineRun, MappingsRun, MergeRun, RuntimeOptions
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, Start
 from unifeed.runtime.supervisor import install_signals
 
-__all__ = ["combine_command", "mappings_command", "runtime_options"]
+__all__ = ["combine_command", "mappings_command", "merge_command", "runtime_options"]
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
@@ -54,6 +59,7 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         broker_timeout_s=_seconds(args, "broker_timeout", defaults.broker_timeout_s),
         wait_for_topics=getattr(args, "wait_for_topics", False),
         allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
+        accept_partition_change=getattr(args, "accept_partition_change", False),
     )
 
 
@@ -69,8 +75,8 @@ def combine_command(args: argparse.Namespace) -> int:
         raise ConfigError("--reorder is available for file inputs only")
     run = CombineRun(
         options,
-        control=parse_target(args.control),
-        surface=parse_target(args.surface),
+        control=parse_selection(args.control),
+        surface=parse_selection(args.surface),
         output=parse_target(args.output),
         mapping=parse_target(args.mapping) if args.mapping else None,
     )
@@ -80,9 +86,29 @@ def combine_command(args: argparse.Namespace) -> int:
     return run.run(status.maybe_print if status.interval > 0 else None)
 
 
+def merge_command(
+    args: argparse.Namespace, inputs: list[tuple[str, str]], live_required: list[str] | None
+) -> int:
+    """``unifeed merge`` over Kafka inputs (`MergeRun`); ``inputs`` are ``(NAME, SOURCE)``
+    in tie-break order."""
+    options = runtime_options(args)
+    run = MergeRun(
+        options,
+        {name: parse_selection(source) for name, source in inputs},
+        parse_target(args.output),
+        live_required,
+    )
+    install_signals(run)
+    run.start()
+    status = StatusLine(run, options.status_interval_s)
+    return run.run(status.maybe_print if status.interval > 0 else None)
+
+
 def mappings_command(args: argparse.Namespace) -> int:
     options = runtime_options(args)
-    run = MappingsRun(options, control=parse_target(args.control), output=parse_target(args.output))
+    run = MappingsRun(
+        options, control=parse_selection(args.control), output=parse_target(args.output)
+    )
     install_signals(run)
     run.start()
     code = run.run()
@@ -99,7 +125,7 @@ def mappings_command(args: argparse.Namespace) -> int:
 class StatusLine:
     """A progress line on stderr: rate, mode, per-feed lag, queue depths."""
 
-    def __init__(self, run: CombineRun, interval_s: float) -> None:
+    def __init__(self, run: CombineRun | MergeRun, interval_s: float) -> None:
         self.run = run
         self.interval = interval_s
         self.started = time.monotonic()
@@ -119,14 +145,18 @@ class StatusLine:
             rate = out / max(now - self.started, 1e-9)
         wall = self.run.options.clock()
         lags = " ".join(f"{f}-lag={_fmt_lag(wall - p)}" for f, p in sorted(st.lag_pitr.items()))
-        depths = (
-            f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
-            f"{self.run.writer_inbox.depth(SURFACESTREAM)} "
-            f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
-            f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
-        )
+        if isinstance(self.run, CombineRun):
+            depths = (
+                f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
+                f"{self.run.writer_inbox.depth(SURFACESTREAM)} "
+                f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
+                f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
+            )
+        else:
+            depths = "queues " + " ".join(f"{k}={v}" for k, v in self.run.depths().items())
         print(
-            f"unifeed combine [{self.run.options.instance}] {'done' if final else st.mode}: "
+            f"unifeed {self.run.command} [{self.run.options.instance}] "
+            f"{'done' if final else st.mode}: "
             f"out={out} rate={rate:,.0f}/s {lags} {depths} late={st.counters.get('late', 0)} "
             f"dead={st.counters.get('dead_letters', 0)} commits={st.counters.get('commits', 0)}",
             file=sys.stderr,

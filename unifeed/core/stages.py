@@ -347,14 +347,15 @@ class AnnotateStage:
                     and raw[-1:] == b"}"
                 ):
                     annotated += 1
-                    append(Emitted(SURFACESTREAM, e.pitr, raw[:-1] + linked[0]))
+                    # The entry's label goes on: one partition of surfacestream, or all.
+                    append(Emitted(e.feed, e.pitr, raw[:-1] + linked[0]))
                 else:
                     try:
                         out_raw = annotate(raw, rec)
                     except LateBeyondHistory as late:
                         self.dead.append(_too_late(raw, late, ann.applied))
                         continue
-                    append(e if out_raw is raw else Emitted(SURFACESTREAM, e.pitr, out_raw))
+                    append(e if out_raw is raw else Emitted(e.feed, e.pitr, out_raw))
             else:
                 # Unchanged: the entry itself goes on (SURFACESTREAM is surfacestream's name).
                 passed += 1

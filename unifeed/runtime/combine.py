@@ -21,20 +21,26 @@ from unifeed.core.stages import (
 )
 from unifeed.kafka.clients import (
     Target,
+    TopicSelection,
     consumer_config,
 )
 from unifeed.runtime.claim import ClaimWatcher
+from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.layout import FeedInput
 from unifeed.runtime.limits import LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import Committer
+from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import Delivery, FeedReader, HandOnStep, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
+    inputs_of,
     links_hook,
     open_committer,
+    resolve_feeds,
     restart_offset,
     restore_state,
     snapshot_hook,
@@ -47,15 +53,19 @@ log = logging.getLogger("unifeed")
 
 
 class CombineRun(Supervisor):
-    """One run of `unifeed combine` against Kafka (see the package docstring)."""
+    """One run of `unifeed combine` against Kafka (see the package docstring).
+
+    ``control`` and ``surface`` are a `Target` (that one partition) or a
+    `TopicSelection` (``kafka:TOPIC`` is every partition of the topic; each partition is
+    its own queue, merged into its feed's order: `FeedMerge`)."""
 
     command = "combine"
 
     def __init__(
         self,
         options: RuntimeOptions,
-        control: Target,
-        surface: Target,
+        control: Target | TopicSelection,
+        surface: Target | TopicSelection,
         output: Target,
         mapping: Target | None = None,
     ) -> None:
@@ -65,55 +75,75 @@ class CombineRun(Supervisor):
         self.mapping = mapping
         self.output = output
         self.writer: WriterThread | None = None
+        self.feeds: dict[str, FeedInput] = {}
 
     def setup(self) -> None:
         o = self.options
-        inputs = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        feeds = resolve_feeds(
+            o, self.state, {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        )
+        self.feeds = feeds
+        control, surface = feeds[CONTROLSTREAM], feeds[SURFACESTREAM]
+        self.watchers.append(PartitionWatch(o, list(feeds.values())))
+        inputs = {**control.by_key(), **surface.by_key()}
         if self.mapping is not None:
             inputs[MAPPINGSTREAM] = self.mapping
-        committer = open_committer(
-            o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state, inputs
-        )
+        keys = control.keys + surface.keys
+        committer = open_committer(o, self.output, keys, self.state, inputs)
         cp = committer.checkpoint
-        targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
         plans: dict[str, ReadPlan] = {}
         restored: DeriverState | None = None
-        if cp is not None and all(f in cp.feeds for f in targets):
-            pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
-            if self.mapping is None:
-                restored = restore_state(o, committer, CONTROLSTREAM, self.control)
-            else:
+        known = {k: cp.feeds[k] for k in keys if cp is not None and k in cp.feeds}
+        if cp is not None and known:
+            # Saved state is taken at one controlstream offset: a controlstream read from
+            # several partitions rebuilds its links from --lookback instead.
+            if self.mapping is None and not control.split:
+                restored = restore_state(o, committer, CONTROLSTREAM, control.targets[0])
+            elif self.mapping is not None:
                 restored = restore_state(o, committer, MAPPINGSTREAM, self.mapping)
-            if restored is not None and self.mapping is None:
-                plans[CONTROLSTREAM] = ReadPlan(
-                    committer.state_ref.offset if committer.state_ref else 0,
-                    pc,
-                    pc.dead_offset,
-                    restored.floor,
+            lowest = min(p.pitr for p in known.values())
+            for key, target in control.by_key().items():
+                pos = known.get(key)
+                if pos is None:
+                    plans[key] = ReadPlan(watermarks_or_empty(o, target)[0])
+                elif restored is not None and self.mapping is None:
+                    plans[key] = ReadPlan(
+                        committer.state_ref.offset if committer.state_ref else 0,
+                        pos,
+                        pos.dead_offset,
+                        restored.floor,
+                    )
+                else:
+                    plans[key] = ReadPlan(
+                        restart_offset(o, target, lowest - o.lookback_ms, pos.offset),
+                        pos,
+                        pos.dead_offset,
+                    )
+            for key, target in surface.by_key().items():
+                pos = known.get(key)
+                plans[key] = (
+                    ReadPlan(watermarks_or_empty(o, target)[0])
+                    if pos is None
+                    else ReadPlan(restart_offset(o, target, pos.pitr, pos.offset), pos, pos.dead_offset)
                 )
-            else:
-                replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
-                plans[CONTROLSTREAM] = ReadPlan(
-                    restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
-                )
-            plans[SURFACESTREAM] = ReadPlan(
-                restart_offset(o, self.surface, ps.pitr, ps.offset), ps, ps.dead_offset
-            )
-            mapping_from = ps.pitr - o.lookback_ms
+            surface_known = [known[k].pitr for k in surface.keys if k in known]
+            mapping_from = min(surface_known or [lowest]) - o.lookback_ms
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
-            starts = start_positions(o, targets)
-            positions = {f: pos for f, (_, pos) in starts.items()}
+            starts = start_positions(o, inputs_of(control, surface))
+            positions = {k: pos for k, (_, pos) in starts.items()}
             if o.start == START_EARLIEST:
-                plans = {f: ReadPlan(off) for f, (off, _) in starts.items()}
+                plans = {k: ReadPlan(off) for k, (off, _) in starts.items()}
                 mapping_from = 0
             else:
-                pc, ps = positions[CONTROLSTREAM], positions[SURFACESTREAM]
-                plans[CONTROLSTREAM] = ReadPlan(
-                    offset_for_pitr(o, self.control, min(pc.pitr, ps.pitr) - o.lookback_ms), pc
-                )
-                plans[SURFACESTREAM] = ReadPlan(starts[SURFACESTREAM][0], ps)
-                mapping_from = ps.pitr - o.lookback_ms
+                lowest = min(p.pitr for p in positions.values())
+                for key, target in control.by_key().items():
+                    plans[key] = ReadPlan(
+                        offset_for_pitr(o, target, lowest - o.lookback_ms), positions[key]
+                    )
+                for key in surface.keys:
+                    plans[key] = ReadPlan(starts[key][0], positions[key])
+                mapping_from = min(positions[k].pitr for k in surface.keys) - o.lookback_ms
             committer.first_checkpoint(positions)
         committer.begin()
         self._build_threads(committer, plans, mapping_from, restored)
@@ -180,17 +210,21 @@ class CombineRun(Supervisor):
                 end_of_log_grace_s=o.end_of_log_grace_s,
             )
 
-        control_reader = reader(
-            CONTROLSTREAM, self.control, plans[CONTROLSTREAM], Delivery(control_steps)
+        control, surface = self.feeds[CONTROLSTREAM], self.feeds[SURFACESTREAM]
+        control_threads, control_readers = read_feed(
+            st, control, plans, Delivery(control_steps), rconf, o
         )
-        surface_reader = reader(
-            SURFACESTREAM,
-            self.surface,
-            plans[SURFACESTREAM],
+        surface_threads, surface_readers = read_feed(
+            st,
+            surface,
+            plans,
             Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
+            rconf,
+            o,
         )
-        self.threads += [control_reader, surface_reader]
-        if deriver is not None:
+        self.threads += control_threads + surface_threads
+        control_reader = control_readers[control.keys[0]]
+        if deriver is not None and not control.split:
             # The deriver's state travels with the checkpoints (a restart needs it whatever
             # --lookback); a saved one lies a late window behind every feed's position, so
             # that a restart rebuilds the link history late messages need.
@@ -201,8 +235,8 @@ class CombineRun(Supervisor):
         # controlstream restarts a lookback before the lowest position (it rebuilds the
         # links from there; with derived mappings, the surface's links come from it too).
         committer.marks = {
-            CONTROLSTREAM: (control_reader.marks, o.lookback_ms),
-            SURFACESTREAM: (surface_reader.marks, None),
+            **{k: (r.marks, o.lookback_ms) for k, r in control_readers.items()},
+            **{k: (r.marks, None) for k, r in surface_readers.items()},
         }
         if self.mapping is not None:
             cp = committer.checkpoint

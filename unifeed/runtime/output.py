@@ -49,6 +49,7 @@ from unifeed.kafka.clients import (
     producer_config,
     watermarks,
 )
+from unifeed.runtime.layout import feed_of, partition_changes, partition_key, rekey
 from unifeed.runtime.limits import (
     DEAD_LETTER_MAX_BYTES,
     FUTURE_TOLERANCE_MS,
@@ -159,6 +160,7 @@ class Committer:
         # which this load sees (so it is not taken for a foreign output).
         before = watermarks_or_empty(self.options, self.output)
         cp, cp_offset = self.store.load(self.options.instance)
+        cp = self._rekeyed(cp)
         self._check_start(cp, cp_offset, output_before=before)
         if self.transactional:
             try:
@@ -171,6 +173,7 @@ class Committer:
                 ) from None
         self.generation = (cp.generation if cp is not None else 0) + 1
         cp, cp_offset = self._claim(cp)
+        cp = self._rekeyed(cp)
         # The latest record may be an older incarnation's last commit: check it too. (Not
         # the new-instance rule: a twin that claimed at the same moment and outranks this
         # one may have written output by now; the claim already decided who goes on.)
@@ -192,6 +195,19 @@ class Committer:
                     len(self._tail),
                 )
         return cp
+
+    def _rekeyed(self, cp: Checkpoint | None) -> Checkpoint | None:
+        """``cp`` with its positions under this run's partition keys (`layout.rekey`);
+        with ``accept_partition_change``, without the partitions no longer read."""
+        if cp is None or not cp.feeds:
+            return cp
+        feeds = rekey(cp.feeds, self.inputs)
+        if self.options.accept_partition_change:
+            changed = {c.feed for c in partition_changes(feeds, self.inputs)}
+            feeds = {k: p for k, p in feeds.items() if k in self.inputs or feed_of(k) not in changed}
+        if feeds == cp.feeds:
+            return cp
+        return msgspec.structs.replace(cp, feeds=feeds)
 
     def _check_start(
         self,
@@ -239,9 +255,28 @@ class Committer:
                 f"instance {name!r} wrote to kafka:{cp.output.topic}:{cp.output.partition}, "
                 f"not {self.output}; use another --instance, or {reset}"
             )
-        recorded = {f: p.source for f, p in cp.feeds.items() if p.source is not None}
+        changes = partition_changes(cp.feeds, self.inputs)
+        if changes and not o.accept_partition_change:
+            raise StartRefusedError(
+                f"{where} was written when the inputs had other partitions: "
+                f"{'; '.join(c.describe() for c in changes)}. Resuming as if nothing had "
+                "changed would never read a new partition (or would drop a position). To go "
+                "on, run again with --accept-partition-change: new partitions are read from "
+                "their first offset (their records come after the output already written), "
+                "positions of partitions no longer read are dropped"
+            )
+        moved = {c.feed for c in changes}
+        recorded = {
+            f: p.source
+            for f, p in cp.feeds.items()
+            if p.source is not None and feed_of(f) not in moved
+        }
         if recorded:  # records written before sources existed are not checked
-            now = {f: f"{t.topic}:{t.partition}" for f, t in self.inputs.items()}
+            now = {
+                f: f"{t.topic}:{t.partition}"
+                for f, t in self.inputs.items()
+                if feed_of(f) not in moved
+            }
             changed = [f for f in sorted(set(recorded) | set(now)) if recorded.get(f) != now.get(f)]
             if changed:
                 what = "; ".join(
@@ -609,8 +644,9 @@ class Committer:
         self.dead_written += len(letters)
         self._last_dead = letters[-1]
         for d in letters:
-            if d.offset is not None and d.offset > self._dead_offsets.get(d.feed, -1):
-                self._dead_offsets[d.feed] = d.offset
+            key = d.feed if d.partition is None else partition_key(d.feed, d.partition)
+            if d.offset is not None and d.offset > self._dead_offsets.get(key, -1):
+                self._dead_offsets[key] = d.offset
         for d in letters:
             self.state.add(f"dead_letters.{d.kind.value}")
         self._dirty = True

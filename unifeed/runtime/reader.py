@@ -15,6 +15,7 @@ from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.errors import (
     KafkaRuntimeError,
 )
+from unifeed.core.records import StampedDecoder
 from unifeed.core.stages import (
     Accepted,
     DeadLetter,
@@ -72,8 +73,16 @@ class FeedReader(Worker):
         exit_at_end: bool,
         count_keepalives: bool = False,
         end_of_log_grace_s: float = 2.0,
+        key: str | None = None,
+        partition: int | None = None,
+        decoder: StampedDecoder | None = None,
     ) -> None:
-        super().__init__(f"reader-{feed}", state)
+        """``key``: the partition's key when the feed is read from several (its queue
+        name, and the ``partition`` its dead letters name); ``decoder``: `unifeed merge`'s
+        (the feed's schema by default)."""
+        key = feed if key is None else key
+        super().__init__(f"reader-{key}", state)
+        self.key = key
         self.end_of_log_grace_s = end_of_log_grace_s
         self.feed = feed
         self.target = target
@@ -83,7 +92,9 @@ class FeedReader(Worker):
         self.stop_at = stop_at
         self.exit_at_end = exit_at_end
         self.count_keepalives = count_keepalives
-        self.intake = FeedIntake(feed, where="offset")
+        self.intake = FeedIntake(
+            feed, where="offset", partition=partition, queue=key, decoder=decoder
+        )
         if plan.floor is not None:
             self.intake.floor = plan.floor
         self.next_offset = plan.offset
@@ -178,7 +189,7 @@ class FeedReader(Worker):
             if records or caught_up or closed:
                 self.state.add(f"in.{self.feed}", len(records))
                 if good:
-                    self.state.lag_pitr[self.feed] = good[-1].rec.pitr
+                    self.state.lag_pitr[self.key] = good[-1].rec.pitr
                 if good or replay:
                     # Before the batch goes on: no commit can cover it without its mark.
                     self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)

@@ -20,11 +20,13 @@ from unifeed.core.mapping import (
 )
 from unifeed.kafka.clients import (
     Target,
+    TopicSelection,
     consumer_config,
     ensure_reachable,
     parse_target,
     watermarks,
 )
+from unifeed.runtime.layout import FeedInput, check_unique, resolve
 from unifeed.runtime.limits import UNKNOWN_CODES
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, RuntimeOptions
 from unifeed.runtime.output import Committer, watermarks_or_empty
@@ -195,3 +197,29 @@ def open_committer(
     )
     committer.start()
     return committer
+
+
+def resolve_feeds(
+    options: RuntimeOptions, state: RunState, sources: dict[str, Target | TopicSelection]
+) -> dict[str, FeedInput]:
+    """Each feed's partitions (`layout.resolve`), once the broker answers; no partition
+    is read by two feeds."""
+    ensure_reachable(options.bootstrap, options.connect_timeout_s, options.kafka_extra)
+    feeds = {name: resolve(options, name, source, state) for name, source in sources.items()}
+    check_unique(list(feeds.values()))
+    for f in feeds.values():
+        if f.split:
+            log.info(
+                "%s: %s is read from %d partitions of %s (%s)",
+                options.instance, f.name, len(f.targets), f.topic,
+                ", ".join(str(t.partition) for t in f.targets),
+            )
+    return feeds
+
+
+def inputs_of(*feeds: FeedInput) -> dict[str, Target]:
+    """Every partition of ``feeds`` by key, in rank then partition order."""
+    out: dict[str, Target] = {}
+    for f in feeds:
+        out.update(f.by_key())
+    return out
