@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.kafkatools import partitioned_topic, pitr_of, read_all, run_cli
+from confluent_kafka import Producer
+
+from tests.support.kafkatools import partitioned_topic, pitr_of, read_all, run_cli, wait_for
 
 
 def load_file(bootstrap: str, topic: str, lines: list[bytes], path: Path, *extra: str) -> None:
@@ -21,6 +23,8 @@ def keyed_topic(bootstrap: str, broker_kind: str, topic: str, partitions: int,
                 lines: list[bytes], field: str, path: Path) -> None:
     """A topic of ``partitions`` partitions holding ``lines`` spread by ``--key field``."""
     partitioned_topic(bootstrap, broker_kind, topic, partitions)
+    if broker_kind == "embedded":
+        _auto_create(bootstrap, topic)
     load_file(bootstrap, topic, lines, path, "--key", field)
 
 
@@ -47,3 +51,15 @@ def merged_by_partition(parts: list[list[bytes]]) -> list[bytes]:
 
 def without_keepalives(lines: list[bytes]) -> list[bytes]:
     return [x for x in lines if json.loads(x).get("type") != "keepalive"]
+
+
+def _auto_create(bootstrap: str, topic: str) -> None:
+    """The embedded broker creates a topic (4 partitions) when a producer asks for its
+    metadata by name; `unifeed load --key` needs it to exist."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+
+    def exists() -> bool:
+        found = producer.list_topics(topic, timeout=5).topics.get(topic)
+        return found is not None and found.error is None and len(found.partitions) > 0
+
+    wait_for(exists, 30, f"{topic} to be auto-created")
