@@ -18,12 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewPartitions
 
 from tests.support.golden import golden_path, read_lines
 from tests.support.kafkatools import (
+    create_topic,
     keepalive,
     load,
     log_end_offset,
+    partitioned_topic,
+    pitr_of,
     read_all,
     run_cli,
     start_cli,
@@ -36,6 +40,7 @@ from tests.support.partitioned import (
     pinned_topic,
     without_keepalives,
 )
+from tests.support.scenarios import long_scenario
 from unifeed import merge_lines, unify_lines
 
 pytestmark = pytest.mark.kafka
@@ -195,3 +200,95 @@ def test_merge_killed_at_seeded_moments_resumes_to_exactly_the_file_merge(
     got = read_all(kafka_bootstrap, out)
     assert len(got) == len(expected), "lost or duplicated records"
     assert got == expected
+
+
+def test_a_checkpoint_of_one_partition_resumes_once_new_partitions_are_accepted(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str],
+) -> None:
+    """Run 1 reads partition 0 of each feed (`kafka:T:0`: the checkpoint keys its feeds
+    by name and records `T:0`, as every checkpoint before partitioned inputs). Then the
+    feeds continue over partitions 0-3 and the command names the whole topics: the start
+    is refused (exit 2, naming the new partitions and the option), and with
+    --accept-partition-change it resumes partition 0 from its checkpoint and reads 1-3
+    from their start: the output of both runs is the file pipeline's over everything."""
+    control, surface = long_scenario(10)
+    ctl, srf, out = unique_topic("ctl"), unique_topic("srf"), unique_topic("out")
+    partitioned_topic(kafka_bootstrap, kafka_broker_kind, ctl, 4)
+    partitioned_topic(kafka_bootstrap, kafka_broker_kind, srf, 4)
+    split = pitr_of(control[len(control) // 2])
+
+    def halves(lines: list[bytes]) -> tuple[list[bytes], list[list[bytes]]]:
+        first = [x for x in lines if pitr_of(x) <= split]
+        rest = [x for x in lines if pitr_of(x) > split]
+        return first, [rest[p::4] for p in range(4)]
+
+    ctl_first, ctl_rest = halves(control)
+    srf_first, srf_rest = halves(surface)
+    load(kafka_bootstrap, ctl, ctl_first, partition=0)
+    load(kafka_bootstrap, srf, srf_first, partition=0)
+    instance = f"grow-{out}"
+    one = _combine(kafka_bootstrap, f"{ctl}:0", f"{srf}:0", out, instance, "--exit-at-end")
+    done = run_cli(one)
+    assert done.returncode == 0, done.stderr.decode()
+    first_out = read_all(kafka_bootstrap, out)
+    assert first_out == unify_lines(ctl_first, srf_first)[0]
+    shown = run_cli(["checkpoint", "show", "--instance", instance, "--bootstrap-servers",
+                     kafka_bootstrap])
+    assert shown.returncode == 0, shown.stderr.decode()
+    feeds = json.loads(shown.stdout)["feeds"]
+    assert set(feeds) == {"controlstream", "surfacestream"}
+    assert feeds["controlstream"]["source"] == f"{ctl}:0"
+
+    for p in range(4):
+        load(kafka_bootstrap, ctl, ctl_rest[p], partition=p)
+        load(kafka_bootstrap, srf, srf_rest[p], partition=p)
+    whole = _combine(kafka_bootstrap, ctl, srf, out, instance, "--exit-at-end")
+    refused = run_cli(whole)
+    assert refused.returncode == 2, refused.stderr.decode()
+    err = refused.stderr.decode()
+    assert f"controlstream read kafka:{ctl} partitions 0, now also 1, 2, 3" in err, err
+    assert "--accept-partition-change" in err and "Traceback" not in err, err
+    assert read_all(kafka_bootstrap, out) == first_out
+
+    done = run_cli([*whole, "--accept-partition-change"], timeout_s=180)
+    assert done.returncode == 0, done.stderr.decode()
+    expected, _ = unify_lines(
+        merged_by_partition(partitions_of(kafka_bootstrap, ctl, 4)),
+        merged_by_partition(partitions_of(kafka_bootstrap, srf, 4)),
+    )
+    assert read_all(kafka_bootstrap, out) == expected
+    # The checkpoint now keys each partition.
+    shown = run_cli(["checkpoint", "show", "--instance", instance, "--bootstrap-servers",
+                     kafka_bootstrap])
+    feeds = json.loads(shown.stdout)["feeds"]
+    assert {k for k in feeds if k.startswith("controlstream")} == {
+        f"controlstream[{p}]" for p in range(4)
+    }
+
+
+def test_partitions_added_while_merging_stop_the_run_with_exit_2(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str],
+) -> None:
+    """A topic read whole that gains a partition while `unifeed merge` reads it: the run
+    stops (exit 2) naming the new partition and the option that reads it."""
+    if kafka_broker_kind == "embedded":
+        pytest.skip("the embedded broker answers no CreatePartitions (run on Apache Kafka)")
+    feed, out = unique_topic("feed"), unique_topic("out")
+    create_topic(kafka_bootstrap, feed, 2)
+    load(kafka_bootstrap, feed, [b'{"pitr":%d}' % (1_700_000_000_000 + i) for i in range(50)])
+    proc = start_cli(_merge_args(kafka_bootstrap, {"a": feed}, out, f"watch-{out}"))
+    try:
+        wait_for(lambda: log_end_offset(kafka_bootstrap, out) > 0 or proc.poll() is not None,
+                 60, "the merge to write")
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        admin.create_partitions([NewPartitions(feed, 3)])[feed].result(30)
+        rc = proc.wait(60)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 2, err
+    assert f"kafka:{feed} (a) now has 3 partitions" in err and "partition(s) 2" in err, err
+    assert "--accept-partition-change" in err and "Traceback" not in err, err
