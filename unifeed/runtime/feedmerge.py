@@ -120,6 +120,8 @@ class FeedMerge(Worker):
                     return
             if out:
                 self._last_pitr = out[-1].pitr
+                # The feed's lag is its merge's (each partition's reader keeps its own).
+                self.state.lag_pitr[self.feed] = self._last_pitr
             if batches:
                 sent_caught_up = caught_up
             if finished:

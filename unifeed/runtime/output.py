@@ -279,9 +279,12 @@ class Committer:
             }
             changed = [f for f in sorted(set(recorded) | set(now)) if recorded.get(f) != now.get(f)]
             if changed:
+                # One clause a feed, its partitions together (`kafka:T:0,1,2`).
+                feeds = sorted({feed_of(f) for f in changed})
                 what = "; ".join(
-                    f"{f} was read from {_named(recorded.get(f))}, now from {_named(now.get(f))}"
-                    for f in changed
+                    f"{feed} was read from {_sources(recorded, feed)}, now from "
+                    f"{_sources(now, feed)}"
+                    for feed in feeds
                 )
                 raise StartRefusedError(
                     f"{where} belongs to other inputs ({what}): its positions mean nothing "
@@ -797,8 +800,22 @@ class Committer:
             self.producer.flush(5)
 
 
-def _named(source: str | None) -> str:
-    return "nothing" if source is None else f"kafka:{source}"
+def _sources(sources: dict[str, str], feed: str) -> str:
+    """Where a feed was read from, as people write it: ``kafka:T:0`` or ``kafka:T:0,1,2``.
+
+    >>> _sources({"c[0]": "t:0", "c[1]": "t:1", "s": "u:0"}, "c"), _sources({}, "c")
+    ('kafka:t:0,1', 'nothing')
+    """
+    by_topic: dict[str, list[str]] = {}
+    for key, source in sorted(sources.items()):
+        if feed_of(key) == feed:
+            topic, _, partition = source.rpartition(":")
+            by_topic.setdefault(topic, []).append(partition)
+    if not by_topic:
+        return "nothing"
+    return " and ".join(
+        f"kafka:{topic}:{','.join(sorted(parts, key=int))}" for topic, parts in by_topic.items()
+    )
 
 
 def _iso(ms: int) -> str:
