@@ -292,3 +292,49 @@ def test_partitions_added_while_merging_stop_the_run_with_exit_2(
     assert rc == 2, err
     assert f"kafka:{feed} (a) now has 3 partitions" in err and "partition(s) 2" in err, err
     assert "--accept-partition-change" in err and "Traceback" not in err, err
+
+
+def test_merge_on_kafka_dead_letters_name_input_and_partition_and_metrics_serve(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str],
+) -> None:
+    """A bad record and a step back in partition 1 of a partitioned input: dead letters on
+    <output>.dead-letter name the input and the partition; the output is `merge_lines`'
+    over the partitions merged by (pitr, partition); the run serves its metrics."""
+    t0 = 1_700_000_000_000
+    part0 = [b'{"pitr":%d,"p":0,"i":%d}' % (t0 + 10 * i, i) for i in range(200)]
+    part1 = [b'{"pitr":%d,"p":1,"i":%d}' % (t0 + 10 * i + 5, i) for i in range(200)]
+    part1[50] = b'{"pitr":"late"}'
+    part1[120] = b'{"pitr":%d,"p":1,"back":true}' % t0
+    other = [b'{"pitr":%d,"o":%d}' % (t0 + 7 * i, i) for i in range(300)]
+    radar, adsb, out = unique_topic("radar"), unique_topic("adsb"), unique_topic("out")
+    partitioned_topic(kafka_bootstrap, kafka_broker_kind, radar, 2)
+    load(kafka_bootstrap, radar, part0, partition=0)
+    load(kafka_bootstrap, radar, part1, partition=1)
+    load(kafka_bootstrap, adsb, other)
+    # The step back is a step back in its partition only: the file of the partitions
+    # merged by (pitr, partition) would place it; the expected output is without it.
+    in_order = [x for i, x in enumerate(part1) if i != 120]
+    expected, stats = merge_lines({"radar": merged_by_partition([part0, in_order]),
+                                   "adsb": other})
+    assert stats.feed("radar").dead_letters == 1
+    proc = start_cli(_merge_args(kafka_bootstrap, {"radar": f"{radar}:0,1", "adsb": adsb}, out,
+                                 f"dead-{out}", "--metrics-port", "0", "--log-level", "info"))
+    try:
+        wait_for(lambda: len(read_all(kafka_bootstrap, out)) >= len(expected)
+                 or proc.poll() is not None, 120, "the merged output")
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert read_all(kafka_bootstrap, out) == expected
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 0, err
+    assert "metrics on http://127.0.0.1:" in err, err
+    dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
+    assert [(d["feed"], d["partition"], d["offset"]) for d in dead] == [
+        ("radar", 1, 50), ("radar", 1, 120)
+    ]
+    assert "pitr" in dead[0]["reason"] and "lower than" in dead[1]["reason"]
