@@ -27,7 +27,7 @@ from unifeed.kafka.clients import (
 from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
-from unifeed.runtime.layout import FeedInput
+from unifeed.runtime.layout import FeedInput, lowest_position
 from unifeed.runtime.limits import LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import Committer, watermarks_or_empty
@@ -39,6 +39,7 @@ from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox,
 from unifeed.runtime.startup import (
     inputs_of,
     links_hook,
+    merged_snapshot_hook,
     open_committer,
     resolve_feeds,
     restart_offset,
@@ -95,20 +96,34 @@ class CombineRun(Supervisor):
         restored: DeriverState | None = None
         known = {k: cp.feeds[k] for k in keys if cp is not None and k in cp.feeds}
         if cp is not None and known:
-            # Saved state is taken at one controlstream offset: a controlstream read from
-            # several partitions rebuilds its links from --lookback instead.
-            if self.mapping is None and not control.split:
-                restored = restore_state(o, committer, CONTROLSTREAM, control.targets[0])
-            elif self.mapping is not None:
+            if self.mapping is None:
+                restored = restore_state(
+                    o,
+                    committer,
+                    CONTROLSTREAM,
+                    control.targets[0],
+                    control.by_key() if control.split else None,
+                )
+            else:
                 restored = restore_state(o, committer, MAPPINGSTREAM, self.mapping)
-            lowest = min(p.pitr for p in known.values())
+            ref = committer.state_ref
+            saved_starts = ref.partitions if ref is not None else None
+            lowest = lowest_position(known, known)
             for key, target in control.by_key().items():
                 pos = known.get(key)
                 if pos is None:
                     plans[key] = ReadPlan(watermarks_or_empty(o, target)[0])
+                elif restored is not None and self.mapping is None and saved_starts is not None:
+                    # Each partition from where the saved state was taken of it.
+                    start = saved_starts.get(key)
+                    plans[key] = (
+                        ReadPlan(start.offset, pos, pos.dead_offset, start.floor)
+                        if start is not None
+                        else ReadPlan(watermarks_or_empty(o, target)[0], pos, pos.dead_offset)
+                    )
                 elif restored is not None and self.mapping is None:
                     plans[key] = ReadPlan(
-                        committer.state_ref.offset if committer.state_ref else 0,
+                        ref.offset if ref is not None else 0,
                         pos,
                         pos.dead_offset,
                         restored.floor,
@@ -126,8 +141,10 @@ class CombineRun(Supervisor):
                     if pos is None
                     else ReadPlan(restart_offset(o, target, pos.pitr, pos.offset), pos, pos.dead_offset)
                 )
-            surface_known = [known[k].pitr for k in surface.keys if k in known]
-            mapping_from = min(surface_known or [lowest]) - o.lookback_ms
+            surface_known = [k for k in surface.keys if k in known]
+            mapping_from = (
+                lowest_position(known, surface_known) if surface_known else lowest
+            ) - o.lookback_ms
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
             starts = start_positions(o, inputs_of(control, surface))
@@ -136,7 +153,7 @@ class CombineRun(Supervisor):
                 plans = {k: ReadPlan(off) for k, (off, _) in starts.items()}
                 mapping_from = 0
             else:
-                lowest = min(p.pitr for p in positions.values())
+                lowest = lowest_position(positions, positions)
                 for key, target in control.by_key().items():
                     plans[key] = ReadPlan(
                         offset_for_pitr(o, target, lowest - o.lookback_ms), positions[key]
@@ -211,10 +228,10 @@ class CombineRun(Supervisor):
             )
 
         control, surface = self.feeds[CONTROLSTREAM], self.feeds[SURFACESTREAM]
-        control_threads, control_readers = read_feed(
+        control_threads, control_readers, control_merge = read_feed(
             st, control, plans, Delivery(control_steps), rconf, o
         )
-        surface_threads, surface_readers = read_feed(
+        surface_threads, surface_readers, _ = read_feed(
             st,
             surface,
             plans,
@@ -223,13 +240,16 @@ class CombineRun(Supervisor):
             o,
         )
         self.threads += control_threads + surface_threads
-        control_reader = control_readers[control.keys[0]]
-        if deriver is not None and not control.split:
+        if deriver is not None:
             # The deriver's state travels with the checkpoints (a restart needs it whatever
             # --lookback); a saved one lies a late window behind every feed's position, so
-            # that a restart rebuilds the link history late messages need.
+            # that a restart rebuilds the link history late messages need. The deriver runs
+            # in the control reader's thread, or in its partitions' merge.
             snapshots = StateSnapshots()
-            control_reader.before_batch = snapshot_hook(snapshots, deriver)
+            if control_merge is not None:
+                control_merge.before_batch = merged_snapshot_hook(snapshots, deriver)
+            else:
+                control_readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
             committer.snapshots = snapshots
             committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
         # controlstream restarts a lookback before the lowest position (it rebuilds the

@@ -18,9 +18,11 @@ that the output side keeps each partition's position.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from unifeed.checkpoint.store import PartitionStart
 from unifeed.core.combine import Combiner, Feed
 from unifeed.core.errors import DeadLetterReason
 from unifeed.core.records import StampedDecoder, dead_letter_raw
@@ -29,7 +31,7 @@ from unifeed.core.unify import CATCHUP_CLOCK
 from unifeed.kafka.clients import Target
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
-from unifeed.runtime.limits import IDLE_S, LANE_BATCHES, STAGE_CAPACITY
+from unifeed.runtime.limits import IDLE_S, LANE_BATCHES, READ_BATCH, STAGE_CAPACITY
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
 from unifeed.runtime.state import RunState, Worker
@@ -53,9 +55,23 @@ class FeedMerge(Worker):
         partitions: dict[str, int],
         deliver: Callable[[ReadBatch], bool],
         stop_at: int | None = None,
+        starts: dict[str, PartitionStart] | None = None,
     ) -> None:
+        """``starts``: where each partition's reader starts and its order floor there."""
         super().__init__(f"merge-{feed}", state)
         self.stop_at = stop_at
+        begin = starts or {}
+        # Per partition: the offsets of its queued messages (in order), where a restart
+        # reads it from once they are handed on, and its highest pitr handed on.
+        self._offsets: dict[str, deque[int]] = {k: deque() for k in keys}
+        self._next = {k: begin[k].offset if k in begin else 0 for k in keys}
+        self._floor = {k: begin[k].floor if k in begin else -1 for k in keys}
+        self._handed = 0  # messages handed on (spaces the snapshots)
+        self._handed_pitr = -1  # the highest pitr handed on
+        #: Called in this thread before a batch with messages is handed on, with the
+        #: messages handed on so far, the highest pitr among them and where a restart
+        #: would read each partition from: the deriver's snapshots (`merged_snapshot_hook`).
+        self.before_batch: Callable[[int, int, dict[str, PartitionStart]], None] | None = None
         self.feed = feed
         self.keys = keys
         self.partitions = partitions
@@ -88,12 +104,18 @@ class FeedMerge(Worker):
             for key, batch in self.inbox.take(lanes, IDLE_S):
                 read: ReadBatch = batch.records[0]
                 dead.extend(read.dead)
+                offsets = read.offsets
+                at = 0
                 for part, is_replay in ((read.replay, True), (read.good, False)):
                     if not part:
                         continue
-                    part = self._in_order(key, part, dead)
+                    part_at = None if offsets is None else offsets[at : at + len(part)]
+                    at += len(part)
+                    part, part_at = self._in_order(key, part, part_at, dead)
                     if part:
                         c.push_emitted(key, part)
+                        if part_at is not None:
+                            self._offsets[key].extend(part_at)
                         if is_replay:
                             replay_ids.update(map(id, part))
                 caught[key] = read.caught_up
@@ -116,6 +138,8 @@ class FeedMerge(Worker):
                 if i == len(batches) - 1:
                     read.caught_up = caught_up
                     read.closed = finished
+                if read.replay or read.good:
+                    self._handed_over(read)
                 if not self._hand_on(read):
                     return
             if out:
@@ -126,6 +150,25 @@ class FeedMerge(Worker):
                 sent_caught_up = caught_up
             if finished:
                 return
+
+    def _handed_over(self, read: ReadBatch) -> None:
+        """Before ``read`` is handed on: offer a snapshot of where each partition stands,
+        then move past its messages."""
+        if self.before_batch is not None:
+            starts = {
+                k: PartitionStart(q[0] if q else self._next[k], self._floor[k])
+                for k, q in self._offsets.items()
+            }
+            self.before_batch(self._handed, self._handed_pitr, starts)
+        offsets = self._offsets
+        for part in (read.replay, read.good):
+            for e in part:
+                q = offsets[e.feed]
+                if q:
+                    self._next[e.feed] = q.popleft() + 1
+                self._floor[e.feed] = e.pitr
+            self._handed += len(part)
+        self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
 
     def _close_idle(self, caught: dict[str, bool]) -> None:
         """With --stop-at: once a partition has passed it, one that stays at the end of
@@ -138,14 +181,17 @@ class FeedMerge(Worker):
             for k in keys:
                 c.close(k)
 
-    def _in_order(self, key: str, part: list[Accepted], dead: list[DeadLetter]) -> list[Accepted]:
-        """The messages of ``part`` the merge can still place: below what it has passed,
-        a message is a dead letter."""
+    def _in_order(
+        self, key: str, part: list[Accepted], at: list[int] | None, dead: list[DeadLetter]
+    ) -> tuple[list[Accepted], list[int] | None]:
+        """The messages of ``part`` (and their offsets ``at``) the merge can still place:
+        below what it has passed, a message is a dead letter."""
         floor = self._last_pitr
         if part[0].pitr >= floor:
-            return part
+            return part, at
         kept: list[Accepted] = []
-        for a in part:
+        kept_at: list[int] = []
+        for i, a in enumerate(part):
             if a.pitr < floor:
                 reason = (
                     f"pitr {a.pitr} is lower than {floor}, where feed {self.feed} already is: "
@@ -166,7 +212,9 @@ class FeedMerge(Worker):
                 )
             else:
                 kept.append(a)
-        return kept
+                if at is not None:
+                    kept_at.append(at[i])
+        return kept, None if at is None else kept_at
 
     def _hand_on(self, read: ReadBatch) -> bool:
         while not self.deliver(read):
@@ -177,13 +225,21 @@ class FeedMerge(Worker):
 
 
 def _runs(out: list[Any], replay_ids: set[int]) -> list[ReadBatch]:
-    """The merged messages as batches: each a run of replay, then a run of the rest."""
+    """The merged messages as batches of at most a reader's batch (`READ_BATCH`: the
+    deriver's snapshots are taken between batches): each a run of replay, then a run of
+    the rest."""
     if not replay_ids:
-        return [ReadBatch([], out, [], False, False)]
+        return [
+            ReadBatch([], out[i : i + READ_BATCH], [], False, False)
+            for i in range(0, len(out), READ_BATCH)
+        ]
     batches: list[ReadBatch] = []
     replay: list[Accepted] = []
     good: list[Accepted] = []
     for e in out:
+        if len(replay) + len(good) >= READ_BATCH:
+            batches.append(ReadBatch(replay, good, [], False, False))
+            replay, good = [], []
         if id(e) in replay_ids:
             replay_ids.discard(id(e))
             if good:
@@ -207,10 +263,10 @@ def read_feed(
     *,
     decoder: StampedDecoder | None = None,
     count_keepalives: bool = False,
-) -> tuple[list[Worker], dict[str, FeedReader]]:
+) -> tuple[list[Worker], dict[str, FeedReader], FeedMerge | None]:
     """The threads that read one feed and hand it to ``deliver`` in its order: one
     reader for a feed of one partition; a reader a partition and their `FeedMerge` for
-    a feed of several. Also the readers by key (their restart marks)."""
+    a feed of several. Also the readers by key (their restart marks) and the merge."""
 
     def reader(key: str, target: Target, hand_to: Delivery, partition: int | None) -> FeedReader:
         return FeedReader(
@@ -232,7 +288,7 @@ def read_feed(
     if not feed.split:
         key = feed.keys[0]
         one = reader(key, feed.targets[0], deliver, None)
-        return [one], {key: one}
+        return [one], {key: one}, None
     by_key = feed.by_key()
     merge = FeedMerge(
         state,
@@ -241,8 +297,13 @@ def read_feed(
         {k: t.partition for k, t in by_key.items()},
         deliver,
         options.stop_at,
+        {k: PartitionStart(plans[k].offset, _floor(plans[k])) for k in feed.keys},
     )
     readers = {
         k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()
     }
-    return [*readers.values(), merge], readers
+    return [*readers.values(), merge], readers, merge
+
+
+def _floor(plan: ReadPlan) -> int:
+    return -1 if plan.floor is None else plan.floor

@@ -11,8 +11,7 @@ restart offset.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import msgspec
@@ -21,14 +20,10 @@ from confluent_kafka import Consumer
 from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.errors import StartRefusedError
 from unifeed.kafka.clients import Target, TopicSelection, consumer_config, partition_count
-from unifeed.runtime.limits import MISSING_WARN_EVERY_S
 from unifeed.runtime.options import RuntimeOptions
-from unifeed.runtime.state import RunState
 
 log = logging.getLogger("unifeed")
 
-#: How often a start waiting for an input topic to be created (--wait-for-topics) asks.
-_TOPIC_POLL_S = 0.5
 
 
 def partition_key(feed: str, partition: int) -> str:
@@ -60,6 +55,9 @@ class FeedInput:
     name: str
     targets: tuple[Target, ...]
     every_partition: bool = False
+    #: A topic read whole that did not exist at start (``--wait-for-topics``): read as
+    #: partition 0 until it exists.
+    missing_at_start: bool = False
 
     @property
     def topic(self) -> str:
@@ -85,15 +83,14 @@ class FeedInput:
         return self.by_key()[key].partition if self.split else None
 
 
-def resolve(
-    options: RuntimeOptions, name: str, source: Target | TopicSelection, state: RunState
-) -> FeedInput:
+def resolve(options: RuntimeOptions, name: str, source: Target | TopicSelection) -> FeedInput:
     """The partitions ``source`` stands for now.
 
     A `Target` is that one partition. A `TopicSelection` of every partition asks the
-    cluster how many the topic has; a topic that does not exist yet is waited for with
-    ``wait_for_topics`` (until the run is stopped), else read as partition 0 (the start's
-    input check then refuses it, naming it).
+    cluster how many the topic has; a topic that does not exist yet is read as partition
+    0: the start's input check refuses it, or, with ``wait_for_topics``, its reader waits
+    for it, and the partition watch stops the run if it is created with more partitions
+    (`unifeed.runtime.partwatch`).
     """
     if isinstance(source, Target):
         return FeedInput(name, (source,))
@@ -102,19 +99,10 @@ def resolve(
         # input check names any that do not.
         return FeedInput(name, tuple(Target(source.topic, p) for p in source.partitions))
     count = topic_partitions(options, source.topic)
-    warned = 0.0
-    while count is None and options.wait_for_topics and not state.stop.is_set():
-        now = time.monotonic()
-        if now - warned >= MISSING_WARN_EVERY_S:
-            log.warning(
-                "%s: topic %r (%s) does not exist yet; waiting for it (--wait-for-topics)",
-                options.instance, source.topic, name,
-            )
-            warned = now
-        state.stop.wait(_TOPIC_POLL_S)
-        count = topic_partitions(options, source.topic)
     if count is None:
-        return FeedInput(name, (Target(source.topic, 0),), every_partition=True)
+        return FeedInput(
+            name, (Target(source.topic, 0),), every_partition=True, missing_at_start=True
+        )
     return FeedInput(name, tuple(source.targets(count)), every_partition=True)
 
 
@@ -222,3 +210,20 @@ def partition_changes(
 
 def _listed(partitions: tuple[int, ...]) -> str:
     return ", ".join(map(str, partitions))
+
+
+def lowest_position(positions: Mapping[str, FeedCheckpoint], keys: Iterable[str]) -> int:
+    """The pitr every feed of ``keys`` has been processed up to: per feed, the highest of
+    its partitions' positions (a feed's partitions are merged in pitr order, so each of
+    them has passed that pitr, an idle one too), the lowest across feeds.
+
+    >>> from unifeed.checkpoint.store import FeedCheckpoint as P
+    >>> lowest_position({"c[0]": P(pitr=9, skip=0), "c[1]": P(pitr=0, skip=0),
+    ...                  "s": P(pitr=7, skip=1)}, ["c[0]", "c[1]", "s"])
+    7
+    """
+    per_feed: dict[str, int] = {}
+    for key in keys:
+        feed = feed_of(key)
+        per_feed[feed] = max(per_feed.get(feed, 0), positions[key].pitr)
+    return min(per_feed.values())

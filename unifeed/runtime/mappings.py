@@ -13,6 +13,7 @@ from unifeed.kafka.clients import Target, TopicSelection, consumer_config
 from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.layout import lowest_position
 from unifeed.runtime.limits import IDLE_S, LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import Committer, watermarks_or_empty
@@ -21,6 +22,7 @@ from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.startup import (
+    merged_snapshot_hook,
     open_committer,
     resolve_feeds,
     restart_offset,
@@ -66,19 +68,24 @@ class MappingsRun(Supervisor):
         plans: dict[str, ReadPlan] = {}
         known = {k: cp.feeds[k] for k in control.keys if cp is not None and k in cp.feeds}
         if cp is not None and known:
-            # Saved state is taken at one controlstream offset: a controlstream read from
-            # several partitions rebuilds its links from --lookback instead.
-            if not control.split:
-                restored = restore_state(o, committer, CONTROLSTREAM, control.targets[0])
-            lowest = min(p.pitr for p in known.values())
+            restored = restore_state(
+                o, committer, CONTROLSTREAM, control.targets[0], targets if control.split else None
+            )
+            ref = committer.state_ref
+            lowest = lowest_position(known, known)
             for key, target in targets.items():
                 pos = known.get(key)
+                saved = ref.partitions.get(key) if ref is not None and ref.partitions else None
                 if pos is None:
                     plans[key] = ReadPlan(watermarks_or_empty(o, target)[0])
-                elif restored is not None and committer.state_ref is not None:
-                    plans[key] = ReadPlan(
-                        committer.state_ref.offset, pos, pos.dead_offset, restored.floor
+                elif restored is not None and ref is not None and ref.partitions is not None:
+                    plans[key] = (
+                        ReadPlan(saved.offset, pos, pos.dead_offset, saved.floor)
+                        if saved is not None
+                        else ReadPlan(watermarks_or_empty(o, target)[0], pos, pos.dead_offset)
                     )
+                elif restored is not None and ref is not None:
+                    plans[key] = ReadPlan(ref.offset, pos, pos.dead_offset, restored.floor)
                 else:
                     start = restart_offset(o, target, lowest - o.lookback_ms, pos.offset)
                     plans[key] = ReadPlan(start, pos, pos.dead_offset)
@@ -86,7 +93,7 @@ class MappingsRun(Supervisor):
         else:
             starts = start_positions(o, targets)
             positions = {k: pos for k, (_, pos) in starts.items()}
-            lowest = min(p.pitr for p in positions.values())
+            lowest = lowest_position(positions, positions)
             for key, target in targets.items():
                 off, pos = starts[key]
                 plans[key] = (
@@ -136,7 +143,7 @@ class MappingsRun(Supervisor):
                 else {k: FeedCheckpoint(pitr=p, skip=n) for k, (p, n) in positions.items()},
             )
 
-        threads, readers = read_feed(
+        threads, readers, merge = read_feed(
             self.state,
             control,
             plans,
@@ -146,10 +153,12 @@ class MappingsRun(Supervisor):
             count_keepalives=True,
         )
         committer.marks = {k: (r.marks, o.lookback_ms) for k, r in readers.items()}
-        if not control.split:
-            snapshots = StateSnapshots()
+        snapshots = StateSnapshots()
+        if merge is not None:
+            merge.before_batch = merged_snapshot_hook(snapshots, deriver)
+        else:
             readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
-            committer.snapshots = snapshots
+        committer.snapshots = snapshots
         writer = MappingsWriter(self.state, self.inbox, committer)
         self.threads += [*threads, writer, ClaimWatcher(self.state, o, committer)]
         self.main = writer

@@ -120,7 +120,7 @@ class MergeRun(Supervisor):
 
         marks: dict[str, tuple[RestartMarks, int | None]] = {}
         for name, feed in feeds.items():
-            threads, readers = read_feed(
+            threads, readers, _ = read_feed(
                 st,
                 feed,
                 plans,

@@ -49,7 +49,13 @@ from unifeed.kafka.clients import (
     producer_config,
     watermarks,
 )
-from unifeed.runtime.layout import feed_of, partition_changes, partition_key, rekey
+from unifeed.runtime.layout import (
+    feed_of,
+    lowest_position,
+    partition_changes,
+    partition_key,
+    rekey,
+)
 from unifeed.runtime.limits import (
     DEAD_LETTER_MAX_BYTES,
     FUTURE_TOLERANCE_MS,
@@ -586,7 +592,7 @@ class Committer:
             if f not in out:
                 out[f] = pos
         if self.marks and all(f in out for f in self.marks):
-            lowest = min(out[f].pitr for f in self.marks)
+            lowest = lowest_position(out, self.marks)
             for f, (marks, lookback) in self.marks.items():
                 pos = out[f]
                 offset = marks.offset_for(pos.pitr if lookback is None else lowest - lookback)
@@ -736,11 +742,11 @@ class Committer:
         transaction (before its flush); its offsets are filled in by delivery reports."""
         if self.snapshots is None or not all(f in feeds for f in self.feeds):
             return None
-        lowest = min(feeds[f].pitr for f in self.feeds)
+        lowest = lowest_position(feeds, self.feeds)
         taken = self.snapshots.take(lowest - self.state_lag_ms)
         if taken is None:
             return None
-        offset, state = taken
+        offset, state, starts = taken
         raw = encode_state(state)
         size = min(STATE_PART_BYTES, max(1024, self.max_record_bytes - 1024))
         chunks = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
@@ -775,7 +781,8 @@ class Committer:
             offsets=[],
             id=token,
             feed=self.state_feed,
-            offset=offset,
+            offset=0 if starts is not None else offset,
+            partitions=starts,
         )
         return offsets, ref
 

@@ -55,6 +55,15 @@ class PartitionWatch:
                 continue
             read = len(f.targets)
             new = ", ".join(str(p) for p in range(read, count))
+            if f.missing_at_start:
+                raise PartitionChangeError(
+                    f"kafka:{f.topic} ({f.name}) did not exist when this run started, so it "
+                    f"reads partition 0 only; it was created with {count} partitions, and "
+                    f"partition(s) {new} would never be read. The run stops without committing "
+                    "again (its last checkpoint stands). Run the same command again (add "
+                    "--accept-partition-change once a checkpoint exists) to read every "
+                    "partition"
+                )
             raise PartitionChangeError(
                 f"kafka:{f.topic} ({f.name}) now has {count} partitions; this run reads "
                 f"{read} (0..{read - 1}) and would never read partition(s) {new}. It stops "

@@ -176,6 +176,14 @@ class FeedReader(Worker):
             floor_before = self.intake.floor
             good: list[Accepted]
             good, dead = self.intake.process_values(list(map(MESSAGE_VALUE, records)), offset_of)
+            accepted_at: list[int] | None = None
+            if self.intake.partition is not None:
+                # One partition of several: the offset of each accepted message, for the
+                # feed's merge (where a restart from saved state reads each partition).
+                dead_at = {d.offset for d in dead}
+                accepted_at = [
+                    o for o in (m.offset() or 0 for m in records) if o not in dead_at
+                ]
             if dead and self.plan.dead_offset is not None:
                 # Written and committed by the run that left the checkpoint.
                 dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
@@ -195,7 +203,10 @@ class FeedReader(Worker):
                     self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
                     if self.before_batch is not None:
                         self.before_batch(records[0].offset() or 0, floor_before)
-                if not self._hand_on(consumer, tp, ReadBatch(replay, good, dead, caught_up, closed)):
+                if accepted_at is not None:
+                    del accepted_at[len(replay) + len(good) :]
+                read = ReadBatch(replay, good, dead, caught_up, closed, accepted_at)
+                if not self._hand_on(consumer, tp, read):
                     return
 
     def _hand_on(self, consumer: Consumer, tp: TopicPartition, read: ReadBatch) -> bool:
@@ -227,6 +238,8 @@ class ReadBatch(msgspec.Struct, gc=False):
     dead: list[DeadLetter]
     caught_up: bool
     closed: bool
+    #: The offsets of ``replay`` then ``good``, for a reader of one partition of several.
+    offsets: list[int] | None = None
 
 
 #: What a reader's batch becomes for one lane (None: nothing for it this time).
