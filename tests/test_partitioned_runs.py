@@ -338,3 +338,33 @@ def test_merge_on_kafka_dead_letters_name_input_and_partition_and_metrics_serve(
         ("radar", 1, 50), ("radar", 1, 120)
     ]
     assert "pitr" in dead[0]["reason"] and "lower than" in dead[1]["reason"]
+
+
+def test_a_topic_created_with_several_partitions_after_the_start_stops_the_run(
+    kafka_bootstrap: str, kafka_broker_kind: str, unique_topic: Callable[..., str],
+) -> None:
+    """`kafka:TOPIC` of a topic that does not exist yet (--wait-for-topics) is read as
+    partition 0; once it is created with several partitions the run stops with exit 2
+    saying so, instead of never reading the others."""
+    feed, other, out = unique_topic("feed"), unique_topic("other"), unique_topic("out")
+    load(kafka_bootstrap, other, [b'{"pitr":%d}' % (1_700_000_000_000 + i) for i in range(10)])
+    proc = start_cli(_merge_args(kafka_bootstrap, {"a": feed, "b": other}, out, f"late-{out}",
+                                 "--wait-for-topics"))
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        if kafka_broker_kind == "embedded":
+            load(kafka_bootstrap, feed, [b'{"pitr":1700000000005}'])  # auto-created: 4
+            count = 4
+        else:
+            create_topic(kafka_bootstrap, feed, 3)
+            count = 3
+        rc = proc.wait(60)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 2, err
+    assert f"kafka:{feed} (a) did not exist when this run started" in err, err
+    assert f"created with {count} partitions" in err and "Traceback" not in err, err
