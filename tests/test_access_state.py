@@ -102,11 +102,13 @@ def test_late_surface_messages_get_the_link_and_access_of_their_own_pitr(
 
     load(kafka_bootstrap, ctl, control)
     # surfacestream's topic appears only when its producer starts, as in a live deployment.
+    # Partition 0 named: the topic is created after the start (a topic read whole that is
+    # created with several partitions, as the embedded broker does, stops the run).
     # Every control message is written (so every mapping was applied) before the surface
     # positions are produced.
     written = combine_feeding_surface_later(
         kafka_bootstrap,
-        combine_args(kafka_bootstrap, ctl, srf, out, "--stop-at", str(stop_at),
+        combine_args(kafka_bootstrap, f"{ctl}:0", f"{srf}:0", out, "--stop-at", str(stop_at),
                      "--wait-for-topics"),
         (ctl, srf, out), surface, before=6, after=8, pause_s=1.5, end_at=stop_at + 1,
     )
@@ -394,7 +396,7 @@ class _InProcessCombine:
         lowest = min(self.written.values())
         taken = self.snapshots.take(lowest - DEFAULT_LATE_WINDOW_MS)
         if taken is not None:
-            offset, state = taken
+            offset, state, _starts = taken
             self.saved = (offset, decode_state(encode_state(state)))  # as stored
 
     def restart(self, surface_done: int) -> int:

@@ -266,7 +266,9 @@ def test_a_crash_mid_transaction_leaves_aborted_records_that_dump_never_shows(
     # them stays in the open transaction until the kill.
     ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 10)
     assert len(expected) < 10_000
-    args = combine_args(kafka_bootstrap, ctl, srf, out, f"crash-{out}",
+    # Partition 0 named: with a long grace, the embedded broker's 3 empty partitions a
+    # topic would hold the output back for that grace.
+    args = combine_args(kafka_bootstrap, f"{ctl}:0", f"{srf}:0", out, f"crash-{out}",
                         "--commit-interval", "1h", "--end-of-log-grace", "1h")
     proc = start_cli(args)
     try:
@@ -376,7 +378,9 @@ def test_aborted_transaction_leaves_no_trace_or_is_refused(
     load(kafka_bootstrap, srf, surface[: len(surface) // 2])
     name = f"abort-{out}"
     # A long grace: the first half must not be taken for a live feed that went silent.
-    first = start_cli(combine_args(kafka_bootstrap, ctl, srf, out, name,
+    # Partition 0 named: with a long grace, the embedded broker's 3 empty partitions a
+    # topic would hold the output back for that grace.
+    first = start_cli(combine_args(kafka_bootstrap, f"{ctl}:0", f"{srf}:0", out, name,
                                    "--end-of-log-grace", "1h"))
     try:
         wait_for(lambda: high_watermark(kafka_bootstrap, out) > 1000 or first.poll() is not None,
@@ -399,7 +403,8 @@ def test_aborted_transaction_leaves_no_trace_or_is_refused(
     assert hides_aborted or kafka_broker_kind == "embedded", "read_committed showed aborted records"
     load(kafka_bootstrap, ctl, control[half:])
     load(kafka_bootstrap, srf, surface[len(surface) // 2:])
-    done = run_cli(combine_args(kafka_bootstrap, ctl, srf, out, name, "--exit-at-end"))
+    done = run_cli(combine_args(kafka_bootstrap, f"{ctl}:0", f"{srf}:0", out, name,
+                                "--exit-at-end"))
     if hides_aborted:
         assert done.returncode == 0, done.stderr.decode()
         assert read_all(kafka_bootstrap, out) == expected

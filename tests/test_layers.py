@@ -43,7 +43,7 @@ def test_public_api_is_pinned() -> None:
         "Annotator", "BadRecordError", "BrokerUnreachableError", "CheckpointError",
         "Combiner", "CombinerStats", "ConfigError", "DeadLetter", "DeadLetterLimitError",
         "Emitted", "Feed", "FeedOrderError", "InstanceFencedError", "KafkaRuntimeError",
-        "MappingDeriver", "MergeStats", "Merger", "Mode", "StartRefusedError", "UnifeedError", "Unifier", "__version__", "merge_lines", "unify_lines",
+        "MappingDeriver", "MergeStats", "Merger", "Mode", "PartitionChangeError", "StartRefusedError", "UnifeedError", "Unifier", "__version__", "merge_lines", "unify_lines",
     ])
     for name in unifeed.__all__:
         assert getattr(unifeed, name) is not None

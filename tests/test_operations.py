@@ -526,3 +526,18 @@ def test_simulated_time_is_a_duration_and_minutes_still_works(tmp_path: Path) ->
     for feed in ("controlstream.jsonl", "surfacestream.jsonl"):
         assert (tmp_path / "a" / feed).read_bytes() == (tmp_path / "b" / feed).read_bytes()
         assert (tmp_path / "a" / feed).stat().st_size > 0
+
+
+def test_the_run_kind_that_holds_a_name_reads_partitioned_and_merge_checkpoints() -> None:
+    """A name is refused when another command's run holds it; a combine over partitions
+    (keys like surfacestream[2]) is still a combine, and merge feeds are a merge."""
+    import doctest
+
+    import unifeed.runtime.output as output
+
+    found = doctest.DocTestFinder().find(output._run_kind, "_run_kind", globs=vars(output))
+    runner = doctest.DocTestRunner()
+    for test in found:
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted == 2
+    assert runner.summarize(verbose=False).failed == 0

@@ -52,6 +52,7 @@ from unifeed.core.errors import DeadLetterLimitError as DeadLetterLimitError
 from unifeed.core.errors import FeedOrderError as FeedOrderError
 from unifeed.core.errors import InstanceFencedError as InstanceFencedError
 from unifeed.core.errors import KafkaRuntimeError as KafkaRuntimeError
+from unifeed.core.errors import PartitionChangeError as PartitionChangeError
 from unifeed.core.errors import StartRefusedError as StartRefusedError
 from unifeed.core.errors import UnifeedError as UnifeedError
 from unifeed.core.mapping import MappingDeriver as MappingDeriver
@@ -81,6 +82,7 @@ __all__ = [
     "MergeStats",
     "Merger",
     "Mode",
+    "PartitionChangeError",
     "StartRefusedError",
     "UnifeedError",
     "Unifier",

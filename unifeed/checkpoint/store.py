@@ -37,7 +37,10 @@ instance name. A record's value is one JSON object, keys always in this order::
   ``feed`` and ``offset``: the input the state was built from (controlstream when
   mappings are derived, mappingstream when they are read) and the offset of that feed
   the snapshot was taken before. A restart restores it and reads that feed from there,
-  whatever ``--lookback``; without it, it replays ``--lookback``.
+  whatever ``--lookback``; without it, it replays ``--lookback``. For a feed read
+  from several partitions, ``partitions`` maps each partition's key
+  (``controlstream[2]``) to ``[offset, floor]``: where that partition is read from and
+  the highest pitr it had before.
 
 A **reset** is a tombstone (null value) for the key: `CheckpointStore.load` then returns
 None, and on a compacted topic the broker eventually drops the key altogether. A running
@@ -81,6 +84,7 @@ __all__ = [
     "CheckpointStore",
     "FeedCheckpoint",
     "OutputCheckpoint",
+    "PartitionStart",
     "StateRef",
     "decode_checkpoint",
     "encode_checkpoint",
@@ -121,7 +125,15 @@ class OutputCheckpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     next_offset: NonNegative
 
 
-class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class PartitionStart(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """Where a restart reads one partition of a feed from with saved state: its offset,
+    and the highest pitr that partition had before it (its intake's order floor)."""
+
+    offset: NonNegative
+    floor: int
+
+
+class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
     """Where a checkpoint's saved state is (see the module docstring)."""
 
     topic: str
@@ -130,6 +142,9 @@ class StateRef(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     id: str
     feed: str
     offset: NonNegative
+    #: For a feed read from several partitions: each partition's start by its key
+    #: (``offset`` is then 0); absent for a feed of one partition.
+    partitions: dict[str, PartitionStart] | None = None
 
 
 class Checkpoint(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,12 +15,16 @@ from unifeed.cli.checkpoint import client_properties
 from unifeed.core.errors import ConfigError
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
 from unifeed.core.units import parse_time_ms
-from unifeed.kafka.clients import parse_target, resolve_bootstrap
-from unifeed.runtime import CombineRun, MappingsRun, RuntimeOptions
+from unifeed.kafka.clients import (
+    parse_selection,
+    parse_target,
+    resolve_bootstrap,
+)
+from unifeed.runtime import CombineRun, MappingsRun, MergeRun, RuntimeOptions
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, Start
 from unifeed.runtime.supervisor import install_signals
 
-__all__ = ["combine_command", "mappings_command", "runtime_options"]
+__all__ = ["combine_command", "mappings_command", "merge_command", "runtime_options"]
 
 #: Progress lines and summaries: text as they always read, or JSON records (unifeed.cli.logs).
 _status_log = logging.getLogger("unifeed.status")
@@ -60,6 +64,7 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         connect_timeout_s=broker_timeout_s,  # the start-up wait honours --broker-timeout
         wait_for_topics=getattr(args, "wait_for_topics", False),
         allow_nonempty_output=getattr(args, "allow_nonempty_output", False),
+        accept_partition_change=getattr(args, "accept_partition_change", False),
     )
 
 
@@ -75,8 +80,8 @@ def combine_command(args: argparse.Namespace) -> int:
         raise ConfigError("--reorder is available for file inputs only")
     run = CombineRun(
         options,
-        control=parse_target(args.control),
-        surface=parse_target(args.surface),
+        control=parse_selection(args.control),
+        surface=parse_selection(args.surface),
         output=parse_target(args.output),
         mapping=parse_target(args.mapping) if args.mapping else None,
     )
@@ -86,9 +91,29 @@ def combine_command(args: argparse.Namespace) -> int:
     return run.run(status.maybe_print if status.interval > 0 else None)
 
 
+def merge_command(
+    args: argparse.Namespace, inputs: list[tuple[str, str]], live_required: list[str] | None
+) -> int:
+    """``unifeed merge`` over Kafka inputs (`MergeRun`); ``inputs`` are ``(NAME, SOURCE)``
+    in tie-break order."""
+    options = runtime_options(args)
+    run = MergeRun(
+        options,
+        {name: parse_selection(source) for name, source in inputs},
+        parse_target(args.output),
+        live_required,
+    )
+    install_signals(run)
+    run.start()
+    status = StatusLine(run, options.status_interval_s)
+    return run.run(status.maybe_print if status.interval > 0 else None)
+
+
 def mappings_command(args: argparse.Namespace) -> int:
     options = runtime_options(args)
-    run = MappingsRun(options, control=parse_target(args.control), output=parse_target(args.output))
+    run = MappingsRun(
+        options, control=parse_selection(args.control), output=parse_target(args.output)
+    )
     install_signals(run)
     run.start()
     code = run.run()
@@ -107,7 +132,7 @@ def mappings_command(args: argparse.Namespace) -> int:
 class StatusLine:
     """The progress line (``unifeed.status``): rate, mode, per-feed lag, queue depths."""
 
-    def __init__(self, run: CombineRun, interval_s: float) -> None:
+    def __init__(self, run: CombineRun | MergeRun, interval_s: float) -> None:
         self.run = run
         self.interval = interval_s
         self.started = time.monotonic()
@@ -127,14 +152,17 @@ class StatusLine:
             rate = out / max(now - self.started, 1e-9)
         wall = self.run.options.clock()
         lags = " ".join(f"{f}-lag={_fmt_lag(wall - p)}" for f, p in sorted(st.lag_pitr.items()))
-        depths = (
-            f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
-            f"{self.run.writer_inbox.depth(SURFACESTREAM)} "
-            f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
-            f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
-        )
+        if isinstance(self.run, CombineRun):
+            depths = (
+                f"queues writer={self.run.writer_inbox.depth(CONTROLSTREAM)}/"
+                f"{self.run.writer_inbox.depth(SURFACESTREAM)} "
+                f"annotator={self.run.annot_inbox.depth(MAPPINGSTREAM)}/"
+                f"{self.run.annot_inbox.depth(SURFACESTREAM)}"
+            )
+        else:
+            depths = "queues " + " ".join(f"{k}={v}" for k, v in self.run.depths().items())
         fields = {
-            "command": "combine",
+            "command": self.run.command,
             "mode": "done" if final else st.mode,
             "out": out,
             "rate": round(rate, 1),
@@ -145,8 +173,8 @@ class StatusLine:
         }
         # One record on "unifeed.status": a line of text, or JSON with these fields.
         _status_log.info(
-            "unifeed combine [%s] %s: out=%d rate=%s/s %s %s late=%d dead=%d commits=%d",
-            self.run.options.instance, fields["mode"], out, f"{rate:,.0f}", lags, depths,
+            "unifeed %s [%s] %s: out=%d rate=%s/s %s %s late=%d dead=%d commits=%d",
+            self.run.command, self.run.options.instance, fields["mode"], out, f"{rate:,.0f}", lags, depths,
             fields["late"], fields["dead"], fields["commits"],
             extra={"fields": fields, "final": final},
         )  # fmt: skip

@@ -2,11 +2,13 @@
 
 ``unifeed merge --input NAME=SOURCE [--input NAME=SOURCE ...] --output X``
 
-SOURCE is a JSON-lines path (``-`` for stdin, ``.gz`` read transparently); the order of
-``--input`` is the tie-break rank. The rules are `unifeed.core.merge`'s. File inputs are
-complete, so they are merged by the catch-up rule, where every input is required;
-``--live-required`` (which inputs real time waits for) is checked against the names and
-matters for unbounded inputs only.
+SOURCE is a JSON-lines path (``-`` for stdin, ``.gz`` read transparently), or
+``kafka:TOPIC[:PARTITIONS]`` (every input and the output then Kafka: the run is
+`unifeed.runtime.merge.MergeRun`, with combine's checkpoints, exact resume, transactions
+and claims); the order of ``--input`` is the tie-break rank. The rules are
+`unifeed.core.merge`'s. File inputs are complete, so they are merged by the catch-up
+rule, where every input is required; ``--live-required`` (which inputs real time waits
+for) is checked against the names and matters for unbounded inputs only.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from typing import Any, Final
 
 from unifeed.cli.pipeline import (
     RepeatedOption,
+    _add_kafka_options,
+    duration_arg,
     is_kafka,
     non_negative_int,
     run_to_output,
 )
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS
 from unifeed.core.errors import ConfigError
 from unifeed.core.merge import Merger
 from unifeed.core.unify import CATCHUP_CLOCK, open_input
@@ -35,10 +40,9 @@ from unifeed.core.units import parse_duration_ms, parse_time_ms
 #: The closing summary: a line of text, or a JSON record (unifeed.cli.logs).
 _summary = logging.getLogger("unifeed.summary")
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
-_KAFKA_LATER: Final = (
-    "Kafka inputs for merge are not available in this version: write each partition to "
-    "a file with `unifeed dump kafka:TOPIC:N > FILE` and merge the files "
-    "(README, `unifeed merge`)"
+_MIXED: Final = (
+    "mix of kafka: and file arguments: give every --input and --output as kafka:TOPIC, or "
+    "all as files (`unifeed dump` and `unifeed load` move data between them)"
 )
 
 
@@ -144,10 +148,16 @@ def register(sub: Any) -> None:
         "--input",
         action=RepeatedOption,
         metavar="NAME=SOURCE",
-        help="an input: SOURCE is a JSON-lines path (- for stdin, .gz read transparently); "
-        "repeat for each feed, in tie-break order",
+        help="an input: SOURCE is a JSON-lines path (- for stdin, .gz read transparently) "
+        "or kafka:TOPIC (every partition), kafka:TOPIC:N, kafka:TOPIC:N,M,...; repeat for "
+        "each feed, in tie-break order",
     )
-    p.add_argument("--output", required=True, metavar="X", help="merged output (- for stdout)")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="X",
+        help="merged output: a path (- for stdout), or kafka:TOPIC[:N] for Kafka inputs",
+    )
     p.add_argument(
         "--live-required",
         action=RepeatedOption,
@@ -163,18 +173,17 @@ def register(sub: Any) -> None:
         "(applied before merging; repeatable, once per input)",
     )
     p.add_argument(
-        "--start",
-        default="earliest",
-        metavar="WHEN",
-        help="earliest (default) or a time: records with an earlier pitr are read, not written",
-    )
-    p.add_argument(
-        "--stop-at", metavar="TIME", help="records with a later pitr are read, not written"
+        "--realtime-threshold",
+        type=duration_arg,
+        default=DEFAULT_REALTIME_THRESHOLD_MS,
+        metavar="DURATION",
+        help="Kafka inputs: records younger than this are real time (default 30s)",
     )
     p.add_argument(
         "--dead-letter",
         metavar="X",
-        help="where invalid input goes: a JSON-lines path (default: stderr)",
+        help="where invalid input goes: a JSON-lines path or kafka:TOPIC (default: stderr "
+        "for files, <output topic>.dead-letter for Kafka)",
     )
     p.add_argument(
         "--max-dead-letters",
@@ -183,7 +192,10 @@ def register(sub: Any) -> None:
         help="exit with code 4 once more than N records were dead-lettered (default: no limit)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
-    p.set_defaults(handler=_merge)
+    # --start, --stop-at and the rest of a Kafka run's options (files: --start and
+    # --stop-at bound what is written; records outside are read, not written).
+    _add_kafka_options(p, default_instance="merge")
+    p.set_defaults(handler=_merge, lookback=0)
 
 
 def _window(args: argparse.Namespace) -> tuple[int | None, int | None]:
@@ -201,10 +213,16 @@ def _window(args: argparse.Namespace) -> tuple[int | None, int | None]:
 def _merge(args: argparse.Namespace) -> int:
     inputs = parse_inputs(args.input)
     names = [i.name for i in inputs]
-    if any(is_kafka(i.source) for i in inputs) or is_kafka(args.output):
-        raise ConfigError(_KAFKA_LATER)
     live_required = parse_live_required(args.live_required, names)
     reorders = parse_reorders(args.reorder, names)
+    if any(is_kafka(i.source) for i in inputs) or is_kafka(args.output):
+        if not all(is_kafka(i.source) for i in inputs) or not is_kafka(args.output):
+            raise ConfigError(_MIXED)
+        if reorders:
+            raise ConfigError("--reorder is available for file inputs only")
+        from unifeed.cli.kafka_run import merge_command
+
+        return merge_command(args, [(i.name, i.source) for i in inputs], live_required)
     start, stop_at = _window(args)
     for i in inputs:
         if args.output != "-" and i.source != "-" and _same_file(i.source, args.output):

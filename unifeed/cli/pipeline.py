@@ -296,6 +296,12 @@ def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> 
         "records (default: refused, exit 2, since it would write them again)",
     )
     g.add_argument(
+        "--accept-partition-change",
+        action="store_true",
+        help="resume although an input's partitions changed since the checkpoint (new "
+        "partitions are read from their first offset); default: refused, exit 2",
+    )
+    g.add_argument(
         "--delivery",
         choices=("exactly-once", "at-least-once"),
         default="exactly-once",

@@ -113,6 +113,14 @@ _FEED: Final = attrgetter("feed")
 _POPLEFT: Final = deque.popleft
 
 
+def _belongs(label: str, feed: str) -> bool:
+    """An entry labelled ``label`` may be queued as ``feed``'s: its own, or one partition
+    of it (``feed[N]``, a feed read from several partitions and merged before this
+    combiner); the label is kept, so that the output's bookkeeping can tell partitions
+    apart."""
+    return label == feed or (label.startswith(feed) and label[len(feed) : len(feed) + 1] == "[")
+
+
 def _take(q: deque[Emitted], n: int) -> list[Emitted]:
     """Remove and return the first ``n`` entries of ``q``, in C.
 
@@ -219,8 +227,9 @@ class Combiner:
             or entries[-1].feed != feed
             or (len(entries) > 2 and set(map(_FEED, entries)) != {feed})
         ):
-            other = next(e.feed for e in entries if e.feed != feed)
-            raise ValueError(f"an entry of feed {other!r} cannot be pushed to {feed!r}")
+            other = [f for f in set(map(_FEED, entries)) if not _belongs(f, feed)]
+            if other:
+                raise ValueError(f"an entry of feed {other[0]!r} cannot be pushed to {feed!r}")
         return self._enqueue(feed, list(map(_PITR, entries)), entries)
 
     def _enqueue(self, feed: str, pitrs: Sequence[int], entries: Iterable[Emitted]) -> bool:
@@ -398,8 +407,9 @@ class Combiner:
                     merged = sorted(run_a + run_b, key=_PITR) if run_a and run_b else run_a or run_b
                     out.extend(merged)
                     emitted += len(merged)
-                    last = merged[-1]
-                    self._last_key = (last.pitr, 0 if last.feed == feeds[0].name else 1)
+                    # The last entry is the end of the queue that ended first: all of
+                    # feed 0's run when la <= lb, else all of feed 1's.
+                    self._last_key = (merged[-1].pitr, 0 if la <= lb else 1)
                 elif qa or qb:
                     # Fast path: one queue is empty; its feed's progress marker (or its
                     # end) settles every message of the other queue up to a bound, in
@@ -439,7 +449,7 @@ class Combiner:
         for st in self._feeds:
             prev = _NO_MARKER
             for e in st.queue:
-                assert e.feed == st.name, (e.feed, st.name)
+                assert _belongs(e.feed, st.name), (e.feed, st.name)
                 assert e.pitr >= prev, f"{st.name}: queue goes backwards at {e.pitr} < {prev}"
                 prev = e.pitr
             assert st.marker >= prev, f"{st.name}: marker {st.marker} below last queued {prev}"

@@ -116,3 +116,8 @@ class StartRefusedError(ConfigError):
     output: an input topic is missing, or the checkpoint does not fit the output, the
     inputs or the present. The message says what to check and how to start over.
     """
+
+
+class PartitionChangeError(ConfigError):
+    """Raised when an input topic read whole (``kafka:TOPIC``) gains partitions while a run
+    reads it: the run stops without committing again; the message says how to go on."""

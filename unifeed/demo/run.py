@@ -614,7 +614,10 @@ class _Run:
                 "mappings",
                 [
                     "mappings",
-                    "--control", f"kafka:{TOPICS[CONTROLSTREAM]}",
+                    # Partition 0: the demo writes every feed there (the embedded broker
+                    # gives each topic 4; empty ones would hold the live run back for the
+                    # end-of-log grace at each start).
+                    "--control", f"kafka:{TOPICS[CONTROLSTREAM]}:0",
                     "--output", f"kafka:{MAPPING_TOPIC}",
                     "--bootstrap-servers", self.bootstrap,
                     "--instance", MAPPINGS_INSTANCE,
@@ -684,8 +687,9 @@ class _Run:
     def _combine_args(self, end_pitr: int) -> list[str]:
         return [
             "combine",
-            "--control", f"kafka:{TOPICS[CONTROLSTREAM]}",
-            "--surface", f"kafka:{TOPICS[SURFACESTREAM]}",
+            # Partition 0, where the demo writes (see the mappings command).
+            "--control", f"kafka:{TOPICS[CONTROLSTREAM]}:0",
+            "--surface", f"kafka:{TOPICS[SURFACESTREAM]}:0",
             "--mapping", f"kafka:{MAPPING_TOPIC}",
             "--output", f"kafka:{OUTPUT_TOPIC}",
             "--bootstrap-servers", self.bootstrap,

@@ -4,7 +4,7 @@ instance claim, metrics. May import `unifeed.core`, `unifeed.kafka`,
 `unifeed.checkpoint`; never `unifeed.cli`.
 
 This is the public way to embed a Kafka run in another program: build `RuntimeOptions`,
-then a `CombineRun` (or `MappingsRun`), `start` it (metrics port, checkpoint, claim,
+then a `CombineRun` (or `MappingsRun`, or `MergeRun`), `start` it (metrics port, checkpoint, claim,
 threads planned) and `run` it (returns 0 when it has finished, raises the run's
 `UnifeedError` otherwise; `stop` from another thread ends it after a last commit)::
 
@@ -23,8 +23,14 @@ skip), `endwatch` (end-of-log watch) and `marks` (restart marks), `stages` (anno
 and writer threads), `output` (the Committer: transactions, produce, checkpoints),
 `claim` (the claim watcher), `health` (broker health), `seek` and `startup` (start
 planning and checks), `saved` (deriver snapshots and the state topic), `supervisor`
-(the run loop both commands share), `combine` and `mappings` (the two runs), `inbox`
-(bounded channels), `metrics` (Prometheus text and its server).
+(the run loop every command shares), `combine`, `mappings` and `merge` (the runs),
+`layout` (which partitions a feed is read from, their keys), `feedmerge` (a feed read
+from several partitions: their merge into the feed's order), `partwatch` (partitions
+added while running), `inbox` (bounded channels), `metrics` (Prometheus text and its
+server).
+
+A feed given as a `TopicSelection` (``kafka:TOPIC``: every partition) is read from each
+of its partitions, each its own queue; a `Target` is that one partition.
 """
 
 from __future__ import annotations
@@ -34,13 +40,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from unifeed.runtime.combine import CombineRun
     from unifeed.runtime.mappings import MappingsRun
+    from unifeed.runtime.merge import MergeRun
     from unifeed.runtime.options import RuntimeOptions
 
-__all__ = ["CombineRun", "MappingsRun", "RuntimeOptions"]
+__all__ = ["CombineRun", "MappingsRun", "MergeRun", "RuntimeOptions"]
 
 _HOMES = {
     "CombineRun": "unifeed.runtime.combine",
     "MappingsRun": "unifeed.runtime.mappings",
+    "MergeRun": "unifeed.runtime.merge",
     "RuntimeOptions": "unifeed.runtime.options",
 }
 

@@ -21,20 +21,27 @@ from unifeed.core.stages import (
 )
 from unifeed.kafka.clients import (
     Target,
+    TopicSelection,
     consumer_config,
 )
 from unifeed.runtime.claim import ClaimWatcher
+from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.layout import FeedInput, lowest_position
 from unifeed.runtime.limits import LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import Committer
+from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import Delivery, FeedReader, HandOnStep, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
+    inputs_of,
     links_hook,
+    merged_snapshot_hook,
     open_committer,
+    resolve_feeds,
     restart_offset,
     restore_state,
     snapshot_hook,
@@ -47,15 +54,19 @@ log = logging.getLogger("unifeed")
 
 
 class CombineRun(Supervisor):
-    """One run of `unifeed combine` against Kafka (see the package docstring)."""
+    """One run of `unifeed combine` against Kafka (see the package docstring).
+
+    ``control`` and ``surface`` are a `Target` (that one partition) or a
+    `TopicSelection` (``kafka:TOPIC`` is every partition of the topic; each partition is
+    its own queue, merged into its feed's order: `FeedMerge`)."""
 
     command = "combine"
 
     def __init__(
         self,
         options: RuntimeOptions,
-        control: Target,
-        surface: Target,
+        control: Target | TopicSelection,
+        surface: Target | TopicSelection,
         output: Target,
         mapping: Target | None = None,
     ) -> None:
@@ -65,55 +76,91 @@ class CombineRun(Supervisor):
         self.mapping = mapping
         self.output = output
         self.writer: WriterThread | None = None
+        self.feeds: dict[str, FeedInput] = {}
 
     def setup(self) -> None:
         o = self.options
-        inputs = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        feeds = resolve_feeds(
+            o, self.state, {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
+        )
+        self.feeds = feeds
+        control, surface = feeds[CONTROLSTREAM], feeds[SURFACESTREAM]
+        self.watchers.append(PartitionWatch(o, list(feeds.values())))
+        inputs = {**control.by_key(), **surface.by_key()}
         if self.mapping is not None:
             inputs[MAPPINGSTREAM] = self.mapping
-        committer = open_committer(
-            o, self.output, (CONTROLSTREAM, SURFACESTREAM), self.state, inputs
-        )
+        keys = control.keys + surface.keys
+        committer = open_committer(o, self.output, keys, self.state, inputs)
         cp = committer.checkpoint
-        targets = {CONTROLSTREAM: self.control, SURFACESTREAM: self.surface}
         plans: dict[str, ReadPlan] = {}
         restored: DeriverState | None = None
-        if cp is not None and all(f in cp.feeds for f in targets):
-            pc, ps = cp.feeds[CONTROLSTREAM], cp.feeds[SURFACESTREAM]
+        known = {k: cp.feeds[k] for k in keys if cp is not None and k in cp.feeds}
+        if cp is not None and known:
             if self.mapping is None:
-                restored = restore_state(o, committer, CONTROLSTREAM, self.control)
+                restored = restore_state(
+                    o,
+                    committer,
+                    CONTROLSTREAM,
+                    control.targets[0],
+                    control.by_key() if control.split else None,
+                )
             else:
                 restored = restore_state(o, committer, MAPPINGSTREAM, self.mapping)
-            if restored is not None and self.mapping is None:
-                plans[CONTROLSTREAM] = ReadPlan(
-                    committer.state_ref.offset if committer.state_ref else 0,
-                    pc,
-                    pc.dead_offset,
-                    restored.floor,
+            ref = committer.state_ref
+            saved_starts = ref.partitions if ref is not None else None
+            lowest = lowest_position(known, known)
+            for key, target in control.by_key().items():
+                pos = known.get(key)
+                if pos is None:
+                    plans[key] = ReadPlan(watermarks_or_empty(o, target)[0])
+                elif restored is not None and self.mapping is None and saved_starts is not None:
+                    # Each partition from where the saved state was taken of it.
+                    start = saved_starts.get(key)
+                    plans[key] = (
+                        ReadPlan(start.offset, pos, pos.dead_offset, start.floor)
+                        if start is not None
+                        else ReadPlan(watermarks_or_empty(o, target)[0], pos, pos.dead_offset)
+                    )
+                elif restored is not None and self.mapping is None:
+                    plans[key] = ReadPlan(
+                        ref.offset if ref is not None else 0,
+                        pos,
+                        pos.dead_offset,
+                        restored.floor,
+                    )
+                else:
+                    plans[key] = ReadPlan(
+                        restart_offset(o, target, lowest - o.lookback_ms, pos.offset),
+                        pos,
+                        pos.dead_offset,
+                    )
+            for key, target in surface.by_key().items():
+                pos = known.get(key)
+                plans[key] = (
+                    ReadPlan(watermarks_or_empty(o, target)[0])
+                    if pos is None
+                    else ReadPlan(restart_offset(o, target, pos.pitr, pos.offset), pos, pos.dead_offset)
                 )
-            else:
-                replay_from = min(pc.pitr, ps.pitr) - o.lookback_ms
-                plans[CONTROLSTREAM] = ReadPlan(
-                    restart_offset(o, self.control, replay_from, pc.offset), pc, pc.dead_offset
-                )
-            plans[SURFACESTREAM] = ReadPlan(
-                restart_offset(o, self.surface, ps.pitr, ps.offset), ps, ps.dead_offset
-            )
-            mapping_from = ps.pitr - o.lookback_ms
+            surface_known = [k for k in surface.keys if k in known]
+            mapping_from = (
+                lowest_position(known, surface_known) if surface_known else lowest
+            ) - o.lookback_ms
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
-            starts = start_positions(o, targets)
-            positions = {f: pos for f, (_, pos) in starts.items()}
+            starts = start_positions(o, inputs_of(control, surface))
+            positions = {k: pos for k, (_, pos) in starts.items()}
             if o.start == START_EARLIEST:
-                plans = {f: ReadPlan(off) for f, (off, _) in starts.items()}
+                plans = {k: ReadPlan(off) for k, (off, _) in starts.items()}
                 mapping_from = 0
             else:
-                pc, ps = positions[CONTROLSTREAM], positions[SURFACESTREAM]
-                plans[CONTROLSTREAM] = ReadPlan(
-                    offset_for_pitr(o, self.control, min(pc.pitr, ps.pitr) - o.lookback_ms), pc
-                )
-                plans[SURFACESTREAM] = ReadPlan(starts[SURFACESTREAM][0], ps)
-                mapping_from = ps.pitr - o.lookback_ms
+                lowest = lowest_position(positions, positions)
+                for key, target in control.by_key().items():
+                    plans[key] = ReadPlan(
+                        offset_for_pitr(o, target, lowest - o.lookback_ms), positions[key]
+                    )
+                for key in surface.keys:
+                    plans[key] = ReadPlan(starts[key][0], positions[key])
+                mapping_from = min(positions[k].pitr for k in surface.keys) - o.lookback_ms
             committer.first_checkpoint(positions)
         committer.begin()
         self._build_threads(committer, plans, mapping_from, restored)
@@ -180,29 +227,36 @@ class CombineRun(Supervisor):
                 end_of_log_grace_s=o.end_of_log_grace_s,
             )
 
-        control_reader = reader(
-            CONTROLSTREAM, self.control, plans[CONTROLSTREAM], Delivery(control_steps)
+        control, surface = self.feeds[CONTROLSTREAM], self.feeds[SURFACESTREAM]
+        control_threads, control_readers, control_merge = read_feed(
+            st, control, plans, Delivery(control_steps), rconf, o
         )
-        surface_reader = reader(
-            SURFACESTREAM,
-            self.surface,
-            plans[SURFACESTREAM],
+        surface_threads, surface_readers, _ = read_feed(
+            st,
+            surface,
+            plans,
             Delivery([(annot_inbox, SURFACESTREAM, surface_to_annotator)]),
+            rconf,
+            o,
         )
-        self.threads += [control_reader, surface_reader]
+        self.threads += control_threads + surface_threads
         if deriver is not None:
             # The deriver's state travels with the checkpoints (a restart needs it whatever
             # --lookback); a saved one lies a late window behind every feed's position, so
-            # that a restart rebuilds the link history late messages need.
+            # that a restart rebuilds the link history late messages need. The deriver runs
+            # in the control reader's thread, or in its partitions' merge.
             snapshots = StateSnapshots()
-            control_reader.before_batch = snapshot_hook(snapshots, deriver)
+            if control_merge is not None:
+                control_merge.before_batch = merged_snapshot_hook(snapshots, deriver)
+            else:
+                control_readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
             committer.snapshots = snapshots
             committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
         # controlstream restarts a lookback before the lowest position (it rebuilds the
         # links from there; with derived mappings, the surface's links come from it too).
         committer.marks = {
-            CONTROLSTREAM: (control_reader.marks, o.lookback_ms),
-            SURFACESTREAM: (surface_reader.marks, None),
+            **{k: (r.marks, o.lookback_ms) for k, r in control_readers.items()},
+            **{k: (r.marks, None) for k, r in surface_readers.items()},
         }
         if self.mapping is not None:
             cp = committer.checkpoint

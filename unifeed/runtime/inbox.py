@@ -28,8 +28,8 @@ class Batch(msgspec.Struct, Generic[R], gc=False):
     ``records``: the feed's messages in order (their type is the lane's); ``dead``: dead
     letters found while reading them; ``marker``: nothing below it will follow;
     ``caught_up``: the reader is at the end of its log; ``closed``: the feed has ended.
-    ``position``: how far the producer's own input got, when that is not one input
-    message per record.
+    ``positions``: how far the producer's own input got, by partition key, when that is
+    not one input message per record.
     """
 
     records: list[R]
@@ -37,7 +37,7 @@ class Batch(msgspec.Struct, Generic[R], gc=False):
     marker: int | None = None
     caught_up: bool = False
     closed: bool = False
-    position: FeedCheckpoint | None = None
+    positions: dict[str, FeedCheckpoint] | None = None
 
 
 class Inbox(Generic[R]):

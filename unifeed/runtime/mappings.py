@@ -9,18 +9,23 @@ from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.combine import Emitted
 from unifeed.core.mapping import DeriverState, DeriverStats, MappingDeriver, encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM
-from unifeed.kafka.clients import Target, consumer_config
+from unifeed.kafka.clients import Target, TopicSelection, consumer_config
 from unifeed.runtime.claim import ClaimWatcher
+from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.layout import lowest_position
 from unifeed.runtime.limits import IDLE_S, LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import Committer
-from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
+from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.partwatch import PartitionWatch
+from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import end_round
 from unifeed.runtime.startup import (
+    merged_snapshot_hook,
     open_committer,
+    resolve_feeds,
     restart_offset,
     restore_state,
     snapshot_hook,
@@ -37,7 +42,9 @@ class MappingsRun(Supervisor):
 
     command = "mappings"
 
-    def __init__(self, options: RuntimeOptions, control: Target, output: Target) -> None:
+    def __init__(
+        self, options: RuntimeOptions, control: Target | TopicSelection, output: Target
+    ) -> None:
         super().__init__(options)
         self.control = control
         self.output = output
@@ -53,36 +60,59 @@ class MappingsRun(Supervisor):
 
     def setup(self) -> None:
         o = self.options
-        control = self.control
-        committer = open_committer(
-            o, self.output, (CONTROLSTREAM,), self.state, {CONTROLSTREAM: control}
-        )
+        control = resolve_feeds(o, self.state, {CONTROLSTREAM: self.control})[CONTROLSTREAM]
+        self.watchers.append(PartitionWatch(o, [control]))
+        targets = control.by_key()
+        committer = open_committer(o, self.output, control.keys, self.state, targets)
         cp = committer.checkpoint
         restored: DeriverState | None = None
-        if cp is not None and CONTROLSTREAM in cp.feeds:
-            pos = cp.feeds[CONTROLSTREAM]
-            restored = restore_state(o, committer, CONTROLSTREAM, control)
-            if restored is not None and committer.state_ref is not None:
-                plan = ReadPlan(committer.state_ref.offset, pos, pos.dead_offset, restored.floor)
-            else:
-                start = restart_offset(o, control, pos.pitr - o.lookback_ms, pos.offset)
-                plan = ReadPlan(start, pos, pos.dead_offset)
+        plans: dict[str, ReadPlan] = {}
+        known = {k: cp.feeds[k] for k in control.keys if cp is not None and k in cp.feeds}
+        if cp is not None and known:
+            restored = restore_state(
+                o, committer, CONTROLSTREAM, control.targets[0], targets if control.split else None
+            )
+            ref = committer.state_ref
+            lowest = lowest_position(known, known)
+            for key, target in targets.items():
+                pos = known.get(key)
+                saved = ref.partitions.get(key) if ref is not None and ref.partitions else None
+                if pos is None:
+                    plans[key] = ReadPlan(watermarks_or_empty(o, target)[0])
+                elif restored is not None and ref is not None and ref.partitions is not None:
+                    plans[key] = (
+                        ReadPlan(saved.offset, pos, pos.dead_offset, saved.floor)
+                        if saved is not None
+                        else ReadPlan(watermarks_or_empty(o, target)[0], pos, pos.dead_offset)
+                    )
+                elif restored is not None and ref is not None:
+                    plans[key] = ReadPlan(ref.offset, pos, pos.dead_offset, restored.floor)
+                else:
+                    start = restart_offset(o, target, lowest - o.lookback_ms, pos.offset)
+                    plans[key] = ReadPlan(start, pos, pos.dead_offset)
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
-            off, pos = start_positions(o, {CONTROLSTREAM: control})[CONTROLSTREAM]
-            plan = (
-                ReadPlan(off)
-                if o.start == START_EARLIEST
-                else ReadPlan(offset_for_pitr(o, control, pos.pitr - o.lookback_ms), pos)
-            )
-            committer.first_checkpoint({CONTROLSTREAM: pos})
+            starts = start_positions(o, targets)
+            positions = {k: pos for k, (_, pos) in starts.items()}
+            lowest = lowest_position(positions, positions)
+            for key, target in targets.items():
+                off, pos = starts[key]
+                plans[key] = (
+                    ReadPlan(off)
+                    if o.start == START_EARLIEST
+                    else ReadPlan(offset_for_pitr(o, target, lowest - o.lookback_ms), pos)
+                )
+            committer.first_checkpoint(positions)
         committer.begin()
         if restored is not None:
             self.deriver = MappingDeriver.restore(restored)
         deriver = self.deriver
-        tracker: dict[str, int] = {}
-        if plan.resume_after is not None:
-            tracker.update(pitr=plan.resume_after.pitr, skip=plan.resume_after.skip)
+        # Per partition key: the last pitr handed on and how many messages had it.
+        tracker: dict[str, tuple[int, int]] = {
+            k: (p.resume_after.pitr, p.resume_after.skip)
+            for k, p in plans.items()
+            if p.resume_after is not None
+        }
 
         def hand_on(read: ReadBatch) -> Batch[Emitted] | None:
             good = read.good
@@ -93,34 +123,45 @@ class MappingsRun(Supervisor):
                 for m in deriver.process(a.rec):
                     out.append(Emitted(MAPPINGSTREAM, m.pitr, encode_mapping(m)))
             # The checkpoint counts controlstream messages (keepalives too: they cause output).
-            position = None
+            positions = None
             if good:
-                last = good[-1].rec.pitr
-                count = sum(1 for a in good if a.rec.pitr == last)
-                if count == len(good) and tracker.get("pitr") == last:
-                    count += tracker["skip"]
-                tracker.update(pitr=last, skip=count)
-                position = FeedCheckpoint(pitr=last, skip=count)
-            return Batch(out, read.dead, None, read.caught_up, read.closed, position)
+                positions = {}
+                for a in good:
+                    key = a.feed
+                    last = tracker.get(key)
+                    tracker[key] = (
+                        (a.pitr, last[1] + 1) if last is not None and last[0] == a.pitr else (a.pitr, 1)
+                    )
+                    positions[key] = tracker[key]
+            return Batch(
+                out,
+                read.dead,
+                None,
+                read.caught_up,
+                read.closed,
+                None
+                if positions is None
+                else {k: FeedCheckpoint(pitr=p, skip=n) for k, (p, n) in positions.items()},
+            )
 
-        reader = FeedReader(
-            state=self.state,
-            feed=CONTROLSTREAM,
-            target=control,
-            config=consumer_config(o.bootstrap, o.kafka_extra),
-            plan=plan,
-            deliver=Delivery([(self.inbox, CONTROLSTREAM, hand_on)]),
-            stop_at=o.stop_at,
-            exit_at_end=o.exit_at_end,
-            end_of_log_grace_s=o.end_of_log_grace_s,
+        threads, readers, merge = read_feed(
+            self.state,
+            control,
+            plans,
+            Delivery([(self.inbox, CONTROLSTREAM, hand_on)]),
+            consumer_config(o.bootstrap, o.kafka_extra),
+            o,
             count_keepalives=True,
         )
-        committer.marks = {CONTROLSTREAM: (reader.marks, o.lookback_ms)}
+        committer.marks = {k: (r.marks, o.lookback_ms) for k, r in readers.items()}
         snapshots = StateSnapshots()
-        reader.before_batch = snapshot_hook(snapshots, deriver)
+        if merge is not None:
+            merge.before_batch = merged_snapshot_hook(snapshots, deriver)
+        else:
+            readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
         committer.snapshots = snapshots
         writer = MappingsWriter(self.state, self.inbox, committer)
-        self.threads += [reader, writer, ClaimWatcher(self.state, o, committer)]
+        self.threads += [*threads, writer, ClaimWatcher(self.state, o, committer)]
         self.main = writer
 
 
@@ -141,10 +182,7 @@ class MappingsWriter(Worker):
                 finished = False
                 for _, batch in self.inbox.take([CONTROLSTREAM], 0 if stopping else IDLE_S):
                     committer.write_dead(batch.dead)
-                    position = batch.position
-                    committer.write(
-                        batch.records, None if position is None else {CONTROLSTREAM: position}
-                    )
+                    committer.write(batch.records, batch.positions)
                     if batch.closed:
                         finished = True
                 committer.stop_if_over_dead_letter_limit()

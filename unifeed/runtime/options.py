@@ -57,4 +57,9 @@ class RuntimeOptions:
     end_of_log_grace_s: float = 2.0
     wait_for_topics: bool = False
     allow_nonempty_output: bool = False
+    #: Resume a checkpoint although an input's partitions changed since (partitions added
+    #: to a topic read whole, or another selection): new partitions are read from their
+    #: first offset, positions of partitions no longer read are dropped. Without it such
+    #: a start is refused (docs/operations.md, "Partitioned inputs").
+    accept_partition_change: bool = False
     clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)

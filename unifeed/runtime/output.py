@@ -6,7 +6,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -35,6 +35,7 @@ from unifeed.core.mapping import (
 )
 from unifeed.core.records import (
     CONTROLSTREAM,
+    MAPPINGSTREAM,
     SURFACESTREAM,
     dead_letter_raw,
 )
@@ -49,6 +50,13 @@ from unifeed.kafka.clients import (
     kafka_error,
     producer_config,
     watermarks,
+)
+from unifeed.runtime.layout import (
+    feed_of,
+    lowest_position,
+    partition_changes,
+    partition_key,
+    rekey,
 )
 from unifeed.runtime.limits import (
     DEAD_LETTER_MAX_BYTES,
@@ -164,6 +172,7 @@ class Committer:
         # before it is in what `load` reads next, and this run then claims above it).
         self._claims_from = self.store.end_offset()
         cp, cp_offset = self.store.load(self.options.instance)
+        cp = self._rekeyed(cp)
         self._check_start(cp, cp_offset, output_before=before)
         if self.transactional:
             try:
@@ -176,6 +185,7 @@ class Committer:
                 ) from None
         self.generation = (cp.generation if cp is not None else 0) + 1
         cp, cp_offset = self._claim(cp)
+        cp = self._rekeyed(cp)
         # The latest record may be an older incarnation's last commit: check it too. (Not
         # the new-instance rule: a twin that claimed at the same moment and outranks this
         # one may have written output by now; the claim already decided who goes on.)
@@ -197,6 +207,19 @@ class Committer:
                     len(self._tail),
                 )
         return cp
+
+    def _rekeyed(self, cp: Checkpoint | None) -> Checkpoint | None:
+        """``cp`` with its positions under this run's partition keys (`layout.rekey`);
+        with ``accept_partition_change``, without the partitions no longer read."""
+        if cp is None or not cp.feeds:
+            return cp
+        feeds = rekey(cp.feeds, self.inputs)
+        if self.options.accept_partition_change:
+            changed = {c.feed for c in partition_changes(feeds, self.inputs)}
+            feeds = {k: p for k, p in feeds.items() if k in self.inputs or feed_of(k) not in changed}
+        if feeds == cp.feeds:
+            return cp
+        return msgspec.structs.replace(cp, feeds=feeds)
 
     def _check_start(
         self,
@@ -237,8 +260,8 @@ class Committer:
                     "pass --allow-nonempty-output to append after those records"
                 )
             return low, high
-        holder = "combine" if SURFACESTREAM in cp.feeds else "mappings"
-        if holder != ("combine" if SURFACESTREAM in self.feeds else "mappings"):
+        holder = _run_kind(cp.feeds)
+        if holder != _run_kind(self.feeds):
             # Another command's run holds the name: refused before init_transactions,
             # which would fence that run's producer (same transactional.id).
             held_output = (
@@ -257,14 +280,36 @@ class Committer:
                 f"instance {name!r} wrote to kafka:{cp.output.topic}:{cp.output.partition}, "
                 f"not {self.output}; use another --instance, or {reset}"
             )
-        recorded = {f: p.source for f, p in cp.feeds.items() if p.source is not None}
+        changes = partition_changes(cp.feeds, self.inputs)
+        if changes and not o.accept_partition_change:
+            raise StartRefusedError(
+                f"{where} was written when the inputs had other partitions: "
+                f"{'; '.join(c.describe() for c in changes)}. Resuming as if nothing had "
+                "changed would never read a new partition (or would drop a position). To go "
+                "on, run again with --accept-partition-change: new partitions are read from "
+                "their first offset (their records come after the output already written), "
+                "positions of partitions no longer read are dropped"
+            )
+        moved = {c.feed for c in changes}
+        recorded = {
+            f: p.source
+            for f, p in cp.feeds.items()
+            if p.source is not None and feed_of(f) not in moved
+        }
         if recorded:  # records written before sources existed are not checked
-            now = {f: f"{t.topic}:{t.partition}" for f, t in self.inputs.items()}
+            now = {
+                f: f"{t.topic}:{t.partition}"
+                for f, t in self.inputs.items()
+                if feed_of(f) not in moved
+            }
             changed = [f for f in sorted(set(recorded) | set(now)) if recorded.get(f) != now.get(f)]
             if changed:
+                # One clause a feed, its partitions together (`kafka:T:0,1,2`).
+                feeds = sorted({feed_of(f) for f in changed})
                 what = "; ".join(
-                    f"{f} was read from {_named(recorded.get(f))}, now from {_named(now.get(f))}"
-                    for f in changed
+                    f"{feed} was read from {_sources(recorded, feed)}, now from "
+                    f"{_sources(now, feed)}"
+                    for feed in feeds
                 )
                 raise StartRefusedError(
                     f"{where} belongs to other inputs ({what}): its positions mean nothing "
@@ -570,7 +615,7 @@ class Committer:
             if f not in out:
                 out[f] = pos
         if self.marks and all(f in out for f in self.marks):
-            lowest = min(out[f].pitr for f in self.marks)
+            lowest = lowest_position(out, self.marks)
             for f, (marks, lookback) in self.marks.items():
                 pos = out[f]
                 offset = marks.offset_for(pos.pitr if lookback is None else lowest - lookback)
@@ -631,8 +676,9 @@ class Committer:
         self.dead_written += len(letters)
         self._last_dead = letters[-1]
         for d in letters:
-            if d.offset is not None and d.offset > self._dead_offsets.get(d.feed, -1):
-                self._dead_offsets[d.feed] = d.offset
+            key = d.feed if d.partition is None else partition_key(d.feed, d.partition)
+            if d.offset is not None and d.offset > self._dead_offsets.get(key, -1):
+                self._dead_offsets[key] = d.offset
         for d in letters:
             self.state.add(f"dead_letters.{d.kind.value}")
         self._dirty = True
@@ -719,11 +765,11 @@ class Committer:
         transaction (before its flush); its offsets are filled in by delivery reports."""
         if self.snapshots is None or not all(f in feeds for f in self.feeds):
             return None
-        lowest = min(feeds[f].pitr for f in self.feeds)
+        lowest = lowest_position(feeds, self.feeds)
         taken = self.snapshots.take(lowest - self.state_lag_ms)
         if taken is None:
             return None
-        offset, state = taken
+        offset, state, starts = taken
         raw = encode_state(state)
         size = min(STATE_PART_BYTES, max(1024, self.max_record_bytes - 1024))
         chunks = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
@@ -758,7 +804,8 @@ class Committer:
             offsets=[],
             id=token,
             feed=self.state_feed,
-            offset=offset,
+            offset=0 if starts is not None else offset,
+            partitions=starts,
         )
         return offsets, ref
 
@@ -783,8 +830,40 @@ class Committer:
             self.producer.flush(5)
 
 
-def _named(source: str | None) -> str:
-    return "nothing" if source is None else f"kafka:{source}"
+def _run_kind(feeds: Iterable[str]) -> str:
+    """Which command's run reads these feeds (checkpoint keys, one a partition of a feed
+    read from several: ``surfacestream[2]``): combine reads surfacestream, mappings
+    controlstream alone, merge feeds of its own names.
+
+    >>> _run_kind(["controlstream[0]", "controlstream[1]", "surfacestream"])
+    'combine'
+    >>> _run_kind(["controlstream"]), _run_kind(["radar", "adsb[3]"])
+    ('mappings', 'merge')
+    """
+    names = {feed_of(key) for key in feeds}
+    if SURFACESTREAM in names and names <= {CONTROLSTREAM, SURFACESTREAM, MAPPINGSTREAM}:
+        return "combine"
+    if names == {CONTROLSTREAM}:
+        return "mappings"
+    return "merge"
+
+
+def _sources(sources: dict[str, str], feed: str) -> str:
+    """Where a feed was read from, as people write it: ``kafka:T:0`` or ``kafka:T:0,1,2``.
+
+    >>> _sources({"c[0]": "t:0", "c[1]": "t:1", "s": "u:0"}, "c"), _sources({}, "c")
+    ('kafka:t:0,1', 'nothing')
+    """
+    by_topic: dict[str, list[str]] = {}
+    for key, source in sorted(sources.items()):
+        if feed_of(key) == feed:
+            topic, _, partition = source.rpartition(":")
+            by_topic.setdefault(topic, []).append(partition)
+    if not by_topic:
+        return "nothing"
+    return " and ".join(
+        f"kafka:{topic}:{','.join(sorted(parts, key=int))}" for topic, parts in by_topic.items()
+    )
 
 
 def _iso(ms: int) -> str:

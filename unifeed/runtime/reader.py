@@ -15,6 +15,7 @@ from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.errors import (
     KafkaRuntimeError,
 )
+from unifeed.core.records import StampedDecoder
 from unifeed.core.stages import (
     Accepted,
     DeadLetter,
@@ -72,8 +73,16 @@ class FeedReader(Worker):
         exit_at_end: bool,
         count_keepalives: bool = False,
         end_of_log_grace_s: float = 2.0,
+        key: str | None = None,
+        partition: int | None = None,
+        decoder: StampedDecoder | None = None,
     ) -> None:
-        super().__init__(f"reader-{feed}", state)
+        """``key``: the partition's key when the feed is read from several (its queue
+        name, and the ``partition`` its dead letters name); ``decoder``: `unifeed merge`'s
+        (the feed's schema by default)."""
+        key = feed if key is None else key
+        super().__init__(f"reader-{key}", state)
+        self.key = key
         self.end_of_log_grace_s = end_of_log_grace_s
         self.feed = feed
         self.target = target
@@ -83,7 +92,9 @@ class FeedReader(Worker):
         self.stop_at = stop_at
         self.exit_at_end = exit_at_end
         self.count_keepalives = count_keepalives
-        self.intake = FeedIntake(feed, where="offset")
+        self.intake = FeedIntake(
+            feed, where="offset", partition=partition, queue=key, decoder=decoder
+        )
         if plan.floor is not None:
             self.intake.floor = plan.floor
         self.next_offset = plan.offset
@@ -165,6 +176,14 @@ class FeedReader(Worker):
             floor_before = self.intake.floor
             good: list[Accepted]
             good, dead = self.intake.process_values(list(map(MESSAGE_VALUE, records)), offset_of)
+            accepted_at: list[int] | None = None
+            if self.intake.partition is not None:
+                # One partition of several: the offset of each accepted message, for the
+                # feed's merge (where a restart from saved state reads each partition).
+                dead_at = {d.offset for d in dead}
+                accepted_at = [
+                    o for o in (m.offset() or 0 for m in records) if o not in dead_at
+                ]
             if dead and self.plan.dead_offset is not None:
                 # Written and committed by the run that left the checkpoint.
                 dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
@@ -178,13 +197,16 @@ class FeedReader(Worker):
             if records or caught_up or closed:
                 self.state.add(f"in.{self.feed}", len(records))
                 if good:
-                    self.state.lag_pitr[self.feed] = good[-1].rec.pitr
+                    self.state.lag_pitr[self.key] = good[-1].rec.pitr
                 if good or replay:
                     # Before the batch goes on: no commit can cover it without its mark.
                     self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
                     if self.before_batch is not None:
                         self.before_batch(records[0].offset() or 0, floor_before)
-                if not self._hand_on(consumer, tp, ReadBatch(replay, good, dead, caught_up, closed)):
+                if accepted_at is not None:
+                    del accepted_at[len(replay) + len(good) :]
+                read = ReadBatch(replay, good, dead, caught_up, closed, accepted_at)
+                if not self._hand_on(consumer, tp, read):
                     return
 
     def _hand_on(self, consumer: Consumer, tp: TopicPartition, read: ReadBatch) -> bool:
@@ -216,6 +238,8 @@ class ReadBatch(msgspec.Struct, gc=False):
     dead: list[DeadLetter]
     caught_up: bool
     closed: bool
+    #: The offsets of ``replay`` then ``good``, for a reader of one partition of several.
+    offsets: list[int] | None = None
 
 
 #: What a reader's batch becomes for one lane (None: nothing for it this time).

@@ -11,7 +11,7 @@ from typing import Final
 import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from unifeed.checkpoint.store import StateRef
+from unifeed.checkpoint.store import PartitionStart, StateRef
 from unifeed.core.errors import (
     KafkaRuntimeError,
 )
@@ -46,7 +46,10 @@ class StateSnapshots:
     """
 
     def __init__(self) -> None:
-        self._held: deque[tuple[int, DeriverState]] = deque()
+        #: (offset, state, partition starts): ``offset`` is the controlstream offset
+        #: the state was taken before, or, for a controlstream of several partitions, a
+        #: count of merged messages (spacing only) with each partition's start.
+        self._held: deque[tuple[int, DeriverState, dict[str, PartitionStart] | None]] = deque()
         self._lock = threading.Lock()
         self._last_offset = -(2**63)
         self._last_pitr = -(2**63)
@@ -55,7 +58,12 @@ class StateSnapshots:
     def due(self, offset: int, pitr: int) -> bool:
         return pitr - self._last_pitr >= SNAPSHOT_EVERY_PITR_MS and offset >= self._next_offset
 
-    def add(self, offset: int, state: DeriverState) -> None:
+    def add(
+        self,
+        offset: int,
+        state: DeriverState,
+        starts: dict[str, PartitionStart] | None = None,
+    ) -> None:
         self._last_pitr = state.floor
         entries = len(state.access) + len(state.links)
         self._next_offset = offset + max(
@@ -63,12 +71,14 @@ class StateSnapshots:
         )
         with self._lock:
             held = self._held
-            held.append((offset, state))
+            held.append((offset, state, starts))
             if len(held) > SNAPSHOTS_HELD:
                 # Keep the oldest (a commit may need one that far back), thin the rest.
                 del held[1]
 
-    def take(self, before_pitr: int) -> tuple[int, DeriverState] | None:
+    def take(
+        self, before_pitr: int
+    ) -> tuple[int, DeriverState, dict[str, PartitionStart] | None] | None:
         """The newest snapshot whose messages all have pitr below ``before_pitr`` (and
         forget it and older ones), or None."""
         found = None

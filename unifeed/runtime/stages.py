@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, cast
 
 from unifeed.core.combine import Emitted
@@ -16,6 +17,7 @@ from unifeed.core.stages import (
     Accepted,
     AnnotateStage,
     DeadLetter,
+    MergeStage,
     WriterStage,
 )
 from unifeed.runtime.inbox import Batch, Inbox
@@ -127,30 +129,54 @@ def end_round(committer: Committer, state: RunState, ending: bool) -> bool:
     return False
 
 
+#: How a writer queues one lane's records into its stage.
+Push = Callable[[list[Any]], bool]
+
+
 class WriterThread(Worker):
+    """The merge of the output's feeds (a `MergeStage`, one lane each), written and
+    committed by the `Committer`.
+
+    By default the unified feed's (`WriterStage`: controlstream's accepted messages and
+    the annotated surfacestream); `unifeed merge` gives its own stage over its inputs
+    (``stage`` and ``pushes``, how each lane's records go into it).
+    """
+
     def __init__(
-        self, state: RunState, inbox: WriterInbox, committer: Committer, options: RuntimeOptions
+        self,
+        state: RunState,
+        inbox: WriterInbox,
+        committer: Committer,
+        options: RuntimeOptions,
+        stage: MergeStage | None = None,
+        pushes: dict[str, Push] | None = None,
     ) -> None:
         super().__init__("writer", state)
         self.inbox = inbox
         self.committer = committer
-        self.stage = WriterStage(**_stage_options(options))
+        if stage is None or pushes is None:
+            unified = WriterStage(**_stage_options(options))
+            stage = unified
+            pushes = {
+                CONTROLSTREAM: cast("Push", unified.push_control),
+                SURFACESTREAM: cast("Push", unified.push_annotated),
+            }
+        self.stage = stage
+        self.pushes = pushes
         self.finished = False
 
     def work(self) -> None:
         stage = self.stage
         c = stage.combiner
         committer = self.committer
+        pushes = self.pushes
         try:
             while True:
                 stopping = self.state.stop.is_set()
-                lanes = [lane for lane in (CONTROLSTREAM, SURFACESTREAM) if c.room(lane) > 0]
+                lanes = [lane for lane in pushes if c.room(lane) > 0]
                 for lane, batch in self.inbox.take(lanes, 0 if stopping else IDLE_S):
                     committer.write_dead(batch.dead)
-                    if lane == CONTROLSTREAM:
-                        stage.push_control(cast("list[Accepted]", batch.records))
-                    else:
-                        stage.push_annotated(batch.records)
+                    pushes[lane](batch.records)
                     if batch.marker is not None:
                         c.advance(lane, batch.marker)
                     c.caught_up(lane, batch.caught_up)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import msgspec
 from confluent_kafka import Consumer
 
-from unifeed.checkpoint.store import CheckpointStore, FeedCheckpoint
+from unifeed.checkpoint.store import CheckpointStore, FeedCheckpoint, PartitionStart
 from unifeed.core.annotate import Annotator
 from unifeed.core.errors import (
     KafkaRuntimeError,
@@ -20,11 +20,13 @@ from unifeed.core.mapping import (
 )
 from unifeed.kafka.clients import (
     Target,
+    TopicSelection,
     consumer_config,
     ensure_reachable,
     parse_target,
     watermarks,
 )
+from unifeed.runtime.layout import FeedInput, check_unique, resolve
 from unifeed.runtime.limits import UNKNOWN_CODES
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, RuntimeOptions
 from unifeed.runtime.output import Committer, watermarks_or_empty
@@ -45,6 +47,18 @@ def snapshot_hook(snapshots: StateSnapshots, deriver: MappingDeriver) -> Callabl
     return before_batch
 
 
+def merged_snapshot_hook(
+    snapshots: StateSnapshots, deriver: MappingDeriver
+) -> Callable[[int, int, dict[str, PartitionStart]], None]:
+    """`snapshot_hook` for a controlstream of several partitions (its `FeedMerge`)."""
+
+    def before_batch(handed: int, floor: int, starts: dict[str, PartitionStart]) -> None:
+        if snapshots.due(handed, floor):
+            snapshots.add(handed, deriver.snapshot(floor), starts)
+
+    return before_batch
+
+
 def links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, int], None]:
     """Snapshots of the links an external mappingstream has made so far."""
 
@@ -59,12 +73,16 @@ def links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, in
 
 
 def restore_state(
-    options: RuntimeOptions, committer: Committer, feed: str, target: Target
+    options: RuntimeOptions,
+    committer: Committer,
+    feed: str,
+    target: Target,
+    partitions: dict[str, Target] | None = None,
 ) -> DeriverState | None:
     """The saved state of the checkpoint resumed from, if it names one built from
-    ``feed`` that can be read and whose offset is still stored; else None (logged), and
-    the restart replays --lookback. The checkpoint's reference is kept for the next
-    commits."""
+    ``feed`` (read from ``target``, or from the ``partitions`` by key) that can be read
+    and whose offsets are still stored; else None (logged), and the restart replays
+    --lookback. The checkpoint's reference is kept for the next commits."""
     cp = committer.checkpoint
     ref = cp.state if cp is not None else msgspec.UNSET
     if isinstance(ref, msgspec.UnsetType):
@@ -76,7 +94,29 @@ def restore_state(
             options.instance, ref.feed, feed,
         )
         return None
-    low, _ = watermarks_or_empty(options, target)
+    if (ref.partitions is None) != (partitions is None):
+        log.warning(
+            "%s: the saved state was taken of %s read from %s, this run reads it from %s; "
+            "rebuilding links and access levels from --lookback instead",
+            options.instance, feed,
+            "one partition" if ref.partitions is None else "several partitions",
+            "one partition" if partitions is None else "several partitions",
+        )
+        return None
+    if ref.partitions is not None and partitions is not None:
+        for key, start in ref.partitions.items():
+            where = partitions.get(key)
+            low = watermarks_or_empty(options, where)[0] if where is not None else 0
+            if where is not None and start.offset < low:
+                log.warning(
+                    "%s: the saved state was taken at %s offset %d, no longer stored (first "
+                    "offset %d); rebuilding links and access levels from --lookback instead",
+                    options.instance, where, start.offset, low,
+                )
+                return None
+        low = 0
+    else:
+        low, _ = watermarks_or_empty(options, target)
     if ref.offset < low:
         log.warning(
             "%s: the saved state was taken at %s offset %d, no longer stored (first offset "
@@ -87,9 +127,17 @@ def restore_state(
     state = load_state(options, ref)
     if state is not None:
         committer.state_ref = ref
+        if ref.partitions is not None and partitions is not None:
+            saved_at = ", ".join(
+                f"{partitions[k]} offset {p.offset}"
+                for k, p in ref.partitions.items()
+                if k in partitions
+            )
+        else:
+            saved_at = f"{target} offset {ref.offset}"
         log.info(
-            "%s: restored %d links and %d access levels saved at %s offset %d",
-            options.instance, len(state.links), len(state.access), target, ref.offset,
+            "%s: restored %d links and %d access levels saved at %s",
+            options.instance, len(state.links), len(state.access), saved_at,
         )
     return state
 
@@ -195,3 +243,29 @@ def open_committer(
     )
     committer.start()
     return committer
+
+
+def resolve_feeds(
+    options: RuntimeOptions, state: RunState, sources: dict[str, Target | TopicSelection]
+) -> dict[str, FeedInput]:
+    """Each feed's partitions (`layout.resolve`), once the broker answers; no partition
+    is read by two feeds."""
+    ensure_reachable(options.bootstrap, options.connect_timeout_s, options.kafka_extra)
+    feeds = {name: resolve(options, name, source) for name, source in sources.items()}
+    check_unique(list(feeds.values()))
+    for f in feeds.values():
+        if f.split:
+            log.info(
+                "%s: %s is read from %d partitions of %s (%s)",
+                options.instance, f.name, len(f.targets), f.topic,
+                ", ".join(str(t.partition) for t in f.targets),
+            )
+    return feeds
+
+
+def inputs_of(*feeds: FeedInput) -> dict[str, Target]:
+    """Every partition of ``feeds`` by key, in rank then partition order."""
+    out: dict[str, Target] = {}
+    for f in feeds:
+        out.update(f.by_key())
+    return out

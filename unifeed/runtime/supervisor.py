@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from unifeed.core.errors import BrokerUnreachableError
+from unifeed.core.errors import BrokerUnreachableError, PartitionChangeError
 from unifeed.runtime.health import BrokerHealth
 from unifeed.runtime.limits import JOIN_TIMEOUT_S, SWITCH_INTERVAL_S
 from unifeed.runtime.options import RuntimeOptions
@@ -46,6 +46,9 @@ class Supervisor:
         self.threads: list[Worker] = []
         self.main: Worker | None = None
         self.metrics: Any = None
+        #: Checks the supervisor runs every watch round (``check()`` raises the run's
+        #: failure, ``close()`` at the end): `PartitionWatch`.
+        self.watchers: list[Any] = []
 
     # --- what a run defines ---------------------------------------------------
 
@@ -106,13 +109,17 @@ class Supervisor:
                     progress(False)
                 try:
                     health.check()
-                except BrokerUnreachableError as exc:
+                    for watcher in self.watchers:
+                        watcher.check()
+                except (BrokerUnreachableError, PartitionChangeError) as exc:
                     self.state.fail(exc)
         finally:
             self.state.stop.set()
             for t in self.threads:
                 t.join(JOIN_TIMEOUT_S)
             health.close()
+            for watcher in self.watchers:
+                watcher.close()
             if self.metrics is not None:
                 self.metrics.close()
             gc.set_threshold(*thresholds)

@@ -1,0 +1,126 @@
+"""`FeedMerge` alone (no broker): a feed's partitions, fed as their readers would feed
+them, come out merged by (pitr, partition); an idle partition is passed once at the end
+of its log; a record a passed partition delivers below the feed's position is a dead
+letter naming its partition; replay stays replay; the snapshot hook sees where each
+partition stands."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from unifeed.checkpoint.store import PartitionStart
+from unifeed.core.records import StampedDecoder
+from unifeed.core.stages import Accepted, FeedIntake
+from unifeed.runtime.feedmerge import FeedMerge
+from unifeed.runtime.reader import ReadBatch
+from unifeed.runtime.state import RunState
+
+KEYS = ("f[0]", "f[1]", "f[2]")
+
+
+def _accepted(key: str, partition: int, pitrs: list[int]) -> list[Accepted]:
+    intake = FeedIntake("f", where="offset", decoder=StampedDecoder("f"), partition=partition,
+                        queue=key)
+    good, dead = intake.process([(i, b'{"pitr":%d,"p":%d}' % (p, partition))
+                                 for i, p in enumerate(pitrs)])
+    assert not dead
+    return list(good)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.reads: list[ReadBatch] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, read: ReadBatch) -> bool:
+        with self.lock:
+            self.reads.append(read)
+        return True
+
+    def items(self) -> list[tuple[str, int]]:
+        with self.lock:
+            return [(a.feed, a.pitr) for r in self.reads for a in r.good]
+
+    def wait(self, predicate: Any, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.01)
+        raise TimeoutError(f"feed merge: {self.reads}")
+
+
+def _run(merge: FeedMerge) -> None:
+    merge.start()
+
+
+def _feed(merge: FeedMerge, key: str, read: ReadBatch) -> None:
+    assert merge.reader_delivery(key)(read)
+
+
+def test_partitions_merge_by_pitr_then_partition_and_an_idle_one_is_passed_at_its_end() -> None:
+    state = RunState()
+    out = Collector()
+    merge = FeedMerge(state, "f", KEYS, {k: i for i, k in enumerate(KEYS)}, out)
+    _run(merge)
+    try:
+        _feed(merge, "f[1]", ReadBatch([], _accepted("f[1]", 1, [5, 7, 9]), [], False, False,
+                                       [0, 1, 2]))
+        _feed(merge, "f[0]", ReadBatch([], _accepted("f[0]", 0, [5, 6, 9]), [], False, False,
+                                       [0, 1, 2]))
+        time.sleep(0.3)
+        assert out.items() == [], "partition 2 has said nothing: nothing can pass it"
+        _feed(merge, "f[2]", ReadBatch([], [], [], True, False, []))  # at the end of its log
+        out.wait(lambda: len(out.items()) == 5)
+        # Partition 1's 9 waits: partition 0 (ranked first) may still send another 9.
+        assert out.items() == [("f[0]", 5), ("f[1]", 5), ("f[0]", 6), ("f[1]", 7),
+                               ("f[0]", 9)]
+        # Partition 2 wakes up below where the feed is: a dead letter naming it.
+        _feed(merge, "f[2]", ReadBatch([], _accepted("f[2]", 2, [3, 11]), [], False, False,
+                                       [0, 1]))
+        _feed(merge, "f[0]", ReadBatch([], [], [], False, True, []))
+        _feed(merge, "f[1]", ReadBatch([], [], [], False, True, []))
+        _feed(merge, "f[2]", ReadBatch([], [], [], False, True, []))
+        out.wait(lambda: bool(out.reads) and out.reads[-1].closed)
+        assert out.items()[5:] == [("f[1]", 9), ("f[2]", 11)]
+        dead = [d for r in out.reads for d in r.dead]
+        assert [(d.feed, d.partition, d.pitr, d.kind.value) for d in dead] == [
+            ("f", 2, 3, "pitr_backwards")]
+    finally:
+        state.stop.set()
+        merge.join(5)
+    assert state.failure is None
+
+
+def test_replay_stays_replay_and_snapshots_see_each_partitions_start() -> None:
+    state = RunState()
+    out = Collector()
+    starts: list[tuple[int, int, dict[str, PartitionStart]]] = []
+    keys = ("f[0]", "f[1]")
+    merge = FeedMerge(state, "f", keys, {"f[0]": 0, "f[1]": 1}, out,
+                      starts={"f[0]": PartitionStart(100, -1), "f[1]": PartitionStart(200, -1)})
+    merge.before_batch = lambda handed, floor, at: starts.append((handed, floor, dict(at)))
+    _run(merge)
+    try:
+        a = _accepted("f[0]", 0, [1, 2, 8])
+        b = _accepted("f[1]", 1, [3, 4, 9])
+        _feed(merge, "f[0]", ReadBatch(a[:2], [], [], False, False, [100, 101]))
+        _feed(merge, "f[1]", ReadBatch(b[:2], [], [], False, False, [200, 201]))
+        out.wait(lambda: len(starts) == 1 and len(out.reads) == 1)  # replay 1, 2
+        _feed(merge, "f[0]", ReadBatch([], a[2:], [], False, True, [105]))
+        out.wait(lambda: len(starts) == 2 and len(out.reads) == 2)  # replay 3, 4
+        _feed(merge, "f[1]", ReadBatch([], b[2:], [], False, True, [207]))
+        out.wait(lambda: bool(out.reads) and out.reads[-1].closed)
+    finally:
+        state.stop.set()
+        merge.join(5)
+    replay = [(x.feed, x.pitr) for r in out.reads for x in r.replay]
+    assert replay == [("f[0]", 1), ("f[0]", 2), ("f[1]", 3), ("f[1]", 4)]
+    assert out.items() == [("f[0]", 8), ("f[1]", 9)]
+    # Before the first batch: each partition from where its reader began.
+    assert starts[0] == (0, -1, {"f[0]": PartitionStart(100, -1), "f[1]": PartitionStart(200, -1)})
+    # Before a later batch: each partition from its first message not handed on yet.
+    assert starts[1] == (2, 2, {"f[0]": PartitionStart(105, 2), "f[1]": PartitionStart(200, -1)})
+    assert starts[2] == (4, 4, {"f[0]": PartitionStart(105, 2), "f[1]": PartitionStart(207, 4)})

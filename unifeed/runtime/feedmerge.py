@@ -1,0 +1,309 @@
+"""A feed read from several partitions (`FeedMerge`): one reader a partition, and one
+thread that merges them into the feed's order before anything else sees the feed.
+
+Each partition is its own FIFO queue (``pitr`` never decreases within a partition, not
+across them); the merge emits by ``(pitr, partition)`` once every partition is settled
+for a message: it has one queued, has ended, or its reader has stayed at the end of its
+log for the end-of-log grace (an idle partition is passed, never waited for forever).
+That is the catch-up rule, in real time too: a feed's partitions are merged strictly,
+so everything downstream of the merge sees one feed in ``pitr`` order, as from one
+partition. A partition that later delivers a message below what the merge has already
+passed (it was idle at the end of its log meanwhile) would break that order: the message
+becomes a dead letter (``pitr_backwards``, naming the partition) instead.
+
+The merged messages keep their partition's key as their label (`Accepted.feed`), so
+that the output side keeps each partition's position.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from unifeed.checkpoint.store import PartitionStart
+from unifeed.core.combine import Combiner, Feed
+from unifeed.core.errors import DeadLetterReason
+from unifeed.core.records import StampedDecoder, dead_letter_raw
+from unifeed.core.stages import Accepted, DeadLetter
+from unifeed.core.unify import CATCHUP_CLOCK
+from unifeed.kafka.clients import Target
+from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.layout import FeedInput
+from unifeed.runtime.limits import IDLE_S, LANE_BATCHES, READ_BATCH, STAGE_CAPACITY
+from unifeed.runtime.options import RuntimeOptions
+from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
+from unifeed.runtime.state import RunState, Worker
+
+log = logging.getLogger("unifeed")
+
+
+class FeedMerge(Worker):
+    """Merges the partitions of one feed (their readers' batches, one lane each) and
+    hands the feed on as one reader would (``deliver``, the feed's `Delivery`).
+
+    Messages a restarted reader only replays (before its checkpoint position) stay
+    replay in the merged batches, in merged order.
+    """
+
+    def __init__(
+        self,
+        state: RunState,
+        feed: str,
+        keys: tuple[str, ...],
+        partitions: dict[str, int],
+        deliver: Callable[[ReadBatch], bool],
+        stop_at: int | None = None,
+        starts: dict[str, PartitionStart] | None = None,
+    ) -> None:
+        """``starts``: where each partition's reader starts and its order floor there."""
+        super().__init__(f"merge-{feed}", state)
+        self.stop_at = stop_at
+        begin = starts or {}
+        # Per partition: the offsets of its queued messages (in order), where a restart
+        # reads it from once they are handed on, and its highest pitr handed on.
+        self._offsets: dict[str, deque[int]] = {k: deque() for k in keys}
+        self._next = {k: begin[k].offset if k in begin else 0 for k in keys}
+        self._floor = {k: begin[k].floor if k in begin else -1 for k in keys}
+        self._handed = 0  # messages handed on (spaces the snapshots)
+        self._handed_pitr = -1  # the highest pitr handed on
+        #: Called in this thread before a batch with messages is handed on, with the
+        #: messages handed on so far, the highest pitr among them and where a restart
+        #: would read each partition from: the deriver's snapshots (`merged_snapshot_hook`).
+        self.before_batch: Callable[[int, int, dict[str, PartitionStart]], None] | None = None
+        self.feed = feed
+        self.keys = keys
+        self.partitions = partitions
+        self.deliver = deliver
+        self.inbox: Inbox[ReadBatch] = Inbox(list(keys), LANE_BATCHES, state.stop)
+        # Always the catch-up rule (the clock is far past every pitr): every partition is
+        # waited for until it is settled, caught up (end of log) or ended.
+        self.combiner = Combiner(
+            [Feed(k, True, True, STAGE_CAPACITY) for k in keys], clock=CATCHUP_CLOCK
+        )
+        self._last_pitr = -1
+
+    def reader_delivery(self, key: str) -> Delivery:
+        """What a partition's reader hands its batches to."""
+
+        def whole(read: ReadBatch) -> Batch[Any]:
+            return Batch([read])
+
+        return Delivery([(self.inbox, key, whole)])
+
+    def work(self) -> None:
+        c = self.combiner
+        keys = self.keys
+        caught = dict.fromkeys(keys, False)
+        replay_ids: set[int] = set()
+        sent_caught_up = False
+        while not self.state.stop.is_set():
+            dead: list[DeadLetter] = []
+            lanes = [k for k in keys if c.room(k) > 0]
+            for key, batch in self.inbox.take(lanes, IDLE_S):
+                read: ReadBatch = batch.records[0]
+                dead.extend(read.dead)
+                offsets = read.offsets
+                at = 0
+                for part, is_replay in ((read.replay, True), (read.good, False)):
+                    if not part:
+                        continue
+                    part_at = None if offsets is None else offsets[at : at + len(part)]
+                    at += len(part)
+                    part, part_at = self._in_order(key, part, part_at, dead)
+                    if part:
+                        c.push_emitted(key, part)
+                        if part_at is not None:
+                            self._offsets[key].extend(part_at)
+                        if is_replay:
+                            replay_ids.update(map(id, part))
+                caught[key] = read.caught_up
+                c.caught_up(key, read.caught_up)
+                if read.closed:
+                    c.close(key)
+            if self.stop_at is not None:
+                self._close_idle(caught)
+            out = c.drain_list()
+            finished = c.exhausted()
+            caught_up = all(caught[k] or c.is_closed(k) for k in keys) and not any(
+                c.queued(k) for k in keys
+            )
+            batches = _runs(out, replay_ids) if out else []
+            if not batches and (dead or finished or (caught_up and not sent_caught_up)):
+                batches = [ReadBatch([], [], [], False, False)]
+            for i, read in enumerate(batches):
+                if i == 0:
+                    read.dead = dead
+                if i == len(batches) - 1:
+                    read.caught_up = caught_up
+                    read.closed = finished
+                if read.replay or read.good:
+                    self._handed_over(read)
+                if not self._hand_on(read):
+                    return
+            if out:
+                self._last_pitr = out[-1].pitr
+                # The feed's lag is its merge's (each partition's reader keeps its own).
+                self.state.lag_pitr[self.feed] = self._last_pitr
+            if batches:
+                sent_caught_up = caught_up
+            if finished:
+                return
+
+    def _handed_over(self, read: ReadBatch) -> None:
+        """Before ``read`` is handed on: offer a snapshot of where each partition stands,
+        then move past its messages."""
+        if self.before_batch is not None:
+            starts = {
+                k: PartitionStart(q[0] if q else self._next[k], self._floor[k])
+                for k, q in self._offsets.items()
+            }
+            self.before_batch(self._handed, self._handed_pitr, starts)
+        offsets = self._offsets
+        for part in (read.replay, read.good):
+            for e in part:
+                q = offsets[e.feed]
+                if q:
+                    self._next[e.feed] = q.popleft() + 1
+                self._floor[e.feed] = e.pitr
+            self._handed += len(part)
+        self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
+
+    def _close_idle(self, caught: dict[str, bool]) -> None:
+        """With --stop-at: once a partition has passed it, one that stays at the end of
+        its log without reaching it has ended too (it is passed, not waited for)."""
+        c = self.combiner
+        keys = self.keys
+        if not any(c.is_closed(k) for k in keys):
+            return
+        if all(c.is_closed(k) or (caught[k] and not c.queued(k)) for k in keys):
+            for k in keys:
+                c.close(k)
+
+    def _in_order(
+        self, key: str, part: list[Accepted], at: list[int] | None, dead: list[DeadLetter]
+    ) -> tuple[list[Accepted], list[int] | None]:
+        """The messages of ``part`` (and their offsets ``at``) the merge can still place:
+        below what it has passed, a message is a dead letter."""
+        floor = self._last_pitr
+        if part[0].pitr >= floor:
+            return part, at
+        kept: list[Accepted] = []
+        kept_at: list[int] = []
+        for i, a in enumerate(part):
+            if a.pitr < floor:
+                reason = (
+                    f"pitr {a.pitr} is lower than {floor}, where feed {self.feed} already is: "
+                    f"partition {self.partitions[key]} was idle at the end of its log and "
+                    "was passed (--end-of-log-grace); a feed's partitions are merged in pitr "
+                    "order, so this message cannot be placed"
+                )
+                raw: dict[str, Any] = dead_letter_raw(a.item)
+                dead.append(
+                    DeadLetter(
+                        feed=self.feed,
+                        partition=self.partitions[key],
+                        pitr=a.pitr,
+                        reason=reason,
+                        kind=DeadLetterReason.PITR_BACKWARDS,
+                        **raw,
+                    )
+                )
+            else:
+                kept.append(a)
+                if at is not None:
+                    kept_at.append(at[i])
+        return kept, None if at is None else kept_at
+
+    def _hand_on(self, read: ReadBatch) -> bool:
+        while not self.deliver(read):
+            if self.state.stop.is_set():
+                return False
+            read = ReadBatch([], [], [], read.caught_up, read.closed)
+        return True
+
+
+def _runs(out: list[Any], replay_ids: set[int]) -> list[ReadBatch]:
+    """The merged messages as batches of at most a reader's batch (`READ_BATCH`: the
+    deriver's snapshots are taken between batches): each a run of replay, then a run of
+    the rest."""
+    if not replay_ids:
+        return [
+            ReadBatch([], out[i : i + READ_BATCH], [], False, False)
+            for i in range(0, len(out), READ_BATCH)
+        ]
+    batches: list[ReadBatch] = []
+    replay: list[Accepted] = []
+    good: list[Accepted] = []
+    for e in out:
+        if len(replay) + len(good) >= READ_BATCH:
+            batches.append(ReadBatch(replay, good, [], False, False))
+            replay, good = [], []
+        if id(e) in replay_ids:
+            replay_ids.discard(id(e))
+            if good:
+                batches.append(ReadBatch(replay, good, [], False, False))
+                replay, good = [], []
+            replay.append(e)
+        else:
+            good.append(e)
+    if replay or good:
+        batches.append(ReadBatch(replay, good, [], False, False))
+    return batches
+
+
+def read_feed(
+    state: RunState,
+    feed: FeedInput,
+    plans: dict[str, ReadPlan],
+    deliver: Delivery,
+    config: dict[str, Any],
+    options: RuntimeOptions,
+    *,
+    decoder: StampedDecoder | None = None,
+    count_keepalives: bool = False,
+) -> tuple[list[Worker], dict[str, FeedReader], FeedMerge | None]:
+    """The threads that read one feed and hand it to ``deliver`` in its order: one
+    reader for a feed of one partition; a reader a partition and their `FeedMerge` for
+    a feed of several. Also the readers by key (their restart marks) and the merge."""
+
+    def reader(key: str, target: Target, hand_to: Delivery, partition: int | None) -> FeedReader:
+        return FeedReader(
+            state=state,
+            feed=feed.name,
+            target=target,
+            config=config,
+            plan=plans[key],
+            deliver=hand_to,
+            stop_at=options.stop_at,
+            exit_at_end=options.exit_at_end,
+            end_of_log_grace_s=options.end_of_log_grace_s,
+            count_keepalives=count_keepalives,
+            key=key,
+            partition=partition,
+            decoder=decoder,
+        )
+
+    if not feed.split:
+        key = feed.keys[0]
+        one = reader(key, feed.targets[0], deliver, None)
+        return [one], {key: one}, None
+    by_key = feed.by_key()
+    merge = FeedMerge(
+        state,
+        feed.name,
+        feed.keys,
+        {k: t.partition for k, t in by_key.items()},
+        deliver,
+        options.stop_at,
+        {k: PartitionStart(plans[k].offset, _floor(plans[k])) for k in feed.keys},
+    )
+    readers = {
+        k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()
+    }
+    return [*readers.values(), merge], readers, merge
+
+
+def _floor(plan: ReadPlan) -> int:
+    return -1 if plan.floor is None else plan.floor
