@@ -279,16 +279,17 @@ class Annotator:
                     and raw[-1:] == b"}"
                 ):
                     annotated += 1
-                    append(Emitted(SURFACESTREAM, e.pitr, raw[:-1] + linked[0]))
+                    # The entry's label goes on: surfacestream, or one of its partitions.
+                    append(Emitted(e.feed, e.pitr, raw[:-1] + linked[0]))
                 else:
                     try:
                         out_raw = annotate(raw, rec.surface_id, e.pitr)
                     except LateBeyondHistory as late:
                         too_late.append((raw, late))
                         continue
-                    append(e if out_raw is raw else Emitted(SURFACESTREAM, e.pitr, out_raw))
+                    append(e if out_raw is raw else Emitted(e.feed, e.pitr, out_raw))
             else:
-                # Unchanged: the entry itself goes on (SURFACESTREAM is surfacestream's name).
+                # Unchanged: the entry itself goes on, with its label.
                 passed += 1
                 append(e)
         self.passed += passed
