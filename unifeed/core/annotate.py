@@ -20,7 +20,6 @@ from unifeed.core.records import (
     ACCESS_LEVELS,
     ACCESS_RANK,
     MAPPINGSTREAM,
-    SURFACESTREAM,
     GroundPosition,
     Ident,
     Mapping,
