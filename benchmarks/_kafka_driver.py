@@ -36,7 +36,7 @@ from unifeed.kafka.clients import Target, consumer_config, producer_config
 from unifeed.runtime import CombineRun, RuntimeOptions
 from unifeed.runtime.reader import FeedReader
 
-_REPORT_S = 0.005
+_REPORT_S = 0.005  # as REPORT_S in benchmarks._kafka_harness
 _CPU_SAMPLE_S = 0.25
 _READ_BATCH = 5000  # as unifeed's readers
 _DEADLINE_S = 1800.0
@@ -56,14 +56,23 @@ class Reporter(threading.Thread):
         self.done_at: float | None = None  # perf_counter when `done` was first seen true
         self.stop = threading.Event()
         self.cpu: dict[int, tuple[str, float, float]] = {}
+        #: Seconds between two reports in which no input advanced before the work was done
+        #: (reading stood still: starved by the broker, or held back by the stages after it).
+        self.stalled_s = 0.0
 
     def run(self) -> None:
         next_cpu = 0.0
+        last: tuple[int, int] | None = None
+        last_at = time.perf_counter()
         while not self.stop.wait(_REPORT_S):
             c, s, out = self.progress()
             os.write(1, b"P %d %d %d\n" % (c, s, out))
+            now_pc = time.perf_counter()
             if self.done_at is None and self.done():
-                self.done_at = time.perf_counter()
+                self.done_at = now_pc
+            if self.done_at is None and last == (c, s):
+                self.stalled_s += now_pc - last_at
+            last, last_at = (c, s), now_pc
             now = time.monotonic()
             if now >= next_cpu:
                 self.sample_cpu()
@@ -146,6 +155,8 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
         "out": counters.get("out", 0),
         "counters": dict(counters),
         "cpu_by_thread": reporter.cpu_by_thread(),
+        "stalled_s": reporter.stalled_s,
+        "starved_s": None,
     }
 
 
@@ -167,10 +178,20 @@ def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
     produce = producer.produce
     output = args.output
     out = 0
-    reporter = Reporter(lambda: (inputs[0][2], inputs[1][2], out))
+    reporter = Reporter(
+        lambda: (inputs[0][2], inputs[1][2], out),
+        done=lambda: all(state[2] >= state[1] for state in inputs),
+    )
     reporter.start()
     running = time.perf_counter()
     deadline = running + _DEADLINE_S
+    # Starved: after the first record, time from a pass that found every unfinished input
+    # empty to the next pass that got a record. A CPU-bound peer has next to none; a ratio
+    # against a starved peer measures whatever fed it, so the benchmark refuses to report
+    # one. The wait for the first fetch is reported apart (`first_record_s`).
+    starved_s = 0.0
+    empty_since: float | None = None
+    first_record_s: float | None = None
     try:
         while any(state[2] < state[1] for state in inputs):
             if time.perf_counter() > deadline:
@@ -200,7 +221,15 @@ def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
                     idle = False
             producer.poll(0)
             if idle:
+                if empty_since is None and out:
+                    empty_since = time.perf_counter()
                 time.sleep(0.0005)
+            else:
+                if first_record_s is None:
+                    first_record_s = time.perf_counter() - running
+                if empty_since is not None:
+                    starved_s += time.perf_counter() - empty_since
+                    empty_since = None
         left = producer.flush(60)
         if left:
             raise RuntimeError(f"passthrough: {left} records not delivered after 60 s")
@@ -219,6 +248,9 @@ def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
         "out": out,
         "counters": {},
         "cpu_by_thread": reporter.cpu_by_thread(),
+        "stalled_s": reporter.stalled_s,
+        "starved_s": starved_s,
+        "first_record_s": first_record_s,
     }
 
 

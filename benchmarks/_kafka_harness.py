@@ -53,6 +53,8 @@ from unifeed.kafka.clients import producer_config
 BUDGET_BYTES = 3 * 1024 * 1024
 _POLL_S = 0.002
 _RSS_SAMPLE_S = 0.1
+#: The measured process reports its progress this often (`benchmarks._kafka_driver`).
+REPORT_S = 0.005
 
 
 @dataclass
@@ -94,6 +96,12 @@ class RunResult:
     counters: dict[str, int]
     rss_samples: list[tuple[float, int, float]]  # (s since start, records read, RSS MB)
     starved_reports: dict[str, int]
+    #: Seconds between two progress reports in which the process read nothing
+    #: (`benchmarks._kafka_driver.Reporter`), and for the passthrough the seconds it found
+    #: every input empty (None for unifeed, whose readers do not count it).
+    stalled_s: float
+    starved_s: float | None
+    first_record_s: float | None  # the passthrough's wait for its first record
     max_ahead_mb: dict[str, float]
     wall_s: float
     loader_cpu_s: float  # the loader's own thread (Python: produce_batch, bookkeeping)
@@ -106,6 +114,14 @@ class RunResult:
     @property
     def msgs_per_s(self) -> float:
         return self.messages / self.run_s
+
+    @property
+    def starved_share(self) -> float:
+        """Share of the run the process waited for input: its own count of empty passes
+        (the passthrough) or, when the loader feeds it, the reports that found it at the
+        loader's end (5 ms each), whichever is larger."""
+        loader_bound = max(self.starved_reports.values(), default=0) * REPORT_S
+        return max(self.starved_s or 0.0, loader_bound) / self.run_s
 
     def summary(self) -> dict[str, Any]:
         """What goes into pytest-benchmark's ``extra_info`` (small, JSON)."""
@@ -127,6 +143,11 @@ class RunResult:
             "cpu_per_msg_us": round((self.cpu_user_s + self.cpu_sys_s) / self.messages * 1e6, 2),
             "threads_cpu_and_runqueue_s": self.cpu_by_thread,
             "starved_reports": self.starved_reports,
+            "stalled_s": round(self.stalled_s, 3),
+            "starved_s": None if self.starved_s is None else round(self.starved_s, 3),
+            "first_record_s": (
+                None if self.first_record_s is None else round(self.first_record_s, 3)
+            ),
             "max_ahead_mb": self.max_ahead_mb,
             "loader_cpu_s": round(self.loader_cpu_s, 2),
             "loader_and_broker_cpu_s": round(self.test_process_cpu_s, 2),
@@ -334,6 +355,9 @@ def run_measured(
         counters=result["counters"],
         rss_samples=samples,
         starved_reports={f: st.starved_reports for f, st in loader.feeds.items()},
+        stalled_s=result["stalled_s"],
+        starved_s=result["starved_s"],
+        first_record_s=result.get("first_record_s"),
         max_ahead_mb={f: round(st.max_ahead_bytes / 2**20, 2) for f, st in loader.feeds.items()},
         wall_s=wall,
         loader_cpu_s=loader_cpu,

@@ -50,6 +50,9 @@ RSS_LIMIT_MB = 250.0
 RSS_GROWTH_MB = 16.0
 #: Records read before RSS is judged (at least; 20% of the run when that is more).
 WARMUP_RECORDS = 1_000_000
+#: A ratio is reported only when the peer waited for input at most this share of its
+#: run: against a starved peer it would measure whatever fed the peer, not unifeed.
+PEER_STARVED_LIMIT = 0.05
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,8 @@ def test_kafka_catchup_vs_passthrough(
         assert r.out == expected_out, f"unifeed wrote {r.out} records, expected {expected_out}"
     for r in peer:
         assert r.out == r.loaded == total + 2  # and the two keepalives that end the run
+    peer_starved = max(r.starved_share for r in peer)
+    subject_starved = max(r.starved_share for r in subject)
     rate = statistics.median(r.msgs_per_s for r in subject)
     peer_rate = statistics.median(r.msgs_per_s for r in peer)
     ratio = rate / peer_rate
@@ -182,6 +187,8 @@ def test_kafka_catchup_vs_passthrough(
         inputs="pre-filled" if broker.prefill else "fed while running",
         machine_busy=round(busy, 3),
         peer_machine_busy=round(peer_busy, 3),
+        starved_share=round(subject_starved, 4),
+        peer_starved_share=round(peer_starved, 4),
         messages=total,
         msgs_per_s=round(rate),
         peer="passthrough",
@@ -196,13 +203,28 @@ def test_kafka_catchup_vs_passthrough(
         unifeed_runs=[r.summary() for r in subject],
         passthrough_runs=[r.summary() for r in peer],
     )
+    if peer_starved > PEER_STARVED_LIMIT:
+        SUMMARY.append(
+            f"Kafka catch-up on the {broker.label}: no ratio: the passthrough waited for "
+            f"input {peer_starved:.1%} of a round (limit {PEER_STARVED_LIMIT:.0%}); unifeed "
+            f"{rate:,.0f} msgs/s, passthrough {peer_rate:,.0f} msgs/s, machine busy "
+            f"{busy:.0%} / {peer_busy:.0%}"
+        )
+        pytest.fail(
+            f"the passthrough waited for input {peer_starved:.1%} of a round (limit "
+            f"{PEER_STARVED_LIMIT:.0%}): it was not CPU-bound, so the ratio would measure "
+            f"the harness; no ratio reported"
+        )
     SUMMARY.append(
         f"Kafka catch-up on the {broker.label} ({total:,} records, "
         f"{'pre-filled' if broker.prefill else 'fed while running'}, {rounds} rounds): unifeed "
         f"{rate:,.0f} msgs/s vs passthrough {peer_rate:,.0f} msgs/s: ratio {ratio:.3f} "
         f"(paired {paired:.3f}); {'meets' if rate >= THROUGHPUT_TARGET else 'misses'} "
         f"{THROUGHPUT_TARGET:,} msgs/s; machine busy {busy:.0%} (unifeed rounds) / "
-        f"{peer_busy:.0%} (passthrough rounds); unifeed peak RSS {peak_rss:.0f} MB"
+        f"{peer_busy:.0%} (passthrough rounds); waited for input {subject_starved:.1%} / "
+        f"{peer_starved:.1%} of a round; reading stood still "
+        f"{statistics.median(r.stalled_s for r in subject):.2f} s / "
+        f"{statistics.median(r.stalled_s for r in peer):.2f} s; unifeed peak RSS {peak_rss:.0f} MB"
         + _broker_note(broker, subject, peer)
     )
     assert ratio >= RATIO_TARGET, (

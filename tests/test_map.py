@@ -13,12 +13,15 @@ also write its screenshot there (the one in the README).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -178,6 +181,7 @@ class Page:
         # serve (the page's request event sees the workers' requests too; routing does
         # not); the assertion is in `open_page`.
         self.outside: list[str] = []
+        self.requests: list[str] = []
         self.page.on("request", self._note)
         self.page.on(
             "console", lambda m: self.errors.append(m.text) if m.type == "error" else None
@@ -185,6 +189,7 @@ class Page:
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
 
     def _note(self, request: Any) -> None:
+        self.requests.append(request.url)
         if not re.match(r"(https?|wss?)://127\.0\.0\.1[:/]|data:|blob:", request.url):
             self.outside.append(request.url)
 
@@ -235,6 +240,32 @@ class Page:
         )
         assert found is not None, "no aircraft drawn clear of the others"
         return found[0], found[1], found[2]
+
+    def share_of_colour(self, rgb: tuple[int, int, int]) -> float:
+        """The share of the page's screenshot (what a user sees) in colour ``rgb`` (±3 per
+        channel), decoded by the browser itself."""
+        png = base64.b64encode(self.page.screenshot()).decode()
+        share: float = self.page.evaluate(
+            """async ([png, rgb]) => {
+              const image = new Image();
+              image.src = `data:image/png;base64,${png}`;
+              await image.decode();
+              const canvas = document.createElement('canvas');
+              canvas.width = image.width;
+              canvas.height = image.height;
+              const g = canvas.getContext('2d');
+              g.drawImage(image, 0, 0);
+              const px = g.getImageData(0, 0, canvas.width, canvas.height).data;
+              let hits = 0;
+              for (let i = 0; i < px.length; i += 4) {
+                if (Math.abs(px[i] - rgb[0]) <= 3 && Math.abs(px[i + 1] - rgb[1]) <= 3 &&
+                    Math.abs(px[i + 2] - rgb[2]) <= 3) hits++;
+              }
+              return hits / (px.length / 4);
+            }""",
+            [png, list(rgb)],
+        )
+        return share
 
     def close(self, shot: Path) -> None:
         if self.closed:
@@ -341,6 +372,12 @@ def test_search_by_ident_selects_the_aircraft(
     page.page.click(f'#results button[data-id="{target["id"]}"]', timeout=WAIT_MS)
     page.wait("(key) => window.unifeedMap.state().selection === key", target["id"])
     page.wait("() => window.unifeedMap.state().panelOpen")
+    # And by flight ID: the search flies to it, and its panel names it.
+    other = sorted(flights, key=lambda a: a["id"])[-1]
+    page.page.fill("#search", other["id"])
+    page.page.click(f'#results button[data-id="{other["id"]}"]', timeout=WAIT_MS)
+    page.wait("(key) => window.unifeedMap.state().selection === key", other["id"])
+    page.wait("(key) => document.querySelector('#panel').innerText.includes(key)", other["id"])
 
 
 def test_public_token_never_shows_restricted_aircraft(
@@ -365,6 +402,23 @@ def test_public_token_never_shows_restricted_aircraft(
         feed_server.url + f"api/aircraft/{hidden}", headers={"Authorization": "Bearer pub-token"}
     )
     assert answer.status_code == 404
+
+
+def test_unknown_token_is_said_once(feed_server: Serve, open_page: Callable[..., Page]) -> None:
+    """The WebSocket handshake refuses an unknown token (401, which a browser hides); the
+    page asks the HTTP API once why, says so, and shows nothing."""
+    page = open_page()
+    page.page.goto(f"{feed_server.url}?token=guessed&{WEST_COAST}")
+    page.wait("() => window.unifeedMap && window.unifeedMap.state().errors.length > 0")
+    page.wait("() => window.unifeedMap.state().ws === 'closed'")
+    state = page.state()
+    assert state["errors"] == ["unknown token: the server refused it"]
+    assert (state["count"], state["clock"]["badge"]) == (0, "disconnected")
+    assert page.page.inner_text("#toast") == "unknown token: the server refused it"
+    checks = [u for u in page.requests if "/api/aircraft/" in u]
+    assert len(checks) == 1, checks
+    # The browser logs the refused handshake and the 401 itself; nothing else may be logged.
+    page.errors = [e for e in page.errors if "401" not in e and "WebSocket connection" not in e]
 
 
 def test_playback_moves_the_clock(feed_server: Serve, open_page: Callable[..., Page]) -> None:
@@ -412,6 +466,7 @@ class Flight:
 
     KEY = "FLW1-1-follow"
     EMERGENCY = "EMG1-1-squawk"
+    STATUS = "EMG2-1-status"  # an emergency said by the feed's emergency flag, no squawk
     VEHICLE = "KSFO-tug-1"
     BLOCKED = "SEC1-1-blocked"  # blocked from its flightplan on
     TURNS = "RST1-1-turns"  # public, until the test files a restricted flightplan
@@ -428,6 +483,11 @@ class Flight:
             "lon": -120.95, "alt": 12000, "gs": 250, "heading": 270, "squawk": "7700",
             "air_ground": "A",
         }  # fmt: skip
+        status = {
+            "type": "position", "pitr": now, "id": self.STATUS, "clock": now, "lat": 36.96,
+            "lon": -120.9, "alt": 9000, "gs": 220, "heading": 0, "emergency": True,
+            "air_ground": "A",
+        }  # fmt: skip
         vehicle = {
             "type": "vehicle_position", "pitr": now, "surface_id": self.VEHICLE, "clock": now,
             "lat": 36.98, "lon": -121.03, "heading": 180, "facility": "KSFO",
@@ -438,6 +498,7 @@ class Flight:
                 (json.dumps(plan).encode(), now),
                 (_position(self.KEY, now, -121.0), now),
                 (json.dumps(emergency).encode(), now),
+                (json.dumps(status).encode(), now),
                 (json.dumps(vehicle).encode(), now),
                 *self.flight(self.BLOCKED, "blocked", now, -121.05),
                 *self.flight(self.TURNS, "public", now, -120.9),
@@ -530,6 +591,17 @@ def test_follow_mode_stops_on_a_drag(live_server: Serve, open_page: Callable[...
     page.wait("() => !window.unifeedMap.state().follow")
     page.wait("(z) => window.unifeedMap.state().zoom > z + 0.2", zoom)
     assert page.state()["followEndedBy"] in ("wheel", "zoomstart", "movestart")
+    # And the zoom buttons, and the keyboard's arrows (a pan).
+    for gesture in ("button", "key"):
+        page.page.click("#follow")
+        page.wait("() => window.unifeedMap.state().follow")
+        if gesture == "button":
+            page.page.click(".maplibregl-ctrl-zoom-out")
+        else:
+            page.page.focus(".maplibregl-canvas")
+            page.page.keyboard.press("ArrowLeft")
+        page.wait("() => !window.unifeedMap.state().follow")
+        assert page.state()["followEndedBy"] in ("zoomstart", "movestart", "dragstart")
 
 
 @pytest.mark.kafka
@@ -541,7 +613,10 @@ def test_emergencies_are_highlighted_and_vehicles_distinct(
     keys = [Flight.KEY, Flight.EMERGENCY, Flight.VEHICLE]
     page.wait("(keys) => keys.every((k) => window.unifeedMap.state().aircraft.includes(k))", keys)
     state = page.state()
-    assert state["emergencies"] == [Flight.EMERGENCY]  # squawk 7700
+    page.wait("(key) => window.unifeedMap.state().aircraft.includes(key)", Flight.STATUS)
+    state = page.state()
+    # Squawk 7700, and the feed's emergency flag.
+    assert state["emergencies"] == sorted([Flight.EMERGENCY, Flight.STATUS])
     assert state["vehicles"] == [Flight.VEHICLE]
     drawn = dict(zip(keys, page.page.evaluate("(k) => window.unifeedMap.drawnOf(k)", keys), strict=True))
     assert len({tuple(d["color"]) for d in drawn.values()}) == 3
@@ -551,7 +626,14 @@ def test_emergencies_are_highlighted_and_vehicles_distinct(
     assert [drawn[k]["angle"] for k in keys] == [-90, -270, -180]
     page.page.evaluate("(key) => window.unifeedMap.select(key)", Flight.EMERGENCY)
     page.wait("() => window.unifeedMap.state().panelOpen")
-    assert "general" in page.page.inner_text("#panel")  # the emergency squawk 7700 means
+    page.wait("() => window.unifeedMap.state().selected !== null")
+    assert page.state()["selected"]["squawk"] == "7700"
+    rows = page.page.eval_on_selector_all(
+        "#panel-rows dt", "(dts) => dts.map((dt) => [dt.textContent, dt.nextElementSibling.textContent, dt.nextElementSibling.className])"
+    )
+    shown = {label: (value, cls) for label, value, cls in rows}
+    assert shown["Squawk"] == ("7700", "emergency")
+    assert shown["Emergency"] == ("general", "emergency")  # what squawk 7700 means
 
 
 @pytest.mark.kafka
@@ -591,6 +673,157 @@ def test_phone_sized_window(feed_server: Serve, open_page: Callable[..., Page]) 
     assert panel is not None
     assert panel["width"] == 390 and panel["y"] + panel["height"] == pytest.approx(780, abs=1)
     assert not page.page.locator("#legend").is_visible()
+    # The search box takes the bar's width.
+    search = page.page.locator("#search").bounding_box()
+    assert search is not None and search["width"] > 390 * 0.9
+    # The sheet collapses to its title row and opens again.
+    page.page.click("#panel-collapse")
+    page.wait("() => window.unifeedMap.state().panelCollapsed")
+    collapsed = page.page.locator("#panel").bounding_box()
+    assert collapsed is not None and collapsed["height"] < 60 and not page.page.locator("#panel-rows").is_visible()
+    page.page.click("#panel-collapse")
+    assert page.page.locator("#panel").bounding_box() == panel
+    # Opening playback collapses the sheet; the form fits the window above it.
+    page.page.click("#toggle-playback")
+    assert page.state()["panelCollapsed"]
+    form = page.page.locator("#playback").bounding_box()
+    sheet = page.page.locator("#panel").bounding_box()
+    assert form is not None and sheet is not None
+    assert form["x"] >= 0 and form["x"] + form["width"] <= 390
+    assert form["y"] + form["height"] <= sheet["y"]  # no overlap
+    assert page.page.locator("#play").is_visible()
+
+
+# --- the base map: bundled layers, or a tile style (--tiles) ------------------------------------
+
+#: A colour no bundled layer uses: the tile style's background.
+STYLE_RGB = (200, 30, 170)
+#: The bundled base map's sea.
+SEA_RGB = (0x0D, 0x1B, 0x2A)
+
+
+@contextlib.contextmanager
+def style_server() -> Iterator[tuple[str, list[str]]]:
+    """A MapLibre style (one background layer, no remote sources) served from 127.0.0.1,
+    with CORS as tile servers answer it; yields its URL and the paths requested."""
+    style = json.dumps({
+        "version": 8, "name": "unifeed test style", "sources": {},
+        "layers": [{"id": "test-background", "type": "background",
+                    "paint": {"background-color": "rgb({},{},{})".format(*STYLE_RGB)}}],
+    }).encode()  # fmt: skip
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            found = self.path.split("?")[0] == "/style.json"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Access-Control-Allow-Origin", "*")
+            body = style if found else b"{}"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/style.json", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_tiles_style_replaces_the_bundled_layers(
+    feed_server: Serve, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    """Without --tiles the page draws its bundled land, coastlines and airports; with
+    --tiles URL it loads that style instead (and none of the bundled data), aircraft on top."""
+    bundled = open_page()
+    state = bundled.open(f"{feed_server.url}?{WEST_COAST}")
+    assert state["style"] is None
+    assert {"sea", "land", "coast", "borders", "airports"} <= set(state["layers"])
+    assert any(url.endswith("/land.json") for url in bundled.requests)
+    assert bundled.share_of_colour(STYLE_RGB) == 0.0
+    assert bundled.share_of_colour(SEA_RGB) > 0.05
+    with style_server() as (url, asked):
+        workdir = tmp_path / "tiled"
+        workdir.mkdir()
+        feed = feed_server.log.parent / "unified.jsonl"
+        tiled = Serve(["--input", str(feed), "--history", "none", "--tiles", url], workdir)
+        try:
+            assert httpx.get(tiled.url + "config.json", timeout=10).json() == {"style": url}
+            page = open_page()
+            state = page.open(f"{tiled.url}?{WEST_COAST}")
+            assert state["style"] == url
+            assert state["layers"] == ["test-background"]
+            assert asked and set(asked) == {"/style.json"}
+            assert not any(u.endswith(("/land.json", "/airports.json")) for u in page.requests)
+            assert state["aircraft"] == tiled.ids(state["viewport"])
+            # What the user sees is that style: its colour fills the map around the aircraft.
+            assert page.share_of_colour(STYLE_RGB) > 0.5
+            assert page.share_of_colour(SEA_RGB) == 0.0
+        finally:
+            tiled.stop()
+
+
+def test_unreachable_tiles_style_falls_back_to_the_bundled_map(
+    feed_server: Serve, open_page: Callable[..., Page]
+) -> None:
+    """A style that cannot be fetched would leave the map empty (MapLibre never loads):
+    the page draws the bundled layers and the aircraft, and says why."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/style.json"
+    page = open_page()
+    state = page.open(f"{feed_server.url}?{WEST_COAST}&style={dead}")
+    assert (state["style"], state["styleWanted"]) == (None, dead)
+    assert {"sea", "land", "airports"} <= set(state["layers"])
+    assert state["aircraft"] == feed_server.ids(state["viewport"])
+    assert [e for e in state["errors"] if "showing the bundled map" in e] == state["errors"]
+    assert len(state["errors"]) == 1 and dead in state["errors"][0]
+    # The browser logs the refused connection itself; nothing else may be logged.
+    page.errors = [e for e in page.errors if "ERR_CONNECTION_REFUSED" not in e]
+
+
+@pytest.mark.kafka
+def test_clock_shows_catching_up_then_live_from_the_frames(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    unique_topic: Callable[..., str],
+    produce: Callable[..., list[int]],
+    open_page: Callable[..., Page],
+) -> None:
+    """A feed five minutes behind the wall clock is catching up; once a record of now
+    arrives it is live. The page learns both from its WebSocket frames, never by asking
+    the HTTP API."""
+    topic = unique_topic("mode")
+    old = int(time.time() * 1000) - 5 * 60_000
+    produce(topic, [(_position("OLD1-1-mode", old, -121.0), old)])
+    server = Serve(
+        ["--input", f"kafka:{topic}", "--bootstrap-servers", kafka_bootstrap, "--history", "none",
+         "--push-interval", "200ms"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        page = open_page()
+        state = page.open(f"{server.url}?lon=-121&lat=37&zoom=9")
+        assert state["aircraft"] == ["OLD1-1-mode"]
+        assert (state["clock"]["mode"], state["clock"]["badge"]) == ("catchup", "catching up")
+        now = int(time.time() * 1000)
+        produce(topic, [(_position("NOW1-1-mode", now, -120.98), now)])
+        page.wait("() => window.unifeedMap.state().clock.badge === 'live'")
+        state = page.state()
+        assert state["clock"]["mode"] == "live" and state["clock"]["pitr"] >= now
+        asked = [u for u in page.requests if "/api/aircraft" in u]
+        assert asked == [], asked
+    finally:
+        server.stop()
 
 
 # --- unifeed demo --serve -----------------------------------------------------------------------

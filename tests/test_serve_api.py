@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from tests.support.servetools import (
     AUDIENCES,
     MINUTE,
+    SQUAWKS,
     T0,
     VISIBLE,
     RunningServer,
@@ -160,6 +161,18 @@ def test_static_index_and_no_cors_by_default(server: RunningServer) -> None:
     assert "access-control-allow-origin" not in answer.headers
 
 
+def test_page_config_names_the_tiles_style(server: RunningServer, tmp_path: Path) -> None:
+    """/config.json tells the page its base map: null (the bundled layers) by default, the
+    --tiles style when given, never cached."""
+    answer = server.http.get("/config.json")
+    assert answer.json() == {"style": None} and answer.headers["cache-control"] == "no-store"
+    style = "https://tiles.example.org/styles/dark/style.json?key=k"
+    feed = write_feed(tmp_path / "uf.jsonl", feed_records(minutes=1))
+    with run_server(settings(str(feed), tmp_path, history_url="none", tiles_url=style)) as tiled:
+        tiled.wait_ready()
+        assert tiled.http.get("/config.json").json() == {"style": style}
+
+
 def _frames(ws: Any, until: float) -> Iterator[dict[str, Any]]:
     while time.monotonic() < until:
         try:
@@ -178,6 +191,95 @@ def test_websocket_snapshot_by_audience(server: RunningServer, token: str | None
         ws.send(json.dumps({"bbox": [-122.025, 37.0, -122.005, 37.1]}))
         frame = json.loads(ws.recv(timeout=5))
         assert frame["type"] == "snapshot" and _ids(frame["aircraft"]) == {"RES1", "BLK1"} & VISIBLE[rank]
+
+
+def test_websocket_frames_carry_the_mode(server: RunningServer) -> None:
+    with connect(server.ws_url(), open_timeout=5) as ws:
+        ws.send(json.dumps({"bbox": [-180, -90, 180, 90]}))
+        frame = json.loads(ws.recv(timeout=5))
+    # The feed is years old: catching up, as /api/aircraft says too.
+    assert frame["type"] == "snapshot" and frame["mode"] == "catchup"
+    assert server.get("/api/aircraft").json()["mode"] == frame["mode"]
+
+
+def _squawks(states: list[dict[str, Any]]) -> dict[str, tuple[str | None, str | None]]:
+    return {a["id"]: (a["squawk"], a["emergency"]) for a in states}
+
+
+def _expected_squawk(key: str) -> tuple[str | None, str | None]:
+    """The feed's squawk as the API speaks it (four digits, a string) and the emergency
+    it means (7500 hijack, 7600 radio failure, 7700 general)."""
+    if key not in SQUAWKS:
+        return (None, None)
+    code = f"{int(SQUAWKS[key]):04d}"
+    return (code, {"7500": "hijack", "7600": "radio_failure", "7700": "general"}.get(code))
+
+
+def test_squawk_in_every_answer(server: RunningServer) -> None:
+    """The squawk of each aircraft's latest position in the list, by id, in tracks, in
+    playback and in WebSocket frames; squawk 7600 makes an emergency."""
+    listing = server.get("/api/aircraft", "tok-blocked").json()["aircraft"]
+    assert _squawks(listing) == {a["id"]: _expected_squawk(a["id"]) for a in listing}
+    assert _squawks(listing)["PUB1"] == ("7600", "radio_failure")
+    assert server.get("/api/aircraft/RES1", "tok-blocked").json()["squawk"] == "1200"
+    for key in ("PUB1", "GRD1", "BLK1"):
+        positions = server.get(f"/api/aircraft/{key}/track", "tok-blocked").json()["positions"]
+        assert positions and {(p["squawk"], p["emergency"]) for p in positions} == {_expected_squawk(key)}
+    lines = server.get("/api/playback", "tok-blocked", **{"from": T0, "to": END + 1}).text.splitlines()
+    played = [json.loads(text) for text in lines]
+    assert {a["id"] for a in played} == VISIBLE[2]
+    assert all((a["squawk"], a["emergency"]) == _expected_squawk(a["id"]) for a in played)
+    with connect(server.ws_url("tok-blocked"), open_timeout=5) as ws:
+        ws.send(json.dumps({"bbox": [-180, -90, 180, 90]}))
+        frame = json.loads(ws.recv(timeout=5))
+    assert _squawks(frame["aircraft"]) == _squawks(listing)
+
+
+def test_websocket_mode_turns_live_with_the_feed(tmp_path: Path) -> None:
+    """``--input -`` fed an old feed and then a record of now: the socket's frames say
+    catchup, then live, the change alone sent as an empty update to a view with nothing
+    in it."""
+    import httpx
+
+    from tests.support.servetools import line
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unifeed", "serve", "--input", "-", "--port", "0", "--history", "none",
+         "--push-interval", "100ms"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stderr is not None
+    try:
+        process.stdin.write(b"".join(line(r) + b"\n" for r in feed_records(minutes=1)))
+        process.stdin.flush()
+        url = process.stderr.readline().decode().split()[2].rstrip("/")
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "not ready"
+            time.sleep(0.05)
+        with connect(url.replace("http://", "ws://") + "/ws", open_timeout=5) as ws:
+            empty = [-30.0, -10.0, -20.0, 0.0]  # the Atlantic: nothing there
+            ws.send(json.dumps({"bbox": empty}))
+            snapshot = json.loads(ws.recv(timeout=5))
+            assert (snapshot["type"], snapshot["mode"], snapshot["aircraft"]) == ("snapshot", "catchup", [])
+            now = int(time.time() * 1000)
+            process.stdin.write(line({"type": "position", "pitr": now, "id": "NOW1", "clock": now,
+                                      "lat": 37.0, "lon": -122.0}) + b"\n")
+            process.stdin.flush()
+            frames = list(_frames(ws, time.monotonic() + 3))
+        assert frames, "no update after the feed turned live"
+        assert frames[0] == {"type": "update", "pitr": now, "mode": "live", "upsert": [], "remove": []}
+        assert all(f["mode"] == "live" for f in frames)
+        assert httpx.get(url + "/api/aircraft", timeout=5).json()["mode"] == "live"
+    finally:
+        process.terminate()
+        process.wait(20)
+        process.stdin.close()
+        process.stderr.close()
+    assert process.returncode == 0
 
 
 @pytest.mark.parametrize(("message", "code", "reason"), [
@@ -241,6 +343,10 @@ def test_cli_subprocess_answers_http(tmp_path: Path) -> None:
     (["--input", "/no/such/file.jsonl"], "no such file"),
     (["--input", "x.jsonl", "--stale", "soon"], "expected a duration"),
     (["--input", "kafka:bad topic!"], "not a Kafka topic name"),
+    (["--input", "x.jsonl", "--tiles", "ftp://tiles.example.org/style.json"], "http:// or https://"),
+    (["--input", "x.jsonl", "--tiles", "style.json"], "http:// or https://"),
+    (["--input", "x.jsonl", "--tiles", "https:///style.json"], "http:// or https://"),
+    (["--input", "x.jsonl", "--tiles", "http://host:99999/style.json"], "not a URL"),
 ])
 def test_cli_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "x.jsonl").write_text("")

@@ -75,6 +75,10 @@ def test_two_replicas_on_one_redis_answer_alike(tmp_path: Path, redis_url: str) 
         assert first == second
         for token, rank in AUDIENCES:
             assert {a["id"] for a in second[f"list-{token}"]["aircraft"]} == VISIBLE[rank]
+        # The state goes through Redis whole: squawk and what it means included.
+        states = {a["id"]: a for a in second["list-tok-blocked"]["aircraft"]}
+        assert (states["PUB1"]["squawk"], states["PUB1"]["emergency"]) == ("7600", "radio_failure")
+        assert second["ws-tok-blocked"]["mode"] == "catchup"
         # History is shared too (the same SQLite file here): the follower answers tracks.
         track = follower.get("/api/aircraft/PUB1/track")
         assert track.status_code == 200 and track.json()["positions"]

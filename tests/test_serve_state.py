@@ -114,17 +114,18 @@ def test_viewport_frames_rebuild_the_view(
     fold = Fold(table)
     view = Viewport(box, audience)
     client: dict[str, Any] = {}
-    frame = json.loads(view.snapshot(table))
-    assert frame["type"] == "snapshot"
+    frame = json.loads(view.snapshot(table, "catchup"))
+    assert frame["type"] == "snapshot" and frame["mode"] == "catchup"
     client = {a["id"]: a for a in frame["aircraft"]}
     lines = [_line(r) for r in records]
     for start in range(0, len(lines), batch):
         fold.apply(lines[start : start + batch])
         fold.expire()
-        data = view.update(table)
+        data = view.update(table, "catchup")
         if data is not None:
             frame = json.loads(data)
             assert frame["type"] == "update" and frame["pitr"] == table.pitr
+            assert frame["mode"] == "catchup"
             assert frame["upsert"] or frame["remove"]
             for key in frame["remove"]:
                 del client[key]
@@ -157,12 +158,51 @@ def test_flight_becoming_restricted_leaves_public_view_at_that_pitr() -> None:
         _line({"type": "position", "pitr": 11, "id": "F1", "lat": 1, "lon": 2, "clock": 11}),
     ])
     view = Viewport((-180, -90, 180, 90), 0)
-    assert json.loads(view.snapshot(table))["aircraft"][0]["id"] == "F1"
+    assert json.loads(view.snapshot(table, "live"))["aircraft"][0]["id"] == "F1"
     changes = fold.apply([_line({"type": "flightplan", "pitr": 12, "id": "F1", "ident": "UAL1",
                                  "access": "restricted"})])
     assert changes.upserts["F1"].access == "restricted"
-    assert json.loads(view.update(table) or b"{}") == {"type": "update", "pitr": 12, "upsert": [], "remove": ["F1"]}
+    assert json.loads(view.update(table, "live") or b"{}") == {
+        "type": "update", "pitr": 12, "mode": "live", "upsert": [], "remove": ["F1"]}
     assert table.lookup("F1", 0) is None and table.lookup("F1", 1) is not None
+
+
+def test_a_change_of_mode_alone_is_an_update() -> None:
+    """Every frame says live or catchup; when only that changed, the update is empty but
+    sent, once."""
+    table = Table(STALE)
+    fold = Fold(table)
+    fold.apply([_line({"type": "position", "pitr": 11, "id": "F1", "lat": 1, "lon": 2, "clock": 11})])
+    view = Viewport((-180, -90, 180, 90), 0)
+    assert json.loads(view.snapshot(table, "catchup"))["mode"] == "catchup"
+    assert view.update(table, "catchup") is None
+    assert json.loads(view.update(table, "live") or b"{}") == {
+        "type": "update", "pitr": 11, "mode": "live", "upsert": [], "remove": []}
+    assert view.update(table, "live") is None
+
+
+def test_squawk_is_the_positions_own() -> None:
+    """A position's squawk (string, or a number written as four digits) is in the state
+    and its history row; a later position without one has none, and the emergency it
+    meant goes with it."""
+    table = Table(STALE)
+    fold = Fold(table)
+    changes = fold.apply([
+        _line({"type": "position", "pitr": 1, "id": "F1", "lat": 1, "lon": 2, "clock": 1, "squawk": "7500"}),
+        _line({"type": "position", "pitr": 2, "id": "F2", "lat": 1, "lon": 2, "clock": 1, "squawk": 1200}),
+        _line({"type": "position", "pitr": 2, "id": "F3", "lat": 1, "lon": 2, "clock": 1, "squawk": 17}),
+        _line({"type": "ground_position", "pitr": 3, "surface_id": "S1", "facility": "KSFO",
+               "lat": 1, "lon": 2, "clock": 1, "squawk": "7700"}),
+        _line({"type": "position", "pitr": 4, "id": "F4", "lat": 1, "lon": 2, "clock": 1, "squawk": True}),
+    ])
+    got = {a.id: (a.squawk, a.emergency) for a in table.all()}
+    assert got == {"F1": ("7500", "hijack"), "F2": ("1200", None), "F3": ("0017", None),
+                   "S1": ("7700", "general"), "F4": (None, None)}
+    assert [(a.id, a.squawk) for a in changes.positions][:2] == [("F1", "7500"), ("F2", "1200")]
+    assert json.loads(msgspec.json.encode(table.get("F1")))["squawk"] == "7500"
+    fold.apply([_line({"type": "position", "pitr": 5, "id": "F1", "lat": 1, "lon": 2, "clock": 5})])
+    f1 = table.get("F1")
+    assert f1 is not None and (f1.squawk, f1.emergency) == (None, None)
 
 
 def test_derived_fields() -> None:

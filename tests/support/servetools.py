@@ -48,6 +48,8 @@ def feed_records(start: int = T0, minutes: int = 3) -> list[dict[str, Any]]:
     * ``GRD1`` a restricted flight seen only on the surface (annotated ground positions);
     * ``V1`` a ground vehicle; ``S9`` an unlinked aircraft surface track.
     Restricted and blocked aircraft sit next to public ones (the bbox tests rely on it).
+    Squawks: ``PUB1`` 7600 (an emergency, radio failure), ``RES1`` 1200 (as a number, as
+    some feeds write it), ``GRD1`` 2000 on its ground positions; the others none.
     """
     out: list[dict[str, Any]] = [
         {"type": "flightplan", "pitr": start, "id": "PUB1", "ident": "UAL1", "orig": "KSFO", "dest": "KJFK"},
@@ -64,12 +66,15 @@ def feed_records(start: int = T0, minutes: int = 3) -> list[dict[str, Any]]:
             switched = True
         k = step / 1000
         for fid, lat, lon in (("PUB1", 37.0, -122.0), ("RES1", 37.01, -122.01), ("BLK1", 37.02, -122.02), ("SWI1", 40.0, -100.0)):
-            out.append({"type": "position", "pitr": t, "id": fid, "clock": t - 500,
+            position = {"type": "position", "pitr": t, "id": fid, "clock": t - 500,
                         "lat": lat + k * 1e-4, "lon": lon, "alt": 10_000 + 10 * k, "gs": 400, "heading": 90,
-                        "air_ground": "A", "ident": fid})
+                        "air_ground": "A", "ident": fid}
+            if fid in SQUAWKS:
+                position["squawk"] = SQUAWKS[fid]
+            out.append(position)
         out.append({"type": "ground_position", "pitr": t, "surface_id": "KSFO-1", "facility": "KSFO",
                     "clock": t, "lat": 37.615, "lon": -122.39, "gs": 10, "heading": 0,
-                    "id": "GRD1", "access": "restricted"})
+                    "id": "GRD1", "access": "restricted", "squawk": SQUAWKS["GRD1"]})
         out.append({"type": "ground_position", "pitr": t, "surface_id": "S9", "facility": "KSFO",
                     "clock": t, "lat": 37.616, "lon": -122.391, "gs": 0, "heading": 0})
         out.append({"type": "vehicle_position", "pitr": t, "surface_id": "V1", "facility": "KSFO",
@@ -77,6 +82,8 @@ def feed_records(start: int = T0, minutes: int = 3) -> list[dict[str, Any]]:
     return out
 
 
+#: The squawk each aircraft of `feed_records` sends, as the feed writes it.
+SQUAWKS: dict[str, Any] = {"PUB1": "7600", "RES1": 1200, "GRD1": "2000"}
 #: What each audience rank sees at the end of `feed_records` (SWI1 restricted by then).
 VISIBLE = {
     0: {"PUB1", "V1", "S9"},

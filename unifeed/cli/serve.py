@@ -75,8 +75,32 @@ def register(subparsers: Any) -> None:
                         "https://map.example.org); no CORS unless given")
     p.add_argument("--client-queue", type=int, default=32, metavar="N",
                    help="frames queued per WebSocket client before it is dropped as too slow (default 32)")
+    p.add_argument("--tiles", metavar="URL",
+                   help="base map of the page at /: a MapLibre style URL (http or https, e.g. "
+                        "https://tiles.example.org/style.json); without it the page draws its "
+                        "bundled land, coastlines and airports and needs no internet")
     add_kafka_options(p)
     p.set_defaults(handler=run)
+
+
+def tiles_url(text: str | None) -> str | None:
+    """``--tiles``: an absolute http(s) URL with a host, or a `ConfigError` saying why not."""
+    if text is None:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (a bad port raises here)
+    except ValueError as exc:
+        raise ConfigError(f"--tiles {text!r}: not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--tiles {text!r}: expected an http:// or https:// URL of a MapLibre style"
+        )
+    if any(c.isspace() or ord(c) < 32 for c in text):
+        raise ConfigError(f"--tiles {text!r}: a URL holds no spaces or control characters")
+    return text
 
 
 def settings_from(args: argparse.Namespace) -> Any:
@@ -103,6 +127,7 @@ def settings_from(args: argparse.Namespace) -> Any:
         cors_origins=[o.strip() for o in (args.cors_origin or "").split(",") if o.strip()],
         client_queue=args.client_queue,
         replica=uuid.uuid4().hex[:12],
+        tiles_url=tiles_url(args.tiles),
     )
 
 

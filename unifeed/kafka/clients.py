@@ -371,6 +371,10 @@ def client_config(bootstrap: str, extra: Mapping[str, object] | None = None) -> 
     return config
 
 
+#: librdkafka's ``fetch.queue.backoff.ms`` for unifeed's readers (see `consumer_config`).
+FETCH_QUEUE_BACKOFF_MS: Final = 5
+
+
 def consumer_config(
     bootstrap: str,
     extra: Mapping[str, object] | None = None,
@@ -402,6 +406,10 @@ def consumer_config(
             "isolation.level": "read_committed",
             "auto.offset.reset": "error",
             "fetch.wait.max.ms": fetch_wait_ms,
+            # When the local fetch queue is over its thresholds, librdkafka waits this long
+            # before fetching that partition again (1 s by default): a reader catching up
+            # drains its queue much sooner and then waits for nothing.
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
     )
     if extra:

@@ -78,6 +78,8 @@ class Settings:
     bootstrap: str | None = None
     kafka_extra: dict[str, str] = field(default_factory=dict)
     replica: str = ""
+    #: A MapLibre style URL for the page's base map (``--tiles``); None: the bundled one.
+    tiles_url: str | None = None
 
 
 def read_tokens(path: Path) -> dict[bytes, int]:
@@ -288,11 +290,12 @@ class Service:
         if expired and self.shared is not None:
             self.shared.publish(expired, self.table.pitr, self.ready)
         table = self.table
+        mode = self.mode()
         for client in list(self.clients):
             viewport = client.viewport
             if viewport is None or client.dropped:
                 continue
-            frame = viewport.update(table)
+            frame = viewport.update(table, mode)
             if frame is not None and not client.offer(frame):
                 self.drop(client, "client too slow: its send queue is full")
         spent = time.process_time() - cpu
@@ -506,6 +509,14 @@ def build_app(service: Service) -> Starlette:
     async def websocket(socket: WebSocket) -> None:
         await serve_socket(service, socket)
 
+    config_body = msgspec.json.encode({"style": settings.tiles_url})
+
+    async def page_config(request: Request) -> Response:
+        # The page's base map: the --tiles style, or null for the bundled layers. Answered
+        # here rather than by the static config.json, and never cached, so a restart with
+        # another --tiles takes effect on the next page load.
+        return Response(config_body, media_type="application/json", headers={"Cache-Control": "no-store"})
+
     routes: list[BaseRoute] = [
         Route("/api/aircraft", guarded(aircraft_list)),
         Route("/api/aircraft/{key:path}/track", guarded(track)),
@@ -514,6 +525,8 @@ def build_app(service: Service) -> Starlette:
         Route("/healthz", healthz),
         Route("/metrics", guarded(metrics)),
         WebSocketRoute("/ws", websocket),
+        # Before the static mount, which holds a config.json for a page served without it.
+        Route("/config.json", page_config),
     ]
     if (STATIC_DIR / "index.html").is_file():
         from starlette.staticfiles import StaticFiles
@@ -588,7 +601,7 @@ async def serve_socket(service: Service, socket: WebSocket) -> None:
             if client.dropped is not None:
                 break
             client.viewport = Viewport(box, rank)
-            if not client.offer(client.viewport.snapshot(service.table)):
+            if not client.offer(client.viewport.snapshot(service.table, service.mode())):
                 service.drop(client, "client too slow: its send queue is full")
     except WebSocketDisconnect:
         pass

@@ -57,6 +57,7 @@ class Aircraft(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     destination: str | None = None
     phase: str | None = None
     emergency: str | None = None
+    squawk: str | None = None
     access: str = "public"
     on_ground: bool = False
     surface_id: str | None = None
@@ -169,18 +170,33 @@ def _key(value: object) -> str | None:
     return _text(value)
 
 
-def derive_emergency(emergency: object, squawk: object) -> str | None:
-    """The record's own ``emergency`` when it says one, else what its squawk means.
+def squawk_of(value: object) -> str | None:
+    """A record's ``squawk`` as the four octal digits it is: a string as given (``"0123"``),
+    an integer zero-padded (``123`` -> ``"0123"``); anything else (a bool, a float, a
+    negative or too large number) is no squawk.
 
-    >>> derive_emergency(None, "7700"), derive_emergency("medical", None), derive_emergency(False, 7600)
+    >>> squawk_of("7700"), squawk_of(1200), squawk_of(17), squawk_of(True), squawk_of(77000)
+    ('7700', '1200', '0017', None, None)
+    """
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 7777:
+        return f"{value:04d}"
+    return None
+
+
+def derive_emergency(emergency: object, squawk: str | None) -> str | None:
+    """The record's own ``emergency`` when it says one, else what its squawk (`squawk_of`)
+    means.
+
+    >>> derive_emergency(None, "7700"), derive_emergency("medical", None), derive_emergency(False, "7600")
     ('general', 'medical', 'radio_failure')
     """
     if isinstance(emergency, str) and emergency.lower() not in ("", "none", "false", "no"):
         return emergency
     if emergency is True:
         return "general"
-    code = _text(squawk)
-    return SQUAWK_EMERGENCY.get(code) if code is not None else None
+    return SQUAWK_EMERGENCY.get(squawk) if squawk is not None else None
 
 
 def derive_on_ground(record_type: str, on_ground: object, air_ground: object) -> bool:
@@ -246,6 +262,9 @@ class Fold:
       position) and leaves the live state as it is.
     * ``phase`` and ``emergency`` are the record's own when present, else derived:
       `derive_phase` (ground / vertical rate), `derive_emergency` (squawk 7500/7600/7700).
+    * ``squawk`` is the position's own (``position`` and ``ground_position`` carry it in
+      the unified feed; `squawk_of`), like ``alt`` and ``gs``: a position without one has
+      none, so an emergency squawked once does not stay on the map after the code changed.
 
     A record that is not a JSON object with an integer ``pitr``, or a position without
     finite ``lat``/``lon`` in range, is counted in `Changes.bad` and otherwise ignored.
@@ -367,6 +386,7 @@ class Fold:
             if rate is None:
                 rate = _number(record.vertical_rate)
             phase = derive_phase(on_ground, alt, pitr, rate, previous)
+        squawk = squawk_of(record.squawk)
         own_access = record.access
         access = effective_rank(own_access, flight.access if flight is not None else None)
         aircraft = Aircraft(
@@ -385,7 +405,8 @@ class Fold:
             origin=flight.origin if flight is not None else None,
             destination=flight.destination if flight is not None else None,
             phase=phase,
-            emergency=derive_emergency(record.emergency, record.squawk),
+            emergency=derive_emergency(record.emergency, squawk),
+            squawk=squawk,
             access=ACCESS_LEVELS[access],
             on_ground=on_ground,
             surface_id=surface_key,
@@ -587,36 +608,49 @@ class Viewport:
     The diff is by identity (states are frozen), so an aircraft whose state changed, that
     entered the box, or became visible is in ``upsert``; one that left the box, went stale
     or became hidden is in ``remove``.
+
+    Every frame carries ``mode`` (``live`` or ``catchup``, as ``/api/aircraft`` says it);
+    when only the mode changed, the update is empty but still sent, so a client's live /
+    catch-up indicator never needs to ask.
     """
 
-    __slots__ = ("audience", "bbox", "sent")
+    __slots__ = ("audience", "bbox", "mode", "sent")
 
     def __init__(self, bbox: Bbox, audience: int) -> None:
         self.bbox = bbox
         self.audience = audience
         self.sent: dict[str, Aircraft] = {}
+        self.mode = ""
 
-    def snapshot(self, table: Table) -> bytes:
-        """``{"type":"snapshot","pitr":…,"aircraft":[…]}``; what it holds counts as sent."""
+    def snapshot(self, table: Table, mode: str) -> bytes:
+        """``{"type":"snapshot","pitr":…,"mode":…,"aircraft":[…]}``; what it holds counts as
+        sent."""
         found = table.query(self.bbox, self.audience)
         self.sent = {a.id: a for a in found}
+        self.mode = mode
         body = b",".join(table.encoded(a) for a in found)
-        return b'{"type":"snapshot","pitr":%d,"aircraft":[%s]}' % (table.pitr, body)
+        return b'{"type":"snapshot","pitr":%d,"mode":"%s","aircraft":[%s]}' % (
+            table.pitr,
+            mode.encode(),
+            body,
+        )
 
-    def update(self, table: Table) -> bytes | None:
-        """``{"type":"update","pitr":…,"upsert":[…],"remove":[ids]}``, or None when nothing
-        in the view changed."""
+    def update(self, table: Table, mode: str) -> bytes | None:
+        """``{"type":"update","pitr":…,"mode":…,"upsert":[…],"remove":[ids]}``, or None when
+        nothing in the view changed and the mode is the one last sent."""
         found = table.query(self.bbox, self.audience, ordered=False)
         sent = self.sent
         upsert = [a for a in found if sent.get(a.id) is not a]
         now = {a.id: a for a in found}
         remove = sorted(key for key in sent if key not in now)
-        if not upsert and not remove:
+        if not upsert and not remove and mode == self.mode:
             return None
         self.sent = now
+        self.mode = mode
         body = b",".join(table.encoded(a) for a in upsert)
-        return b'{"type":"update","pitr":%d,"upsert":[%s],"remove":%s}' % (
+        return b'{"type":"update","pitr":%d,"mode":"%s","upsert":[%s],"remove":%s}' % (
             table.pitr,
+            mode.encode(),
             body,
             msgspec.json.encode(remove),
         )

@@ -17,3 +17,5 @@ export const LEGEND = [
   ["vehicle", VEHICLE_COLOR],
   ["emergency", EMERGENCY_COLOR],
 ];
+/** Squawk codes that mean an emergency: hijack, radio failure, general. */
+export const EMERGENCY_SQUAWKS = new Set(["7500", "7600", "7700"]);

@@ -5,15 +5,17 @@
 //
 // Page -> worker: {cmd:"live", url} | {cmd:"bbox", bbox} | {cmd:"select", id}
 //   | {cmd:"playback", base, token, from, to, speed, stale} | {cmd:"tick", t}
-// Worker -> page: {type:"frame", source, pitr, viewport, count, ids, positions, angles,
-//   colors, icons, emergencies, selected} | {type:"ws", status, code, detail}
+// Worker -> page: {type:"frame", source, pitr, mode, viewport, count, ids, positions, angles,
+//   colors, icons, emergencies, selected} | {type:"ws", status, code, detail, opened}
 //   | {type:"playback", status: "loaded"|"error"|"ended", ...}
 
-import { PHASE_COLORS, VEHICLE_COLOR, EMERGENCY_COLOR, UNKNOWN_COLOR } from "./colors.js";
+import { PHASE_COLORS, VEHICLE_COLOR, EMERGENCY_COLOR, UNKNOWN_COLOR, EMERGENCY_SQUAWKS } from "./colors.js";
 
 /** id -> latest state (the API's aircraft objects). */
 let table = new Map();
 let pitr = 0;
+/** The server's "live" | "catchup", from the latest live frame (null in playback). */
+let mode = null;
 let source = "live"; // "live" | "playback"
 let selectedId = null;
 let bbox = null;
@@ -39,7 +41,9 @@ function connect() {
   }
   const ws = new WebSocket(socketUrl);
   socket = ws;
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
     reconnectDelay = 500;
     post({ type: "ws", status: "open" });
     pendingBoxes = [];
@@ -50,7 +54,9 @@ function connect() {
     onFrame(JSON.parse(event.data));
   };
   ws.onclose = (event) => {
-    post({ type: "ws", status: "closed", code: event.code, detail: event.reason || "" });
+    // opened false: the handshake itself was refused (an unknown token is a 401 there,
+    // which browsers do not show; the page asks the HTTP API why).
+    post({ type: "ws", status: "closed", code: event.code, detail: event.reason || "", opened });
     if (socket !== ws || source !== "live") return;
     // 1008 (policy: unknown token or bad message) will not get better by retrying often.
     const delay = event.code === 1008 ? 30000 : reconnectDelay;
@@ -76,6 +82,7 @@ function onFrame(frame) {
     return;
   }
   pitr = frame.pitr;
+  mode = frame.mode || null;
   schedule();
 }
 
@@ -197,7 +204,9 @@ function flush() {
     // deck.gl angles turn counter-clockwise; headings are clockwise from north.
     angles[i] = a.heading == null ? 0 : -a.heading;
     const vehicle = a.kind === "vehicle";
-    const emergency = a.emergency != null;
+    // The server derives `emergency` from the squawk too; the squawk is checked here as
+    // well, so that a state carrying only the code is still highlighted.
+    const emergency = a.emergency != null || EMERGENCY_SQUAWKS.has(a.squawk);
     const color = emergency
       ? EMERGENCY_COLOR
       : vehicle
@@ -210,7 +219,7 @@ function flush() {
   }
   const selected = selectedId === null ? null : table.get(selectedId) || null;
   postMessage(
-    { type: "frame", source, pitr, viewport: source === "live" ? drawnBox : null, count: n, ids, positions, angles, colors, icons, emergencies, selected },
+    { type: "frame", source, pitr, mode: source === "live" ? mode : null, viewport: source === "live" ? drawnBox : null, count: n, ids, positions, angles, colors, icons, emergencies, selected },
     [positions.buffer, angles.buffer, colors.buffer, icons.buffer, emergencies.buffer],
   );
 }
@@ -226,6 +235,7 @@ self.onmessage = (event) => {
       stopPlayback();
       source = "live";
       table = new Map();
+      mode = null;
       drawnBox = null;
       socketUrl = msg.url;
       connect();

@@ -10,7 +10,7 @@
 import maplibregl from "maplibre-gl";
 import { MapboxOverlay } from "@deck.gl/mapbox";
 import { IconLayer, PathLayer, ScatterplotLayer, TextLayer } from "@deck.gl/layers";
-import { LEGEND } from "./colors.js";
+import { LEGEND, EMERGENCY_SQUAWKS } from "./colors.js";
 
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
@@ -41,7 +41,7 @@ const state = {
   follow: false,
   followEndedBy: null,
   trail: [],
-  mode: null, // "live" | "catchup" from the server
+  mode: null, // "live" | "catchup": the server's, carried by every WebSocket frame
   source: "live", // "live" | "playback"
   playback: null,
   ws: "connecting",
@@ -96,8 +96,26 @@ async function loadConfig() {
   return {};
 }
 
+/** The tile style `url` if it can be fetched, else null: a style MapLibre cannot load
+ * leaves the map without its "load" event, and so without any aircraft, so the page falls
+ * back to the bundled layers and says why. */
+async function usableStyle(url) {
+  try {
+    const response = await fetch(url);
+    if (response.ok) {
+      await response.json();
+      return url;
+    }
+    reportError(`tile style ${url}: HTTP ${response.status}; showing the bundled map`);
+  } catch (error) {
+    reportError(`tile style ${url}: ${error.message || error}; showing the bundled map`);
+  }
+  return null;
+}
+
 const config = await loadConfig();
-const customStyle = params.get("style") || config.style || null;
+const wantedStyle = params.get("style") || config.style || null;
+const customStyle = wantedStyle ? await usableStyle(wantedStyle) : null;
 
 const map = new MapLibre({
   container: "map",
@@ -318,6 +336,7 @@ function wsUrl() {
 function goLive() {
   stopPlaybackClock();
   state.source = "live";
+  state.mode = null; // until the first live frame says
   state.playback = null;
   state.frame = null;
   state.drawnViewport = null;
@@ -333,6 +352,7 @@ function onFrame(frame) {
   const started = performance.now();
   if (frame.source !== state.source) return;
   state.frame = frame;
+  if (frame.source === "live") state.mode = frame.mode;
   state.frames += 1;
   for (const id of frame.ids) everDrawn.add(id);
   state.drawnViewport = frame.viewport;
@@ -354,10 +374,26 @@ function onFrame(frame) {
   if (state.handleMs.length > 200) state.handleMs.shift();
 }
 
+let tokenChecked = false;
+
 function onSocket(msg) {
   state.ws = msg.status;
   if (msg.status === "closed" && msg.code === 1008) reportError(`server closed the connection: ${msg.detail}`);
+  if (msg.status === "closed" && !msg.opened && token && !tokenChecked) {
+    // The handshake was refused; a browser does not say why, the HTTP API does (once).
+    tokenChecked = true;
+    checkToken();
+  }
   updateClock();
+}
+
+async function checkToken() {
+  try {
+    const response = await fetch(`${base}api/aircraft/-`, { headers: authHeaders });
+    if (response.status === 401) reportError("unknown token: the server refused it");
+  } catch {
+    // the server is down: the WebSocket status says so
+  }
 }
 
 // --- viewport ---------------------------------------------------------------------------
@@ -546,7 +582,9 @@ function showPanel() {
     dt.textContent = label;
     const dd = document.createElement("dd");
     dd.textContent = value == null || value === "" ? "—" : String(value);
-    if (label === "Emergency" && a.emergency) dd.className = "emergency";
+    if ((label === "Emergency" && a.emergency) || (label === "Squawk" && EMERGENCY_SQUAWKS.has(a.squawk))) {
+      dd.className = "emergency";
+    }
     rows.append(dt, dd);
   }
 }
@@ -557,6 +595,17 @@ function hidePanel() {
 }
 
 $("panel-close").addEventListener("click", () => select(null, { fly: false }));
+$("panel-collapse").addEventListener("click", () => setPanelCollapsed(!$("panel").classList.contains("collapsed")));
+
+/** Phone-sized windows (the CSS's breakpoint): panels collapse instead of covering the map. */
+const phone = window.matchMedia("(max-width: 640px)");
+
+function setPanelCollapsed(on) {
+  $("panel").classList.toggle("collapsed", on);
+  $("panel-collapse").textContent = on ? "▴" : "▾";
+  $("panel-collapse").setAttribute("aria-expanded", String(!on));
+  $("panel-collapse").setAttribute("aria-label", on ? "expand the panel" : "collapse the panel");
+}
 $("follow").addEventListener("click", () => setFollow(!state.follow, "button"));
 
 // --- search -------------------------------------------------------------------------------------
@@ -645,26 +694,6 @@ function updateClock() {
   $("count").textContent = state.frame ? `${state.frame.count.toLocaleString("en")} shown` : "";
 }
 
-async function pollMode() {
-  // The server's own judgement of live vs catch-up comes with every /api/aircraft answer;
-  // an empty box keeps the answer small.
-  try {
-    const response = await fetch(`${base}api/aircraft?bbox=0,0,0,0`, { headers: authHeaders });
-    if (response.status === 401) {
-      reportError("unknown token: the server refused it");
-      return;
-    }
-    if (response.ok) {
-      const body = await response.json();
-      state.mode = body.mode;
-      updateClock();
-    }
-  } catch {
-    // the server is down: the WebSocket status says so
-  }
-  setTimeout(pollMode, 2000);
-}
-
 // --- playback ---------------------------------------------------------------------------------
 
 let playTimer = null;
@@ -728,6 +757,7 @@ $("live").addEventListener("click", () => {
 $("toggle-playback").addEventListener("click", () => {
   const box = $("playback");
   box.hidden = !box.hidden;
+  if (!box.hidden && phone.matches) setPanelCollapsed(true);
   if (!box.hidden && !$("play-from").value && state.frame) {
     $("play-to").value = toInput(state.frame.pitr);
     $("play-from").value = toInput(state.frame.pitr - 10 * 60000);
@@ -822,6 +852,7 @@ window.unifeedMap = {
       selection: state.selection,
       selected: state.selected,
       panelOpen: !$("panel").hidden,
+      panelCollapsed: $("panel").classList.contains("collapsed"),
       follow: state.follow,
       followEndedBy: state.followEndedBy,
       trail: state.trail.length,
@@ -829,6 +860,11 @@ window.unifeedMap = {
       ws: state.ws,
       playback: state.playback ? { ...state.playback } : null,
       center: map.getCenter().toArray(),
+      /** The base map: the tile style's URL (--tiles, config.json or ?style=), or null
+       * for the bundled layers; and the style's layer ids as MapLibre holds them. */
+      style: customStyle,
+      styleWanted: wantedStyle,
+      layers: (map.getStyle()?.layers || []).map((l) => l.id),
       zoom: map.getZoom(),
       errors: [...state.errors],
       handleMs: [...state.handleMs],
@@ -862,5 +898,4 @@ async function fitTraffic() {
 map.on("load", async () => {
   await fitTraffic();
   goLive();
-  pollMode();
 });
