@@ -1,0 +1,434 @@
+"""Pre-filled Kafka runs over partitioned topics: `unifeed combine` over feeds spread on
+several partitions, `unifeed merge` of many feeds, and the passthrough over the same
+partitions.
+
+The parent (`run_prefilled`) creates fresh topics with the partitions asked for, produces
+every record before the measured process starts (so no loader bounds either side), then
+runs this module as that process:
+
+    python -m benchmarks._kafka_prefilled combine     --bootstrap B --input NAME=TOPIC:N ...
+        --output T --stop-at PITR
+    python -m benchmarks._kafka_prefilled merge       (same)
+    python -m benchmarks._kafka_prefilled passthrough --bootstrap B --input NAME=TOPIC:N ...
+        --output T
+
+``N`` is the number of records in the topic (all partitions). The process writes ``H
+<pid>``, progress lines (``P <records read> 0 <records written>``) and one ``R <json>``
+line with its result, as `benchmarks._kafka_driver` does; the passthrough counts the time
+it found every input empty (``starved_s``), both sides the time their reading stood still
+(``stalled_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import select
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from benchmarks._kafka_driver import Reporter, _peak_rss_kb
+from benchmarks._kafka_harness import _cpu_jiffies, _process_cpu_s, _rss_mb
+from unifeed.kafka.clients import Target, TopicSelection, consumer_config, producer_config
+
+REPO = Path(__file__).resolve().parents[1]
+_READ_BATCH = 5000
+_DEADLINE_S = 1800.0
+_RSS_SAMPLE_S = 0.1
+
+
+# --- the measured process ------------------------------------------------------------
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    out = []
+    for item in args.input:
+        name, _, rest = item.partition("=")
+        topic, _, count = rest.rpartition(":")
+        out.append((name, topic, int(count)))
+    return out
+
+
+def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
+    from unifeed.runtime import CombineRun, RuntimeOptions
+    from unifeed.runtime.merge import MergeRun
+    from unifeed.runtime.reader import FeedReader
+
+    options = RuntimeOptions(
+        bootstrap=args.bootstrap,
+        instance=args.instance,
+        checkpoint_topic=args.checkpoint_topic,
+        stop_at=args.stop_at,
+        status_interval_s=0.0,
+    )
+    inputs = _inputs(args)
+    output = Target(args.output)
+    run: Any
+    if args.kind == "combine":
+        (_, control, _), (_, surface, _) = inputs
+        run = CombineRun(
+            options,
+            control=TopicSelection(control),
+            surface=TopicSelection(surface),
+            output=output,
+        )
+    else:
+        run = MergeRun(options, {name: TopicSelection(topic) for name, topic, _ in inputs}, output)
+    started = time.perf_counter()
+    run.setup()
+    readers = [t for t in run.threads if isinstance(t, FeedReader)]
+    counters = run.state.counters
+
+    def progress() -> tuple[int, int, int]:
+        return sum(r.next_offset for r in readers), 0, counters.get("out", 0)
+
+    writer = run.writer
+    assert writer is not None
+    reporter = Reporter(progress, done=lambda: writer.ident is not None and not writer.is_alive())
+    reporter.start()
+    running = time.perf_counter()
+    code = run.run()
+    finished = time.perf_counter()
+    reporter.stop.set()
+    reporter.join(5)
+    done = reporter.done_at if reporter.done_at is not None else finished
+    return {
+        "exit_code": code,
+        "readers": len(readers),
+        "setup_s": running - started,
+        "run_s": done - running,
+        "shutdown_s": finished - done,
+        "consumed": sum(r.next_offset for r in readers),
+        "out": counters.get("out", 0),
+        "counters": dict(counters),
+        "cpu_by_thread": reporter.cpu_by_thread(),
+        "stalled_s": reporter.stalled_s,
+        "starved_s": None,
+        "first_record_s": None,
+    }
+
+
+def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
+    """One consumer a topic, assigned every partition; one produce a record; no decoding."""
+    config = consumer_config(args.bootstrap)
+    config.setdefault("queued.max.messages.kbytes", 16_384)
+    config.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
+    settings = producer_config(args.bootstrap)
+    settings.setdefault("queue.buffering.max.messages", 500_000)
+    settings.setdefault("queue.buffering.max.kbytes", 262_144)
+    started = time.perf_counter()
+    inputs: list[list[Any]] = []  # consumer, records expected, records read
+    for _name, topic, count in _inputs(args):
+        consumer = Consumer(config)
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
+        inputs.append([consumer, count, 0])
+    producer = Producer(settings)
+    produce = producer.produce
+    output = args.output
+    out = 0
+    reporter = Reporter(
+        lambda: (sum(s[2] for s in inputs), 0, out),
+        done=lambda: all(s[2] >= s[1] for s in inputs),
+    )
+    reporter.start()
+    running = time.perf_counter()
+    deadline = running + _DEADLINE_S
+    starved_s = 0.0  # as in benchmarks._kafka_driver.run_passthrough
+    empty_since: float | None = None
+    first_record_s: float | None = None
+    try:
+        while any(s[2] < s[1] for s in inputs):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"passthrough: not done after {_DEADLINE_S:g} s")
+            idle = True
+            for s in inputs:
+                if s[2] >= s[1]:
+                    continue
+                records = 0
+                for m in s[0].consume(num_messages=_READ_BATCH, timeout=0):
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise RuntimeError(f"passthrough: {err.str()}")
+                    try:
+                        produce(output, m.value(), partition=0)
+                    except BufferError:
+                        producer.poll(0.05)
+                        produce(output, m.value(), partition=0)
+                    records += 1
+                s[2] += records
+                out += records
+                if records:
+                    idle = False
+            producer.poll(0)
+            if idle:
+                if empty_since is None and out:
+                    empty_since = time.perf_counter()
+                time.sleep(0.0005)
+            else:
+                if first_record_s is None:
+                    first_record_s = time.perf_counter() - running
+                if empty_since is not None:
+                    starved_s += time.perf_counter() - empty_since
+                    empty_since = None
+        left = producer.flush(60)
+        if left:
+            raise RuntimeError(f"passthrough: {left} records not delivered after 60 s")
+    finally:
+        for s in inputs:
+            s[0].close()
+    finished = time.perf_counter()
+    reporter.stop.set()
+    reporter.join(5)
+    return {
+        "exit_code": 0,
+        "readers": sum(1 for _ in inputs),
+        "setup_s": running - started,
+        "run_s": finished - running,
+        "shutdown_s": 0.0,
+        "consumed": sum(s[2] for s in inputs),
+        "out": out,
+        "counters": {},
+        "cpu_by_thread": reporter.cpu_by_thread(),
+        "stalled_s": reporter.stalled_s,
+        "starved_s": starved_s,
+        "first_record_s": first_record_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks._kafka_prefilled")
+    parser.add_argument("kind", choices=("combine", "merge", "passthrough"))
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--input", action="append", required=True, help="NAME=TOPIC:RECORDS")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--stop-at", type=int)
+    parser.add_argument("--instance", default="bench")
+    parser.add_argument("--checkpoint-topic", default="bench.checkpoints")
+    args = parser.parse_args(argv)
+    os.write(1, b"H %d\n" % os.getpid())
+    if args.kind == "passthrough":
+        result = run_passthrough(args)
+    else:
+        if args.stop_at is None:
+            parser.error(f"{args.kind} needs --stop-at")
+        result = run_unifeed(args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(
+        kind=args.kind,
+        cpu_user_s=usage.ru_utime,
+        cpu_sys_s=usage.ru_stime,
+        peak_rss_kb=_peak_rss_kb(),
+    )
+    sys.stdout.flush()
+    os.write(1, b"R " + msgspec.json.encode(result) + b"\n")
+    return int(result["exit_code"])
+
+
+# --- the parent: topics, pre-filling, the measured process ----------------------------
+
+
+@dataclass
+class PrefilledResult:
+    kind: str
+    messages: int  # records read, all inputs, keepalives included
+    out: int
+    readers: int
+    run_s: float
+    setup_s: float
+    peak_rss_mb: float
+    cpu_s: float
+    machine_busy: float
+    stalled_s: float
+    starved_s: float | None
+    first_record_s: float | None
+    prefill_s: float
+    broker_cpu_s: float | None
+    broker_peak_rss_mb: float | None
+    counters: dict[str, int]
+    cpu_by_thread: dict[str, list[float]]
+
+    @property
+    def msgs_per_s(self) -> float:
+        return self.messages / self.run_s
+
+    @property
+    def starved_share(self) -> float:
+        return (self.starved_s or 0.0) / self.run_s
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "messages": self.messages,
+            "out": self.out,
+            "readers": self.readers,
+            "msgs_per_s": round(self.msgs_per_s),
+            "run_s": round(self.run_s, 3),
+            "setup_s": round(self.setup_s, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "cpu_s": round(self.cpu_s, 2),
+            "cpu_per_msg_us": round(self.cpu_s / self.messages * 1e6, 2),
+            "machine_busy": round(self.machine_busy, 3),
+            "stalled_s": round(self.stalled_s, 3),
+            "starved_s": None if self.starved_s is None else round(self.starved_s, 3),
+            "first_record_s": self.first_record_s,
+            "prefill_s": round(self.prefill_s, 2),
+            "broker_cpu_s": self.broker_cpu_s,
+            "broker_peak_rss_mb": self.broker_peak_rss_mb,
+            "late": self.counters.get("late", 0),
+            "dead_letters": self.counters.get("dead_letters", 0),
+            "threads_cpu_and_runqueue_s": self.cpu_by_thread,
+        }
+
+
+#: One input: its name and its records, a list per partition (in each, pitr order).
+Inputs = dict[str, list[list[bytes]]]
+
+
+def _create_topics(bootstrap: str, partitions: dict[str, int]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in partitions.items()],
+        operation_timeout=30,
+    )
+    for topic, future in futures.items():
+        future.result(timeout=60)  # raises if the topic could not be created
+        del topic
+
+
+def run_prefilled(
+    kind: str,
+    bootstrap: str,
+    inputs: Inputs,
+    *,
+    stop_at: int,
+    timeout_s: float,
+    broker_pid: int | None = None,
+) -> PrefilledResult:
+    """Fresh topics holding ``inputs`` (every record produced before the process starts),
+    then one run of ``kind`` (``combine``, ``merge`` or ``passthrough``) over them."""
+    run_id = uuid.uuid4().hex[:10]
+    topics = {name: f"bench-{run_id}-{name}" for name in inputs}
+    output = f"bench-{run_id}-out"
+    _create_topics(
+        bootstrap,
+        {**{topics[n]: len(parts) for n, parts in inputs.items()}, output: 1},
+    )
+    prefill_started = time.monotonic()
+    producer = Producer(
+        {**producer_config(bootstrap), "queue.buffering.max.kbytes": 262_144, "linger.ms": 20}
+    )
+    for name, parts in inputs.items():
+        for partition, lines in enumerate(parts):
+            for start in range(0, len(lines), 10_000):
+                batch = [{"value": v} for v in lines[start : start + 10_000]]
+                for _attempt in range(1000):
+                    producer.produce_batch(topics[name], batch, partition=partition)
+                    failed = [r for r in batch if "_error" in r]
+                    if not failed:
+                        break
+                    batch = [{"value": r["value"]} for r in failed]
+                    producer.poll(0.05)
+                else:
+                    raise RuntimeError(f"cannot queue records for {topics[name]}")
+                producer.poll(0)
+    left = producer.flush(timeout_s)
+    if left:
+        raise RuntimeError(f"{left} records not delivered in {timeout_s:g} s")
+    prefill_s = time.monotonic() - prefill_started
+    counts = {name: sum(len(p) for p in parts) for name, parts in inputs.items()}
+    cmd = [sys.executable, "-m", "benchmarks._kafka_prefilled", kind, "--bootstrap", bootstrap]
+    for name in inputs:
+        cmd += ["--input", f"{name}={topics[name]}:{counts[name]}"]
+    cmd += ["--output", output]
+    if kind != "passthrough":
+        cmd += [
+            "--stop-at",
+            str(stop_at),
+            "--instance",
+            f"bench-{run_id}",
+            "--checkpoint-topic",
+            f"bench-{run_id}-checkpoints",
+        ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    rss: list[float] = []
+    with tempfile.TemporaryFile() as stderr:
+        busy0, total0 = _cpu_jiffies()
+        broker0 = _process_cpu_s(broker_pid)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
+        result: dict[str, Any] | None = None
+        try:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            os.set_blocking(fd, False)
+            deadline = time.monotonic() + timeout_s
+            buffer = b""
+            next_sample = 0.0
+            while True:
+                now = time.monotonic()
+                if now > deadline:
+                    raise TimeoutError(f"the measured run is not finished after {timeout_s:g} s")
+                ready, _, _ = select.select([fd], [], [], 0.01)
+                if ready:
+                    data = os.read(fd, 1 << 16)
+                    if not data:
+                        break
+                    buffer += data
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.startswith(b"R "):
+                            result = msgspec.json.decode(line[2:])
+                if broker_pid is not None and now >= next_sample:
+                    jvm = _rss_mb(broker_pid)
+                    if jvm is not None:
+                        rss.append(jvm)
+                    next_sample = now + _RSS_SAMPLE_S
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
+        busy1, total1 = _cpu_jiffies()
+        broker1 = _process_cpu_s(broker_pid)
+        if proc.returncode != 0 or result is None:
+            stderr.seek(0)
+            tail = stderr.read()[-4000:].decode(errors="replace")
+            raise RuntimeError(f"{kind} run failed (exit code {proc.returncode}):\n{tail}")
+    return PrefilledResult(
+        kind=kind,
+        messages=result["consumed"],
+        out=result["out"],
+        readers=result["readers"],
+        run_s=result["run_s"],
+        setup_s=result["setup_s"],
+        peak_rss_mb=result["peak_rss_kb"] / 1024,
+        cpu_s=result["cpu_user_s"] + result["cpu_sys_s"],
+        machine_busy=(busy1 - busy0) / max(1, total1 - total0),
+        stalled_s=result["stalled_s"],
+        starved_s=result["starved_s"],
+        first_record_s=result["first_record_s"],
+        prefill_s=prefill_s,
+        broker_cpu_s=None if broker0 is None or broker1 is None else round(broker1 - broker0, 2),
+        broker_peak_rss_mb=round(max(rss), 1) if rss else None,
+        counters=result["counters"],
+        cpu_by_thread=result["cpu_by_thread"],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
