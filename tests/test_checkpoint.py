@@ -278,7 +278,7 @@ def test_a_twin_claim_that_landed_first_and_outranks_stops_this_start(
     finally:
         committer.close()
         store.close()
-    assert len(calls) == 2
+    assert len(calls) == 1  # the rival claim was found before the resume point is read
     # This run's own claim is the latest record: reading only that one let it go on.
     latest, _ = CheckpointStore(kafka_bootstrap, topic).load("twin")
     assert latest is not None and latest.incarnation == committer.incarnation

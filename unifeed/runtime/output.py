@@ -154,11 +154,11 @@ class Committer:
     # start-up ----------------------------------------------------------------
 
     def start(self) -> Checkpoint | None:
-        """Find the checkpoint → check it against output and inputs → ``init_transactions``
-        → claim the instance → read the output tail.
+        """Find the checkpoint → check it against output and inputs → claim the instance
+        → ``init_transactions`` → read the latest checkpoint and the output tail.
 
-        Everything that can refuse the start runs before ``init_transactions`` and the
-        claim: either of them stops a healthy incarnation of the same name.
+        Everything that can refuse the start runs before the claim and
+        ``init_transactions``: either of them stops a healthy incarnation of the same name.
         """
         self.store.ensure_topic()
         CheckpointStore(
@@ -174,6 +174,8 @@ class Committer:
         cp, cp_offset = self.store.load(self.options.instance)
         cp = self._rekeyed(cp)
         self._check_start(cp, cp_offset, output_before=before)
+        self.generation = (cp.generation if cp is not None else 0) + 1
+        self._claim(cp)
         if self.transactional:
             try:
                 self.producer.init_transactions(30)
@@ -183,8 +185,7 @@ class Committer:
                     "for brokers without them)",
                     exc,
                 ) from None
-        self.generation = (cp.generation if cp is not None else 0) + 1
-        cp, cp_offset = self._claim(cp)
+        cp, cp_offset = self._resume_point()
         cp = self._rekeyed(cp)
         # The latest record may be an older incarnation's last commit: check it too. (Not
         # the new-instance rule: a twin that claimed at the same moment and outranks this
@@ -369,15 +370,18 @@ class Committer:
     def claim_rank(self) -> tuple[int, str]:
         return (self.generation, self.incarnation)
 
-    def _claim(self, cp: Checkpoint | None) -> tuple[Checkpoint | None, int]:
-        """Tell an older incarnation of this instance name to stop, then give it time to.
+    def _claim(self, cp: Checkpoint | None) -> None:
+        """Tell an older incarnation of this instance name to stop, give it time to, and
+        stop this start if another claim outranks it.
 
         The claim is the current checkpoint (or, for a new instance, an empty one) with
-        the next generation and this process's incarnation token. An incarnation that
-        sees a greater ``(generation, incarnation)`` for its name stops before its next
-        commit (brokers that fence transactional producers stop it too). Afterwards the
-        latest checkpoint is read again: the older incarnation may have committed once
-        more meanwhile, and a process that claimed at the same moment may outrank this one.
+        the next generation and this process's incarnation token, written outside any
+        transaction and before ``init_transactions``: a start that loses to a twin never
+        initialises, so it never fences the producer of the one that goes on. An
+        incarnation that sees a greater ``(generation, incarnation)`` for its name stops
+        before its next commit. After the grace, every claim of the name since this start
+        read the checkpoint is looked at, not only the latest record: a twin that claimed
+        at the same moment may have landed first and still outrank this one.
         """
         instance = self.options.instance
         claim = Checkpoint(
@@ -390,27 +394,31 @@ class Committer:
             written_ms=self.options.clock(),
             incarnation=self.incarnation,
         )
-        key, value = encode_record(claim)
-        self.begin()
-        self.producer.produce(self.store.topic, value, key=key, partition=0)
-        self._commit_or_flush()
+        self.store.write(instance, claim)
         time.sleep(self.options.claim_grace_s)
+        self._check_rank(self.store.highest_claim(instance, self._claims_from))
+
+    def _check_rank(self, top: tuple[Checkpoint, int] | None) -> None:
+        if top is not None and top[0].claim_rank > self.claim_rank:
+            rival = top[0]
+            raise InstanceFencedError(
+                f"another incarnation of instance {self.options.instance!r} (generation "
+                f"{rival.generation}, {rival.incarnation}) started at the same time as this "
+                f"one (generation {self.generation}, {self.incarnation}); this one stops"
+            )
+
+    def _resume_point(self) -> tuple[Checkpoint | None, int]:
+        """The latest checkpoint once this run holds the name (after ``init_transactions``,
+        so an older incarnation can commit no more on a broker that fences); the claim
+        watcher starts after it."""
+        instance = self.options.instance
         latest, offset = self.store.load(instance)
         if latest is None:
             raise CheckpointError(
                 f"the checkpoint of instance {instance!r} was reset while this run started; "
                 "start it again"
             )
-        # Not only the latest record: a twin that claimed at the same moment may have
-        # landed before this claim and still outrank it.
-        top = self.store.highest_claim(instance, self._claims_from)
-        rival = top[0] if top is not None and top[0].claim_rank > latest.claim_rank else latest
-        if rival.claim_rank > self.claim_rank:
-            raise InstanceFencedError(
-                f"another incarnation of instance {instance!r} (generation {rival.generation}, "
-                f"{rival.incarnation}) started at the same time as this one (generation "
-                f"{self.generation}, {self.incarnation}); this one stops"
-            )
+        self._check_rank((latest, offset))
         log.info("%s: generation %d claimed (incarnation %s)", instance, self.generation,
                  self.incarnation)
         # Every record after the one just read is news to the claim watcher.
