@@ -29,6 +29,7 @@ from tests.support.kafkatools import (
     partitioned_topic,
     pitr_of,
     read_all,
+    reap,
     run_cli,
     start_cli,
     wait_for,
@@ -286,9 +287,7 @@ def test_partitions_added_while_merging_stop_the_run_with_exit_2(
         rc = proc.wait(60)
         err = proc.stderr.read().decode() if proc.stderr else ""
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        reap(proc)
     assert rc == 2, err
     assert f"kafka:{feed} (a) now has 3 partitions" in err and "partition(s) 2" in err, err
     assert "--accept-partition-change" in err and "Traceback" not in err, err
@@ -328,9 +327,7 @@ def test_merge_on_kafka_dead_letters_name_input_and_partition_and_metrics_serve(
         rc = proc.wait(60)
         err = proc.stderr.read().decode() if proc.stderr else ""
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        reap(proc)
     assert rc == 0, err
     assert "metrics on http://127.0.0.1:" in err, err
     dead = [json.loads(x) for x in read_all(kafka_bootstrap, f"{out}.dead-letter")]
@@ -362,9 +359,7 @@ def test_a_topic_created_with_several_partitions_after_the_start_stops_the_run(
         rc = proc.wait(60)
         err = proc.stderr.read().decode() if proc.stderr else ""
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        reap(proc)
     assert rc == 2, err
     assert f"kafka:{feed} (a) did not exist when this run started" in err, err
     assert f"created with {count} partitions" in err and "Traceback" not in err, err
