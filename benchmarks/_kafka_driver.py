@@ -161,25 +161,40 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
-    config = consumer_config(args.bootstrap)
+    result = passthrough(
+        args.bootstrap,
+        [(args.control, args.expect_control), (args.surface, args.expect_surface)],
+        args.output,
+    )
+    control, surface = result["consumed"]
+    result["consumed"] = {CONTROLSTREAM: control, SURFACESTREAM: surface}
+    return result
+
+
+def passthrough(bootstrap: str, topics: list[tuple[str, int]], output: str) -> dict[str, Any]:
+    """The peer: one consumer a topic (every partition assigned), one ``produce`` a
+    record to ``output``, no decoding, until each topic gave its expected count.
+    ``consumed`` in the result lists the records read from each topic, in order."""
+    config = consumer_config(bootstrap)
     # The same fetch settings as unifeed's readers.
     config.setdefault("queued.max.messages.kbytes", 16_384)
     config.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
-    producer_settings = producer_config(args.bootstrap)
+    producer_settings = producer_config(bootstrap)
     producer_settings.setdefault("queue.buffering.max.messages", 500_000)
     producer_settings.setdefault("queue.buffering.max.kbytes", 262_144)
     started = time.perf_counter()
     inputs = []
-    for topic, expect in ((args.control, args.expect_control), (args.surface, args.expect_surface)):
+    for topic, expect in topics:
         consumer = Consumer(config)
-        consumer.assign([TopicPartition(topic, 0, 0)])
-        inputs.append([consumer, expect, 0])  # consumer, records expected, next offset
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
+        inputs.append([consumer, expect, 0])  # consumer, records expected, records read
     producer = Producer(producer_settings)
     produce = producer.produce
-    output = args.output
     out = 0
+    # Progress as the two-feed loader reads it: the first topic, then all the others.
     reporter = Reporter(
-        lambda: (inputs[0][2], inputs[1][2], out),
+        lambda: (inputs[0][2], sum(state[2] for state in inputs[1:]), out),
         done=lambda: all(state[2] >= state[1] for state in inputs),
     )
     reporter.start()
@@ -244,7 +259,7 @@ def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
         "setup_s": running - started,
         "run_s": finished - running,
         "shutdown_s": 0.0,
-        "consumed": {CONTROLSTREAM: inputs[0][2], SURFACESTREAM: inputs[1][2]},
+        "consumed": [state[2] for state in inputs],
         "out": out,
         "counters": {},
         "cpu_by_thread": reporter.cpu_by_thread(),

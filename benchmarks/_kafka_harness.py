@@ -323,7 +323,7 @@ def run_measured(
             cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
         )
         try:
-            result, samples, broker_rss = _serve(proc, loader, started, timeout_s, broker_pid)
+            result, samples, broker_rss = serve_run(proc, loader, started, timeout_s, broker_pid)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -386,15 +386,16 @@ class Profiler:
         return [self.binary, "record", *base, "--output", str(out), *self.options, "--"]
 
 
-def _serve(
+def serve_run(
     proc: subprocess.Popen[bytes],
-    loader: Loader,
+    loader: Loader | None,
     started: float,
     timeout_s: float,
     broker_pid: int | None = None,
 ) -> tuple[dict[str, Any] | None, list[tuple[float, int, float]], list[float]]:
-    """Feed the process until it closes its stdout; its result, its RSS samples and the
-    broker's (when its process id is given)."""
+    """Feed the process until it closes its stdout (``loader`` None: its inputs are all
+    there already); its result, its RSS samples and the broker's (when its process id is
+    given)."""
     broker_rss: list[float] = []
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -422,12 +423,14 @@ def _serve(
                     pid = int(line[2:])
                 elif line.startswith(b"P "):
                     control, surface, _out = (int(x) for x in line.split()[1:4])
-                    loader.reader_at(CONTROLSTREAM, control)
-                    loader.reader_at(SURFACESTREAM, surface)
+                    if loader is not None:
+                        loader.reader_at(CONTROLSTREAM, control)
+                        loader.reader_at(SURFACESTREAM, surface)
                     read_so_far = control + surface
                 elif line.startswith(b"R "):
                     result = msgspec.json.decode(line[2:])
-        loader.top_up()
+        if loader is not None:
+            loader.top_up()
         if now >= next_sample:
             rss = _rss_mb(pid)
             if rss is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import select
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from benchmarks._kafka_driver import Reporter, _peak_rss_kb
-from benchmarks._kafka_harness import _cpu_jiffies, _process_cpu_s, _rss_mb
-from unifeed.kafka.clients import Target, TopicSelection, consumer_config, producer_config
+from benchmarks._kafka_driver import Reporter, _peak_rss_kb, passthrough
+from benchmarks._kafka_harness import _cpu_jiffies, _process_cpu_s, serve_run
+from unifeed.kafka.clients import Target, TopicSelection, producer_config
 
 REPO = Path(__file__).resolve().parents[1]
 _READ_BATCH = 5000
@@ -120,93 +119,12 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
-    """One consumer a topic, assigned every partition; one produce a record; no decoding."""
-    config = consumer_config(args.bootstrap)
-    config.setdefault("queued.max.messages.kbytes", 16_384)
-    config.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
-    settings = producer_config(args.bootstrap)
-    settings.setdefault("queue.buffering.max.messages", 500_000)
-    settings.setdefault("queue.buffering.max.kbytes", 262_144)
-    started = time.perf_counter()
-    inputs: list[list[Any]] = []  # consumer, records expected, records read
-    for _name, topic, count in _inputs(args):
-        consumer = Consumer(config)
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        consumer.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
-        inputs.append([consumer, count, 0])
-    producer = Producer(settings)
-    produce = producer.produce
-    output = args.output
-    out = 0
-    reporter = Reporter(
-        lambda: (sum(s[2] for s in inputs), 0, out),
-        done=lambda: all(s[2] >= s[1] for s in inputs),
-    )
-    reporter.start()
-    running = time.perf_counter()
-    deadline = running + _DEADLINE_S
-    starved_s = 0.0  # as in benchmarks._kafka_driver.run_passthrough
-    empty_since: float | None = None
-    first_record_s: float | None = None
-    try:
-        while any(s[2] < s[1] for s in inputs):
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"passthrough: not done after {_DEADLINE_S:g} s")
-            idle = True
-            for s in inputs:
-                if s[2] >= s[1]:
-                    continue
-                records = 0
-                for m in s[0].consume(num_messages=_READ_BATCH, timeout=0):
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise RuntimeError(f"passthrough: {err.str()}")
-                    try:
-                        produce(output, m.value(), partition=0)
-                    except BufferError:
-                        producer.poll(0.05)
-                        produce(output, m.value(), partition=0)
-                    records += 1
-                s[2] += records
-                out += records
-                if records:
-                    idle = False
-            producer.poll(0)
-            if idle:
-                if empty_since is None and out:
-                    empty_since = time.perf_counter()
-                time.sleep(0.0005)
-            else:
-                if first_record_s is None:
-                    first_record_s = time.perf_counter() - running
-                if empty_since is not None:
-                    starved_s += time.perf_counter() - empty_since
-                    empty_since = None
-        left = producer.flush(60)
-        if left:
-            raise RuntimeError(f"passthrough: {left} records not delivered after 60 s")
-    finally:
-        for s in inputs:
-            s[0].close()
-    finished = time.perf_counter()
-    reporter.stop.set()
-    reporter.join(5)
-    return {
-        "exit_code": 0,
-        "readers": sum(1 for _ in inputs),
-        "setup_s": running - started,
-        "run_s": finished - running,
-        "shutdown_s": 0.0,
-        "consumed": sum(s[2] for s in inputs),
-        "out": out,
-        "counters": {},
-        "cpu_by_thread": reporter.cpu_by_thread(),
-        "stalled_s": reporter.stalled_s,
-        "starved_s": starved_s,
-        "first_record_s": first_record_s,
-    }
+    """`benchmarks._kafka_driver.passthrough` over every input topic."""
+    inputs = _inputs(args)
+    result = passthrough(args.bootstrap, [(t, n) for _, t, n in inputs], args.output)
+    result["readers"] = len(inputs)
+    result["consumed"] = sum(result["consumed"])
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,40 +283,16 @@ def run_prefilled(
         ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    rss: list[float] = []
     with tempfile.TemporaryFile() as stderr:
         busy0, total0 = _cpu_jiffies()
         broker0 = _process_cpu_s(broker_pid)
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
         )
-        result: dict[str, Any] | None = None
         try:
-            assert proc.stdout is not None
-            fd = proc.stdout.fileno()
-            os.set_blocking(fd, False)
-            deadline = time.monotonic() + timeout_s
-            buffer = b""
-            next_sample = 0.0
-            while True:
-                now = time.monotonic()
-                if now > deadline:
-                    raise TimeoutError(f"the measured run is not finished after {timeout_s:g} s")
-                ready, _, _ = select.select([fd], [], [], 0.01)
-                if ready:
-                    data = os.read(fd, 1 << 16)
-                    if not data:
-                        break
-                    buffer += data
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        if line.startswith(b"R "):
-                            result = msgspec.json.decode(line[2:])
-                if broker_pid is not None and now >= next_sample:
-                    jvm = _rss_mb(broker_pid)
-                    if jvm is not None:
-                        rss.append(jvm)
-                    next_sample = now + _RSS_SAMPLE_S
+            result, _samples, rss = serve_run(
+                proc, None, time.monotonic(), timeout_s, broker_pid
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()
