@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from unifeed.cli.pipeline import duration_arg, interval_arg
+from unifeed.cli.pipeline import (
+    add_simulated_duration,
+    duration_arg,
+    interval_arg,
+    simulated_minutes,
+)
 from unifeed.demo.run import DemoOptions, run_and_report
 
 
@@ -23,20 +28,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
-    p.add_argument(
-        "--duration",
-        type=duration_arg,
-        default=8 * 60_000,
-        metavar="DURATION",
-        help="simulated time of traffic (default 8m)",
-    )
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=argparse.SUPPRESS,
-        metavar="N",
-        help="deprecated spelling of --duration Nm",
-    )
+    add_simulated_duration(p, 8 * 60_000, "simulated time of traffic (default 8m)")
     p.add_argument(
         "--speed",
         type=float,
@@ -87,7 +79,7 @@ def register(subparsers: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(
         seed=args.seed,
-        minutes=_minutes(args),
+        minutes=simulated_minutes(args),
         speed=args.speed,
         airports=args.airports,
         rate=args.rate,
@@ -99,7 +91,3 @@ def _demo(args: argparse.Namespace) -> int:
     return run_and_report(options)
 
 
-def _minutes(args: argparse.Namespace) -> float:
-    """--duration in minutes; the deprecated --minutes wins when given."""
-    minutes = getattr(args, "minutes", None)
-    return float(minutes) if minutes is not None else args.duration / 60_000

@@ -66,6 +66,27 @@ duration_arg.is_duration = True  # type: ignore[attr-defined]
 interval_arg.is_duration = True  # type: ignore[attr-defined]
 
 
+def add_simulated_duration(p: Any, default_ms: int, help_text: str) -> None:
+    """``--duration DURATION`` of simulated time, and ``--minutes N`` as its deprecated
+    spelling (read both with `simulated_minutes`)."""
+    p.add_argument(
+        "--duration", type=duration_arg, default=default_ms, metavar="DURATION", help=help_text
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="deprecated spelling of --duration Nm",
+    )
+
+
+def simulated_minutes(args: argparse.Namespace) -> float:
+    """--duration in minutes; the deprecated --minutes wins when given."""
+    minutes = getattr(args, "minutes", None)
+    return float(minutes) if minutes is not None else args.duration / 60_000
+
+
 def non_negative_int(text: str) -> int:
     """argparse ``type=`` for counts: an integer >= 0."""
     try:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unifeed.cli.pipeline import duration_arg
+from unifeed.cli.pipeline import add_simulated_duration, duration_arg, simulated_minutes
 from unifeed.core.errors import ConfigError
 from unifeed.core.units import parse_time_ms
 from unifeed.sim.adsb import write_adsb
@@ -19,7 +19,7 @@ from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
 def _simulate(args: argparse.Namespace) -> int:
     start_ms = parse_time_ms(args.start, "--start")
     try:
-        check_arguments(_minutes(args), args.airports, args.rate, start_ms)
+        check_arguments(simulated_minutes(args), args.airports, args.rate, start_ms)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out_dir = Path(args.out_dir)
@@ -29,7 +29,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return _run_adsb(args, out_dir, start_ms)
     with _writing(out_dir):
         stats = write_streaming(out_dir, **_traffic(args, start_ms))
-    seconds = _minutes(args) * 60
+    seconds = simulated_minutes(args) * 60
     for feed, (lines, size) in stats.items():
         print(
             f"{out_dir / f'{feed}.jsonl'}: {lines:,} messages over {seconds:g} s "
@@ -43,7 +43,7 @@ def _traffic(args: argparse.Namespace, start_ms: int) -> dict[str, Any]:
     """The simulation's arguments, the same for every output format."""
     return {
         "seed": args.seed,
-        "minutes": _minutes(args),
+        "minutes": simulated_minutes(args),
         "airports": args.airports,
         "rate": args.rate,
         "start_ms": start_ms,
@@ -81,20 +81,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out-dir", required=True, help="directory to write the two files into")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument(
-        "--duration",
-        type=duration_arg,
-        default=10 * 60_000,
-        metavar="DURATION",
-        help="simulated time of pitr (default 10m)",
-    )
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=argparse.SUPPRESS,
-        metavar="N",
-        help="deprecated spelling of --duration Nm",
-    )
+    add_simulated_duration(p, 10 * 60_000, "simulated time of pitr (default 10m)")
     p.add_argument(
         "--airports",
         type=int,
@@ -131,7 +118,3 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_simulate)
 
 
-def _minutes(args: argparse.Namespace) -> float:
-    """--duration in minutes; the deprecated --minutes wins when given."""
-    minutes = getattr(args, "minutes", None)
-    return float(minutes) if minutes is not None else args.duration / 60_000
