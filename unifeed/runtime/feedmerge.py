@@ -31,7 +31,7 @@ from unifeed.core.unify import CATCHUP_CLOCK
 from unifeed.kafka.clients import Target
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
-from unifeed.runtime.limits import IDLE_S, LANE_BATCHES, READ_BATCH, queue_capacity
+from unifeed.runtime.limits import IDLE_S, READ_BATCH, lane_batches, queue_capacity
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
 from unifeed.runtime.state import RunState, Worker
@@ -76,7 +76,7 @@ class FeedMerge(Worker):
         self.keys = keys
         self.partitions = partitions
         self.deliver = deliver
-        self.inbox: Inbox[ReadBatch] = Inbox(list(keys), LANE_BATCHES, state.stop)
+        self.inbox: Inbox[ReadBatch] = Inbox(list(keys), lane_batches(len(keys)), state.stop)
         # Always the catch-up rule (the clock is far past every pitr): every partition is
         # waited for until it is settled, caught up (end of log) or ended.
         self.combiner = Combiner(

@@ -22,6 +22,12 @@ READ_AHEAD_BUDGET_KB: Final = 32_768
 MIN_READ_AHEAD_KB: Final = 2_048
 
 
+def lane_batches(lanes: int) -> int:
+    """Batches each lane of an inbox of ``lanes`` may hold: LANE_BATCHES each for two
+    lanes, shared among more, never below two."""
+    return max(2, 2 * LANE_BATCHES // max(1, lanes))
+
+
 def queue_capacity(queues: int) -> int:
     """Each queue's share of `STAGE_BUDGET` among ``queues``."""
     return max(2 * READ_BATCH, STAGE_BUDGET // max(1, queues))

@@ -22,7 +22,7 @@ from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
-from unifeed.runtime.limits import LANE_BATCHES, queue_capacity
+from unifeed.runtime.limits import lane_batches, queue_capacity
 from unifeed.runtime.marks import RestartMarks
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import watermarks_or_empty
@@ -102,7 +102,7 @@ class MergeRun(Supervisor):
 
         names = list(feeds)
         st = self.state
-        inbox: WriterInbox = Inbox(names, LANE_BATCHES, st.stop)
+        inbox: WriterInbox = Inbox(names, lane_batches(len(names)), st.stop)
         stage = MergeStage(
             [Feed(n, n in self.live_required, True, queue_capacity(len(names))) for n in names],
             realtime_threshold_ms=o.realtime_threshold_ms,
