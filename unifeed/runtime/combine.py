@@ -22,7 +22,6 @@ from unifeed.core.stages import (
 from unifeed.kafka.clients import (
     Target,
     TopicSelection,
-    consumer_config,
 )
 from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.feedmerge import read_feed
@@ -32,7 +31,14 @@ from unifeed.runtime.limits import LANE_BATCHES
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import Committer, watermarks_or_empty
 from unifeed.runtime.partwatch import PartitionWatch
-from unifeed.runtime.reader import Delivery, FeedReader, HandOnStep, ReadBatch, ReadPlan
+from unifeed.runtime.reader import (
+    Delivery,
+    FeedReader,
+    HandOnStep,
+    ReadBatch,
+    ReadPlan,
+    reader_config,
+)
 from unifeed.runtime.saved import StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
@@ -176,9 +182,10 @@ class CombineRun(Supervisor):
         st = self.state
         writer_inbox: WriterInbox = Inbox([CONTROLSTREAM, SURFACESTREAM], LANE_BATCHES, st.stop)
         annot_inbox: AnnotatorInbox = Inbox([MAPPINGSTREAM, SURFACESTREAM], LANE_BATCHES, st.stop)
-        rconf = consumer_config(o.bootstrap, o.kafka_extra)
-        rconf.setdefault("queued.max.messages.kbytes", 16_384)
-        rconf.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
+        rconf = reader_config(
+            o,
+            sum(len(f.targets) for f in self.feeds.values()) + (self.mapping is not None),
+        )
         derive = self.mapping is None
         deriver = (
             None

@@ -31,7 +31,7 @@ from unifeed.core.unify import CATCHUP_CLOCK
 from unifeed.kafka.clients import Target
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
-from unifeed.runtime.limits import IDLE_S, LANE_BATCHES, READ_BATCH, STAGE_CAPACITY
+from unifeed.runtime.limits import IDLE_S, READ_BATCH, lane_batches, queue_capacity
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
 from unifeed.runtime.state import RunState, Worker
@@ -76,11 +76,11 @@ class FeedMerge(Worker):
         self.keys = keys
         self.partitions = partitions
         self.deliver = deliver
-        self.inbox: Inbox[ReadBatch] = Inbox(list(keys), LANE_BATCHES, state.stop)
+        self.inbox: Inbox[ReadBatch] = Inbox(list(keys), lane_batches(len(keys)), state.stop)
         # Always the catch-up rule (the clock is far past every pitr): every partition is
         # waited for until it is settled, caught up (end of log) or ended.
         self.combiner = Combiner(
-            [Feed(k, True, True, STAGE_CAPACITY) for k in keys], clock=CATCHUP_CLOCK
+            [Feed(k, True, True, queue_capacity(len(keys))) for k in keys], clock=CATCHUP_CLOCK
         )
         self._last_pitr = -1
 

@@ -13,6 +13,29 @@ READ_BATCH: Final = 5000
 LANE_BATCHES: Final = 8
 MARK_SPAN: Final = 5000  # offsets: restart marks closer than this are merged
 STAGE_CAPACITY: Final = 50_000
+#: What the queues of one merge stage hold together (records): two feeds get
+#: STAGE_CAPACITY each, more share it, never below two read batches a queue.
+STAGE_BUDGET: Final = 2 * STAGE_CAPACITY
+#: What a run's consumers buffer ahead together (librdkafka's fetch queue and largest
+#: fetch, KiB): two one-partition feeds get 16 MiB each, more consumers share it.
+READ_AHEAD_BUDGET_KB: Final = 32_768
+MIN_READ_AHEAD_KB: Final = 2_048
+
+
+def lane_batches(lanes: int) -> int:
+    """Batches each lane of an inbox of ``lanes`` may hold: LANE_BATCHES each for two
+    lanes, shared among more, never below two."""
+    return max(2, 2 * LANE_BATCHES // max(1, lanes))
+
+
+def queue_capacity(queues: int) -> int:
+    """Each queue's share of `STAGE_BUDGET` among ``queues``."""
+    return max(2 * READ_BATCH, STAGE_BUDGET // max(1, queues))
+
+
+def read_ahead_kb(consumers: int) -> int:
+    """Each consumer's share of `READ_AHEAD_BUDGET_KB` among ``consumers``."""
+    return max(MIN_READ_AHEAD_KB, READ_AHEAD_BUDGET_KB // max(1, consumers))
 JOIN_TIMEOUT_S: Final = 30.0
 IDLE_S: Final = 0.05
 # Threads hand over whole batches: longer GIL slices mean fewer costly hand-overs.

@@ -17,17 +17,17 @@ from functools import partial
 from unifeed.core.combine import Feed
 from unifeed.core.records import StampedDecoder
 from unifeed.core.stages import Accepted, MergeStage
-from unifeed.kafka.clients import Target, TopicSelection, consumer_config
+from unifeed.kafka.clients import Target, TopicSelection
 from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
-from unifeed.runtime.limits import LANE_BATCHES, STAGE_CAPACITY
+from unifeed.runtime.limits import lane_batches, queue_capacity
 from unifeed.runtime.marks import RestartMarks
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import watermarks_or_empty
 from unifeed.runtime.partwatch import PartitionWatch
-from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan
+from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan, reader_config
 from unifeed.runtime.stages import Push, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
     inputs_of,
@@ -102,16 +102,14 @@ class MergeRun(Supervisor):
 
         names = list(feeds)
         st = self.state
-        inbox: WriterInbox = Inbox(names, LANE_BATCHES, st.stop)
+        inbox: WriterInbox = Inbox(names, lane_batches(len(names)), st.stop)
         stage = MergeStage(
-            [Feed(n, n in self.live_required, True, STAGE_CAPACITY) for n in names],
+            [Feed(n, n in self.live_required, True, queue_capacity(len(names))) for n in names],
             realtime_threshold_ms=o.realtime_threshold_ms,
             clock=o.clock,
         )
         pushes: dict[str, Push] = {n: partial(stage.push, n) for n in names}
-        rconf = consumer_config(o.bootstrap, o.kafka_extra)
-        rconf.setdefault("queued.max.messages.kbytes", 16_384)
-        rconf.setdefault("fetch.max.bytes", 16 * 1024 * 1024)
+        rconf = reader_config(o, sum(len(f.targets) for f in feeds.values()))
 
         def to_writer(read: ReadBatch) -> Batch[Accepted] | None:
             good = read.good

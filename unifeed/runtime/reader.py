@@ -24,6 +24,7 @@ from unifeed.core.stages import (
 from unifeed.kafka.clients import (
     Target,
     consume_batch,
+    consumer_config,
     kafka_error,
     watermarks,
 )
@@ -36,6 +37,7 @@ from unifeed.runtime.limits import (
     READ_BATCH,
     TRANSIENT,
     UNKNOWN_CODES,
+    read_ahead_kb,
 )
 from unifeed.runtime.marks import RestartMarks
 from unifeed.runtime.resume import ResumeSkip
@@ -269,3 +271,14 @@ class Delivery:
                 return False
             self.pending.pop(0)
         return True
+
+
+def reader_config(options: Any, consumers: int) -> dict[str, Any]:
+    """The consumer settings of a run's readers: ``consumers`` share one read-ahead
+    budget (`limits.read_ahead_kb`), so memory does not grow with the partitions read.
+    ``options`` is the run's `RuntimeOptions` (its Kafka settings win)."""
+    config = consumer_config(options.bootstrap, options.kafka_extra)
+    share = read_ahead_kb(consumers)
+    config.setdefault("queued.max.messages.kbytes", share)
+    config.setdefault("fetch.max.bytes", share * 1024)
+    return config
