@@ -379,3 +379,71 @@ def test_drain_list_fast_paths_match_popping_one_at_a_time(
         elif kind == "drain":
             drain()
     drain()
+
+
+@st.composite
+def many_feed_operations(draw: st.DrawFn) -> tuple[list[bool], list[tuple[str, int, int]]]:
+    """As `operations`, on 1 to 6 feeds, each required in real time or not."""
+    n = draw(st.integers(1, 6))
+    required = [draw(st.booleans()) for _ in range(n)]
+    ops: list[tuple[str, int, int]] = []
+    floor = [0] * n
+    closed = [False] * n
+    for _ in range(draw(st.integers(1, 80))):
+        f = draw(st.integers(0, n - 1))
+        kind = draw(st.sampled_from(["push", "push", "push", "push", "advance", "caught_up",
+                                     "close", "clock", "drain"]))
+        if kind in ("push", "advance") and not closed[f]:
+            floor[f] += draw(st.integers(0, 3))
+            ops.append((kind, f, floor[f]))
+        elif kind == "close" and draw(st.integers(0, 4)) == 0:
+            closed[f] = True
+            ops.append((kind, f, 0))
+        elif kind in ("caught_up", "clock", "drain"):
+            ops.append((kind, f, draw(st.integers(0, 80))))
+    return required, ops
+
+
+@given(many_feed_operations())
+@settings(max_examples=500, deadline=None)
+def test_drain_list_of_any_number_of_feeds_matches_popping_one_at_a_time(
+    case: tuple[list[bool], list[tuple[str, int, int]]],
+) -> None:
+    """With other than two feeds `drain_list` takes its general fast path (every entry
+    settled by the lowest marker, merged at once); it emits what repeated `pop` (the
+    plain rule) does, counts the same late messages and ends in the same mode."""
+    required, ops = case
+    now = [0]
+    names = [f"f{i}" for i in range(len(required))]
+    made = [
+        Combiner([Feed(n, required_realtime=r) for n, r in zip(names, required, strict=True)],
+                 realtime_threshold_ms=30, clock=lambda: now[0])
+        for _ in range(2)
+    ]
+    outs: list[list[tuple[str, int, object]]] = [[], []]
+
+    def drain() -> None:
+        outs[0] += [(e.feed, e.pitr, e.item) for e in made[0].drain_list()]
+        while (e := made[1].pop()) is not None:
+            outs[1].append((e.feed, e.pitr, e.item))
+        for c in made:
+            c._check()
+        assert outs[0] == outs[1]
+        assert made[0].last_mode == made[1].last_mode
+        assert made[0].late == made[1].late
+
+    for n, (kind, f, v) in enumerate(ops):
+        for c in made:
+            if kind == "push":
+                c.push(names[f], v, n)
+            elif kind == "advance":
+                c.advance(names[f], v)
+            elif kind == "caught_up":
+                c.caught_up(names[f], v % 2 == 0)
+            elif kind == "close":
+                c.close(names[f])
+        if kind == "clock":
+            now[0] += v
+        elif kind == "drain":
+            drain()
+    drain()

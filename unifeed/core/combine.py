@@ -13,7 +13,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 from operator import attrgetter
 from typing import Any, Final
 
@@ -435,12 +435,72 @@ class Combiner:
                         self.last_mode = (
                             Mode.REALTIME if now - last_pitr <= self._threshold else Mode.CATCHUP
                         )
+            else:
+                emitted += self._drain_settled(out, now)
             cand = self._candidate()
             if cand is None or self._blocked(cand, cand.queue[0].pitr, now):
                 break
             append(self._emit(cand))
         self._emitted += emitted
         return out
+
+    def _drain_settled(self, out: list[Emitted], now: int) -> int:
+        """The fast path of any number of feeds: moves to ``out`` every queued entry
+        that sorts at or below the lowest ``(marker, rank)`` among the feeds that can
+        still send (every one of those is settled for it, in either mode), merged in C;
+        returns how many. A feed that can no longer send: a closed one, and one caught
+        up with an empty queue when every entry in question is catch-up. What lies
+        beyond the bound takes the per-message path."""
+        feeds = self._feeds
+        top = max((st.queue[-1].pitr for st in feeds if st.queue), default=None)
+        if top is None:
+            return 0
+        bound = self._bound(skip_caught_up=True)
+        if bound is not None and bound[0] < top:
+            top = bound[0]
+        if now - top <= self._threshold:
+            # Real time for some of them: a caught-up feed still holds them back.
+            bound = self._bound(skip_caught_up=False)
+        runs: list[list[Emitted]] = []
+        last_pitr = _NO_MARKER
+        last_rank = 0
+        for st in feeds:
+            q = st.queue
+            if not q:
+                continue
+            if bound is None:
+                n = len(q)
+            else:
+                limit = bound[0] if st.rank <= bound[1] else bound[0] - 1
+                if q[0].pitr > limit:
+                    continue
+                n = len(q) if q[-1].pitr <= limit else bisect_right(q, limit, key=_PITR)
+            run = _take(q, n)
+            runs.append(run)
+            # The merge's last entry: the highest-ranked run's among those ending highest.
+            if run[-1].pitr >= last_pitr:
+                last_pitr = run[-1].pitr
+                last_rank = st.rank
+        if not runs:
+            return 0
+        # A stable sort of the runs in rank order is the (pitr, rank) merge; Timsort
+        # merges the sorted runs it finds, in C.
+        merged = runs[0] if len(runs) == 1 else sorted(chain.from_iterable(runs), key=_PITR)
+        out.extend(merged)
+        self._last_key = (last_pitr, last_rank)
+        self.last_mode = Mode.REALTIME if now - last_pitr <= self._threshold else Mode.CATCHUP
+        return len(merged)
+
+    def _bound(self, *, skip_caught_up: bool) -> tuple[int, int] | None:
+        """The lowest ``(marker, rank)`` among the feeds that can still send (None: none
+        can): not closed, and with ``skip_caught_up`` not caught up with an empty queue."""
+        best: tuple[int, int] | None = None
+        for st in self._feeds:
+            if st.closed or (skip_caught_up and st.caught_up and not st.queue):
+                continue
+            if best is None or st.marker < best[0]:
+                best = (st.marker, st.rank)
+        return best
 
     # -- checking -----------------------------------------------------------
 
