@@ -18,9 +18,11 @@ that the output side keeps each partition's position.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, Final
 
 from unifeed.checkpoint.store import PartitionStart
 from unifeed.core.combine import Combiner, Feed
@@ -37,6 +39,20 @@ from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
 from unifeed.runtime.state import RunState, Worker
 
 log = logging.getLogger("unifeed")
+
+_FEED: Final = attrgetter("feed")
+_PITR: Final = attrgetter("pitr")
+_POPLEFT: Final = deque.popleft
+
+
+def _take_offsets(q: deque[int], n: int) -> int:
+    """Remove the first ``n`` offsets of ``q`` (all of them if it holds fewer) and return
+    the last one removed; ``q`` is not empty."""
+    if n >= len(q):
+        last = q[-1]
+        q.clear()
+        return last
+    return list(map(_POPLEFT, repeat(q, n)))[-1]
 
 
 class FeedMerge(Worker):
@@ -162,11 +178,17 @@ class FeedMerge(Worker):
             self.before_batch(self._handed, self._handed_pitr, starts)
         offsets = self._offsets
         for part in (read.replay, read.good):
-            for e in part:
-                q = offsets[e.feed]
+            if not part:
+                continue
+            # Per partition at once, in C: how many of its messages go (their offsets
+            # leave its queue, the last one sets where a restart reads it from) and the
+            # pitr of its last one (its floor).
+            for key, n in Counter(map(_FEED, part)).items():
+                q = offsets[key]
                 if q:
-                    self._next[e.feed] = q.popleft() + 1
-                self._floor[e.feed] = e.pitr
+                    taken = _take_offsets(q, n)
+                    self._next[key] = taken + 1
+            self._floor.update(zip(map(_FEED, part), map(_PITR, part), strict=True))
             self._handed += len(part)
         self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
 

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -32,6 +32,7 @@ from unifeed.runtime.endwatch import EndOfLogWatch
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import (
     MESSAGE_ERROR,
+    MESSAGE_OFFSET,
     MESSAGE_VALUE,
     MISSING_WARN_EVERY_S,
     READ_BATCH,
@@ -182,10 +183,11 @@ class FeedReader(Worker):
             if self.intake.partition is not None:
                 # One partition of several: the offset of each accepted message, for the
                 # feed's merge (where a restart from saved state reads each partition).
-                dead_at = {d.offset for d in dead}
-                accepted_at = [
-                    o for o in (m.offset() or 0 for m in records) if o not in dead_at
-                ]
+                # A consumed message always has an offset.
+                accepted_at = cast("list[int]", list(map(MESSAGE_OFFSET, records)))
+                if dead:
+                    dead_at = {d.offset for d in dead}
+                    accepted_at = [o for o in accepted_at if o not in dead_at]
             if dead and self.plan.dead_offset is not None:
                 # Written and committed by the run that left the checkpoint.
                 dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
