@@ -106,6 +106,12 @@ class FeedReader(Worker):
         #: Called in this thread before a batch with accepted messages is handed on, with
         #: the batch's first offset and the intake's floor before it.
         self.before_batch: Callable[[int, int], None] | None = None
+        #: The feed has ended here (--stop-at passed, or --exit-at-end at the end).
+        self.closed = False
+        self._skip = ResumeSkip(plan.resume_after, count_keepalives=count_keepalives)
+        self._end = EndOfLogWatch(end_of_log_grace_s)
+        self._idle_since = time.monotonic()
+        self._warned_missing = 0.0
 
     def work(self) -> None:
         consumer = Consumer(self.config)
@@ -117,101 +123,91 @@ class FeedReader(Worker):
     def _loop(self, consumer: Consumer) -> None:
         tp = self.target.topic_partition(self.plan.offset)
         consumer.assign([tp])
-        skip = ResumeSkip(self.plan.resume_after, count_keepalives=self.count_keepalives)
         stop = self.state.stop
-        closed = False
-        end = EndOfLogWatch(self.end_of_log_grace_s)
-        idle_since = time.monotonic()
-        warned_missing = 0.0
-        while not stop.is_set() and not closed:
-            messages = consume_batch(consumer, READ_BATCH, 0.1)
-            eof = False
-            if messages:
-                idle_since = time.monotonic()
-            elif not end.at_end and time.monotonic() - idle_since >= 1.0:
-                # librdkafka reports no end of log for an empty or missing partition:
-                # ask for the watermarks instead.
-                idle_since = time.monotonic()
-                try:
-                    _, high = watermarks(consumer, self.target, 5.0)
-                except KafkaRuntimeError as exc:
-                    if exc.code not in UNKNOWN_CODES:
-                        raise
-                    # A feed never seen (no record, no end of its partition) is never
-                    # passed: it could still deliver anything.
-                    high = -1
-                    now = time.monotonic()
-                    if now - warned_missing >= MISSING_WARN_EVERY_S:
-                        log.warning(
-                            "%s: %s does not exist (yet); waiting for it (its feed is not "
-                            "passed until it exists)",
-                            self.feed,
-                            self.target,
-                        )
-                        warned_missing = now
-                if high >= 0 and self.next_offset >= high:
-                    eof = True
-            # Two passes in C (here and the map over the values below) instead of one Python
-            # loop: this runs for every input message, and errors are rare (end of
-            # partition). `error()` is None or a KafkaError, which is always true (and
-            # raises when compared, so not `.count(None)`).
-            if any(map(MESSAGE_ERROR, messages)):
-                records = []
-                for m in messages:
-                    err = m.error()
-                    if err is None:
-                        records.append(m)
-                    elif err.code() == KafkaError._PARTITION_EOF:
-                        eof = True
-                    elif not err.fatal() and (err.retriable() or err.code() in TRANSIENT):
-                        # The client reconnects by itself; BrokerHealth gives up in time.
-                        log.debug("%s: %s", self.feed, err.str())
-                    else:
-                        raise kafka_error(f"reading {self.feed} from {self.target}", err)
-            else:
-                records = messages
-            if records:
-                self.next_offset = (records[-1].offset() or 0) + 1
+        while not stop.is_set() and not self.closed:
+            records, ended = split_errors(
+                consume_batch(consumer, READ_BATCH, 0.1), self.feed, self.target
+            )
+            read = self.step(consumer, records, bool(ended))
+            if read is not None and not self._hand_on(consumer, tp, read):
+                return
 
-            def offset_of(i: int, rs: list[Message] = records) -> int:
-                return rs[i].offset() or 0
+    def step(self, consumer: Consumer, records: list[Message], eof: bool) -> ReadBatch | None:
+        """One read of this partition: ``records`` (its messages, in offset order, none
+        an error; maybe none) and whether the end of its log was reported (``eof``).
+        What to hand on, if anything. ``consumer`` answers the watermarks of an idle
+        partition (it may read other partitions too)."""
+        if records and (records[0].offset() or 0) < self.next_offset:
+            # Never twice: a message already read (a client that re-delivers after a pause).
+            records = [m for m in records if (m.offset() or 0) >= self.next_offset]
+        if records:
+            self._idle_since = time.monotonic()
+        elif not self._end.at_end and time.monotonic() - self._idle_since >= 1.0:
+            # librdkafka reports no end of log for an empty or missing partition:
+            # ask for the watermarks instead.
+            self._idle_since = time.monotonic()
+            try:
+                _, high = watermarks(consumer, self.target, 5.0)
+            except KafkaRuntimeError as exc:
+                if exc.code not in UNKNOWN_CODES:
+                    raise
+                # A feed never seen (no record, no end of its partition) is never
+                # passed: it could still deliver anything.
+                high = -1
+                now = time.monotonic()
+                if now - self._warned_missing >= MISSING_WARN_EVERY_S:
+                    log.warning(
+                        "%s: %s does not exist (yet); waiting for it (its feed is not "
+                        "passed until it exists)",
+                        self.feed,
+                        self.target,
+                    )
+                    self._warned_missing = now
+            if high >= 0 and self.next_offset >= high:
+                eof = True
+        if records:
+            self.next_offset = (records[-1].offset() or 0) + 1
 
-            floor_before = self.intake.floor
-            good: list[Accepted]
-            good, dead = self.intake.process_values(list(map(MESSAGE_VALUE, records)), offset_of)
-            accepted_at: list[int] | None = None
-            if self.intake.partition is not None:
-                # One partition of several: the offset of each accepted message, for the
-                # feed's merge (where a restart from saved state reads each partition).
-                # A consumed message always has an offset.
-                accepted_at = cast("list[int]", list(map(MESSAGE_OFFSET, records)))
-                if dead:
-                    dead_at = {d.offset for d in dead}
-                    accepted_at = [o for o in accepted_at if o not in dead_at]
-            if dead and self.plan.dead_offset is not None:
-                # Written and committed by the run that left the checkpoint.
-                dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
-            replay, good = skip.split(good)
-            if self.stop_at is not None and good and good[-1].rec.pitr > self.stop_at:
-                good = [a for a in good if a.rec.pitr <= self.stop_at]
-                closed = True
-            if eof and self.exit_at_end:
-                closed = True
-            caught_up = end.update(read=bool(records), eof=eof)
-            if records or caught_up or closed:
-                self.state.add(f"in.{self.feed}", len(records))
-                if good:
-                    self.state.lag_pitr[self.key] = good[-1].rec.pitr
-                if good or replay:
-                    # Before the batch goes on: no commit can cover it without its mark.
-                    self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
-                    if self.before_batch is not None:
-                        self.before_batch(records[0].offset() or 0, floor_before)
-                if accepted_at is not None:
-                    del accepted_at[len(replay) + len(good) :]
-                read = ReadBatch(replay, good, dead, caught_up, closed, accepted_at)
-                if not self._hand_on(consumer, tp, read):
-                    return
+        def offset_of(i: int, rs: list[Message] = records) -> int:
+            return rs[i].offset() or 0
+
+        floor_before = self.intake.floor
+        good: list[Accepted]
+        good, dead = self.intake.process_values(list(map(MESSAGE_VALUE, records)), offset_of)
+        accepted_at: list[int] | None = None
+        if self.intake.partition is not None:
+            # One partition of several: the offset of each accepted message, for the
+            # feed's merge (where a restart from saved state reads each partition).
+            # A consumed message always has an offset.
+            accepted_at = cast("list[int]", list(map(MESSAGE_OFFSET, records)))
+            if dead:
+                dead_at = {d.offset for d in dead}
+                accepted_at = [o for o in accepted_at if o not in dead_at]
+        if dead and self.plan.dead_offset is not None:
+            # Written and committed by the run that left the checkpoint.
+            dead = [d for d in dead if (d.offset or 0) > (self.plan.dead_offset or 0)]
+        replay, good = self._skip.split(good)
+        closed = self.closed
+        if self.stop_at is not None and good and good[-1].rec.pitr > self.stop_at:
+            good = [a for a in good if a.rec.pitr <= self.stop_at]
+            closed = True
+        if eof and self.exit_at_end:
+            closed = True
+        self.closed = closed
+        caught_up = self._end.update(read=bool(records), eof=eof)
+        if not (records or caught_up or closed):
+            return None
+        self.state.add(f"in.{self.feed}", len(records))
+        if good:
+            self.state.lag_pitr[self.key] = good[-1].rec.pitr
+        if good or replay:
+            # Before the batch goes on: no commit can cover it without its mark.
+            self.marks.add(records[0].offset() or 0, (good or replay)[-1].pitr)
+            if self.before_batch is not None:
+                self.before_batch(records[0].offset() or 0, floor_before)
+        if accepted_at is not None:
+            del accepted_at[len(replay) + len(good) :]
+        return ReadBatch(replay, good, dead, caught_up, closed, accepted_at)
 
     def _hand_on(self, consumer: Consumer, tp: TopicPartition, read: ReadBatch) -> bool:
         """Deliver, pausing the partition while the next stage is full."""
@@ -244,6 +240,34 @@ class ReadBatch(msgspec.Struct, gc=False):
     closed: bool
     #: The offsets of ``replay`` then ``good``, for a reader of one partition of several.
     offsets: list[int] | None = None
+
+
+def split_errors(
+    messages: list[Message], feed: str, where: object
+) -> tuple[list[Message], set[int]]:
+    """The records among ``messages`` (``feed``'s, read from ``where``) and the partitions
+    whose end of log they report;
+    a transient client error is logged (the client reconnects by itself, `BrokerHealth`
+    gives up in time), any other raises."""
+    # Two passes in C (here and the reader's map over the values) instead of one Python
+    # loop: this runs for every input message, and errors are rare (end of partition).
+    # `error()` is None or a KafkaError, which is always true (and raises when compared,
+    # so not `.count(None)`).
+    if not any(map(MESSAGE_ERROR, messages)):
+        return messages, set()
+    records: list[Message] = []
+    ended: set[int] = set()
+    for m in messages:
+        err = m.error()
+        if err is None:
+            records.append(m)
+        elif err.code() == KafkaError._PARTITION_EOF:
+            ended.add(m.partition() or 0)
+        elif not err.fatal() and (err.retriable() or err.code() in TRANSIENT):
+            log.debug("%s: %s", feed, err.str())
+        else:
+            raise kafka_error(f"reading {feed} from {where}", err)
+    return records, ended
 
 
 #: What a reader's batch becomes for one lane (None: nothing for it this time).
