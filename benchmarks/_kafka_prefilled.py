@@ -62,7 +62,7 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
     from unifeed.runtime import CombineRun, RuntimeOptions
     from unifeed.runtime.merge import MergeRun
-    from unifeed.runtime.reader import FeedReader
+    from unifeed.runtime.reader import FeedReader, PartitionsReader
 
     options = RuntimeOptions(
         bootstrap=args.bootstrap,
@@ -86,7 +86,7 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
         run = MergeRun(options, {name: TopicSelection(topic) for name, topic, _ in inputs}, output)
     started = time.perf_counter()
     run.setup()
-    readers = [t for t in run.threads if isinstance(t, FeedReader)]
+    readers = [t for t in run.threads if isinstance(t, (FeedReader, PartitionsReader))]
     counters = run.state.counters
 
     def progress() -> tuple[int, int, int]:

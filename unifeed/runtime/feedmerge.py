@@ -35,7 +35,7 @@ from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
 from unifeed.runtime.limits import IDLE_S, READ_BATCH, lane_batches, queue_capacity
 from unifeed.runtime.options import RuntimeOptions
-from unifeed.runtime.reader import Delivery, FeedReader, ReadBatch, ReadPlan
+from unifeed.runtime.reader import Delivery, FeedReader, PartitionsReader, ReadBatch, ReadPlan
 from unifeed.runtime.state import RunState, Worker
 
 log = logging.getLogger("unifeed")
@@ -106,7 +106,7 @@ class FeedMerge(Worker):
         def whole(read: ReadBatch) -> Batch[Any]:
             return Batch([read])
 
-        return Delivery([(self.inbox, key, whole)])
+        return Delivery([(self.inbox, key, whole)], wait_s=0.0)
 
     def work(self) -> None:
         c = self.combiner
@@ -321,10 +321,11 @@ def read_feed(
         options.stop_at,
         {k: PartitionStart(plans[k].offset, _floor(plans[k])) for k in feed.keys},
     )
-    readers = {
-        k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()
-    }
-    return [*readers.values(), merge], readers, merge
+    # One consumer and one thread read all the feed's partitions (`PartitionsReader`),
+    # each partition through its own reader's step (its checks, skip, marks and end).
+    readers = {k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()}
+    group = PartitionsReader(state, feed.name, config, list(readers.values()))
+    return [group, merge], readers, merge
 
 
 def _floor(plan: ReadPlan) -> int:

@@ -6,7 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from itertools import groupby
+from typing import Any, Final, cast
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -33,6 +34,7 @@ from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import (
     MESSAGE_ERROR,
     MESSAGE_OFFSET,
+    MESSAGE_PARTITION,
     MESSAGE_VALUE,
     MISSING_WARN_EVERY_S,
     READ_BATCH,
@@ -279,8 +281,10 @@ HandOnStep = tuple["Inbox[Any]", str, HandOn]
 class Delivery:
     """Hands one reader's output to its lanes, retrying only what is still undelivered."""
 
-    def __init__(self, steps: list[HandOnStep]) -> None:
+    def __init__(self, steps: list[HandOnStep], wait_s: float = 0.1) -> None:
         self.steps = steps
+        #: How long a call waits for room in a full lane.
+        self.wait_s = wait_s
         self.pending: list[tuple[Inbox[Any], str, Batch[Any]]] = []
 
     def __call__(self, read: ReadBatch) -> bool:
@@ -293,10 +297,116 @@ class Delivery:
                     self.pending.append((inbox, lane, batch))
         while self.pending:
             inbox, lane, batch = self.pending[0]
-            if not inbox.put(lane, batch, 0.1):
+            if not inbox.put(lane, batch, self.wait_s):
                 return False
             self.pending.pop(0)
         return True
+
+
+class PartitionsReader(Worker):
+    """Reads every partition of one feed with one consumer, in one thread: splits each
+    read by partition and hands each partition's share on as that partition's own
+    `FeedReader` would (its `FeedReader.step`, its delivery), so that the feed costs one
+    client and one thread, not one a partition.
+
+    A partition whose delivery is full is paused (and what was already read of it held)
+    while the others go on: the feed's merge may be waiting for one of them.
+    """
+
+    def __init__(
+        self, state: RunState, feed: str, config: dict[str, Any], parts: list[FeedReader]
+    ) -> None:
+        super().__init__(f"reader-{feed}", state)
+        self.feed = feed
+        self.config = config
+        self.parts = {r.target.partition: r for r in parts}
+        if len(self.parts) != len(parts) or len({r.target.topic for r in parts}) != 1:
+            raise ValueError("a PartitionsReader reads distinct partitions of one topic")
+
+    @property
+    def next_offset(self) -> int:
+        """Messages read so far, all partitions (for progress reports)."""
+        return sum(r.next_offset for r in self.parts.values())
+
+    def work(self) -> None:
+        consumer = Consumer(self.config)
+        try:
+            self._loop(consumer)
+        finally:
+            consumer.close()
+
+    def _loop(self, consumer: Consumer) -> None:
+        parts = self.parts
+        tps = {p: r.target.topic_partition(r.plan.offset) for p, r in parts.items()}
+        consumer.assign(list(tps.values()))
+        where = next(iter(parts.values())).target.topic
+        # Per partition: what was read but not stepped yet (its delivery was full), and
+        # whether the end of its log came with it; the partitions paused meanwhile.
+        held: dict[int, list[Message]] = {p: [] for p in parts}
+        held_eof: set[int] = set()
+        paused: set[int] = set()
+        pending: dict[int, ReadBatch] = {}
+        stop = self.state.stop
+        while not stop.is_set():
+            if all(r.closed for r in parts.values()) and not pending:
+                return
+            # Retry what is still undelivered; when nothing else can go on, wait for room
+            # (once a round).
+            wait = all(p in pending or r.closed for p, r in parts.items())
+            for p in list(pending):
+                r = parts[p]
+                left = pending[p]
+                if self._deliver(r, left, wait):
+                    del pending[p]
+                    if p in paused and not r.closed:
+                        paused.discard(p)
+                        consumer.resume([tps[p]])
+                else:
+                    pending[p] = ReadBatch([], [], [], left.caught_up, left.closed)
+                wait = False
+            messages = consume_batch(consumer, READ_BATCH, _PENDING_POLL_S if pending else 0.1)
+            records, ended = split_errors(messages, self.feed, where)
+            mine: dict[int, list[Message]] = {}
+            for at, run in groupby(records, MESSAGE_PARTITION):
+                mine.setdefault(at or 0, []).extend(run)
+            for p, r in parts.items():
+                if r.closed:
+                    continue
+                got = mine.get(p)
+                if held[p]:
+                    got = held[p] + got if got else held[p]
+                    held[p] = []
+                got = got or []
+                eof = p in ended or p in held_eof
+                if p in pending:
+                    # Held, not stepped: a partition's batches go on in order. Past a
+                    # batch's worth, the partition is paused (memory stays bounded).
+                    held[p] = got
+                    if eof:
+                        held_eof.add(p)
+                    if len(got) >= READ_BATCH and p not in paused:
+                        paused.add(p)
+                        consumer.pause([tps[p]])
+                    continue
+                held_eof.discard(p)
+                out = r.step(consumer, got, eof)
+                if r.closed and p not in paused:
+                    paused.add(p)
+                    consumer.pause([tps[p]])
+                if out is not None and not self._deliver(r, out, False):
+                    pending[p] = ReadBatch([], [], [], out.caught_up, out.closed)
+
+    @staticmethod
+    def _deliver(reader: FeedReader, read: ReadBatch, wait: bool) -> bool:
+        """Hand ``read`` on; wait for room only when ``wait`` (nothing else to do)."""
+        deliver = reader.deliver
+        if isinstance(deliver, Delivery):
+            deliver.wait_s = 0.1 if wait else 0.0
+        return deliver(read)
+
+
+#: How long a `PartitionsReader` waits for input while a delivery is still pending.
+_PENDING_POLL_S: Final = 0.005
 
 
 def reader_config(options: Any, consumers: int) -> dict[str, Any]:
