@@ -1,0 +1,186 @@
+"""`PartitionsReader` alone, over a scripted consumer (no broker): one thread and one
+client read every partition of a feed, each partition's messages go on in offset order
+through that partition's own reader, a partition whose hand-over is full is held (and
+paused past a batch) while the others go on, and nothing is lost or doubled; and
+`split_errors`, the error split every reader uses."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, Message
+
+from unifeed.core.errors import KafkaRuntimeError
+from unifeed.core.records import StampedDecoder
+from unifeed.kafka.clients import Target
+from unifeed.runtime.inbox import Batch, Inbox
+from unifeed.runtime.limits import READ_BATCH
+from unifeed.runtime.reader import (
+    Delivery,
+    FeedReader,
+    PartitionsReader,
+    ReadBatch,
+    ReadPlan,
+    split_errors,
+)
+from unifeed.runtime.state import RunState
+
+TOPIC = "t"
+
+
+def _msg(partition: int, offset: int) -> Message:
+    return Message(topic=TOPIC, partition=partition, offset=offset, value=b'{"pitr":%d}' % offset)
+
+
+def _eof(partition: int, offset: int) -> Message:
+    return Message(
+        topic=TOPIC, partition=partition, offset=offset, error=KafkaError(KafkaError._PARTITION_EOF)
+    )
+
+
+class ScriptedConsumer:
+    """Hands out the scripted reads in turn, skipping the messages of paused partitions
+    (as a client does: it fetches nothing for them), and records pauses and resumes."""
+
+    def __init__(self, reads: list[list[Message]]) -> None:
+        self.reads = reads
+        self.paused: set[int] = set()
+        self.pauses: list[int] = []
+        self.resumes: list[int] = []
+        self.assigned: list[Any] = []
+        self.lock = threading.Lock()
+
+    def assign(self, tps: list[Any]) -> None:
+        self.assigned = tps
+
+    def pause(self, tps: list[Any]) -> None:
+        with self.lock:
+            for tp in tps:
+                self.paused.add(tp.partition)
+                self.pauses.append(tp.partition)
+
+    def resume(self, tps: list[Any]) -> None:
+        with self.lock:
+            for tp in tps:
+                self.paused.discard(tp.partition)
+                self.resumes.append(tp.partition)
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        with self.lock:
+            for i, read in enumerate(self.reads):
+                if read and read[0].partition() not in self.paused:
+                    return self.reads.pop(i)
+        return []
+
+    def poll(self, timeout: float) -> None:
+        time.sleep(min(timeout, 0.01))
+
+    def get_watermark_offsets(
+        self, tp: Any, timeout: float, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, 10**9  # never at the end by the watermarks: only the scripted ends count
+
+    def close(self) -> None:
+        pass
+
+
+def _reader(state: RunState, inbox: Inbox[ReadBatch], partition: int) -> FeedReader:
+    key = f"f[{partition}]"
+
+    def whole(read: ReadBatch) -> Batch[Any]:
+        return Batch([read])
+
+    return FeedReader(
+        state=state,
+        feed="f",
+        target=Target(TOPIC, partition),
+        config={},
+        plan=ReadPlan(0),
+        deliver=Delivery([(inbox, key, whole)], wait_s=0.0),
+        stop_at=None,
+        exit_at_end=True,
+        end_of_log_grace_s=0.0,
+        key=key,
+        partition=partition,
+        decoder=StampedDecoder("f"),
+    )
+
+
+def _take_all(inbox: Inbox[ReadBatch], lane: str) -> list[ReadBatch]:
+    return [b.records[0] for _, b in inbox.take([lane], 0)]
+
+
+def test_a_full_partition_is_held_and_paused_while_the_others_go_on() -> None:
+    state = RunState()
+    inbox: Inbox[ReadBatch] = Inbox(["f[0]", "f[1]"], 1, state.stop)
+    size = READ_BATCH // 2
+    # Partition 0: four reads of half a batch each; partition 1: three small reads.
+    p0 = [[_msg(0, o) for o in range(k * size, (k + 1) * size)] for k in range(4)]
+    p1 = [[_msg(1, o) for o in range(k * 10, (k + 1) * 10)] for k in range(3)]
+    script = [p0[0], p1[0], p0[1], p1[1], p0[2], p0[3], p1[2], [_eof(1, 30)]]
+    consumer = ScriptedConsumer(script)
+    readers = [_reader(state, inbox, 0), _reader(state, inbox, 1)]
+    group = PartitionsReader(state, "f", {}, readers)
+    got: dict[str, list[ReadBatch]] = {"f[0]": [], "f[1]": []}
+    runner = threading.Thread(target=group._loop, args=(consumer,), daemon=True)
+    runner.start()
+    try:
+        # Take only partition 1's batches: partition 0's lane stays full, so its later
+        # reads are held, and it is paused once a batch's worth is held.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(r.closed for r in got["f[1]"]):
+            got["f[1]"] += _take_all(inbox, "f[1]")
+            time.sleep(0.01)
+        assert [a.pitr for r in got["f[1]"] for a in r.good] == list(range(30))
+        assert any(r.closed for r in got["f[1]"])
+        assert 0 in consumer.pauses and 0 not in consumer.resumes
+        assert sum(len(r.good) for r in _take_all(inbox, "f[0]")) == size  # only the first
+        got["f[0]"] = []
+        # Room again: what was held goes on, in order, and partition 0 is resumed.
+        consumer.reads.append([_eof(0, 4 * size)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(r.closed for r in got["f[0]"]):
+            got["f[0]"] += _take_all(inbox, "f[0]")
+            time.sleep(0.01)
+        runner.join(10)
+        assert not runner.is_alive()
+    finally:
+        state.stop.set()
+        runner.join(10)
+    assert state.failure is None
+    assert 0 in consumer.resumes
+    assert [a.pitr for r in got["f[0]"] for a in r.good] == list(range(size, 4 * size))
+    assert [r.next_offset for r in readers] == [4 * size, 30]
+    assert group.next_offset == 4 * size + 30
+
+
+def test_a_message_read_again_is_not_handed_on_twice() -> None:
+    state = RunState()
+    inbox: Inbox[ReadBatch] = Inbox(["f[0]"], 8, state.stop)
+    reader = _reader(state, inbox, 0)
+    consumer = ScriptedConsumer([])
+    first = reader.step(consumer, [_msg(0, o) for o in range(5)], False)  # type: ignore[arg-type]
+    again = reader.step(consumer, [_msg(0, o) for o in range(3, 8)], False)  # type: ignore[arg-type]
+    assert first is not None and again is not None
+    assert [a.pitr for a in first.good] == [0, 1, 2, 3, 4]
+    assert [a.pitr for a in again.good] == [5, 6, 7]
+    assert again.offsets == [5, 6, 7]
+
+
+def test_split_errors_keeps_records_and_names_the_ended_partitions() -> None:
+    messages = [_msg(0, 1), _eof(2, 7), _msg(1, 4), _eof(0, 2)]
+    records, ended = split_errors(messages, "f", "kafka:t")
+    assert [(m.partition(), m.offset()) for m in records] == [(0, 1), (1, 4)]
+    assert ended == {0, 2}
+    plain = [_msg(0, 1), _msg(0, 2)]
+    assert split_errors(plain, "f", "kafka:t") == (plain, set())
+    transient = Message(topic=TOPIC, partition=0, offset=3, error=KafkaError(KafkaError._TRANSPORT))
+    assert split_errors([transient, _msg(0, 3)], "f", "kafka:t")[1] == set()
+    fatal = Message(
+        topic=TOPIC, partition=0, offset=3, error=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    )
+    with pytest.raises(KafkaRuntimeError, match="reading f from kafka:t"):
+        split_errors([fatal], "f", "kafka:t")
