@@ -1,5 +1,6 @@
-"""A feed read from several partitions (`FeedMerge`): one reader a partition, and one
-thread that merges them into the feed's order before anything else sees the feed.
+"""A feed read from several partitions (`FeedMerge`): one reader a partition (all stepped
+by one `PartitionsReader` thread over one consumer), and one thread that merges them
+into the feed's order before anything else sees the feed.
 
 Each partition is its own FIFO queue (``pitr`` never decreases within a partition, not
 across them); the merge emits by ``(pitr, partition)`` once every partition is settled
@@ -287,8 +288,9 @@ def read_feed(
     count_keepalives: bool = False,
 ) -> tuple[list[Worker], dict[str, FeedReader], FeedMerge | None]:
     """The threads that read one feed and hand it to ``deliver`` in its order: one
-    reader for a feed of one partition; a reader a partition and their `FeedMerge` for
-    a feed of several. Also the readers by key (their restart marks) and the merge."""
+    reader for a feed of one partition; for a feed of several, a reader a partition (all
+    stepped by one `PartitionsReader`) and their `FeedMerge`. Also the readers by key
+    (their restart marks) and the merge."""
 
     def reader(key: str, target: Target, hand_to: Delivery, partition: int | None) -> FeedReader:
         return FeedReader(
