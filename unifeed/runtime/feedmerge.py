@@ -42,7 +42,6 @@ from unifeed.runtime.state import RunState, Worker
 log = logging.getLogger("unifeed")
 
 _FEED: Final = attrgetter("feed")
-_PITR: Final = attrgetter("pitr")
 _POPLEFT: Final = deque.popleft
 
 
@@ -181,15 +180,23 @@ class FeedMerge(Worker):
         for part in (read.replay, read.good):
             if not part:
                 continue
-            # Per partition at once, in C: how many of its messages go (their offsets
-            # leave its queue, the last one sets where a restart reads it from) and the
-            # pitr of its last one (its floor).
-            for key, n in Counter(map(_FEED, part)).items():
+            # Per partition at once: how many of its messages go (counted in C; their
+            # offsets leave its queue, the last one sets where a restart reads it from)
+            # and the pitr of its last one (its floor: found from the end, where every
+            # partition of a merged batch usually shows up within a few messages).
+            counts = Counter(map(_FEED, part))
+            for key, n in counts.items():
                 q = offsets[key]
                 if q:
                     taken = _take_offsets(q, n)
                     self._next[key] = taken + 1
-            self._floor.update(zip(map(_FEED, part), map(_PITR, part), strict=True))
+            need = set(counts)
+            for e in reversed(part):
+                if e.feed in need:
+                    self._floor[e.feed] = e.pitr
+                    need.discard(e.feed)
+                    if not need:
+                        break
             self._handed += len(part)
         self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
 
