@@ -174,7 +174,7 @@ def test_split_errors_keeps_records_and_names_the_ended_partitions() -> None:
     messages = [_msg(0, 1), _eof(2, 7), _msg(1, 4), _eof(0, 2)]
     records, ended = split_errors(messages, "f", "kafka:t")
     assert [(m.partition(), m.offset()) for m in records] == [(0, 1), (1, 4)]
-    assert ended == {0, 2}
+    assert ended == {(TOPIC, 0), (TOPIC, 2)}
     plain = [_msg(0, 1), _msg(0, 2)]
     assert split_errors(plain, "f", "kafka:t") == (plain, set())
     transient = Message(topic=TOPIC, partition=0, offset=3, error=KafkaError(KafkaError._TRANSPORT))

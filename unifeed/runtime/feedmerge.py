@@ -36,7 +36,14 @@ from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
 from unifeed.runtime.limits import IDLE_S, READ_BATCH, lane_batches, queue_capacity
 from unifeed.runtime.options import RuntimeOptions
-from unifeed.runtime.reader import Delivery, FeedReader, PartitionsReader, ReadBatch, ReadPlan
+from unifeed.runtime.reader import (
+    Delivery,
+    FeedReader,
+    PartitionsReader,
+    ReadBatch,
+    ReadPlan,
+    shared_reader_config,
+)
 from unifeed.runtime.state import RunState, Worker
 
 log = logging.getLogger("unifeed")
@@ -333,7 +340,12 @@ def read_feed(
     # One consumer and one thread read all the feed's partitions (`PartitionsReader`),
     # each partition through its own reader's step (its checks, skip, marks and end).
     readers = {k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()}
-    group = PartitionsReader(state, feed.name, config, list(readers.values()))
+    group = PartitionsReader(
+        state,
+        feed.name,
+        shared_reader_config(config, options, len(readers)),
+        list(readers.values()),
+    )
     return [group, merge], readers, merge
 
 

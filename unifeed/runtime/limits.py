@@ -45,6 +45,7 @@ MESSAGE_VALUE: Final = Message.value
 MESSAGE_ERROR: Final = Message.error
 MESSAGE_OFFSET: Final = Message.offset
 MESSAGE_PARTITION: Final = Message.partition
+MESSAGE_TOPIC: Final = Message.topic
 DEAD_LETTER_MAX_BYTES: Final = 512 * 1024
 MISSING_WARN_EVERY_S: Final = 30.0
 UNKNOWN_CODES: Final = frozenset({"_UNKNOWN_PARTITION", "_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"})

@@ -27,7 +27,15 @@ from unifeed.runtime.marks import RestartMarks
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
 from unifeed.runtime.output import watermarks_or_empty
 from unifeed.runtime.partwatch import PartitionWatch
-from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan, reader_config
+from unifeed.runtime.reader import (
+    Delivery,
+    FeedReader,
+    PartitionsReader,
+    ReadBatch,
+    ReadPlan,
+    reader_config,
+    shared_reader_config,
+)
 from unifeed.runtime.stages import Push, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
     inputs_of,
@@ -89,14 +97,18 @@ class MergeRun(Supervisor):
                 plans[key] = (
                     ReadPlan(watermarks_or_empty(o, target)[0])
                     if pos is None
-                    else ReadPlan(restart_offset(o, target, pos.pitr, pos.offset), pos, pos.dead_offset)
+                    else ReadPlan(
+                        restart_offset(o, target, pos.pitr, pos.offset), pos, pos.dead_offset
+                    )
                 )
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
             starts = start_positions(o, targets)
             positions = {k: pos for k, (_, pos) in starts.items()}
             for key, (offset, pos) in starts.items():
-                plans[key] = ReadPlan(offset) if o.start == START_EARLIEST else ReadPlan(offset, pos)
+                plans[key] = (
+                    ReadPlan(offset) if o.start == START_EARLIEST else ReadPlan(offset, pos)
+                )
             committer.first_checkpoint(positions)
         committer.begin()
 
@@ -117,8 +129,9 @@ class MergeRun(Supervisor):
             return Batch(good, read.dead, marker, read.caught_up, read.closed)
 
         marks: dict[str, tuple[RestartMarks, int | None]] = {}
+        singles: list[FeedReader] = []
         for name, feed in feeds.items():
-            threads, readers, _ = read_feed(
+            threads, readers, merge = read_feed(
                 st,
                 feed,
                 plans,
@@ -127,8 +140,18 @@ class MergeRun(Supervisor):
                 o,
                 decoder=StampedDecoder(name),
             )
-            self.threads += threads
+            if merge is None:
+                singles += readers.values()
+            else:
+                self.threads += threads
             marks.update({k: (r.marks, None) for k, r in readers.items()})
+        if len(singles) > 1:
+            # The feeds of one partition share one consumer and one thread (the writer's
+            # merge needs them all; one of them held does not hold up the others' reads).
+            config = shared_reader_config(rconf, o, len(singles))
+            self.threads.append(PartitionsReader(st, "inputs", config, singles))
+        else:
+            self.threads += singles
         committer.marks = marks
         self.writer = WriterThread(st, inbox, committer, o, stage=stage, pushes=pushes)
         self.writer_inbox = inbox

@@ -35,6 +35,7 @@ from unifeed.runtime.limits import (
     MESSAGE_ERROR,
     MESSAGE_OFFSET,
     MESSAGE_PARTITION,
+    MESSAGE_TOPIC,
     MESSAGE_VALUE,
     MISSING_WARN_EVERY_S,
     READ_BATCH,
@@ -246,9 +247,9 @@ class ReadBatch(msgspec.Struct, gc=False):
 
 def split_errors(
     messages: list[Message], feed: str, where: object
-) -> tuple[list[Message], set[int]]:
+) -> tuple[list[Message], set[tuple[str, int]]]:
     """The records among ``messages`` (``feed``'s, read from ``where``) and the partitions
-    whose end of log they report;
+    (topic, partition) whose end of log they report;
     a transient client error is logged (the client reconnects by itself, `BrokerHealth`
     gives up in time), any other raises."""
     # Two passes in C (here and the reader's map over the values) instead of one Python
@@ -258,13 +259,13 @@ def split_errors(
     if not any(map(MESSAGE_ERROR, messages)):
         return messages, set()
     records: list[Message] = []
-    ended: set[int] = set()
+    ended: set[tuple[str, int]] = set()
     for m in messages:
         err = m.error()
         if err is None:
             records.append(m)
         elif err.code() == KafkaError._PARTITION_EOF:
-            ended.add(m.partition() or 0)
+            ended.add((m.topic() or "", m.partition() or 0))
         elif not err.fatal() and (err.retriable() or err.code() in TRANSIENT):
             log.debug("%s: %s", feed, err.str())
         else:
@@ -304,24 +305,26 @@ class Delivery:
 
 
 class PartitionsReader(Worker):
-    """Reads every partition of one feed with one consumer, in one thread: splits each
-    read by partition and hands each partition's share on as that partition's own
-    `FeedReader` would (its `FeedReader.step`, its delivery), so that the feed costs one
-    client and one thread, not one a partition.
+    """Reads several partitions with one consumer, in one thread (every partition of one
+    feed, or the one-partition feeds of a merge): splits each read by topic partition and
+    hands each one's share on as that partition's own `FeedReader` would (its
+    `FeedReader.step`, its delivery), so that they cost one client and one thread, not
+    one each.
 
-    A partition whose delivery is full is paused (and what was already read of it held)
-    while the others go on: the feed's merge may be waiting for one of them.
+    A partition whose delivery is full is held (what was already read of it kept, the
+    partition paused past a batch) while the others go on: the merge it feeds may be
+    waiting for one of them.
     """
 
     def __init__(
-        self, state: RunState, feed: str, config: dict[str, Any], parts: list[FeedReader]
+        self, state: RunState, name: str, config: dict[str, Any], parts: list[FeedReader]
     ) -> None:
-        super().__init__(f"reader-{feed}", state)
-        self.feed = feed
+        super().__init__(f"reader-{name}", state)
+        self.feed = name
         self.config = config
-        self.parts = {r.target.partition: r for r in parts}
-        if len(self.parts) != len(parts) or len({r.target.topic for r in parts}) != 1:
-            raise ValueError("a PartitionsReader reads distinct partitions of one topic")
+        self.parts = {(r.target.topic, r.target.partition): r for r in parts}
+        if len(self.parts) != len(parts):
+            raise ValueError("a PartitionsReader reads distinct partitions")
 
     @property
     def next_offset(self) -> int:
@@ -339,13 +342,13 @@ class PartitionsReader(Worker):
         parts = self.parts
         tps = {p: r.target.topic_partition(r.plan.offset) for p, r in parts.items()}
         consumer.assign(list(tps.values()))
-        where = next(iter(parts.values())).target.topic
+        where = ", ".join(str(r.target) for r in parts.values())
         # Per partition: what was read but not stepped yet (its delivery was full), and
         # whether the end of its log came with it; the partitions paused meanwhile.
-        held: dict[int, list[Message]] = {p: [] for p in parts}
-        held_eof: set[int] = set()
-        paused: set[int] = set()
-        pending: dict[int, ReadBatch] = {}
+        held: dict[tuple[str, int], list[Message]] = {p: [] for p in parts}
+        held_eof: set[tuple[str, int]] = set()
+        paused: set[tuple[str, int]] = set()
+        pending: dict[tuple[str, int], ReadBatch] = {}
         stop = self.state.stop
         while not stop.is_set():
             if all(r.closed for r in parts.values()) and not pending:
@@ -366,9 +369,10 @@ class PartitionsReader(Worker):
                 wait = False
             messages = consume_batch(consumer, READ_BATCH, _PENDING_POLL_S if pending else 0.1)
             records, ended = split_errors(messages, self.feed, where)
-            mine: dict[int, list[Message]] = {}
-            for at, run in groupby(records, MESSAGE_PARTITION):
-                mine.setdefault(at or 0, []).extend(run)
+            mine: dict[tuple[str, int], list[Message]] = {}
+            for topic, of_topic in groupby(records, MESSAGE_TOPIC):
+                for at, run in groupby(of_topic, MESSAGE_PARTITION):
+                    mine.setdefault((topic or "", at or 0), []).extend(run)
             for p, r in parts.items():
                 if r.closed:
                     continue
@@ -403,6 +407,17 @@ class PartitionsReader(Worker):
         if isinstance(deliver, Delivery):
             deliver.wait_s = 0.1 if wait else 0.0
         return deliver(read)
+
+
+def shared_reader_config(config: dict[str, Any], options: Any, partitions: int) -> dict[str, Any]:
+    """``config`` (a `reader_config`) for one consumer that reads ``partitions``
+    partitions: the fetch queue's bound holds a partition each (librdkafka counts it a
+    partition), and a fetch may bring each partition its share, as one consumer each
+    would (unless the run's Kafka settings say otherwise)."""
+    shared = dict(config)
+    if "fetch.max.bytes" not in (options.kafka_extra or {}):
+        shared["fetch.max.bytes"] = config["fetch.max.bytes"] * max(1, partitions)
+    return shared
 
 
 #: How long a `PartitionsReader` waits for input while a delivery is still pending.
