@@ -24,6 +24,7 @@ from unifeed.runtime.reader import (
     PartitionsReader,
     ReadBatch,
     ReadPlan,
+    shared_reader_config,
     split_errors,
 )
 from unifeed.runtime.state import RunState
@@ -184,3 +185,20 @@ def test_split_errors_keeps_records_and_names_the_ended_partitions() -> None:
     )
     with pytest.raises(KafkaRuntimeError, match="reading f from kafka:t"):
         split_errors([fatal], "f", "kafka:t")
+
+
+def test_a_shared_consumer_fetches_each_partition_its_share() -> None:
+    """One consumer for several partitions may fetch each its share at once (unless the
+    run's Kafka settings fix the fetch size); settings without a fetch size are kept."""
+
+    class Options:
+        kafka_extra: dict[str, object] | None = None
+
+    config = {"fetch.max.bytes": 4096 * 1024, "queued.max.messages.kbytes": 4096}
+    shared = shared_reader_config(config, Options(), 4)
+    assert shared == {"fetch.max.bytes": 4 * 4096 * 1024, "queued.max.messages.kbytes": 4096}
+    assert config["fetch.max.bytes"] == 4096 * 1024  # not changed in place
+    fixed = Options()
+    fixed.kafka_extra = {"fetch.max.bytes": 1000}
+    assert shared_reader_config({"fetch.max.bytes": 1000}, fixed, 4) == {"fetch.max.bytes": 1000}
+    assert shared_reader_config({"group.id": "g"}, Options(), 4) == {"group.id": "g"}

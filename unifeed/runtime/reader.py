@@ -410,13 +410,14 @@ class PartitionsReader(Worker):
 
 
 def shared_reader_config(config: dict[str, Any], options: Any, partitions: int) -> dict[str, Any]:
-    """``config`` (a `reader_config`) for one consumer that reads ``partitions``
+    """``config`` (a `reader_config`, or any consumer's settings) for one consumer that reads ``partitions``
     partitions: the fetch queue's bound holds a partition each (librdkafka counts it a
     partition), and a fetch may bring each partition its share, as one consumer each
     would (unless the run's Kafka settings say otherwise)."""
     shared = dict(config)
-    if "fetch.max.bytes" not in (options.kafka_extra or {}):
-        shared["fetch.max.bytes"] = config["fetch.max.bytes"] * max(1, partitions)
+    share = config.get("fetch.max.bytes")
+    if share is not None and "fetch.max.bytes" not in (options.kafka_extra or {}):
+        shared["fetch.max.bytes"] = int(share) * max(1, partitions)
     return shared
 
 
