@@ -24,17 +24,15 @@ from unifeed.kafka.clients import (
     consume_batch,
     consumer_config,
     ensure_reachable,
-    find_offset_for_pitr,
     parse_target,
     producer_config,
     read_at,
     read_properties,
     read_range,
-    record_pitr,
     resolve_bootstrap,
-    seek_offset_for_pitr,
     watermarks,
 )
+from unifeed.kafka.seek import find_offset_for_pitr, record_pitr, seek_offset_for_pitr
 
 # --- targets and settings (no broker) ---------------------------------------
 
