@@ -34,11 +34,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from unifeed.core.access import BLOCKED, PUBLIC, audience_rank
 from unifeed.core.errors import ConfigError, UnifeedError
+from unifeed.core.geo import Bbox
 from unifeed.core.records import ACCESS_LEVELS
 
 from ._history import HistorySink, HistoryStore, playback_lines
 from ._source import Batch, Source
-from ._state import Aircraft, Bbox, Changes, Fold, Table, Viewport, aircraft_json, valid_bbox
+from ._state import Aircraft, Changes, Fold, Table, Viewport, aircraft_json, valid_bbox
 
 log = logging.getLogger("unifeed.serve")
 
