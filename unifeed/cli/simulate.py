@@ -13,7 +13,8 @@ from unifeed.cli.pipeline import add_simulated_duration, duration_arg, simulated
 from unifeed.core.errors import ConfigError
 from unifeed.core.units import parse_time_ms
 from unifeed.sim.adsb import write_adsb
-from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
+from unifeed.sim.traffic import check_arguments, write_streaming
+from unifeed.sim.world import MAX_AIRPORTS
 
 
 def _simulate(args: argparse.Namespace) -> int:

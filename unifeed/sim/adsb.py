@@ -14,7 +14,8 @@ from typing import Any, Final
 import msgspec
 
 from unifeed.core.records import ACCESS_RANK
-from unifeed.sim.traffic import LINK_EVENTS, iter_traffic
+from unifeed.sim.traffic import iter_traffic
+from unifeed.sim.world import LINK_EVENTS
 
 __all__ = ["adsb_responses", "write_adsb"]
 
