@@ -47,10 +47,11 @@ import heapq
 import math
 import random
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 import msgspec
 
@@ -101,7 +102,15 @@ from unifeed.sim.world import (
     local_nm,
 )
 
-__all__ = ["Simulation", "iter_traffic", "simulate", "write_simulation", "write_streaming"]
+__all__ = [
+    "Scenario",
+    "Simulation",
+    "TrafficArgs",
+    "iter_traffic",
+    "simulate",
+    "write_simulation",
+    "write_streaming",
+]
 
 _FEEDS: Final = (CONTROLSTREAM, SURFACESTREAM)  # sorted: controlstream first at equal pitr
 
@@ -208,14 +217,13 @@ class _Traffic:
     hands it out. That costs far less per message than a heap over every agent.
     """
 
-    def __init__(
-        self, *, seed: int, minutes: float, airports: int, rate: float, start_ms: int
-    ) -> None:
-        self.rng = random.Random(seed)
-        self.start = start_ms
-        self.end = start_ms + round(minutes * MINUTE)
+    def __init__(self, scenario: Scenario) -> None:
+        airports = scenario.airports
+        self.rng = random.Random(scenario.seed)
+        self.start = scenario.start_ms
+        self.end = scenario.end_ms
         self.airports = [Airport(i, SITES[i], self.rng) for i in range(airports)]
-        calibrate(self.airports, rate)
+        calibrate(self.airports, scenario.rate)
         self._flight_no = 0
         self._surface_no = 0
         self._first_spawn = [0] * airports  # t0 of each airport's first flight after start
@@ -730,50 +738,66 @@ def _segments(keys: list[_Key]) -> tuple[list[int], list[int]]:
     return speeds, headings
 
 
-def check_arguments(minutes: float, airports: int, rate: float, start_ms: int) -> None:
-    if not (minutes > 0 and math.isfinite(minutes)):
-        raise ValueError(f"minutes must be a positive number, got {minutes}")
-    if not 2 <= airports <= MAX_AIRPORTS:
-        raise ValueError(f"airports must be between 2 and {MAX_AIRPORTS}, got {airports}")
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"rate must be a positive number of messages per second, got {rate}")
-    if start_ms < 0:
-        raise ValueError(f"start_ms must be >= 0 (epoch milliseconds), got {start_ms}")
+class TrafficArgs(TypedDict, total=False):
+    """The keywords that choose a simulation, taken by `iter_traffic`, `simulate`,
+    `write_simulation`, `write_streaming` and `unifeed.sim.adsb`; `Scenario` holds their
+    defaults and meaning."""
+
+    seed: int
+    minutes: float
+    airports: int
+    rate: float
+    start_ms: int
 
 
-def iter_traffic(
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-) -> Iterator[tuple[str, int, bytes]]:
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """One simulation's arguments, checked when made (`ValueError`).
+
+    ``seed`` picks the draws; ``minutes`` of feed time from ``start_ms`` (epoch ms);
+    ``airports`` (2 to `MAX_AIRPORTS`); ``rate``, the target controlstream messages per
+    second per airport (surfacestream gets about as many).
+    """
+
+    seed: int = 1
+    minutes: float = 10.0
+    airports: int = 3
+    rate: float = 200.0
+    start_ms: int = 1_700_000_000_000
+
+    def __post_init__(self) -> None:
+        minutes, airports, rate, start_ms = self.minutes, self.airports, self.rate, self.start_ms
+        if not (minutes > 0 and math.isfinite(minutes)):
+            raise ValueError(f"minutes must be a positive number, got {minutes}")
+        if not 2 <= airports <= MAX_AIRPORTS:
+            raise ValueError(f"airports must be between 2 and {MAX_AIRPORTS}, got {airports}")
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number of messages per second, got {rate}")
+        if start_ms < 0:
+            raise ValueError(f"start_ms must be >= 0 (epoch milliseconds), got {start_ms}")
+
+    @property
+    def end_ms(self) -> int:
+        """The pitr of the last keepalive of both feeds."""
+        return self.start_ms + round(self.minutes * MINUTE)
+
+
+def iter_traffic(**args: Unpack[TrafficArgs]) -> Iterator[tuple[str, int, bytes]]:
     """Yield ``(feed, pitr, line)`` for both feeds merged in ``pitr`` order, lazily.
 
-    ``rate`` is the target controlstream messages per second per airport; surfacestream
-    gets about as many. ``line`` has no newline. Memory depends on ``rate`` and
-    ``airports`` (the traffic in the air at once), not on ``minutes``. Arguments are
-    checked at once (`ValueError`), before the first message is asked for.
+    Keywords: `TrafficArgs` (defaults in `Scenario`). ``line`` has no newline. Memory
+    depends on ``rate`` and ``airports`` (the traffic in the air at once), not on
+    ``minutes``. Arguments are checked at once (`ValueError`), before the first message
+    is asked for.
 
     >>> feed, pitr, line = next(iter_traffic(seed=1, minutes=1, airports=2))
     >>> feed, pitr >= 1_700_000_000_000, line.startswith(b'{"type":')
     ('controlstream', True, True)
     """
-    check_arguments(minutes, airports, rate, start_ms)
-    return iter(
-        _Traffic(seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms)
-    )
+    return iter(_Traffic(Scenario(**args)))
 
 
-def simulate(
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-) -> Simulation:
+def simulate(**args: Unpack[TrafficArgs]) -> Simulation:
     """Run `iter_traffic` to the end and keep both feeds in memory.
 
     >>> sim = simulate(minutes=0.5, airports=2, rate=20)
@@ -782,15 +806,14 @@ def simulate(
     >>> len(sim.controlstream) == sum(sim.counts["controlstream"].values())
     True
     """
+    scenario = Scenario(**args)
     control: list[bytes] = []
     surface: list[bytes] = []
-    for feed, _, line in iter_traffic(
-        seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
-    ):
+    for feed, _, line in _Traffic(scenario):
         (control if feed == CONTROLSTREAM else surface).append(line)
     return Simulation(
-        start_ms=start_ms,
-        end_ms=start_ms + round(minutes * MINUTE),
+        start_ms=scenario.start_ms,
+        end_ms=scenario.end_ms,
         controlstream=control,
         surfacestream=surface,
         counts={CONTROLSTREAM: _count_types(control), SURFACESTREAM: _count_types(surface)},
@@ -810,20 +833,12 @@ def _count_types(lines: list[bytes]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def write_simulation(
-    out_dir: Path,
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-) -> Simulation:
+def write_simulation(out_dir: Path, **args: Unpack[TrafficArgs]) -> Simulation:
     """`simulate`, then write ``controlstream.jsonl`` and ``surfacestream.jsonl`` in ``out_dir``.
 
     The directory is created if needed; existing files are replaced.
     """
-    sim = simulate(seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms)
+    sim = simulate(**args)
     out_dir.mkdir(parents=True, exist_ok=True)
     for feed, lines in ((CONTROLSTREAM, sim.controlstream), (SURFACESTREAM, sim.surfacestream)):
         with (out_dir / f"{feed}.jsonl").open("wb") as out:
@@ -834,9 +849,7 @@ def write_simulation(
 # -- command line -----------------------------------------------------------
 
 
-def write_streaming(
-    out_dir: Path, *, seed: int, minutes: float, airports: int, rate: float, start_ms: int
-) -> dict[str, tuple[int, int]]:
+def write_streaming(out_dir: Path, **args: Unpack[TrafficArgs]) -> dict[str, tuple[int, int]]:
     """Write both files with memory independent of duration; ``{feed: (lines, bytes)}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {CONTROLSTREAM: [0, 0], SURFACESTREAM: [0, 0]}
@@ -856,9 +869,7 @@ def write_streaming(
                 stats[feed][1] += len(data)
                 batch.clear()
 
-        for feed, _, line in iter_traffic(
-            seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
-        ):
+        for feed, _, line in iter_traffic(**args):
             batch = batches[feed]
             batch.append(line)
             if len(batch) >= 10_000:
