@@ -46,9 +46,9 @@ def duration_arg(text: str) -> int:
 
 
 def interval_arg(text: str) -> int:
-    """argparse ``type=`` for a DURATION that used to be a number of seconds
-    (``--status-interval``, ``demo --outage``): a bare number other than 0 needs a unit,
-    since reading ``5`` as 5 ms where it once meant 5 s would be a silent change."""
+    """argparse ``type=`` for a DURATION whose bare number meant seconds in earlier
+    releases (``--status-interval``, ``demo --outage``): a bare number other than 0 is
+    refused and asks for a unit, so that ``5`` is never read silently as 5 ms."""
     stripped = text.strip()
     try:
         number = float(stripped)
