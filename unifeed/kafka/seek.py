@@ -2,8 +2,7 @@
 
 `find_offset_for_pitr` asks the broker (``offsets_for_times``, record timestamp = pitr),
 verifies its answer against the records, and otherwise bisects over offsets reading
-each probe's pitrs; `seek_offset_for_pitr` is its offset alone and `record_pitr` reads a
-record's pitr. Every read is bounded (`unifeed.kafka.clients.PartitionReader`): one
+each probe's pitrs; `record_pitr` reads a record's pitr. Every read is bounded (`unifeed.kafka.clients.PartitionReader`): one
 deadline for the whole search, and a bounded number of steps.
 """
 
@@ -32,7 +31,6 @@ __all__ = [
     "SeekMethod",
     "find_offset_for_pitr",
     "record_pitr",
-    "seek_offset_for_pitr",
 ]
 
 log = logging.getLogger("unifeed.kafka")
@@ -85,6 +83,8 @@ class PitrSeek(msgspec.Struct, frozen=True, gc=False):
     low: int
     high: int
 
+
+_PitrOf = Callable[[Message], int | None]
 
 #: Records read at each probe of the search by pitr (see `find_offset_for_pitr`).
 _PROBE: Final = 16
@@ -190,18 +190,6 @@ def find_offset_for_pitr(
     return done(hi_record, "bisection", answer)
 
 
-def seek_offset_for_pitr(
-    consumer: PartitionConsumer,
-    target: Target,
-    pitr: int,
-    pitr_of: Callable[[Message], int | None] = record_pitr,
-    *,
-    timeout_s: float = CALL_TIMEOUT_S,
-) -> int:
-    """The offset `find_offset_for_pitr` finds (without the statistics)."""
-    return find_offset_for_pitr(consumer, target, pitr, pitr_of, timeout_s=timeout_s).offset
-
-
 def _broker_offset_for_time(
     consumer: PartitionConsumer, target: Target, pitr: int, deadline: float
 ) -> int:
@@ -221,11 +209,7 @@ def _broker_offset_for_time(
 
 
 def _window_from(
-    reader: PartitionReader,
-    start: int,
-    end: int,
-    pitr_of: Callable[[Message], int | None],
-    size: int,
+    reader: PartitionReader, start: int, end: int, pitr_of: _PitrOf, size: int
 ) -> list[tuple[int, int]]:
     """``(pitr, offset)`` of the first ``size`` records in ``[start, end)`` with a
     readable pitr (fewer at the end)."""
@@ -240,11 +224,7 @@ def _window_from(
 
 
 def _window_before(
-    reader: PartitionReader,
-    end: int,
-    low: int,
-    pitr_of: Callable[[Message], int | None],
-    size: int,
+    reader: PartitionReader, end: int, low: int, pitr_of: _PitrOf, size: int
 ) -> list[tuple[int, int]]:
     """``(pitr, offset)`` of the last ``size`` records in ``[low, end)`` with a readable
     pitr, in offset order (fewer when the partition holds fewer)."""

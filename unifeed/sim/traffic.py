@@ -765,6 +765,11 @@ class Scenario:
     rate: float = 200.0
     start_ms: int = 1_700_000_000_000
 
+    @property
+    def end_ms(self) -> int:
+        """The pitr of the last keepalive of both feeds."""
+        return self.start_ms + round(self.minutes * MINUTE)
+
     def __post_init__(self) -> None:
         minutes, airports, rate, start_ms = self.minutes, self.airports, self.rate, self.start_ms
         if not (minutes > 0 and math.isfinite(minutes)):
@@ -775,11 +780,6 @@ class Scenario:
             raise ValueError(f"rate must be a positive number of messages per second, got {rate}")
         if start_ms < 0:
             raise ValueError(f"start_ms must be >= 0 (epoch milliseconds), got {start_ms}")
-
-    @property
-    def end_ms(self) -> int:
-        """The pitr of the last keepalive of both feeds."""
-        return self.start_ms + round(self.minutes * MINUTE)
 
 
 def iter_traffic(**args: Unpack[TrafficArgs]) -> Iterator[tuple[str, int, bytes]]:
