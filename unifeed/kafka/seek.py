@@ -2,8 +2,9 @@
 
 `find_offset_for_pitr` asks the broker (``offsets_for_times``, record timestamp = pitr),
 verifies its answer against the records, and otherwise bisects over offsets reading
-each probe's pitrs; `record_pitr` reads a record's pitr. Every read is bounded (`unifeed.kafka.clients.PartitionReader`): one
-deadline for the whole search, and a bounded number of steps.
+each probe's pitrs; `record_pitr` reads a record's pitr. Every read is bounded
+(`unifeed.kafka.clients.PartitionReader`): one deadline for the whole search, and a
+bounded number of steps.
 """
 
 from __future__ import annotations
