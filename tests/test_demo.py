@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from unifeed.demo.run import compress_time, parse_status
+from unifeed.demo.commands import parse_status
+from unifeed.demo.traffic import compress_time
 from unifeed.demo.verify import public_view, verify_access, verify_audience, verify_output
 
 ROOT = Path(__file__).resolve().parent.parent

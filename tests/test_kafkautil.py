@@ -24,17 +24,15 @@ from unifeed.kafka.clients import (
     consume_batch,
     consumer_config,
     ensure_reachable,
-    find_offset_for_pitr,
     parse_target,
     producer_config,
     read_at,
     read_properties,
     read_range,
-    record_pitr,
     resolve_bootstrap,
-    seek_offset_for_pitr,
     watermarks,
 )
+from unifeed.kafka.seek import find_offset_for_pitr, record_pitr
 
 # --- targets and settings (no broker) ---------------------------------------
 
@@ -330,7 +328,7 @@ def test_seek_by_pitr_with_duplicates_markers_and_bad_records(
                 assert answer not in record_offsets and result.method == "bisection", result
             else:
                 assert result.method == "offsets_for_times", result
-        assert seek_offset_for_pitr(consumer, target, wanted) == result.offset
+        assert find_offset_for_pitr(consumer, target, wanted).offset == result.offset
     # Bisection alone (as on a broker that cannot answer) agrees too.
     for wanted in probes:
         result = find_offset_for_pitr(

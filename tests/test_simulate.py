@@ -18,12 +18,12 @@ import pytest
 import unifeed.sim.traffic as simulate_module
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM, RecordDecoder
 from unifeed.sim.traffic import (
-    MAX_AIRPORTS,
     Simulation,
     iter_traffic,
     simulate,
     write_simulation,
 )
+from unifeed.sim.world import MAX_AIRPORTS, SITES
 
 T0 = 1_700_000_000_000
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,7 +155,7 @@ def test_every_message_type_occurs(busy: Simulation) -> None:
 
 
 def test_records_look_like_flight_tracking(decoded: dict[str, list[dict[str, Any]]]) -> None:
-    sites = {site.code: site for site in simulate_module._SITES[:10]}
+    sites = {site.code: site for site in SITES[:10]}
     flight_id = re.compile(r"^[A-Z]{3}\d{1,4}-\d{10}-schedule-\d{4}$")
     position_fields = {
         "type",

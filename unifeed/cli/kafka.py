@@ -60,6 +60,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 import unifeed.cli.checkpoint as _checkpoint
+from unifeed.cli.pipeline import non_negative_int
 from unifeed.core.access import FlightLevels, visible
 from unifeed.core.errors import BadRecordError, ConfigError, KafkaRuntimeError
 from unifeed.core.records import ACCESS_LEVELS, ACCESS_RANK, TOO_DEEP
@@ -709,7 +710,7 @@ def register(subparsers: Any) -> None:
         "N records before the end",
     )
     dump.add_argument(
-        "-c", "--count", type=_count, metavar="N", help="stop after N records are printed"
+        "-c", "--count", type=non_negative_int, metavar="N", help="stop after N records are printed"
     )
     dump.add_argument(
         "-f",
@@ -722,16 +723,6 @@ def register(subparsers: Any) -> None:
     dump.set_defaults(handler=_dump)
 
     _checkpoint.register(subparsers)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def _add_topic_arguments(

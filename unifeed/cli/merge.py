@@ -26,9 +26,9 @@ from typing import Any, Final
 from unifeed.cli.pipeline import (
     RepeatedOption,
     _add_kafka_options,
+    add_output_options,
     duration_arg,
     is_kafka,
-    non_negative_int,
     run_to_output,
 )
 from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS
@@ -179,19 +179,7 @@ def register(sub: Any) -> None:
         metavar="DURATION",
         help="Kafka inputs: records younger than this are real time (default 30s)",
     )
-    p.add_argument(
-        "--dead-letter",
-        metavar="X",
-        help="where invalid input goes: a JSON-lines path or kafka:TOPIC (default: stderr "
-        "for files, <output topic>.dead-letter for Kafka)",
-    )
-    p.add_argument(
-        "--max-dead-letters",
-        type=non_negative_int,
-        metavar="N",
-        help="exit with code 4 once more than N records were dead-lettered (default: no limit)",
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
+    add_output_options(p, counted="records")
     # --start, --stop-at and the rest of a Kafka run's options (files: --start and
     # --stop-at bound what is written; records outside are read, not written).
     _add_kafka_options(p, default_instance="merge")

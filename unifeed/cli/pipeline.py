@@ -46,9 +46,9 @@ def duration_arg(text: str) -> int:
 
 
 def interval_arg(text: str) -> int:
-    """argparse ``type=`` for a DURATION that used to be a number of seconds
-    (``--status-interval``, ``demo --outage``): a bare number other than 0 needs a unit,
-    since reading ``5`` as 5 ms where it once meant 5 s would be a silent change."""
+    """argparse ``type=`` for a DURATION whose bare number meant seconds in earlier
+    releases (``--status-interval``, ``demo --outage``): a bare number other than 0 is
+    refused and asks for a unit, so that ``5`` is never read silently as 5 ms."""
     stripped = text.strip()
     try:
         number = float(stripped)
@@ -210,7 +210,10 @@ def run_to_output(
     return sink
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_output_options(p: Any, counted: str = "messages") -> None:
+    """``--dead-letter``, ``--max-dead-letters`` (its help counts ``counted``) and
+    ``--quiet``: what every command that writes a feed offers about its dead letters and
+    its summary."""
     p.add_argument(
         "--dead-letter",
         metavar="X",
@@ -221,7 +224,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--max-dead-letters",
         type=non_negative_int,
         metavar="N",
-        help="exit with code 4 once more than N messages were dead-lettered (default: no limit)",
+        help=f"exit with code 4 once more than N {counted} were dead-lettered (default: no limit)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no summary on stderr")
 
@@ -259,7 +262,7 @@ def register(sub: Any) -> None:
         help="hold FEED (control or surface) for WINDOW and release it sorted by FIELD, "
         "e.g. surface:clock:2s (applied before combining)",
     )
-    _add_common(combine)
+    add_output_options(combine)
     _add_kafka_options(combine, default_instance="combine")
     combine.set_defaults(handler=_combine)
 
@@ -271,7 +274,7 @@ def register(sub: Any) -> None:
     )
     mappings.add_argument("--control", required=True, metavar="X", help="controlstream input")
     mappings.add_argument("--output", required=True, metavar="X", help="mappingstream output")
-    _add_common(mappings)
+    add_output_options(mappings)
     _add_kafka_options(mappings, default_instance="mappings")
     mappings.set_defaults(handler=_mappings)
 

@@ -13,13 +13,14 @@ from unifeed.cli.pipeline import add_simulated_duration, duration_arg, simulated
 from unifeed.core.errors import ConfigError
 from unifeed.core.units import parse_time_ms
 from unifeed.sim.adsb import write_adsb
-from unifeed.sim.traffic import MAX_AIRPORTS, check_arguments, write_streaming
+from unifeed.sim.traffic import Scenario, TrafficArgs, write_streaming
+from unifeed.sim.world import MAX_AIRPORTS
 
 
 def _simulate(args: argparse.Namespace) -> int:
     start_ms = parse_time_ms(args.start, "--start")
     try:
-        check_arguments(simulated_minutes(args), args.airports, args.rate, start_ms)
+        Scenario(**_traffic(args, start_ms))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     out_dir = Path(args.out_dir)
@@ -39,7 +40,7 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _traffic(args: argparse.Namespace, start_ms: int) -> dict[str, Any]:
+def _traffic(args: argparse.Namespace, start_ms: int) -> TrafficArgs:
     """The simulation's arguments, the same for every output format."""
     return {
         "seed": args.seed,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import msgspec
 
@@ -144,6 +144,14 @@ def _take(q: deque[Emitted], n: int) -> list[Emitted]:
 
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class CombinerOptions(TypedDict, total=False):
+    """The keywords of `Combiner` after its feeds (defaults there), for the stages that
+    make one and pass them on."""
+
+    realtime_threshold_ms: int
+    clock: Callable[[], int] | None
 
 
 class Combiner:

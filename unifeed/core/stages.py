@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, Unpack, cast
 
 import msgspec
 import msgspec.structs
@@ -25,7 +25,7 @@ from unifeed.core.annotate import (
     Annotator,
     LateBeyondHistory,
 )
-from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS, Combiner, Emitted, Feed
+from unifeed.core.combine import Combiner, CombinerOptions, Emitted, Feed
 from unifeed.core.errors import BadRecordError, DeadLetterReason
 from unifeed.core.mapping import MappingDeriver
 from unifeed.core.records import (
@@ -276,20 +276,18 @@ class AnnotateStage:
     def __init__(
         self,
         *,
-        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
-        clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         link_ttl_ms: int = DEFAULT_LINK_TTL_MS,
         late_window_ms: int = DEFAULT_LATE_WINDOW_MS,
         capacity: int = 100_000,
+        **options: Unpack[CombinerOptions],
     ) -> None:
         self.combiner = Combiner(
             [
                 Feed(MAPPINGSTREAM, True, True, capacity),
                 Feed(SURFACESTREAM, strict_order, True, capacity),
             ],
-            realtime_threshold_ms=realtime_threshold_ms,
-            clock=clock,
+            **options,
         )
         self.annotator = Annotator(link_ttl_ms=link_ttl_ms, late_window_ms=late_window_ms)
         #: Late surface messages older than the link history: taken by the caller.
@@ -350,14 +348,8 @@ class MergeStage:
     is this stage over controlstream and the annotated surfacestream (`WriterStage`).
     """
 
-    def __init__(
-        self,
-        feeds: Sequence[Feed],
-        *,
-        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
-        clock: Callable[[], int] | None = None,
-    ) -> None:
-        self.combiner = Combiner(feeds, realtime_threshold_ms=realtime_threshold_ms, clock=clock)
+    def __init__(self, feeds: Sequence[Feed], **options: Unpack[CombinerOptions]) -> None:
+        self.combiner = Combiner(feeds, **options)
 
     def push(self, feed: str, batch: Iterable[Accepted]) -> bool:
         """Queue a feed's accepted messages (a keepalive advances it); False when full."""
@@ -373,18 +365,16 @@ class WriterStage(MergeStage):
     def __init__(
         self,
         *,
-        realtime_threshold_ms: int = DEFAULT_REALTIME_THRESHOLD_MS,
-        clock: Callable[[], int] | None = None,
         strict_order: bool = False,
         capacity: int = 100_000,
+        **options: Unpack[CombinerOptions],
     ) -> None:
         super().__init__(
             [
                 Feed(CONTROLSTREAM, True, True, capacity),
                 Feed(SURFACESTREAM, strict_order, True, capacity),
             ],
-            realtime_threshold_ms=realtime_threshold_ms,
-            clock=clock,
+            **options,
         )
 
     def push_control(self, batch: Iterable[Accepted]) -> bool:

@@ -40,55 +40,52 @@ every check passes. All sizes stay within the embedded broker's 5 MB per partiti
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Final
-
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from unifeed.core.errors import ConfigError, KafkaRuntimeError, UnifeedError
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 from unifeed.core.unify import unify_lines
+from unifeed.demo.commands import (
+    STOP_S,
+    CombineStatus,
+    Command,
+    high_watermark,
+    run_cli,
+    serve_url,
+)
+from unifeed.demo.traffic import (
+    TOPICS,
+    TRAILING_KEEPALIVES,
+    Traffic,
+    TrafficPlayer,
+    check_size,
+    compress_traffic,
+    now_ms,
+    simulate_traffic,
+)
 from unifeed.demo.verify import AccessReport, Verdict, verify_access, verify_audience, verify_output
-from unifeed.kafka.clients import Target, consumer_config, producer_config, watermarks
 from unifeed.kafka.embedded import spawn_broker_process
-from unifeed.sim.traffic import iter_traffic
 
 __all__ = ["DemoOptions", "run_and_report", "run_demo"]
 
-TOPICS: Final[dict[str, str]] = {
-    CONTROLSTREAM: "controlstream",
-    SURFACESTREAM: "surfacestream",
-}
 MAPPING_TOPIC: Final = "mappingstream"
 OUTPUT_TOPIC: Final = "unified"
 COMBINE_INSTANCE: Final = "demo-combine"
 MAPPINGS_INSTANCE: Final = "demo-mappings"
 
-#: The lz4 ratio the size check assumes for simulated JSON lines on the broker: below
-#: what lz4 achieves on them, so the estimate of the stored size errs on the large side.
-_LZ4_RATIO: Final = 2.5
-#: What one partition of the embedded broker keeps before dropping the oldest.
-_RETENTION_BYTES: Final = 5_000_000
 _TICK_S: Final = 0.25
 _STATUS_INTERVAL_S: Final = 0.2
-_TRAILING_KEEPALIVES: Final = 3
 _SUBPROCESS_START_S: Final = 30.0
-_STOP_S: Final = 10.0
-
-_TIME_FIELD: Final = re.compile(rb'"(pitr|clock)":(-?\d+)')
 
 
 # --- options ---------------------------------------------------------------
@@ -168,316 +165,6 @@ def check_serve(port: int) -> None:
                     f"--serve-port {port}: cannot listen on 127.0.0.1:{port} ({exc.strerror}); "
                     "give another port, or 0 for a free one"
                 ) from None
-
-
-# --- traffic ---------------------------------------------------------------
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def compress_time(line: bytes, base: int, t0: int, speed: float) -> bytes:
-    """``pitr`` and ``clock`` of one simulated line moved to ``t0``, ``speed`` times faster.
-
-    >>> compress_time(b'{"type":"position","pitr":1016,"clock":996}', 1000, 50, 8)
-    b'{"type":"position","pitr":52,"clock":49}'
-    """
-
-    def move(match: re.Match[bytes]) -> bytes:
-        value = int(match.group(2))
-        return b'"%s":%d' % (match.group(1), t0 + int((value - base) // speed))
-
-    return _TIME_FIELD.sub(move, line)
-
-
-def _keepalive(pitr: int) -> bytes:
-    return b'{"type":"keepalive","pitr":%d}' % pitr
-
-
-@dataclass
-class Traffic:
-    """The messages to play, in play order, with their (compressed) pitr."""
-
-    events: list[tuple[str, int, bytes]]
-    end_pitr: int
-
-    def lines(self, feed: str) -> list[bytes]:
-        return [line for f, _, line in self.events if f == feed]
-
-    def size(self, feed: str) -> int:
-        return sum(len(line) for f, _, line in self.events if f == feed)
-
-
-def simulate_traffic(options: DemoOptions, base: int) -> list[tuple[str, int, bytes]]:
-    """The simulated messages, ``(feed, pitr, line)`` in play order, starting at ``base``."""
-    try:
-        return list(
-            iter_traffic(
-                seed=options.seed,
-                minutes=options.minutes,
-                airports=options.airports,
-                rate=options.rate,
-                start_ms=base,
-            )
-        )
-    except ValueError as exc:  # the simulator's own argument checks
-        raise ConfigError(str(exc)) from None
-
-
-def check_size(simulated: Iterable[tuple[str, int, bytes]]) -> None:
-    """`ConfigError` unless the output (both feeds) fits one partition of the broker."""
-    total = sum(len(line) for _, _, line in simulated)
-    if total / _LZ4_RATIO > 0.8 * _RETENTION_BYTES:
-        raise ConfigError(
-            f"{total / 1e6:.1f} MB of output (about {total / _LZ4_RATIO / 1e6:.1f} MB "
-            "compressed) would not fit the embedded broker, which keeps 5 MB per partition; "
-            "lower --minutes, --rate or --airports"
-        )
-
-
-def compress_traffic(
-    simulated: Iterable[tuple[str, int, bytes]], base: int, t0: int, speed: float
-) -> Traffic:
-    """Simulated traffic moved to start at ``t0``, ``speed`` times faster, with the
-    trailing keepalives that close ``combine``'s inputs (past ``--stop-at``)."""
-    events = [
-        (feed, t0 + int((pitr - base) // speed), compress_time(line, base, t0, speed))
-        for feed, pitr, line in simulated
-    ]
-    end = max(pitr for _, pitr, _ in events)
-    # `unifeed mappings` forwards every control keepalive, so these close all three inputs.
-    for k in range(1, _TRAILING_KEEPALIVES + 1):
-        for feed in (CONTROLSTREAM, SURFACESTREAM):
-            events.append((feed, end + 1000 * k, _keepalive(end + 1000 * k)))
-    return Traffic(events=events, end_pitr=end)
-
-
-class TrafficPlayer(threading.Thread):
-    """Produces each message when the wall clock reaches its pitr (record timestamp = pitr)."""
-
-    def __init__(self, bootstrap: str, traffic: Traffic, stop: threading.Event) -> None:
-        super().__init__(name="demo-traffic", daemon=True)
-        self.bootstrap = bootstrap
-        self.traffic = traffic
-        self.stop = stop
-        self.produced: dict[str, int] = {CONTROLSTREAM: 0, SURFACESTREAM: 0}
-        self.behind_ms = 0
-        self.error: BaseException | None = None
-        self.finished = threading.Event()
-        self._failures: list[KafkaError] = []
-
-    def _on_failure(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self._failures.append(error)
-
-    def run(self) -> None:
-        try:
-            self._play()
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.finished.set()
-
-    def _play(self) -> None:
-        config = producer_config(self.bootstrap, compression="lz4", linger_ms=5)
-        config.update({"delivery.report.only.error": True, "on_delivery": self._on_failure})
-        producer = Producer(config)
-        trailing_from = len(self.traffic.events) - 2 * _TRAILING_KEEPALIVES
-        for index, (feed, pitr, line) in enumerate(self.traffic.events):
-            if index >= trailing_from:
-                # The closing keepalives need not wait for their pitr.
-                if self.stop.wait(0.1):
-                    return
-            else:
-                ahead = pitr - _now_ms()
-                if ahead > 2:
-                    self.behind_ms = 0
-                    producer.poll(0)
-                    if self.stop.wait(ahead / 1000):
-                        return
-                else:
-                    self.behind_ms = max(-ahead, 0)
-            for _attempt in range(1000):
-                try:
-                    producer.produce(TOPICS[feed], line, partition=0, timestamp=pitr)
-                    break
-                except BufferError:
-                    producer.poll(0.01)
-            else:
-                raise KafkaRuntimeError(f"the producer queue for {TOPICS[feed]} stayed full")
-            self.produced[feed] += 1
-            if self._failures:
-                raise KafkaRuntimeError(f"producing traffic failed: {self._failures[0].str()}")
-        if producer.flush(30):
-            raise KafkaRuntimeError("traffic not acknowledged by the broker within 30 s")
-        if self._failures:
-            raise KafkaRuntimeError(f"producing traffic failed: {self._failures[0].str()}")
-
-
-# --- the commands we run ---------------------------------------------------
-
-
-_STATUS_LINE: Final = re.compile(r"^unifeed combine \[[^\]]*\] (?P<mode>[\w-]+): (?P<rest>.*)$")
-_PAIR: Final = re.compile(r"([\w.-]+)=(\S+)")
-_LAG_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-@dataclass
-class CombineStatus:
-    """One parsed status line of ``unifeed combine``."""
-
-    mode: str
-    at: float
-    out: int = 0
-    rate: float = 0.0
-    lag_s: dict[str, float] = field(default_factory=dict)
-    queues: dict[str, str] = field(default_factory=dict)
-    late: int = 0
-    dead: int = 0
-    commits: int = 0
-
-
-def parse_status(line: str, at: float = 0.0) -> CombineStatus | None:
-    """A combine status line as a `CombineStatus`, or None for any other line.
-
-    >>> s = parse_status("unifeed combine [a] catchup: out=1200 rate=3,400/s "
-    ...                  "controlstream-lag=7.5s surfacestream-lag=0.1m queues writer=1/2 "
-    ...                  "annotator=0/3 late=0 dead=1 commits=9")
-    >>> s.mode, s.out, s.rate, s.lag_s, s.queues["writer"], s.dead, s.commits
-    ('catchup', 1200, 3400.0, {'controlstream': 7.5, 'surfacestream': 6.0}, '1/2', 1, 9)
-    """
-    match = _STATUS_LINE.match(line.strip())
-    if match is None:
-        return None
-    status = CombineStatus(mode=match.group("mode"), at=at)
-    for key, value in _PAIR.findall(match.group("rest")):
-        with contextlib.suppress(ValueError):
-            if key.endswith("-lag") and value[-1:] in _LAG_UNITS:
-                status.lag_s[key[:-4]] = float(value[:-1]) * _LAG_UNITS[value[-1]]
-            elif key == "rate":
-                status.rate = float(value.removesuffix("/s").replace(",", ""))
-            elif key in ("out", "late", "dead", "commits"):
-                setattr(status, key, int(value))
-            elif "/" in value:
-                status.queues[key] = value
-    return status
-
-
-def _cli_environment() -> dict[str, str]:
-    """This interpreter's unifeed, and none of the user's UNIFEED_* settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNIFEED_")}
-    package_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-class Command:
-    """One ``unifeed`` subprocess whose stderr is read (and parsed) by a thread."""
-
-    def __init__(self, name: str, arguments: Sequence[str]) -> None:
-        self.name = name
-        self.arguments = list(arguments)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "unifeed", *arguments],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=_cli_environment(),
-        )
-        self.started = time.monotonic()
-        self.status: CombineStatus | None = None
-        self.statuses: list[CombineStatus] = []
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
-        self.warnings: collections.deque[str] = collections.deque()
-        self._reader = threading.Thread(target=self._read, name=f"demo-{name}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        stream = self.process.stderr
-        if stream is None:
-            return
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            status = parse_status(line, time.monotonic())
-            if status is not None:
-                self.status = status
-                self.statuses.append(status)
-                continue
-            self.tail.append(line)
-            if " WARNING " in line or " ERROR " in line:
-                self.warnings.append(line)
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye, no last commit."""
-        if self.running():
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=_STOP_S)
-        self._reader.join(timeout=_STOP_S)
-
-    def stop(self) -> int | None:
-        """SIGTERM (commit and exit), SIGKILL after a while; the exit code."""
-        if self.running():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=_STOP_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=_STOP_S)
-        self._reader.join(timeout=_STOP_S)
-        return self.process.returncode
-
-    def wait(self, timeout_s: float) -> int | None:
-        try:
-            code = self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
-        self._reader.join(timeout=_STOP_S)
-        return code
-
-    def explain(self) -> str:
-        tail = "\n".join(f"    {line}" for line in list(self.tail)[-15:])
-        return f"unifeed {self.name} exited with {self.process.returncode}:\n{tail}"
-
-
-_SERVE_URL: Final = re.compile(r"unifeed serve: (http://\S+)")
-
-
-def _serve_url(command: Command) -> str | None:
-    """The URL serve printed on its first line, once it has."""
-    for line in list(command.tail):
-        found = _SERVE_URL.search(line)
-        if found:
-            return found.group(1)
-    return None
-
-
-def run_cli(
-    arguments: Sequence[str], timeout_s: float = 60.0
-) -> subprocess.CompletedProcess[bytes]:
-    """A short ``unifeed`` command (``dump``), bounded in time."""
-    return subprocess.run(
-        [sys.executable, "-m", "unifeed", *arguments],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=_cli_environment(),
-        timeout=timeout_s,
-        check=False,
-    )
-
-
-def _high_watermark(bootstrap: str, topic: str) -> int:
-    """The end offset of ``topic`` partition 0; 0 while it does not exist."""
-    consumer = Consumer(consumer_config(bootstrap, fetch_wait_ms=10))
-    try:
-        return watermarks(consumer, Target(topic, 0))[1]
-    except (KafkaRuntimeError, KafkaException):
-        return 0
-    finally:
-        consumer.close()
 
 
 # --- display ---------------------------------------------------------------
@@ -587,26 +274,28 @@ class _Run:
         o = self.options
         budget = o.playback_s + 90.0
         deadline = self.started + budget
-        base = _now_ms()
-        simulated = simulate_traffic(o, base)
+        base = now_ms()
+        simulated = simulate_traffic(
+            seed=o.seed, minutes=o.minutes, airports=o.airports, rate=o.rate, start_ms=base
+        )
         check_size(simulated)  # before anything starts: a usage error, exit code 2
         try:
             self.display.event("starting the embedded broker (unifeed broker)")
             self.broker, self.bootstrap = spawn_broker_process(timeout_s=_SUBPROCESS_START_S)
             self.report.broker_pid = self.broker.pid
             self.report.bootstrap = self.bootstrap
-            t0 = _now_ms() + 300
+            t0 = now_ms() + 300
             traffic = compress_traffic(simulated, base, t0, o.speed)
             del simulated
             self.display.event(
                 f"broker at {self.bootstrap}; playing {o.minutes:g} simulated minutes at "
                 f"{o.speed:g}x ({o.playback_s:.1f} s): "
-                f"{len(traffic.events) - 2 * _TRAILING_KEEPALIVES:,} messages, pitr = wall clock"
+                f"{len(traffic.events) - 2 * TRAILING_KEEPALIVES:,} messages, pitr = wall clock"
             )
             self.player = TrafficPlayer(self.bootstrap, traffic, self.stop)
             self.player.start()
             self._wait_for(
-                lambda: all(_high_watermark(self.bootstrap, t) > 0 for t in TOPICS.values()),
+                lambda: all(high_watermark(self.bootstrap, t) > 0 for t in TOPICS.values()),
                 "traffic in both input topics",
                 15.0,
             )
@@ -625,7 +314,7 @@ class _Run:
             )  # fmt: skip
             self.display.event("started unifeed mappings (controlstream -> mappingstream)")
             self._wait_for(
-                lambda: _high_watermark(self.bootstrap, MAPPING_TOPIC) > 0,
+                lambda: high_watermark(self.bootstrap, MAPPING_TOPIC) > 0,
                 "the first mappingstream records",
                 _SUBPROCESS_START_S,
                 self.mappings,
@@ -635,7 +324,7 @@ class _Run:
             self.display.event("started unifeed combine --strict-order (output: kafka:unified)")
             if o.serve_port is not None:
                 self._start_serve()
-            playback_start = time.monotonic() - (_now_ms() - t0) / 1000
+            playback_start = time.monotonic() - (now_ms() - t0) / 1000
             outage = o.outage()
             if outage > 0:
                 # The outage starts once combine has shown itself at work (its first
@@ -706,7 +395,7 @@ class _Run:
         o = self.options
         assert o.serve_port is not None
         self._wait_for(
-            lambda: _high_watermark(self.bootstrap, OUTPUT_TOPIC) > 0,
+            lambda: high_watermark(self.bootstrap, OUTPUT_TOPIC) > 0,
             f"records in {OUTPUT_TOPIC}",
             _SUBPROCESS_START_S,
             self.combines[-1],
@@ -725,8 +414,8 @@ class _Run:
             ],
         )  # fmt: skip
         serve = self.serve
-        self._wait_for(lambda: _serve_url(serve) is not None, "URL from serve", _SUBPROCESS_START_S, serve)
-        self.serve_url = _serve_url(serve)
+        self._wait_for(lambda: serve_url(serve) is not None, "URL from serve", _SUBPROCESS_START_S, serve)
+        self.serve_url = serve_url(serve)
         self.display.event(f"live map: {self.serve_url} (unifeed serve on kafka:{OUTPUT_TOPIC})")
 
     def _alive_or_fail(self) -> None:
@@ -881,8 +570,8 @@ class _Run:
         )  # fmt: skip
         if shown.returncode != 0:
             raise KafkaRuntimeError(f"unifeed dump failed: {shown.stderr.decode().strip()}")
-        self.report.mappingstream = _high_watermark(self.bootstrap, MAPPING_TOPIC)
-        self.report.dead_letters = _high_watermark(self.bootstrap, f"{OUTPUT_TOPIC}.dead-letter")
+        self.report.mappingstream = high_watermark(self.bootstrap, MAPPING_TOPIC)
+        self.report.dead_letters = high_watermark(self.bootstrap, f"{OUTPUT_TOPIC}.dead-letter")
         self.report.late = sum(c.statuses[-1].late for c in self.combines if c.statuses)
         access = verify_access(got)
         self.report.access = access
@@ -897,7 +586,7 @@ class _Run:
     def _shut_down(self) -> None:
         self.stop.set()
         if self.player is not None:
-            self.player.join(timeout=_STOP_S)
+            self.player.join(timeout=STOP_S)
         for command in self.combines:
             if command.running():
                 command.kill()
@@ -924,10 +613,10 @@ class _Run:
             return
         broker.terminate()
         try:
-            broker.wait(timeout=_STOP_S)
+            broker.wait(timeout=STOP_S)
         except subprocess.TimeoutExpired:
             broker.kill()
-            broker.wait(timeout=_STOP_S)
+            broker.wait(timeout=STOP_S)
 
 
 def run_demo(

@@ -46,6 +46,7 @@ from typing import Final
 
 import msgspec
 
+from unifeed.core.geo import inside
 from unifeed.core.records import ACCESS_RANK, Access
 
 from ._access import AccessList
@@ -324,7 +325,7 @@ class Tracker:
             if pos_ms < oldest_ms:
                 skipped["stale"] += 1
                 continue
-            if bbox is not None and not _inside(bbox, lat, lon):
+            if bbox is not None and not inside(bbox, lat, lon):
                 skipped["outside_bbox"] += 1
                 continue
             hexid = ac.hex
@@ -578,13 +579,4 @@ class Tracker:
                     self._power_off(track, pitr, control)
             for key in [k for k, v in self._vehicles.items() if pitr - v.last_pitr >= gap]:
                 del self._vehicles[key]
-
-
-def _inside(bbox: tuple[float, float, float, float], lat: float, lon: float) -> bool:
-    west, south, east, north = bbox
-    if not south <= lat <= north:
-        return False
-    if west <= east:
-        return west <= lon <= east
-    return lon >= west or lon <= east
 

@@ -1,4 +1,4 @@
-"""Kafka plumbing shared by every command: targets, client settings, bounded reads, seek by pitr.
+"""Kafka plumbing shared by every command: targets, client settings, bounded reads.
 
 Everything here works on one topic partition at a time (a feed is one partition,
 ``kafka:TOPIC[:N]``) and never waits without a bound: each call takes a timeout and
@@ -6,7 +6,8 @@ counts its iterations. Errors from confluent-kafka are re-raised as `KafkaRuntim
 (keeping the librdkafka error name) or `BrokerUnreachableError`.
 
 The helpers take any object with the few `confluent_kafka.Consumer` methods they use
-(`PartitionConsumer`), so tests can hand them an in-memory fake.
+(`PartitionConsumer`), so tests can hand them an in-memory fake. The search for the
+offset of a ``pitr`` builds on the bounded reads here: `unifeed.kafka.seek`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ __all__ = [
     "BOOTSTRAP_ENV",
     "BrokerInfo",
     "PartitionConsumer",
-    "PitrSeek",
+    "PartitionReader",
     "RdkafkaLog",
     "Target",
     "TopicSelection",
@@ -39,7 +40,7 @@ __all__ = [
     "consume_batch",
     "consumer_config",
     "ensure_reachable",
-    "find_offset_for_pitr",
+    "exception_text",
     "last_record_before",
     "parse_selection",
     "parse_target",
@@ -48,10 +49,8 @@ __all__ = [
     "read_at",
     "read_properties",
     "read_range",
-    "record_pitr",
     "record_timestamp",
     "resolve_bootstrap",
-    "seek_offset_for_pitr",
     "watermarks",
 ]
 
@@ -504,7 +503,7 @@ def ensure_reachable(
     try:
         admin = AdminClient(config)
     except KafkaException as exc:
-        raise ConfigError(f"bad Kafka settings: {_describe(exc)}") from None
+        raise ConfigError(f"bad Kafka settings: {exception_text(exc)}") from None
     deadline = time.monotonic() + timeout_s
     metadata: Any = None
     failure = "no answer"
@@ -516,7 +515,7 @@ def ensure_reachable(
             metadata = admin.list_topics(timeout=min(1.0, remaining))
             break
         except KafkaException as exc:
-            failure = _describe(exc)
+            failure = exception_text(exc)
         admin.poll(0)  # serves error_cb
     admin.poll(0)
     del admin
@@ -537,7 +536,7 @@ def ensure_reachable(
     )
 
 
-def _describe(exc: KafkaException) -> str:
+def exception_text(exc: KafkaException) -> str:
     first = exc.args[0] if exc.args else exc
     return first.str() if isinstance(first, KafkaError) else str(first)
 
@@ -638,7 +637,7 @@ def consume_batch(
     return rest
 
 
-class _Reader:
+class PartitionReader:
     """Positioned reads of one partition within one deadline; counts what it does."""
 
     def __init__(self, consumer: PartitionConsumer, target: Target, deadline: float) -> None:
@@ -692,47 +691,6 @@ class _Reader:
             "_TIMED_OUT",
         )
 
-    def window_from(
-        self, start: int, end: int, pitr_of: Callable[[Message], int | None], size: int
-    ) -> list[tuple[int, int]]:
-        """``(pitr, offset)`` of the first ``size`` records in ``[start, end)`` with a
-        readable pitr (fewer at the end)."""
-        out: list[tuple[int, int]] = []
-        for message in self.scan(start, end, batch=max(16, size)):
-            pitr = pitr_of(message)
-            if pitr is not None:
-                out.append((pitr, _offset(message)))
-                if len(out) >= size:
-                    break
-        return out
-
-    def window_before(
-        self, end: int, low: int, pitr_of: Callable[[Message], int | None], size: int
-    ) -> list[tuple[int, int]]:
-        """``(pitr, offset)`` of the last ``size`` records in ``[low, end)`` with a readable
-        pitr, in offset order (fewer when the partition holds fewer)."""
-        window = max(8, size)
-        upper = end
-        found: list[tuple[int, int]] = []
-        while upper > low and len(found) < size:
-            start = max(low, upper - window)
-            chunk = [
-                (pitr, _offset(m))
-                for m in self.scan(start, upper)
-                if (pitr := pitr_of(m)) is not None
-            ]
-            found = chunk + found
-            upper = start
-            window = min(window * 4, 65536)
-        return found[-size:]
-
-
-def _offset(message: Message) -> int:
-    offset = message.offset()
-    if offset is None:
-        raise KafkaRuntimeError("a record arrived without an offset")
-    return offset
-
 
 def read_at(
     consumer: PartitionConsumer, target: Target, offset: int, timeout_s: float = 10.0
@@ -744,7 +702,7 @@ def read_at(
     (``_AUTO_OFFSET_RESET``): the records there were deleted.
     Needs a consumer made with ``enable.partition.eof`` (`consumer_config`).
     """
-    reader = _Reader(consumer, target, time.monotonic() + timeout_s)
+    reader = PartitionReader(consumer, target, time.monotonic() + timeout_s)
     for message in reader.scan(offset, None, batch=1):
         return message
     return None
@@ -763,7 +721,7 @@ def read_range(
     waiting for offset ``end - 1`` to arrive (it may be a transaction marker).
     ``timeout_s`` bounds the whole iteration.
     """
-    reader = _Reader(consumer, target, time.monotonic() + timeout_s)
+    reader = PartitionReader(consumer, target, time.monotonic() + timeout_s)
     yield from reader.scan(start, end, batch=512)
 
 
@@ -783,7 +741,7 @@ def last_record_before(
     deadline = time.monotonic() + timeout_s
     if low is None:
         low, _high = watermarks(consumer, target, timeout_s)
-    reader = _Reader(consumer, target, deadline)
+    reader = PartitionReader(consumer, target, deadline)
     window = 256
     upper = end
     while upper > low:
@@ -797,188 +755,3 @@ def last_record_before(
         upper = start
         window = min(window * 4, 1 << 20)
     return None
-
-
-# --- seek by pitr ----------------------------------------------------------
-
-
-class _PitrOnly(msgspec.Struct, gc=False):
-    pitr: int
-
-
-_pitr_decoder: Final = msgspec.json.Decoder(_PitrOnly)
-
-
-def record_pitr(message: Message) -> int | None:
-    """The ``pitr`` of a record's JSON value, or None if it has none (or is not JSON).
-
-    >>> from confluent_kafka import Message
-    >>> record_pitr(Message(value=b'{"type":"keepalive","pitr":1700000000000}'))
-    1700000000000
-    >>> record_pitr(Message(value=b'not json')) is None
-    True
-    """
-    value = message.value()
-    if value is None:
-        return None
-    try:
-        pitr = _pitr_decoder.decode(value).pitr
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    return pitr if pitr >= 0 else None
-
-
-SeekMethod = Literal["empty", "offsets_for_times", "after_last", "bisection"]
-
-
-class PitrSeek(msgspec.Struct, frozen=True, gc=False):
-    """Where `find_offset_for_pitr` landed and how.
-
-    ``offset``: offset of the first readable record whose ``pitr >=`` the asked one (the
-    high watermark when there is none). ``method``: ``offsets_for_times`` (broker's answer,
-    verified), ``after_last`` (every record is older), ``bisection`` or ``empty``.
-    ``broker_answer``: what ``offsets_for_times`` said (-1: unknown/none; None: not asked).
-    ``reads``: positioned reads done; ``records``: records looked at.
-    """
-
-    offset: int
-    method: SeekMethod
-    reads: int
-    records: int
-    broker_answer: int | None
-    low: int
-    high: int
-
-
-#: Records read at each probe of the search by pitr (see `find_offset_for_pitr`).
-_PROBE: Final = 16
-
-
-def find_offset_for_pitr(
-    consumer: PartitionConsumer,
-    target: Target,
-    pitr: int,
-    pitr_of: Callable[[Message], int | None] = record_pitr,
-    *,
-    timeout_s: float = CALL_TIMEOUT_S,
-    use_offsets_for_times: bool = True,
-) -> PitrSeek:
-    """Find the offset of the first record of ``target`` whose pitr is ``>= pitr``.
-
-    Records are assumed in non-decreasing pitr order (a feed's contract); records whose
-    pitr ``pitr_of`` cannot read (None) and offsets without a record (transaction
-    markers) are stepped over, so the offset found always holds a readable record, or is
-    the high watermark when no record is that late. Among equal pitrs the first one is
-    found, so a checkpoint's ``skip`` can be applied from there.
-
-    First asks the broker (``offsets_for_times``, by record timestamp = pitr) and verifies
-    the answer by reading the record it points at and the readable record before it; a
-    broker that answers -1 (the embedded broker always does; a real one when every record
-    is older) is checked against the last record's pitr. Anything unverified falls back to
-    a bisection over offsets, reading pitrs from the records: O(log n) positioned reads.
-    An offset deleted under our feet raises `KafkaRuntimeError`.
-    """
-    deadline = time.monotonic() + timeout_s
-    low, high = watermarks(consumer, target, timeout_s)
-    if low >= high:
-        return PitrSeek(high, "empty", 0, 0, None, low, high)
-    reader = _Reader(consumer, target, deadline)
-
-    def done(offset: int, method: SeekMethod, answer: int | None) -> PitrSeek:
-        log.debug(
-            "%s: pitr %d found at offset %d by %s (broker's answer %s, %d reads)",
-            target,
-            pitr,
-            offset,
-            method,
-            answer,
-            reader.reads,
-        )
-        return PitrSeek(offset, method, reader.reads, reader.records, answer, low, high)
-
-    # Invariant: the answer lies in [lo, hi]; hi_record is the offset of the first
-    # readable record at or after hi (high when there is none).
-    lo, hi, hi_record = low, high, high
-    answer: int | None = None
-    if use_offsets_for_times:
-        answer = _broker_offset_for_time(consumer, target, pitr, deadline)
-        if 0 <= answer <= high:
-            # Verify: the record at the answer is new enough, the one before it is older.
-            start = max(answer, low)
-            first = reader.window_from(start, high, pitr_of, 1) if start < high else []
-            after, after_offset = first[0] if first else (None, high)
-            last = reader.window_before(start, low, pitr_of, 1)
-            before, before_offset = last[0] if last else (None, low)
-            after_ok = after is None or after >= pitr
-            before_ok = before is None or before < pitr
-            if after_ok and before_ok:
-                return done(after_offset, "offsets_for_times", answer)
-            log.info(
-                "%s: the broker's offset %d for pitr %d does not match the records' pitr "
-                "(record timestamps differ from pitr?); bisecting",
-                target,
-                answer,
-                pitr,
-            )
-            if not after_ok:
-                lo = after_offset + 1
-            if not before_ok:
-                hi = hi_record = before_offset
-        else:
-            # -1: "unknown" on brokers that cannot answer, "nothing that late" on the rest.
-            tail = reader.window_before(high, low, pitr_of, _PROBE)
-            if not tail or max(p for p, _ in tail) < pitr:
-                return done(high, "after_last", answer)
-            hi = hi_record = next(o for p, o in tail if p >= pitr)
-    # A feed's pitr never decreases, but its partition can hold records that break the
-    # order (a backwards pitr is a dead letter, not a reason to stop), and one of them
-    # must not steer the search past the answer. So the search is for the first record
-    # at which the largest pitr so far reaches the target, and every probe reads a window
-    # of records: the answer is after the window only when every pitr in it is below the
-    # target. (Only a run of more than _PROBE backwards records in a row can still
-    # mislead it; a restart from a checkpoint does not depend on this search alone.)
-    for _step in range(128):  # 2**128 offsets is more than any partition holds
-        if lo >= hi:
-            break
-        mid = (lo + hi) // 2
-        # The window may reach past hi: a window cut short there could hold nothing but
-        # backwards records and send the search past an earlier answer.
-        window = reader.window_from(mid, high, pitr_of, _PROBE)
-        if not window or window[0][1] >= hi:
-            hi = mid  # nothing readable in [mid, hi): the first match is still hi_record
-        elif max(p for p, _ in window) >= pitr:
-            hi = mid
-            hi_record = min(hi_record, next(o for p, o in window if p >= pitr))
-        else:
-            lo = window[-1][1] + 1
-    return done(hi_record, "bisection", answer)
-
-
-def seek_offset_for_pitr(
-    consumer: PartitionConsumer,
-    target: Target,
-    pitr: int,
-    pitr_of: Callable[[Message], int | None] = record_pitr,
-    *,
-    timeout_s: float = CALL_TIMEOUT_S,
-) -> int:
-    """The offset `find_offset_for_pitr` finds (without the statistics)."""
-    return find_offset_for_pitr(consumer, target, pitr, pitr_of, timeout_s=timeout_s).offset
-
-
-def _broker_offset_for_time(
-    consumer: PartitionConsumer, target: Target, pitr: int, deadline: float
-) -> int:
-    """``offsets_for_times`` for one partition; -1 when the broker cannot tell."""
-    timeout = max(0.1, deadline - time.monotonic())
-    try:
-        answers = consumer.offsets_for_times([target.topic_partition(pitr)], timeout=timeout)
-    except KafkaException as exc:
-        log.info("%s: offsets_for_times failed (%s); bisecting", target, _describe(exc))
-        return -1
-    for answer in answers:
-        if answer.error is not None:
-            log.info("%s: offsets_for_times failed (%s); bisecting", target, answer.error.str())
-            return -1
-        return int(answer.offset)
-    return -1

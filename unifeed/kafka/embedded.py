@@ -49,7 +49,8 @@ class EmbeddedBroker(Closing):
     ...     broker.bootstrap_servers.startswith("127.0.0.1:")
     True
 
-    Starting takes ~20 ms. A small daemon thread serves the broker's log lines to
+    It runs in this process (librdkafka's mock cluster: no JVM, no child process), so a
+    test can start one of its own. A small daemon thread serves the broker's log lines to
     Python logging; `close` stops it and the broker (clients still connected see their
     connections drop). Not picklable; one object owns one broker.
     """

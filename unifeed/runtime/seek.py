@@ -6,12 +6,8 @@ import logging
 
 from confluent_kafka import Consumer
 
-from unifeed.kafka.clients import (
-    PitrSeek,
-    Target,
-    consumer_config,
-    find_offset_for_pitr,
-)
+from unifeed.kafka.clients import Target, consumer_config
+from unifeed.kafka.seek import PitrSeek, find_offset_for_pitr
 from unifeed.runtime.options import RuntimeOptions
 
 log = logging.getLogger("unifeed")

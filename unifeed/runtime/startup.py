@@ -171,7 +171,8 @@ def start_positions(
 
 
 def _last_pitr(options: RuntimeOptions, target: Target, low: int, high: int) -> int | None:
-    from unifeed.kafka.clients import last_record_before, record_pitr
+    from unifeed.kafka.clients import last_record_before
+    from unifeed.kafka.seek import record_pitr
 
     if high <= low:
         return None

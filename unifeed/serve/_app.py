@@ -33,12 +33,14 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from unifeed.core.access import BLOCKED, PUBLIC, audience_rank
+from unifeed.core.combine import DEFAULT_REALTIME_THRESHOLD_MS
 from unifeed.core.errors import ConfigError, UnifeedError
+from unifeed.core.geo import Bbox
 from unifeed.core.records import ACCESS_LEVELS
 
 from ._history import HistorySink, HistoryStore, playback_lines
 from ._source import Batch, Source
-from ._state import Aircraft, Bbox, Changes, Fold, Table, Viewport, aircraft_json, valid_bbox
+from ._state import Aircraft, Changes, Fold, Table, Viewport, aircraft_json, valid_bbox
 
 log = logging.getLogger("unifeed.serve")
 
@@ -52,9 +54,6 @@ WS_MESSAGES_PER_S: Final = 10.0
 #: Longest playback range per request, and longest track range.
 MAX_PLAYBACK_MS: Final = 3_600_000
 MAX_TRACK_MS: Final = 7 * 86_400_000
-#: Feed time within this much of the wall clock is ``live``, else ``catchup`` (the
-#: combiner's real-time threshold).
-LIVE_THRESHOLD_MS: Final = 30_000
 _NOT_FOUND: Final = b'{"detail":"no such aircraft"}'
 
 
@@ -196,8 +195,10 @@ class Service:
         return found
 
     def mode(self) -> str:
+        """``live`` while feed time is within the combiner's default real-time threshold
+        of the wall clock, else ``catchup``."""
         lag = time.time() * 1000 - self.table.pitr
-        return "live" if lag <= LIVE_THRESHOLD_MS else "catchup"
+        return "live" if lag <= DEFAULT_REALTIME_THRESHOLD_MS else "catchup"
 
     # --- lifecycle -----------------------------------------------------------
 

@@ -38,8 +38,9 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from unifeed.core.access import access_rank
+from unifeed.core.geo import Bbox, inside
 
-from ._state import Aircraft, Bbox, inside
+from ._state import Aircraft
 
 log = logging.getLogger("unifeed.serve.history")
 

@@ -5,7 +5,7 @@ a bounded queue; positions are line numbers (files) or offsets (Kafka, per parti
 increasing, and are what history stores as its position in the feed.
 
 Kafka (one partition or several): the reader finds the last record's ``pitr``, seeks by pitr (as ``combine`` does,
-`unifeed.kafka.clients.seek_offset_for_pitr`) to ``last - window - lookback`` and reads to
+`unifeed.kafka.seek.find_offset_for_pitr`) to ``last - window - lookback`` and reads to
 the end of the partition as it was at the start; then state is *rebuilt* and the reader
 follows live. The lookback (default 6 h) exists for flight data only: a flightplan, and
 with it a flight's access level, is filed long before its positions, and without it a
@@ -224,10 +224,9 @@ class KafkaSource(Source):
             consumer_config,
             kafka_error,
             last_record_before,
-            record_pitr,
-            seek_offset_for_pitr,
             watermarks,
         )
+        from unifeed.kafka.seek import find_offset_for_pitr, record_pitr
 
         consumer = Consumer(consumer_config(self.bootstrap, self.extra))
         try:
@@ -252,7 +251,7 @@ class KafkaSource(Source):
                 start = low
                 if newest is not None and high > low:
                     wanted = max(0, newest - self.window_ms - self.lookback_ms)
-                    start = seek_offset_for_pitr(consumer, target, wanted)
+                    start = find_offset_for_pitr(consumer, target, wanted).offset
                 position = stored.get(names[target.partition])
                 if position is not None and low <= position + 1 < start:
                     start = position + 1  # history missed records before the restart

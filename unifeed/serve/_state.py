@@ -22,6 +22,7 @@ from typing import Any, Final
 import msgspec
 
 from unifeed.core.access import access_rank, effective_rank
+from unifeed.core.geo import Bbox
 from unifeed.core.records import ACCESS_LEVELS
 
 FLIGHT: Final = "flight"
@@ -32,7 +33,6 @@ _LEVEL_FPM: Final = 250.0
 #: Squawk codes that mean an emergency, and the emergency they mean.
 SQUAWK_EMERGENCY: Final = {"7500": "hijack", "7600": "radio_failure", "7700": "general"}
 
-Bbox = tuple[float, float, float, float]  # west, south, east, north (degrees)
 
 
 class Aircraft(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -456,17 +456,6 @@ def valid_bbox(bbox: Bbox) -> str | None:
     if south > north:
         return f"bbox south must not exceed north, got {south:g} > {north:g}"
     return None
-
-
-def inside(bbox: Bbox | None, lat: float, lon: float) -> bool:
-    if bbox is None:
-        return True
-    west, south, east, north = bbox
-    if not south <= lat <= north:
-        return False
-    if west <= east:
-        return west <= lon <= east
-    return lon >= west or lon <= east
 
 
 #: Side of a grid cell, degrees: a 10% viewport of a world map covers about 180 cells.

@@ -9,17 +9,17 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Unpack
 
 import msgspec
 
 from unifeed.core.records import ACCESS_RANK
-from unifeed.sim.traffic import LINK_EVENTS, iter_traffic
+from unifeed.sim.traffic import Scenario, TrafficArgs, iter_traffic
+from unifeed.sim.world import LINK_EVENTS
 
 __all__ = ["adsb_responses", "write_adsb"]
 
 _SECOND: Final = 1000
-_MINUTE: Final = 60 * _SECOND
 _encode: Final = msgspec.json.Encoder().encode
 
 
@@ -72,15 +72,12 @@ def _crc(text: str) -> int:
 
 def adsb_responses(
     *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
     interval_ms: int = 10 * _SECOND,
     access: dict[str, str] | None = None,
+    **traffic: Unpack[TrafficArgs],
 ) -> Iterator[bytes]:
-    """The simulated traffic as readsb aggregator responses, one every ``interval_ms``.
+    """The simulated traffic (``traffic``: `unifeed.sim.traffic.TrafficArgs`) as readsb
+    aggregator responses, one every ``interval_ms``.
 
     Each response (``{"ac": [...], "msg": "No error", "now": <ms>, "total": N, "ctime":
     <ms>, "ptime": 0}``) holds every aircraft and vehicle heard within the last 60 s with
@@ -95,10 +92,11 @@ def adsb_responses(
     """
     if interval_ms <= 0:
         raise ValueError(f"interval_ms must be > 0, got {interval_ms}")
+    scenario = Scenario(**traffic)
     states: dict[str, _AdsbState] = {}  # by address
     flights: dict[str, tuple[str, str | None, str]] = {}  # id -> (ident, type, access)
     links: dict[str, str] = {}  # surface_id -> flight id
-    next_at = start_ms + interval_ms
+    next_at = scenario.start_ms + interval_ms
     encode = _encode
 
     def response(now: int) -> bytes:
@@ -131,9 +129,7 @@ def adsb_responses(
         return encode({"ac": ac, "msg": "No error", "now": now, "total": len(ac), "ctime": now,
                        "ptime": 0})  # fmt: skip
 
-    for _feed, pitr, raw in iter_traffic(
-        seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
-    ):
+    for _feed, pitr, raw in iter_traffic(**traffic):
         while pitr >= next_at:
             yield response(next_at)
             next_at += interval_ms
@@ -187,13 +183,15 @@ def adsb_responses(
                     old_level = access.get(address, "public")
                     if ACCESS_RANK[level] > ACCESS_RANK[old_level]:
                         access[address] = level
-    end = start_ms + round(minutes * _MINUTE)
+    end = scenario.end_ms
     while next_at <= end:
         yield response(next_at)
         next_at += interval_ms
 
 
-def write_adsb(out_dir: Path, *, interval_ms: int = 10 * _SECOND, **traffic: Any) -> int:
+def write_adsb(
+    out_dir: Path, *, interval_ms: int = 10 * _SECOND, **traffic: Unpack[TrafficArgs]
+) -> int:
     """Write ``adsb.jsonl`` (`adsb_responses`, one per line) and ``access.txt`` (the
     non-public addresses, one ``HEX LEVEL`` per line) in ``out_dir``; the response count."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -51,120 +51,70 @@ from dataclasses import dataclass
 from itertools import pairwise
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 import msgspec
 
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
+from unifeed.sim.world import (
+    ACCESS,
+    AIR_INTERVAL,
+    AIRLINES,
+    CARGO_AIRLINES,
+    CARGO_RAMP,
+    CARGO_TYPES,
+    DEICE,
+    DEICING_PAD,
+    GATE_IN,
+    GATE_OUT,
+    GROUND_INTERVAL,
+    LEAD,
+    LIFE_BEYOND_AIR_MS,
+    LINK_EVENTS,
+    LONG_TYPES,
+    MAX_AIRPORTS,
+    MAX_DELAY,
+    MINUTE,
+    P_ACCESS_CHANGE,
+    P_AMEND,
+    P_BLOCKED,
+    P_CANCEL,
+    P_CARGO,
+    P_DEICE,
+    P_LATE_LINK,
+    P_RESTRICTED,
+    PAD_TAXI,
+    RUNWAY_TAXI,
+    SECOND,
+    SHORT_TYPES,
+    SITES,
+    TAXI_IN,
+    TAXI_OUT,
+    VEHICLE_INTERVAL,
+    VEHICLES,
+    Airport,
+    Point,
+    air_ms,
+    bearing,
+    calibrate,
+    cruise_gs,
+    distance_nm,
+    local_nm,
+)
 
-__all__ = ["Simulation", "iter_traffic", "simulate", "write_simulation", "write_streaming"]
-
-_SECOND: Final = 1000
-_MINUTE: Final = 60 * _SECOND
+__all__ = [
+    "Scenario",
+    "Simulation",
+    "TrafficArgs",
+    "iter_traffic",
+    "simulate",
+    "write_simulation",
+    "write_streaming",
+]
 
 _FEEDS: Final = (CONTROLSTREAM, SURFACESTREAM)  # sorted: controlstream first at equal pitr
 
 _encode: Final = msgspec.json.Encoder().encode
-
-
-@dataclass(frozen=True, slots=True)
-class _Site:
-    code: str
-    lat: float
-    lon: float
-    region: str  # "US" or "EU": picks airlines and transponder addresses
-    cold: bool  # de-icing happens here
-
-
-# The order is the order `airports=K` takes them: nearby airports first, so that small
-# simulations have short flights between them.
-_SITES: Final = (
-    _Site("KSFO", 37.6189, -122.3750, "US", False),
-    _Site("KLAX", 33.9416, -118.4085, "US", False),
-    _Site("KSEA", 47.4502, -122.3088, "US", True),
-    _Site("KDEN", 39.8561, -104.6737, "US", True),
-    _Site("KORD", 41.9742, -87.9073, "US", True),
-    _Site("KJFK", 40.6413, -73.7781, "US", True),
-    _Site("KATL", 33.6407, -84.4277, "US", False),
-    _Site("EGLL", 51.4700, -0.4543, "EU", True),
-    _Site("EHAM", 52.3105, 4.7683, "EU", True),
-    _Site("EDDF", 50.0379, 8.5622, "EU", True),
-    _Site("KDFW", 32.8998, -97.0403, "US", False),
-    _Site("LFPG", 49.0097, 2.5479, "EU", True),
-    _Site("KBOS", 42.3656, -71.0096, "US", True),
-    _Site("LEMD", 40.4983, -3.5676, "EU", False),
-    _Site("KMIA", 25.7959, -80.2870, "US", False),
-    _Site("LIRF", 41.8003, 12.2389, "EU", False),
-    _Site("KPHX", 33.4352, -112.0101, "US", False),
-    _Site("LSZH", 47.4582, 8.5555, "EU", True),
-    _Site("EKCH", 55.6180, 12.6508, "EU", True),
-    _Site("ESSA", 59.6519, 17.9186, "EU", True),
-)
-#: How many airports a simulation can have.
-MAX_AIRPORTS: Final = len(_SITES)
-
-# Airline ICAO code -> ICAO 24-bit address prefix of its fleet's country.
-_AIRLINES: Final = {
-    "US": (("UAL", "A"), ("AAL", "A"), ("DAL", "A"), ("SWA", "A"), ("ASA", "A"), ("JBU", "A")),
-    "EU": (("BAW", "40"), ("KLM", "48"), ("DLH", "3C"), ("AFR", "39"), ("EZY", "40"),
-           ("IBE", "34"), ("SWR", "4B"), ("SAS", "47")),
-}  # fmt: skip
-_CARGO_AIRLINES: Final = {"US": (("FDX", "A"), ("UPS", "A")), "EU": (("DHK", "40"),)}
-_SHORT_TYPES: Final = ("A320", "B738", "A321", "B739", "E175", "A20N", "B38M", "CRJ9")
-_LONG_TYPES: Final = ("B789", "B77W", "A359", "A333", "B772", "A35K")
-_CARGO_TYPES: Final = ("B763", "B77L", "MD11", "A306")
-_VEHICLES: Final = ("TUG", "FUEL", "BUS", "CATER", "OPS", "FOLLOW", "DEICE", "BAG")
-_ACCESS: Final = ("public", "restricted", "blocked")
-#: The controlstream events that link a surface track to a flight.
-LINK_EVENTS: Final = frozenset({"power_on", "surface_offblock", "surface_onblock"})
-_DEICING_PAD: Final = "deicing_pad"
-_CARGO_RAMP: Final = "cargo_ramp"
-
-# Probabilities per flight.
-_P_CARGO: Final = 0.06
-_P_RESTRICTED: Final = 0.05
-_P_BLOCKED: Final = 0.02
-_P_CANCEL: Final = 0.03
-_P_ACCESS_CHANGE: Final = 0.04
-_P_AMEND: Final = 0.25  # a re-filed flightplan before power-on, same access
-_P_DEICE: Final = 0.3  # at a cold airport
-_P_LATE_LINK: Final = 0.1  # the track reports before its link event arrives
-
-# Durations in ms, drawn uniformly from (low, high).
-_LEAD: Final = (45 * _MINUTE, 150 * _MINUTE)  # flightplan filed before scheduled off-block
-_GATE_OUT: Final = (15 * _MINUTE, 40 * _MINUTE)  # powered at the gate before off-block
-_TAXI_OUT: Final = (8 * _MINUTE, 22 * _MINUTE)
-_DEICE: Final = (4 * _MINUTE, 10 * _MINUTE)
-_PAD_TAXI: Final = (3 * _MINUTE, 8 * _MINUTE)  # gate to de-icing pad
-_RUNWAY_TAXI: Final = (3 * _MINUTE, 10 * _MINUTE)  # de-icing pad to runway
-_MAX_DELAY: Final = 45 * _MINUTE
-_TAXI_IN: Final = (4 * _MINUTE, 14 * _MINUTE)
-_GATE_IN: Final = (3 * _MINUTE, 10 * _MINUTE)  # powered at the gate after on-block
-_AIR_INTERVAL: Final = (1 * _SECOND, 3 * _SECOND)
-_GROUND_INTERVAL: Final = (2 * _SECOND, 4 * _SECOND)
-_VEHICLE_INTERVAL: Final = (1 * _SECOND, 3 * _SECOND)
-_CLIMB_OVERHEAD_S: Final = 720.0  # climb, approach and holding beyond cruise time
-_MIN_VEHICLES: Final = 2
-# The longest a flight can live besides its time in the air.
-_LIFE_BEYOND_AIR_MS: Final = (
-    _LEAD[1]
-    + _MAX_DELAY
-    + max(_TAXI_OUT[1], _PAD_TAXI[1] + _DEICE[1] + _RUNWAY_TAXI[1])
-    + 40 * _SECOND
-    + _TAXI_IN[1]
-    + _GATE_IN[1]
-)
-
-
-def _mean(span: tuple[int, int]) -> float:
-    return (span[0] + span[1]) / 2
-
-
-# Expected messages per (non-cancelled) flight, used to pick the flight rate for `rate`.
-_CONTROL_EVENTS: Final = 7 + _P_ACCESS_CHANGE  # power_on .. power_off, access change
-_FLIGHTPLANS: Final = 1 + _P_AMEND
-_GROUND_OUT_MS: Final = _mean(_GATE_OUT) + _mean(_TAXI_OUT)
-_GROUND_IN_MS: Final = _mean(_TAXI_IN) + _mean(_GATE_IN) + 5 * _SECOND
 
 
 class Simulation(msgspec.Struct, frozen=True, kw_only=True):
@@ -184,133 +134,7 @@ class Simulation(msgspec.Struct, frozen=True, kw_only=True):
 _Item = tuple[str, int, bytes]  # (feed, pitr, line)
 _Agent = Iterator[_Item]
 _Event = tuple[int, str, dict[str, Any]]  # (pitr, feed, message whose "pitr" is set last)
-_Point = tuple[float, float]
 _Key = tuple[int, float, float]  # a keyframe of a surface track: (time, lat, lon)
-
-
-def _distance_nm(a: _Point, b: _Point) -> float:
-    lat1, lon1, lat2, lon2 = map(math.radians, (a[0], a[1], b[0], b[1]))
-    h = (
-        math.sin((lat2 - lat1) / 2) ** 2
-        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    )
-    return 2 * 3440.065 * math.asin(math.sqrt(h))
-
-
-def _bearing(a: _Point, b: _Point) -> float:
-    """Heading in degrees from a to b on a local flat map (good for airports and legs)."""
-    dx = (b[1] - a[1]) * math.cos(math.radians((a[0] + b[0]) / 2))
-    dy = b[0] - a[0]
-    return math.degrees(math.atan2(dx, dy)) % 360.0
-
-
-def _local_nm(a: _Point, b: _Point) -> float:
-    dx = (b[1] - a[1]) * math.cos(math.radians(a[0]))
-    return math.hypot(dx, b[0] - a[0]) * 60.0
-
-
-class _Airport:
-    """An airport's fixed geometry and traffic parameters."""
-
-    __slots__ = (
-        "air_max_ms",
-        "cargo",
-        "code",
-        "corner_in",
-        "corner_out",
-        "dest_cum",
-        "dests",
-        "exit",
-        "flights_per_ms",
-        "gate",
-        "hold",
-        "index",
-        "lat",
-        "lon",
-        "mean_air_ms",
-        "pad",
-        "site",
-        "vehicles",
-    )
-
-    def __init__(self, index: int, site: _Site, rng: random.Random) -> None:
-        self.index = index
-        self.site = site
-        self.code = site.code
-        self.lat = site.lat
-        self.lon = site.lon
-        k = 1.0 / math.cos(math.radians(site.lat))  # degrees of longitude per degree of lat
-
-        def spot(dlat: float, dlon: float) -> _Point:
-            jitter = 0.0015
-            return (
-                site.lat + dlat + rng.uniform(-jitter, jitter),
-                site.lon + (dlon + rng.uniform(-jitter, jitter)) * k,
-            )
-
-        self.gate = spot(-0.004, -0.004)
-        self.cargo = spot(-0.009, 0.006)
-        self.pad = spot(0.005, -0.011)
-        self.corner_out = spot(0.003, 0.002)
-        self.corner_in = spot(-0.001, 0.008)
-        self.hold = spot(0.011, 0.009)
-        self.exit = spot(0.008, -0.012)
-        self.dests: list[int] = []
-        self.dest_cum: list[float] = []
-        self.mean_air_ms = 0.0
-        self.air_max_ms: dict[int, int] = {}
-        self.flights_per_ms = 0.0
-        self.vehicles = 0
-
-    @property
-    def point(self) -> _Point:
-        return (self.lat, self.lon)
-
-
-def _air_ms(dist_nm: float, gs_kt: float) -> float:
-    return (dist_nm / gs_kt * 3600.0 + _CLIMB_OVERHEAD_S) * 1000.0
-
-
-def _cruise_gs(dist_nm: float) -> tuple[float, float]:
-    return (430.0, 490.0) if dist_nm > 1500 else (360.0, 450.0)
-
-
-def _calibrate(airports: list[_Airport], rate: float) -> None:
-    """Choose flight and vehicle counts so each airport makes about ``rate`` msgs/s per feed."""
-    for ap in airports:
-        weights: list[float] = []
-        air: list[float] = []
-        for other in airports:
-            if other is ap:
-                continue
-            dist = _distance_nm(ap.point, other.point)
-            ap.dests.append(other.index)
-            # Most flights are short: weight by closeness.
-            weights.append(1.0 / (dist + 200.0) ** 2)
-            air.append(_air_ms(dist, sum(_cruise_gs(dist)) / 2))
-            ap.air_max_ms[other.index] = math.ceil(_air_ms(dist, _cruise_gs(dist)[0]))
-        total = sum(weights)
-        acc = 0.0
-        for w in weights:
-            acc += w / total
-            ap.dest_cum.append(acc)
-        ap.dest_cum[-1] = 1.0
-        ap.mean_air_ms = sum(w * a for w, a in zip(weights, air, strict=True)) / total
-        positions = ap.mean_air_ms / _mean(_AIR_INTERVAL)
-        per_flight = (1 - _P_CANCEL) * (positions + _CONTROL_EVENTS) + _P_CANCEL + _FLIGHTPLANS
-        ap.flights_per_ms = rate / 1000.0 / per_flight
-    for ap in airports:
-        departing = ap.flights_per_ms * (1 - _P_CANCEL) * _GROUND_OUT_MS
-        arriving = 0.0
-        for other in airports:
-            if other is ap:
-                continue
-            i = other.dests.index(ap.index)
-            share = other.dest_cum[i] - (other.dest_cum[i - 1] if i else 0.0)
-            arriving += other.flights_per_ms * (1 - _P_CANCEL) * share * _GROUND_IN_MS
-        aircraft_rate = (departing + arriving) / _mean(_GROUND_INTERVAL) * 1000.0
-        missing = rate - aircraft_rate
-        ap.vehicles = max(_MIN_VEHICLES, round(missing * _mean(_VEHICLE_INTERVAL) / 1000.0))
 
 
 class _Flight:
@@ -349,8 +173,8 @@ class _Flight:
         "t_poff",
     )
 
-    orig: _Airport
-    dest: _Airport
+    orig: Airport
+    dest: Airport
     id: str
     ident: str
     hexid: str
@@ -393,14 +217,13 @@ class _Traffic:
     hands it out. That costs far less per message than a heap over every agent.
     """
 
-    def __init__(
-        self, *, seed: int, minutes: float, airports: int, rate: float, start_ms: int
-    ) -> None:
-        self.rng = random.Random(seed)
-        self.start = start_ms
-        self.end = start_ms + round(minutes * _MINUTE)
-        self.airports = [_Airport(i, _SITES[i], self.rng) for i in range(airports)]
-        _calibrate(self.airports, rate)
+    def __init__(self, scenario: Scenario) -> None:
+        airports = scenario.airports
+        self.rng = random.Random(scenario.seed)
+        self.start = scenario.start_ms
+        self.end = scenario.end_ms
+        self.airports = [Airport(i, SITES[i], self.rng) for i in range(airports)]
+        calibrate(self.airports, scenario.rate)
         self._flight_no = 0
         self._surface_no = 0
         self._first_spawn = [0] * airports  # t0 of each airport's first flight after start
@@ -410,28 +233,28 @@ class _Traffic:
         sequence of draws is the simulation: same draws, same bytes)."""
         return low + int(self.rng.random() * (high - low))
 
-    def _next_gap(self, ap: _Airport) -> int:
+    def _next_gap(self, ap: Airport) -> int:
         return 1 + int(self.rng.expovariate(ap.flights_per_ms))
 
-    def _destination(self, ap: _Airport) -> _Airport:
+    def _destination(self, ap: Airport) -> Airport:
         r = self.rng.random()
         return self.airports[ap.dests[next(i for i, c in enumerate(ap.dest_cum) if r <= c)]]
 
-    def _warm_start(self, ap: _Airport) -> Iterator[tuple[_Agent, int]]:
+    def _warm_start(self, ap: Airport) -> Iterator[tuple[_Agent, int]]:
         """Flights filed before ``start`` and not over by then, picked up mid-life."""
         start = self.start
-        t0 = start - _LIFE_BEYOND_AIR_MS - max(ap.air_max_ms.values())
+        t0 = start - LIFE_BEYOND_AIR_MS - max(ap.air_max_ms.values())
         while True:
             t0 += self._next_gap(ap)
             if t0 >= start:
                 self._first_spawn[ap.index] = t0
                 return
             dest = self._destination(ap)
-            if t0 + _LIFE_BEYOND_AIR_MS + ap.air_max_ms[dest.index] <= start:
+            if t0 + LIFE_BEYOND_AIR_MS + ap.air_max_ms[dest.index] <= start:
                 continue  # over before `start`, whatever the other draws
             flight = self._plan(ap, dest, t0)
             if flight.end > start:
-                begin = min(start + self._draw(0, 3 * _SECOND), flight.end)
+                begin = min(start + self._draw(0, 3 * SECOND), flight.end)
                 yield from self._flight(flight, begin=begin)
 
     def __iter__(self) -> Iterator[tuple[str, int, bytes]]:
@@ -444,7 +267,7 @@ class _Traffic:
         buckets: dict[int, tuple[list[_Item], list[_Agent]]] = {}
 
         def schedule(agent: _Agent, not_before: int) -> None:
-            later = (not_before - start) // _SECOND
+            later = (not_before - start) // SECOND
             bucket = buckets.get(later)
             if bucket is None:
                 buckets[later] = ([], [agent])
@@ -466,7 +289,7 @@ class _Traffic:
         index = 0
         slice_end = start
         while slice_end < end:
-            slice_end += _SECOND
+            slice_end += SECOND
             while spawns[0][0] < slice_end:
                 t0, ap_index = spawns[0]
                 ap = self.airports[ap_index]
@@ -480,7 +303,7 @@ class _Traffic:
             for agent in agents:
                 for item in agent:
                     if item[1] >= slice_end:
-                        later = (item[1] - start) // _SECOND
+                        later = (item[1] - start) // SECOND
                         bucket = buckets.get(later)
                         if bucket is None:
                             buckets[later] = ([item], [agent])
@@ -501,48 +324,45 @@ class _Traffic:
     # -- agents -------------------------------------------------------------
 
     def _keepalives(self, feed: str) -> _Agent:
-        t = self.start + _SECOND
+        t = self.start + SECOND
         while True:
             yield feed, t, b'{"type":"keepalive","pitr":%d}' % t
-            t += _SECOND
+            t += SECOND
 
-    def _plan(self, ap: _Airport, dest: _Airport, t0: int) -> _Flight:
+    def _plan(self, ap: Airport, dest: Airport, t0: int) -> _Flight:
         """Draw one flight from ``ap`` to ``dest`` whose flightplan is filed at ``t0``."""
         rng = self.rng
         uniform, random_, draw = rng.uniform, rng.random, self._draw
         f = _Flight()
         self._flight_no += 1
-        dist = _distance_nm(ap.point, dest.point)
+        dist = distance_nm(ap.point, dest.point)
         f.orig, f.dest = ap, dest
-        f.cargo = random_() < _P_CARGO
+        f.cargo = random_() < P_CARGO
         region = ap.site.region if random_() < 0.8 else dest.site.region
-        airline, prefix = rng.choice((_CARGO_AIRLINES if f.cargo else _AIRLINES)[region])
+        airline, prefix = rng.choice((CARGO_AIRLINES if f.cargo else AIRLINES)[region])
         f.ident = f"{airline}{draw(1, 3000 if dist < 1500 else 200)}"
         f.hexid = f"{prefix}{draw(0, 16 ** (6 - len(prefix))):0{6 - len(prefix)}X}"
         if f.cargo:
-            f.aircraft_type = rng.choice(_CARGO_TYPES)
+            f.aircraft_type = rng.choice(CARGO_TYPES)
         else:
-            f.aircraft_type = rng.choice(_LONG_TYPES if dist > 2500 else _SHORT_TYPES)
+            f.aircraft_type = rng.choice(LONG_TYPES if dist > 2500 else SHORT_TYPES)
         r = random_()
-        if r < _P_BLOCKED:
+        if r < P_BLOCKED:
             f.access = "blocked"
-        elif r < _P_BLOCKED + _P_RESTRICTED:
+        elif r < P_BLOCKED + P_RESTRICTED:
             f.access = "restricted"
         else:
             f.access = "public"
         f.changes = []
 
         f.t_fp = t0
-        sched_off = t0 + draw(*_LEAD)
-        if random_() < 0.7:
-            delay = draw(-2 * _MINUTE, 5 * _MINUTE)
-        else:
-            delay = draw(5 * _MINUTE, _MAX_DELAY)
+        sched_off = t0 + draw(*LEAD)
+        delay = draw(-2 * MINUTE, 5 * MINUTE) if random_() < 0.7 else draw(5 * MINUTE, MAX_DELAY)
         f.t_off = sched_off + delay
-        t_pon = f.t_off - draw(*_GATE_OUT)
+        t_pon = f.t_off - draw(*GATE_OUT)
         f.id = f"{f.ident}-{sched_off // 1000}-schedule-{self._flight_no % 10000:04d}"
-        f.t_amend = draw(t0 + 1, t_pon) if random_() < _P_AMEND else None
-        f.cancel = draw(t0 + _MINUTE, t_pon - _MINUTE) if random_() < _P_CANCEL else None
+        f.t_amend = draw(t0 + 1, t_pon) if random_() < P_AMEND else None
+        f.cancel = draw(t0 + MINUTE, t_pon - MINUTE) if random_() < P_CANCEL else None
         if f.cancel is not None:
             f.end = f.cancel
             return f
@@ -552,40 +372,40 @@ class _Traffic:
         f.out_sid = f"{ap.code}-{self._surface_no:07d}"
         base = ap.cargo if f.cargo else ap.gate
         gate = (base[0] + uniform(-0.002, 0.002), base[1] + uniform(-0.003, 0.003))
-        late = random_() < _P_LATE_LINK
-        out_start = t_pon - (draw(3 * _SECOND, 30 * _SECOND) if late else 0)
+        late = random_() < P_LATE_LINK
+        out_start = t_pon - (draw(3 * SECOND, 30 * SECOND) if late else 0)
         f.out_link = t_pon
-        f.deice = ap.site.cold and random_() < _P_DEICE
+        f.deice = ap.site.cold and random_() < P_DEICE
         if f.deice:
-            t_pad = f.t_off + draw(*_PAD_TAXI)
-            t_pad_exit = t_pad + draw(*_DEICE)
-            f.t_dep = t_pad_exit + draw(*_RUNWAY_TAXI)
+            t_pad = f.t_off + draw(*PAD_TAXI)
+            t_pad_exit = t_pad + draw(*DEICE)
+            f.t_dep = t_pad_exit + draw(*RUNWAY_TAXI)
             taxi_via = [(t_pad, *ap.pad), (t_pad_exit, *ap.pad)]
         else:
-            taxi = draw(*_TAXI_OUT)
+            taxi = draw(*TAXI_OUT)
             f.t_dep = f.t_off + taxi
             taxi_via = [(f.t_off + int(taxi * uniform(0.3, 0.6)), *ap.corner_out)]
         f.out_keys = [(out_start, *gate), (f.t_off, *gate), *taxi_via, (f.t_dep, *ap.hold)]
 
         # Airborne.
-        f.gs = uniform(*_cruise_gs(dist))
+        f.gs = uniform(*cruise_gs(dist))
         f.cruise_alt = draw(33, 40) * 1000 if dist > 600 else draw(22, 32) * 1000
-        f.t_arr = f.t_dep + int(_air_ms(dist, f.gs))
-        f.t_air_first = f.t_dep + draw(5 * _SECOND, 30 * _SECOND)
-        f.t_air_last = f.t_arr - draw(0, 5 * _SECOND)
-        f.t_arrival_msg = f.t_arr + draw(1 * _SECOND, 8 * _SECOND)
+        f.t_arr = f.t_dep + int(air_ms(dist, f.gs))
+        f.t_air_first = f.t_dep + draw(5 * SECOND, 30 * SECOND)
+        f.t_air_last = f.t_arr - draw(0, 5 * SECOND)
+        f.t_arrival_msg = f.t_arr + draw(1 * SECOND, 8 * SECOND)
 
         # Arrival surface track: runway exit, taxi, gate until power-off.
         self._surface_no += 1
         f.in_sid = f"{dest.code}-{self._surface_no:07d}"
-        in_start = f.t_arr + draw(10 * _SECOND, 40 * _SECOND)
-        if random_() < _P_LATE_LINK:
-            f.in_link = in_start + draw(3 * _SECOND, 30 * _SECOND)
+        in_start = f.t_arr + draw(10 * SECOND, 40 * SECOND)
+        if random_() < P_LATE_LINK:
+            f.in_link = in_start + draw(3 * SECOND, 30 * SECOND)
         else:
-            f.in_link = in_start - draw(0, 2 * _SECOND)
-        taxi = draw(*_TAXI_IN)
+            f.in_link = in_start - draw(0, 2 * SECOND)
+        taxi = draw(*TAXI_IN)
         f.t_in = in_start + taxi
-        f.t_poff = f.t_in + draw(*_GATE_IN)
+        f.t_poff = f.t_in + draw(*GATE_IN)
         base = dest.cargo if f.cargo else dest.gate
         gate = (base[0] + uniform(-0.002, 0.002), base[1] + uniform(-0.003, 0.003))
         f.in_keys = [
@@ -596,13 +416,13 @@ class _Traffic:
         ]
         f.end = f.t_poff
 
-        if random_() < _P_ACCESS_CHANGE:
+        if random_() < P_ACCESS_CHANGE:
             # While a surface track is linked, so that the link must carry the new access.
             if random_() < 0.6:
                 t = draw(max(f.out_link, out_start) + 1, f.t_dep)
             else:
                 t = draw(max(f.in_link, in_start) + 1, f.t_poff)
-            others = [a for a in _ACCESS if a != f.access]
+            others = [a for a in ACCESS if a != f.access]
             f.changes.append((t, rng.choice(others)))
         return f
 
@@ -681,13 +501,13 @@ class _Traffic:
             if f.deice:
                 t_pad, t_pad_exit = f.out_keys[2][0], f.out_keys[3][0]
                 events += [
-                    (t_pad, SURFACESTREAM, area("location_entry", out_sid, orig, _DEICING_PAD)),
-                    (t_pad_exit, SURFACESTREAM, area("location_exit", out_sid, orig, _DEICING_PAD)),
+                    (t_pad, SURFACESTREAM, area("location_entry", out_sid, orig, DEICING_PAD)),
+                    (t_pad_exit, SURFACESTREAM, area("location_exit", out_sid, orig, DEICING_PAD)),
                 ]  # fmt: skip
             if f.cargo:
                 events += [
-                    (f.t_off, SURFACESTREAM, area("location_exit", out_sid, orig, _CARGO_RAMP)),
-                    (f.t_in, SURFACESTREAM, area("location_entry", in_sid, dest, _CARGO_RAMP)),
+                    (f.t_off, SURFACESTREAM, area("location_exit", out_sid, orig, CARGO_RAMP)),
+                    (f.t_in, SURFACESTREAM, area("location_entry", in_sid, dest, CARGO_RAMP)),
                 ]  # fmt: skip
         events.sort(key=itemgetter(0))
 
@@ -736,7 +556,7 @@ class _Traffic:
         after its last one.
         """
         rand = self.rng.random
-        lo, span = _GROUND_INTERVAL[0], _GROUND_INTERVAL[1] - _GROUND_INTERVAL[0]
+        lo, span = GROUND_INTERVAL[0], GROUND_INTERVAL[1] - GROUND_INTERVAL[0]
         head = (
             b'{"type":"ground_position","pitr":%%d,"surface_id":"%s","facility":"%s","clock":%%d,'
             % (
@@ -770,7 +590,7 @@ class _Traffic:
     def _airborne(self, f: _Flight, t_from: int) -> _Agent:
         """Airborne ``position``s every 1-3 s from ``t_from`` until just before landing."""
         rand = self.rng.random
-        lo, span = _AIR_INTERVAL[0], _AIR_INTERVAL[1] - _AIR_INTERVAL[0]
+        lo, span = AIR_INTERVAL[0], AIR_INTERVAL[1] - AIR_INTERVAL[0]
         a, b = f.orig.hold, f.dest.exit
         t_dep, t_arr = f.t_dep, f.t_arr
         duration = t_arr - t_dep
@@ -785,7 +605,7 @@ class _Traffic:
             f.id.encode()
         )
         rest = b'"alt":%%d,"gs":%%d,"heading":%d,"ident":"%s","hexid":"%s","air_ground":"A",' % (
-            int(_bearing(a, b)),
+            int(bearing(a, b)),
             f.ident.encode(),
             f.hexid.encode(),
         )
@@ -819,11 +639,11 @@ class _Traffic:
             yield CONTROLSTREAM, t, head % (t, t - latency, lat0 + dlat * frac, lon) + tail
             t += lo + int(rand() * span)
 
-    def _vehicle(self, ap: _Airport, number: int) -> _Agent:
+    def _vehicle(self, ap: Airport, number: int) -> _Agent:
         """A ground vehicle driving between spots of its airport, forever."""
         rng = self.rng
         rand, uniform = rng.random, rng.uniform
-        kind = _VEHICLES[(number - 1) % len(_VEHICLES)]
+        kind = VEHICLES[(number - 1) % len(VEHICLES)]
         sid = f"{ap.code}-V{number:04d}"
         code = ap.code
         head = (
@@ -836,22 +656,22 @@ class _Traffic:
         tail = b',"callsign":"%s%d"}' % (kind.encode(), number)
         tail = tail.replace(b"%", b"%%")
         moving = head + b'"lat":%.5f,"lon":%.5f,"gs":%d,"heading":%d' + tail
-        lo, span = _VEHICLE_INTERVAL[0], _VEHICLE_INTERVAL[1] - _VEHICLE_INTERVAL[0]
+        lo, span = VEHICLE_INTERVAL[0], VEHICLE_INTERVAL[1] - VEHICLE_INTERVAL[0]
         k = 1.0 / math.cos(math.radians(ap.lat))
-        here: _Point = (ap.lat + uniform(-0.01, 0.01), ap.lon + uniform(-0.012, 0.012) * k)
+        here: Point = (ap.lat + uniform(-0.01, 0.01), ap.lon + uniform(-0.012, 0.012) * k)
         t = self.start + int(rand() * lo)
         while True:
             r = rand()
-            where = _DEICING_PAD if r < 0.08 else _CARGO_RAMP if r < 0.16 else None
+            where = DEICING_PAD if r < 0.08 else CARGO_RAMP if r < 0.16 else None
             if where is None:
                 there = (ap.lat + uniform(-0.01, 0.01), ap.lon + uniform(-0.012, 0.012) * k)
             else:
-                spot = ap.pad if where == _DEICING_PAD else ap.cargo
+                spot = ap.pad if where == DEICING_PAD else ap.cargo
                 there = (spot[0] + uniform(-5e-4, 5e-4), spot[1] + uniform(-5e-4, 5e-4))
             speed = uniform(8.0, 25.0)
-            arrive = t + max(5 * _SECOND, int(_local_nm(here, there) / speed * 3_600_000))
-            leave = arrive + self._draw(20 * _SECOND, 300 * _SECOND)
-            course = int(_bearing(here, there))
+            arrive = t + max(5 * SECOND, int(local_nm(here, there) / speed * 3_600_000))
+            leave = arrive + self._draw(20 * SECOND, 300 * SECOND)
+            course = int(bearing(here, there))
             # Drive there...
             lat0, lon0 = here
             t = yield from _drive(
@@ -911,57 +731,73 @@ def _segments(keys: list[_Key]) -> tuple[list[int], list[int]]:
     headings: list[int] = []
     for (ta, la, oa), (tb, lb, ob) in pairwise(keys):
         hours = (tb - ta) / 3_600_000
-        dist = _local_nm((la, oa), (lb, ob))
+        dist = local_nm((la, oa), (lb, ob))
         moving = hours > 0 and dist > 0.01
         speeds.append(max(1, round(dist / hours)) if moving else 0)
-        headings.append(int(_bearing((la, oa), (lb, ob))) if moving else 0)
+        headings.append(int(bearing((la, oa), (lb, ob))) if moving else 0)
     return speeds, headings
 
 
-def check_arguments(minutes: float, airports: int, rate: float, start_ms: int) -> None:
-    if not (minutes > 0 and math.isfinite(minutes)):
-        raise ValueError(f"minutes must be a positive number, got {minutes}")
-    if not 2 <= airports <= MAX_AIRPORTS:
-        raise ValueError(f"airports must be between 2 and {MAX_AIRPORTS}, got {airports}")
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ValueError(f"rate must be a positive number of messages per second, got {rate}")
-    if start_ms < 0:
-        raise ValueError(f"start_ms must be >= 0 (epoch milliseconds), got {start_ms}")
+class TrafficArgs(TypedDict, total=False):
+    """The keywords that choose a simulation, taken by `iter_traffic`, `simulate`,
+    `write_simulation`, `write_streaming` and `unifeed.sim.adsb`; `Scenario` holds their
+    defaults and meaning."""
+
+    seed: int
+    minutes: float
+    airports: int
+    rate: float
+    start_ms: int
 
 
-def iter_traffic(
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-) -> Iterator[tuple[str, int, bytes]]:
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """One simulation's arguments, checked when made (`ValueError`).
+
+    ``seed`` picks the draws; ``minutes`` of feed time from ``start_ms`` (epoch ms);
+    ``airports`` (2 to `MAX_AIRPORTS`); ``rate``, the target controlstream messages per
+    second per airport (surfacestream gets about as many).
+    """
+
+    seed: int = 1
+    minutes: float = 10.0
+    airports: int = 3
+    rate: float = 200.0
+    start_ms: int = 1_700_000_000_000
+
+    @property
+    def end_ms(self) -> int:
+        """The pitr of the last keepalive of both feeds."""
+        return self.start_ms + round(self.minutes * MINUTE)
+
+    def __post_init__(self) -> None:
+        minutes, airports, rate, start_ms = self.minutes, self.airports, self.rate, self.start_ms
+        if not (minutes > 0 and math.isfinite(minutes)):
+            raise ValueError(f"minutes must be a positive number, got {minutes}")
+        if not 2 <= airports <= MAX_AIRPORTS:
+            raise ValueError(f"airports must be between 2 and {MAX_AIRPORTS}, got {airports}")
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number of messages per second, got {rate}")
+        if start_ms < 0:
+            raise ValueError(f"start_ms must be >= 0 (epoch milliseconds), got {start_ms}")
+
+
+def iter_traffic(**args: Unpack[TrafficArgs]) -> Iterator[tuple[str, int, bytes]]:
     """Yield ``(feed, pitr, line)`` for both feeds merged in ``pitr`` order, lazily.
 
-    ``rate`` is the target controlstream messages per second per airport; surfacestream
-    gets about as many. ``line`` has no newline. Memory depends on ``rate`` and
-    ``airports`` (the traffic in the air at once), not on ``minutes``. Arguments are
-    checked at once (`ValueError`), before the first message is asked for.
+    Keywords: `TrafficArgs` (defaults in `Scenario`). ``line`` has no newline. Memory
+    depends on ``rate`` and ``airports`` (the traffic in the air at once), not on
+    ``minutes``. Arguments are checked at once (`ValueError`), before the first message
+    is asked for.
 
     >>> feed, pitr, line = next(iter_traffic(seed=1, minutes=1, airports=2))
     >>> feed, pitr >= 1_700_000_000_000, line.startswith(b'{"type":')
     ('controlstream', True, True)
     """
-    check_arguments(minutes, airports, rate, start_ms)
-    return iter(
-        _Traffic(seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms)
-    )
+    return iter(_Traffic(Scenario(**args)))
 
 
-def simulate(
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-) -> Simulation:
+def simulate(**args: Unpack[TrafficArgs]) -> Simulation:
     """Run `iter_traffic` to the end and keep both feeds in memory.
 
     >>> sim = simulate(minutes=0.5, airports=2, rate=20)
@@ -970,15 +806,14 @@ def simulate(
     >>> len(sim.controlstream) == sum(sim.counts["controlstream"].values())
     True
     """
+    scenario = Scenario(**args)
     control: list[bytes] = []
     surface: list[bytes] = []
-    for feed, _, line in iter_traffic(
-        seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
-    ):
+    for feed, _, line in _Traffic(scenario):
         (control if feed == CONTROLSTREAM else surface).append(line)
     return Simulation(
-        start_ms=start_ms,
-        end_ms=start_ms + round(minutes * _MINUTE),
+        start_ms=scenario.start_ms,
+        end_ms=scenario.end_ms,
         controlstream=control,
         surfacestream=surface,
         counts={CONTROLSTREAM: _count_types(control), SURFACESTREAM: _count_types(surface)},
@@ -998,20 +833,12 @@ def _count_types(lines: list[bytes]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def write_simulation(
-    out_dir: Path,
-    *,
-    seed: int = 1,
-    minutes: float = 10.0,
-    airports: int = 3,
-    rate: float = 200.0,
-    start_ms: int = 1_700_000_000_000,
-) -> Simulation:
+def write_simulation(out_dir: Path, **args: Unpack[TrafficArgs]) -> Simulation:
     """`simulate`, then write ``controlstream.jsonl`` and ``surfacestream.jsonl`` in ``out_dir``.
 
     The directory is created if needed; existing files are replaced.
     """
-    sim = simulate(seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms)
+    sim = simulate(**args)
     out_dir.mkdir(parents=True, exist_ok=True)
     for feed, lines in ((CONTROLSTREAM, sim.controlstream), (SURFACESTREAM, sim.surfacestream)):
         with (out_dir / f"{feed}.jsonl").open("wb") as out:
@@ -1022,9 +849,7 @@ def write_simulation(
 # -- command line -----------------------------------------------------------
 
 
-def write_streaming(
-    out_dir: Path, *, seed: int, minutes: float, airports: int, rate: float, start_ms: int
-) -> dict[str, tuple[int, int]]:
+def write_streaming(out_dir: Path, **args: Unpack[TrafficArgs]) -> dict[str, tuple[int, int]]:
     """Write both files with memory independent of duration; ``{feed: (lines, bytes)}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {CONTROLSTREAM: [0, 0], SURFACESTREAM: [0, 0]}
@@ -1044,9 +869,7 @@ def write_streaming(
                 stats[feed][1] += len(data)
                 batch.clear()
 
-        for feed, _, line in iter_traffic(
-            seed=seed, minutes=minutes, airports=airports, rate=rate, start_ms=start_ms
-        ):
+        for feed, _, line in iter_traffic(**args):
             batch = batches[feed]
             batch.append(line)
             if len(batch) >= 10_000:
@@ -1054,13 +877,3 @@ def write_streaming(
         flush(CONTROLSTREAM)
         flush(SURFACESTREAM)
     return {feed: (n, size) for feed, (n, size) in stats.items()}
-
-
-def __getattr__(name: str) -> Any:
-    """`adsb_responses` and `write_adsb` live in `unifeed.sim.adsb`; this module's names
-    for them stay valid for callers that import them from here."""
-    if name in ("adsb_responses", "write_adsb"):
-        from unifeed.sim import adsb
-
-        return getattr(adsb, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
