@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from unifeed.checkpoint.store import FeedCheckpoint
+from unifeed.checkpoint.store import FeedCheckpoint, StateRef
 from unifeed.core.combine import Emitted
 from unifeed.core.mapping import DeriverState, DeriverStats, MappingDeriver, encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM
@@ -15,16 +15,17 @@ from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import lowest_position
 from unifeed.runtime.limits import IDLE_S, LANE_BATCHES
+from unifeed.runtime.opening import watermarks_or_empty
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.output import Committer
 from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan
-from unifeed.runtime.saved import StateSnapshots
+from unifeed.runtime.saved import StateSaver, StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import end_round
 from unifeed.runtime.startup import (
     merged_snapshot_hook,
-    open_committer,
+    open_output,
     resolve_feeds,
     restart_offset,
     restore_state,
@@ -63,16 +64,19 @@ class MappingsRun(Supervisor):
         control = resolve_feeds(o, self.state, {CONTROLSTREAM: self.control})[CONTROLSTREAM]
         self.watchers.append(PartitionWatch(o, [control]))
         targets = control.by_key()
-        committer = open_committer(o, self.output, control.keys, self.state, targets)
-        cp = committer.checkpoint
+        opened = open_output(o, self.output, control.keys, self.state, targets)
+        cp = opened.checkpoint
         restored: DeriverState | None = None
+        ref: StateRef | None = None
+        first: dict[str, FeedCheckpoint] | None = None
         plans: dict[str, ReadPlan] = {}
         known = {k: cp.feeds[k] for k in control.keys if cp is not None and k in cp.feeds}
         if cp is not None and known:
-            restored = restore_state(
-                o, committer, CONTROLSTREAM, control.targets[0], targets if control.split else None
+            found = restore_state(
+                o, cp, CONTROLSTREAM, control.targets[0], targets if control.split else None
             )
-            ref = committer.state_ref
+            if found is not None:
+                restored, ref = found
             lowest = lowest_position(known, known)
             for key, target in targets.items():
                 pos = known.get(key)
@@ -102,8 +106,7 @@ class MappingsRun(Supervisor):
                     if o.start == START_EARLIEST
                     else ReadPlan(offset_for_pitr(o, target, lowest - o.lookback_ms), pos)
                 )
-            committer.first_checkpoint(positions)
-        committer.begin()
+            first = positions
         if restored is not None:
             self.deriver = MappingDeriver.restore(restored)
         deriver = self.deriver
@@ -153,15 +156,21 @@ class MappingsRun(Supervisor):
             o,
             count_keepalives=True,
         )
-        committer.marks = {k: (r.marks, o.lookback_ms) for k, r in readers.items()}
         snapshots = StateSnapshots()
         if merge is not None:
             merge.before_batch = merged_snapshot_hook(snapshots, deriver)
         else:
             readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
-        committer.snapshots = snapshots
+        committer = Committer(
+            opened,
+            {k: (r.marks, o.lookback_ms) for k, r in readers.items()},
+            StateSaver(snapshots, feed=CONTROLSTREAM, ref=ref),
+        )
+        if first is not None:
+            committer.first_checkpoint(first)
+        committer.begin()
         writer = MappingsWriter(self.state, self.inbox, committer)
-        self.threads += [*threads, writer, ClaimWatcher(self.state, o, committer)]
+        self.threads += [*threads, writer, ClaimWatcher(self.state, o, opened.claim)]
         self.main = writer
 
 
