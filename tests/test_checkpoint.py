@@ -243,8 +243,8 @@ def test_a_twin_claim_that_landed_first_and_outranks_stops_this_start(
     claim is the latest record, but not the greatest."""
     from unifeed.core.errors import InstanceFencedError
     from unifeed.kafka.clients import Target
-    from unifeed.runtime.options import RuntimeOptions
     from unifeed.runtime.opening import start_output
+    from unifeed.runtime.options import RuntimeOptions
     from unifeed.runtime.state import RunState
 
     topic, output = unique_topic("cp"), unique_topic("out")
