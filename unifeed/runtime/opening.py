@@ -69,27 +69,41 @@ def start_output(
     inputs = dict(inputs or {})
     transactions = Transactions(options, output, state)
     try:
-        return _start(options, output, dead_target, store, feeds, state, inputs, transactions)
+        claim, cp, next_offset, tail = _claim_and_resume(
+            options, output, store, StartCheck(options, output, feeds, inputs), transactions
+        )
     except BaseException:
         transactions.close()
         raise
+    return OpenedOutput(
+        options=options,
+        output=output,
+        dead_target=dead_target,
+        store=store,
+        feeds=feeds,
+        inputs=inputs,
+        state=state,
+        transactions=transactions,
+        claim=claim,
+        checkpoint=cp,
+        next_offset=next_offset,
+        tail=tail,
+    )
 
 
-def _start(
+def _claim_and_resume(
     options: RuntimeOptions,
     output: Target,
-    dead_target: Target | None,
     store: CheckpointStore,
-    feeds: tuple[str, ...],
-    state: RunState,
-    inputs: dict[str, Target],
+    check: StartCheck,
     transactions: Transactions,
-) -> OpenedOutput:
+) -> tuple[InstanceClaim, Checkpoint | None, int, OutputTail | None]:
+    """`start_output`'s steps: the claim, the checkpoint resumed from (None: none), the
+    output offset the next record gets and the output tail."""
     store.ensure_topic()
     CheckpointStore(
         options.bootstrap, state_topic(options.checkpoint_topic), options.kafka_extra
     ).ensure_topic()
-    check = StartCheck(options, output, feeds, inputs)
     reaches = input_reaches(options)
     claim = InstanceClaim(options, store)
     # The output's end before the checkpoint is read: output written by an
@@ -127,20 +141,7 @@ def _start(
                 options.instance,
                 len(records),
             )
-    return OpenedOutput(
-        options=options,
-        output=output,
-        dead_target=dead_target,
-        store=store,
-        feeds=feeds,
-        inputs=inputs,
-        state=state,
-        transactions=transactions,
-        claim=claim,
-        checkpoint=cp,
-        next_offset=next_offset,
-        tail=tail,
-    )
+    return claim, cp, next_offset, tail
 
 
 def watermarks_or_empty(options: RuntimeOptions, target: Target) -> tuple[int, int]:

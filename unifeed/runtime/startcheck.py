@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -23,6 +24,7 @@ from unifeed.runtime.seek import find_by_pitr
 Reaches = Callable[[Target, int], bool]
 
 
+@dataclass(frozen=True)
 class StartCheck:
     """Refuses (`StartRefusedError`, exit 2) a start that would duplicate or lose output,
     naming what differs and the way out.
@@ -31,17 +33,10 @@ class StartCheck:
     (where it is read from).
     """
 
-    def __init__(
-        self,
-        options: RuntimeOptions,
-        output: Target,
-        feeds: tuple[str, ...],
-        inputs: Mapping[str, Target],
-    ) -> None:
-        self.options = options
-        self.output = output
-        self.feeds = feeds
-        self.inputs = inputs
+    options: RuntimeOptions
+    output: Target
+    feeds: tuple[str, ...]
+    inputs: Mapping[str, Target]
 
     def rekeyed(self, cp: Checkpoint | None) -> Checkpoint | None:
         """``cp`` with its positions under this run's partition keys (`layout.rekey`);

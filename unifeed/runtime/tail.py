@@ -5,6 +5,7 @@ and not written again."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError
 
@@ -14,6 +15,7 @@ from unifeed.kafka.clients import Target, consume_batch, consumer_config, kafka_
 from unifeed.runtime.options import RuntimeOptions
 
 
+@dataclass
 class OutputTail:
     """The ``(offset, value)`` records of ``output`` after the checkpoint's next offset,
     matched in order against what this run writes first.
@@ -27,18 +29,11 @@ class OutputTail:
     False
     """
 
-    def __init__(
-        self,
-        records: list[tuple[int, bytes]],
-        output: Target,
-        instance: str,
-        max_record_bytes: int,
-    ) -> None:
-        self.records = records
-        self.output = output
-        self.instance = instance
-        self.max_record_bytes = max_record_bytes
-        self._pos = 0
+    records: list[tuple[int, bytes]]
+    output: Target
+    instance: str
+    max_record_bytes: int
+    _pos: int = field(default=0, init=False)
 
     @property
     def pending(self) -> bool:
