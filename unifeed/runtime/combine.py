@@ -47,12 +47,11 @@ from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox,
 from unifeed.runtime.startup import (
     inputs_of,
     links_hook,
-    merged_snapshot_hook,
     open_output,
     resolve_feeds,
     restart_offset,
     restore_state,
-    snapshot_hook,
+    snapshot_deriver,
     start_positions,
 )
 from unifeed.runtime.supervisor import Supervisor
@@ -263,11 +262,7 @@ class CombineRun(Supervisor):
             # --lookback); a saved one lies a late window behind every feed's position, so
             # that a restart rebuilds the link history late messages need. The deriver runs
             # in the control reader's thread, or in its partitions' merge.
-            snapshots = StateSnapshots()
-            if control_merge is not None:
-                control_merge.before_batch = merged_snapshot_hook(snapshots, deriver)
-            else:
-                control_readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
+            snapshots = snapshot_deriver(deriver, control.keys[0], control_readers, control_merge)
             saver = StateSaver(
                 snapshots, feed=CONTROLSTREAM, ref=ref, lag_ms=DEFAULT_LATE_WINDOW_MS
             )

@@ -32,10 +32,12 @@ from unifeed.kafka.clients import (
     parse_target,
     watermarks,
 )
+from unifeed.runtime.feedmerge import FeedMerge
 from unifeed.runtime.layout import FeedInput, check_unique, resolve
 from unifeed.runtime.limits import UNKNOWN_CODES
 from unifeed.runtime.opening import OpenedOutput, start_output, watermarks_or_empty
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, RuntimeOptions
+from unifeed.runtime.reader import FeedReader
 from unifeed.runtime.saved import StateSnapshots, load_state
 from unifeed.runtime.seek import find_by_pitr, offset_for_pitr
 from unifeed.runtime.state import RunState
@@ -63,6 +65,19 @@ def merged_snapshot_hook(
             snapshots.add(handed, deriver.snapshot(floor), starts)
 
     return before_batch
+
+
+def snapshot_deriver(
+    deriver: MappingDeriver, key: str, readers: dict[str, FeedReader], merge: FeedMerge | None
+) -> StateSnapshots:
+    """Snapshots of ``deriver``, taken where it runs: in the thread of the feed's reader
+    (``readers[key]``), or in the merge of the feed's partitions."""
+    snapshots = StateSnapshots()
+    if merge is not None:
+        merge.before_batch = merged_snapshot_hook(snapshots, deriver)
+    else:
+        readers[key].before_batch = snapshot_hook(snapshots, deriver)
+    return snapshots
 
 
 def links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, int], None]:
