@@ -17,7 +17,7 @@ from unifeed.runtime.marks import RestartMarks
 #: Per input feed key: its reader's restart marks and how far before the feeds' lowest
 #: position a restart must read it (the lookback that rebuilds state), or None: from the
 #: feed's own position.
-MarksByFeed = Mapping[str, tuple[RestartMarks, "int | None"]]
+MarksByFeed = Mapping[str, tuple[RestartMarks, int | None]]
 
 
 class Positions:
