@@ -28,7 +28,7 @@ from unifeed.runtime.limits import POLL_EVERY_S
 from unifeed.runtime.opening import OpenedOutput
 from unifeed.runtime.positions import MarksByFeed, Positions
 from unifeed.runtime.saved import StateSaver
-from unifeed.runtime.transactions import FLUSH_TIMEOUT_S
+from unifeed.runtime.transactions import FLUSH_TIMEOUT_S, pending_error
 
 log = logging.getLogger("unifeed")
 
@@ -97,6 +97,13 @@ class Committer:
         if error is None:
             self._delivered_next = (message.offset() or 0) + 1
             return
+        # The first client call on ``error`` is made here, in the callback's own frame:
+        # after a fatal error it raises SystemError with the client's pending error
+        # (see `Transactions.served`), which `delivery_failed` then reports.
+        try:
+            error.code()
+        except SystemError as exc:
+            error = pending_error(exc, error)
         self.txn.delivery_failed(error)
 
     def write(

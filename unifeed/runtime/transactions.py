@@ -128,7 +128,7 @@ class Transactions:
                 f"writing to {self.output} failed", error
             )
         except SystemError as exc:  # called with a fatal error pending: see `served`
-            error = _pending_error(exc, error)
+            error = pending_error(exc, error)
             failure = _fenced(self.options.instance, error) or kafka_error(
                 f"writing to {self.output} failed", error
             )
@@ -139,7 +139,7 @@ class Transactions:
         try:
             fatal = error.fatal()
         except SystemError as exc:  # called with a fatal error pending: see `served`
-            error, fatal = _pending_error(exc, error), True
+            error, fatal = pending_error(exc, error), True
         if fatal:
             self.error = error
             self.state.fail(
@@ -166,7 +166,7 @@ _FENCED_CODES: Final = frozenset(
 )
 
 
-def _pending_error(exc: SystemError, fallback: KafkaError) -> KafkaError:
+def pending_error(exc: SystemError, fallback: KafkaError) -> KafkaError:
     """The client's error that was pending when a callback's call raised ``exc``."""
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, KafkaException) and cause.args and isinstance(cause.args[0], KafkaError):
