@@ -63,7 +63,6 @@ class Committer:
         self.max_record_bytes = opened.transactions.max_record_bytes
         self.tail = opened.tail
         self.saver = saver
-        self.checkpoint: Checkpoint | None = opened.checkpoint
         cp = opened.checkpoint
         self.positions = Positions(
             opened.feeds, opened.inputs, marks, cp.feeds if cp is not None else None
@@ -80,7 +79,6 @@ class Committer:
         self._last_poll = 0.0
         self.uncommitted = 0
         self.last_commit = time.monotonic()
-        self.commits = 0
         self._dirty = False
 
     def first_checkpoint(self, positions: dict[str, FeedCheckpoint]) -> None:
@@ -260,8 +258,6 @@ class Committer:
         txn.commit()
         if reopen:
             txn.begin()
-        self.checkpoint = cp
-        self.commits += 1
         self.uncommitted = 0
         self._dirty = False
         self.last_commit = time.monotonic()
