@@ -243,8 +243,8 @@ def test_a_twin_claim_that_landed_first_and_outranks_stops_this_start(
     claim is the latest record, but not the greatest."""
     from unifeed.core.errors import InstanceFencedError
     from unifeed.kafka.clients import Target
+    from unifeed.runtime.opening import start_output
     from unifeed.runtime.options import RuntimeOptions
-    from unifeed.runtime.output import Committer
     from unifeed.runtime.state import RunState
 
     topic, output = unique_topic("cp"), unique_topic("out")
@@ -252,14 +252,6 @@ def test_a_twin_claim_that_landed_first_and_outranks_stops_this_start(
         bootstrap=kafka_bootstrap, instance="twin", checkpoint_topic=topic, claim_grace_s=0.2
     )
     store = CheckpointStore(kafka_bootstrap, topic)
-    committer = Committer(
-        options=options,
-        output=Target(output),
-        dead_target=None,
-        store=store,
-        feeds=("controlstream", "surfacestream"),
-        state=RunState(),
-    )
     twin = Checkpoint(instance="twin", feeds={}, generation=1, incarnation="f" * 16)
     load = store.load
     calls: list[int] = []
@@ -274,11 +266,19 @@ def test_a_twin_claim_that_landed_first_and_outranks_stops_this_start(
     monkeypatch.setattr(store, "load", load_then_twin_claims)
     try:
         with pytest.raises(InstanceFencedError, match="started at the same time"):
-            committer.start()
+            start_output(
+                options=options,
+                output=Target(output),
+                dead_target=None,
+                store=store,
+                feeds=("controlstream", "surfacestream"),
+                state=RunState(),
+            )
     finally:
-        committer.close()
         store.close()
     assert len(calls) == 1  # the rival claim was found before the resume point is read
-    # This run's own claim is the latest record: reading only that one let it go on.
+    # This run's own claim (the only other writer's) is the latest record: reading only
+    # that one let it go on.
     latest, _ = CheckpointStore(kafka_bootstrap, topic).load("twin")
-    assert latest is not None and latest.incarnation == committer.incarnation
+    assert latest is not None and latest.generation == 1
+    assert latest.incarnation != twin.incarnation

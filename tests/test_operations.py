@@ -533,9 +533,9 @@ def test_the_run_kind_that_holds_a_name_reads_partitioned_and_merge_checkpoints(
     (keys like surfacestream[2]) is still a combine, and merge feeds are a merge."""
     import doctest
 
-    import unifeed.runtime.output as output
+    import unifeed.runtime.startcheck as startcheck
 
-    found = doctest.DocTestFinder().find(output._run_kind, "_run_kind", globs=vars(output))
+    found = doctest.DocTestFinder().find(startcheck.run_kind, "run_kind", globs=vars(startcheck))
     runner = doctest.DocTestRunner()
     for test in found:
         runner.run(test)

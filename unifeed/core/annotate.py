@@ -20,6 +20,7 @@ from unifeed.core.records import (
     ACCESS_LEVELS,
     ACCESS_RANK,
     MAPPINGSTREAM,
+    Access,
     GroundPosition,
     Ident,
     Mapping,
@@ -212,7 +213,7 @@ class Annotator:
         linked = self._links.get(surface_id)
         return None if linked is None else (linked[1], linked[2])
 
-    def links(self) -> list[tuple[Ident, Ident, str, int, str]]:
+    def links(self) -> list[tuple[Ident, Ident, str, int, Access]]:
         """The links held now, in the form `seed` takes: ``(surface_id, flight, facility
         (not kept: ""), pitr of the link event, access)``."""
         return [(s, e[1], "", e[3], e[2]) for s, e in self._links.items()]

@@ -20,9 +20,12 @@ threads planned) and `run` it (returns 0 when it has finished, raises the run's
 Modules, by job: `options` (RuntimeOptions), `state` (shared run state, the worker
 thread), `reader` (one feed's reader thread) with its pure parts `resume` (the resume
 skip), `endwatch` (end-of-log watch) and `marks` (restart marks), `stages` (annotator
-and writer threads), `output` (the Committer: transactions, produce, checkpoints),
-`claim` (the claim watcher), `health` (broker health), `seek` and `startup` (start
-planning and checks), `saved` (deriver snapshots and the state topic), `supervisor`
+and writer threads), `opening` (the output side's start-up) with `startcheck` (the
+start's refusals), `output` (the Committer: produce and commit) with its parts
+`transactions` (the producer), `tail` (the output tail after a restart), `deadletters`
+(dead letters, oversized records) and `positions` (checkpoint positions), `claim` (the
+instance claim and its watcher), `health` (broker health), `seek` and `startup` (start
+planning), `saved` (deriver snapshots, their saving and the state topic), `supervisor`
 (the run loop every command shares), `combine`, `mappings` and `merge` (the runs),
 `layout` (which partitions a feed is read from, their keys), `feedmerge` (a feed read
 from several partitions: their merge into the feed's order), `partwatch` (partitions

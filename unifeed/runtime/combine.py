@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from unifeed.checkpoint.store import FeedCheckpoint, StateRef
 from unifeed.core.annotate import DEFAULT_LATE_WINDOW_MS, Annotator
 from unifeed.core.mapping import (
     DeriverState,
@@ -28,8 +29,9 @@ from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput, lowest_position
 from unifeed.runtime.limits import LANE_BATCHES
+from unifeed.runtime.opening import OpenedOutput, watermarks_or_empty
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.output import Committer
 from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import (
     Delivery,
@@ -39,18 +41,17 @@ from unifeed.runtime.reader import (
     ReadPlan,
     reader_config,
 )
-from unifeed.runtime.saved import StateSnapshots
+from unifeed.runtime.saved import StateSaver, StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
     inputs_of,
     links_hook,
-    merged_snapshot_hook,
-    open_committer,
+    open_output,
     resolve_feeds,
     restart_offset,
     restore_state,
-    snapshot_hook,
+    snapshot_deriver,
     start_positions,
 )
 from unifeed.runtime.supervisor import Supervisor
@@ -96,23 +97,27 @@ class CombineRun(Supervisor):
         if self.mapping is not None:
             inputs[MAPPINGSTREAM] = self.mapping
         keys = control.keys + surface.keys
-        committer = open_committer(o, self.output, keys, self.state, inputs)
-        cp = committer.checkpoint
+        opened = open_output(o, self.output, keys, self.state, inputs)
+        cp = opened.checkpoint
         plans: dict[str, ReadPlan] = {}
         restored: DeriverState | None = None
+        ref: StateRef | None = None
+        first: dict[str, FeedCheckpoint] | None = None
         known = {k: cp.feeds[k] for k in keys if cp is not None and k in cp.feeds}
         if cp is not None and known:
-            if self.mapping is None:
-                restored = restore_state(
+            found = (
+                restore_state(
                     o,
-                    committer,
+                    cp,
                     CONTROLSTREAM,
                     control.targets[0],
                     control.by_key() if control.split else None,
                 )
-            else:
-                restored = restore_state(o, committer, MAPPINGSTREAM, self.mapping)
-            ref = committer.state_ref
+                if self.mapping is None
+                else restore_state(o, cp, MAPPINGSTREAM, self.mapping)
+            )
+            if found is not None:
+                restored, ref = found
             saved_starts = ref.partitions if ref is not None else None
             lowest = lowest_position(known, known)
             for key, target in control.by_key().items():
@@ -167,17 +172,21 @@ class CombineRun(Supervisor):
                 for key in surface.keys:
                     plans[key] = ReadPlan(starts[key][0], positions[key])
                 mapping_from = min(positions[k].pitr for k in surface.keys) - o.lookback_ms
-            committer.first_checkpoint(positions)
-        committer.begin()
-        self._build_threads(committer, plans, mapping_from, restored)
+            first = positions
+        self._build_threads(opened, plans, mapping_from, restored, ref, first)
 
     def _build_threads(
         self,
-        committer: Committer,
+        opened: OpenedOutput,
         plans: dict[str, ReadPlan],
         mapping_from: int,
-        restored: DeriverState | None = None,
+        restored: DeriverState | None,
+        ref: StateRef | None,
+        first: dict[str, FeedCheckpoint] | None,
     ) -> None:
+        """The threads of the run, then its `Committer` (with their restart marks and the
+        saved state): it writes the first checkpoint of a new instance (``first``) and
+        opens the first transaction."""
         o = self.options
         st = self.state
         writer_inbox: WriterInbox = Inbox([CONTROLSTREAM, SURFACESTREAM], LANE_BATCHES, st.stop)
@@ -247,26 +256,24 @@ class CombineRun(Supervisor):
             o,
         )
         self.threads += control_threads + surface_threads
+        saver: StateSaver | None = None
         if deriver is not None:
             # The deriver's state travels with the checkpoints (a restart needs it whatever
             # --lookback); a saved one lies a late window behind every feed's position, so
             # that a restart rebuilds the link history late messages need. The deriver runs
             # in the control reader's thread, or in its partitions' merge.
-            snapshots = StateSnapshots()
-            if control_merge is not None:
-                control_merge.before_batch = merged_snapshot_hook(snapshots, deriver)
-            else:
-                control_readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
-            committer.snapshots = snapshots
-            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
+            snapshots = snapshot_deriver(deriver, control.keys[0], control_readers, control_merge)
+            saver = StateSaver(
+                snapshots, feed=CONTROLSTREAM, ref=ref, lag_ms=DEFAULT_LATE_WINDOW_MS
+            )
         # controlstream restarts a lookback before the lowest position (it rebuilds the
         # links from there; with derived mappings, the surface's links come from it too).
-        committer.marks = {
+        marks = {
             **{k: (r.marks, o.lookback_ms) for k, r in control_readers.items()},
             **{k: (r.marks, None) for k, r in surface_readers.items()},
         }
         if self.mapping is not None:
-            cp = committer.checkpoint
+            cp = opened.checkpoint
             mapping_dead = (
                 cp.feeds[MAPPINGSTREAM].dead_offset
                 if cp is not None and MAPPINGSTREAM in cp.feeds
@@ -293,7 +300,6 @@ class CombineRun(Supervisor):
                     read.closed,
                 )
 
-            ref = committer.state_ref
             mapping_plan = (
                 ReadPlan(ref.offset, None, mapping_dead, restored.floor)
                 if restored is not None and ref is not None
@@ -307,10 +313,14 @@ class CombineRun(Supervisor):
             )
             snapshots = StateSnapshots()
             mapping_reader.before_batch = links_hook(snapshots, links)
-            committer.snapshots = snapshots
-            committer.state_lag_ms = DEFAULT_LATE_WINDOW_MS
-            committer.state_feed = MAPPINGSTREAM
+            saver = StateSaver(
+                snapshots, feed=MAPPINGSTREAM, ref=ref, lag_ms=DEFAULT_LATE_WINDOW_MS
+            )
             self.threads.append(mapping_reader)
+        committer = Committer(opened, marks, saver)
+        if first is not None:
+            committer.first_checkpoint(first)
+        committer.begin()
         annotator = AnnotatorThread(st, annot_inbox, writer_inbox, o)
         if restored is not None:
             annotator.stage.annotator.seed(restored.links, restored.floor)
@@ -318,7 +328,7 @@ class CombineRun(Supervisor):
         self.writer = WriterThread(st, writer_inbox, committer, o)
         self.threads.append(self.writer)
         self.main = self.writer
-        self.threads.append(ClaimWatcher(st, o, committer))
+        self.threads.append(ClaimWatcher(st, o, opened.claim))
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 

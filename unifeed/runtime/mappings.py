@@ -5,32 +5,25 @@ from __future__ import annotations
 
 import logging
 
-from unifeed.checkpoint.store import FeedCheckpoint
+from unifeed.checkpoint.store import FeedCheckpoint, StateRef
 from unifeed.core.combine import Emitted
 from unifeed.core.mapping import DeriverState, DeriverStats, MappingDeriver, encode_mapping
 from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM
 from unifeed.kafka.clients import Target, TopicSelection, consumer_config
+from unifeed.runtime import startup
 from unifeed.runtime.claim import ClaimWatcher
 from unifeed.runtime.feedmerge import read_feed
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import lowest_position
 from unifeed.runtime.limits import IDLE_S, LANE_BATCHES
+from unifeed.runtime.opening import watermarks_or_empty
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.output import Committer
 from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import Delivery, ReadBatch, ReadPlan
-from unifeed.runtime.saved import StateSnapshots
+from unifeed.runtime.saved import StateSaver
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import end_round
-from unifeed.runtime.startup import (
-    merged_snapshot_hook,
-    open_committer,
-    resolve_feeds,
-    restart_offset,
-    restore_state,
-    snapshot_hook,
-    start_positions,
-)
 from unifeed.runtime.state import RunState, Worker
 from unifeed.runtime.supervisor import Supervisor
 
@@ -60,19 +53,22 @@ class MappingsRun(Supervisor):
 
     def setup(self) -> None:
         o = self.options
-        control = resolve_feeds(o, self.state, {CONTROLSTREAM: self.control})[CONTROLSTREAM]
+        control = startup.resolve_feeds(o, self.state, {CONTROLSTREAM: self.control})[CONTROLSTREAM]
         self.watchers.append(PartitionWatch(o, [control]))
         targets = control.by_key()
-        committer = open_committer(o, self.output, control.keys, self.state, targets)
-        cp = committer.checkpoint
+        opened = startup.open_output(o, self.output, control.keys, self.state, targets)
+        cp = opened.checkpoint
         restored: DeriverState | None = None
+        ref: StateRef | None = None
+        first: dict[str, FeedCheckpoint] | None = None
         plans: dict[str, ReadPlan] = {}
         known = {k: cp.feeds[k] for k in control.keys if cp is not None and k in cp.feeds}
         if cp is not None and known:
-            restored = restore_state(
-                o, committer, CONTROLSTREAM, control.targets[0], targets if control.split else None
+            found = startup.restore_state(
+                o, cp, CONTROLSTREAM, control.targets[0], targets if control.split else None
             )
-            ref = committer.state_ref
+            if found is not None:
+                restored, ref = found
             lowest = lowest_position(known, known)
             for key, target in targets.items():
                 pos = known.get(key)
@@ -88,11 +84,11 @@ class MappingsRun(Supervisor):
                 elif restored is not None and ref is not None:
                     plans[key] = ReadPlan(ref.offset, pos, pos.dead_offset, restored.floor)
                 else:
-                    start = restart_offset(o, target, lowest - o.lookback_ms, pos.offset)
+                    start = startup.restart_offset(o, target, lowest - o.lookback_ms, pos.offset)
                     plans[key] = ReadPlan(start, pos, pos.dead_offset)
             log.info("%s: resuming from checkpoint %s", o.instance, cp.describe())
         else:
-            starts = start_positions(o, targets)
+            starts = startup.start_positions(o, targets)
             positions = {k: pos for k, (_, pos) in starts.items()}
             lowest = lowest_position(positions, positions)
             for key, target in targets.items():
@@ -102,8 +98,7 @@ class MappingsRun(Supervisor):
                     if o.start == START_EARLIEST
                     else ReadPlan(offset_for_pitr(o, target, lowest - o.lookback_ms), pos)
                 )
-            committer.first_checkpoint(positions)
-        committer.begin()
+            first = positions
         if restored is not None:
             self.deriver = MappingDeriver.restore(restored)
         deriver = self.deriver
@@ -153,15 +148,17 @@ class MappingsRun(Supervisor):
             o,
             count_keepalives=True,
         )
-        committer.marks = {k: (r.marks, o.lookback_ms) for k, r in readers.items()}
-        snapshots = StateSnapshots()
-        if merge is not None:
-            merge.before_batch = merged_snapshot_hook(snapshots, deriver)
-        else:
-            readers[control.keys[0]].before_batch = snapshot_hook(snapshots, deriver)
-        committer.snapshots = snapshots
+        snapshots = startup.snapshot_deriver(deriver, control.keys[0], readers, merge)
+        committer = Committer(
+            opened,
+            {k: (r.marks, o.lookback_ms) for k, r in readers.items()},
+            StateSaver(snapshots, feed=CONTROLSTREAM, ref=ref),
+        )
+        if first is not None:
+            committer.first_checkpoint(first)
+        committer.begin()
         writer = MappingsWriter(self.state, self.inbox, committer)
-        self.threads += [*threads, writer, ClaimWatcher(self.state, o, committer)]
+        self.threads += [*threads, writer, ClaimWatcher(self.state, o, opened.claim)]
         self.main = writer
 
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Collection
 from functools import partial
 
+from unifeed.checkpoint.store import FeedCheckpoint
 from unifeed.core.combine import Feed
 from unifeed.core.records import StampedDecoder
 from unifeed.core.stages import Accepted, MergeStage
@@ -24,8 +25,9 @@ from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
 from unifeed.runtime.limits import lane_batches, queue_capacity
 from unifeed.runtime.marks import RestartMarks
+from unifeed.runtime.opening import watermarks_or_empty
 from unifeed.runtime.options import START_EARLIEST, RuntimeOptions
-from unifeed.runtime.output import watermarks_or_empty
+from unifeed.runtime.output import Committer
 from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import (
     Delivery,
@@ -39,7 +41,7 @@ from unifeed.runtime.reader import (
 from unifeed.runtime.stages import Push, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
     inputs_of,
-    open_committer,
+    open_output,
     resolve_feeds,
     restart_offset,
     start_positions,
@@ -87,8 +89,9 @@ class MergeRun(Supervisor):
         self.watchers.append(PartitionWatch(o, list(feeds.values())))
         targets = inputs_of(*feeds.values())
         keys = tuple(targets)
-        committer = open_committer(o, self.output, keys, self.state, targets)
-        cp = committer.checkpoint
+        opened = open_output(o, self.output, keys, self.state, targets)
+        cp = opened.checkpoint
+        first: dict[str, FeedCheckpoint] | None = None
         plans: dict[str, ReadPlan] = {}
         known = {k: cp.feeds[k] for k in keys if cp is not None and k in cp.feeds}
         if cp is not None and known:
@@ -109,8 +112,7 @@ class MergeRun(Supervisor):
                 plans[key] = (
                     ReadPlan(offset) if o.start == START_EARLIEST else ReadPlan(offset, pos)
                 )
-            committer.first_checkpoint(positions)
-        committer.begin()
+            first = positions
 
         names = list(feeds)
         st = self.state
@@ -152,10 +154,13 @@ class MergeRun(Supervisor):
             self.threads.append(PartitionsReader(st, "inputs", config, singles))
         else:
             self.threads += singles
-        committer.marks = marks
+        committer = Committer(opened, marks)
+        if first is not None:
+            committer.first_checkpoint(first)
+        committer.begin()
         self.writer = WriterThread(st, inbox, committer, o, stage=stage, pushes=pushes)
         self.writer_inbox = inbox
-        self.threads += [self.writer, ClaimWatcher(st, o, committer)]
+        self.threads += [self.writer, ClaimWatcher(st, o, opened.claim)]
         self.main = self.writer
 
     def depths(self) -> dict[str, int]:

@@ -1,36 +1,45 @@
-"""Saved state: deriver snapshots taken by a reader (`StateSnapshots`) and the state topic they are written to and read back from (`load_state`)."""
+"""Saved state: deriver snapshots taken by a reader (`StateSnapshots`), saved with the
+checkpoints (`StateSaver`) to the state topic, and read back from it (`load_state`)."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from unifeed.checkpoint.store import PartitionStart, StateRef
+from unifeed.checkpoint.store import FeedCheckpoint, PartitionStart, StateRef
 from unifeed.core.errors import (
     KafkaRuntimeError,
 )
 from unifeed.core.mapping import (
     DeriverState,
     decode_state,
+    encode_state,
 )
 from unifeed.kafka.clients import (
+    Target,
     consume_batch,
     consumer_config,
     kafka_error,
 )
+from unifeed.runtime.layout import lowest_position
 from unifeed.runtime.limits import (
     SNAPSHOT_EVERY_MESSAGES,
     SNAPSHOT_EVERY_PITR_MS,
     SNAPSHOT_MESSAGES_PER_ENTRY,
     SNAPSHOTS_HELD,
+    STATE_PART_BYTES,
 )
 from unifeed.runtime.options import RuntimeOptions
+from unifeed.runtime.state import RunState
+from unifeed.runtime.transactions import Transactions
 
 log = logging.getLogger("unifeed")
 
@@ -87,6 +96,98 @@ class StateSnapshots:
             while held and held[0][1].floor < before_pitr:
                 found = held.popleft()
         return found
+
+
+class StateSaver:
+    """Saves the deriver's snapshots with the checkpoints, and names the saved state the
+    next checkpoint refers to (``ref``: carried from the checkpoint resumed from until a
+    newer one is saved).
+
+    ``feed`` is the input the snapshots are taken of; a saved snapshot lies ``lag_ms``
+    behind the lowest feed position (the late window, so that a restart rebuilds the link
+    history late messages need).
+    """
+
+    def __init__(
+        self,
+        snapshots: StateSnapshots,
+        *,
+        feed: str,
+        ref: StateRef | None = None,
+        lag_ms: int = 0,
+    ) -> None:
+        self.snapshots = snapshots
+        self.feed = feed
+        self.ref = ref
+        self.lag_ms = lag_ms
+
+    def produce(
+        self,
+        txn: Transactions,
+        options: RuntimeOptions,
+        state: RunState,
+        feeds: Mapping[str, FeedCheckpoint],
+        keys: tuple[str, ...],
+    ) -> tuple[list[Any], StateRef] | None:
+        """Produce the newest snapshot the checkpoint of ``feeds`` may name, in parts,
+        inside the open transaction (before its flush); its offsets are filled in by
+        delivery reports (`saved` checks them after the flush). None: nothing to save."""
+        if not all(f in feeds for f in keys):
+            return None
+        lowest = lowest_position(feeds, keys)
+        taken = self.snapshots.take(lowest - self.lag_ms)
+        if taken is None:
+            return None
+        target = Target(state_topic(options.checkpoint_topic), 0)
+        offset, snapshot, starts = taken
+        raw = encode_state(snapshot)
+        size = min(STATE_PART_BYTES, max(1024, txn.max_record_bytes - 1024))
+        chunks = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
+        token = secrets.token_hex(8)
+        offsets: list[Any] = [None] * len(chunks)
+        producer = txn.producer
+        for i, chunk in enumerate(chunks):
+
+            def delivered(error: KafkaError | None, message: Message, i: int = i) -> None:
+                if error is None:
+                    offsets[i] = message.offset()
+                else:
+                    txn.error = error
+
+            head = part_encode(StatePart(options.instance, token, i, len(chunks)))
+            while True:
+                try:
+                    producer.produce(
+                        target.topic,
+                        head + b"\n" + chunk,
+                        # One key per part: compaction keeps the latest snapshot whole.
+                        key=f"{options.instance}#{i}".encode(),
+                        partition=target.partition,
+                        on_delivery=delivered,
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        state.add("state_saves")
+        ref = StateRef(
+            topic=target.topic,
+            partition=target.partition,
+            offsets=[],
+            id=token,
+            feed=self.feed,
+            offset=0 if starts is not None else offset,
+            partitions=starts,
+        )
+        return offsets, ref
+
+    def saved(self, saving: tuple[list[Any], StateRef]) -> None:
+        """After the flush: the saved state is the one the checkpoint names."""
+        offsets, ref = saving
+        if None in offsets:
+            raise KafkaRuntimeError(
+                f"saved state not delivered to {Target(ref.topic, ref.partition)}"
+            )
+        self.ref = msgspec.structs.replace(ref, offsets=offsets)
 
 
 class StatePart(msgspec.Struct, frozen=True, gc=False):

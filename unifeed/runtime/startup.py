@@ -8,7 +8,13 @@ from collections.abc import Callable
 import msgspec
 from confluent_kafka import Consumer
 
-from unifeed.checkpoint.store import CheckpointStore, FeedCheckpoint, PartitionStart
+from unifeed.checkpoint.store import (
+    Checkpoint,
+    CheckpointStore,
+    FeedCheckpoint,
+    PartitionStart,
+    StateRef,
+)
 from unifeed.core.annotate import Annotator
 from unifeed.core.errors import (
     KafkaRuntimeError,
@@ -26,10 +32,12 @@ from unifeed.kafka.clients import (
     parse_target,
     watermarks,
 )
+from unifeed.runtime.feedmerge import FeedMerge
 from unifeed.runtime.layout import FeedInput, check_unique, resolve
 from unifeed.runtime.limits import UNKNOWN_CODES
+from unifeed.runtime.opening import OpenedOutput, start_output, watermarks_or_empty
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, RuntimeOptions
-from unifeed.runtime.output import Committer, watermarks_or_empty
+from unifeed.runtime.reader import FeedReader
 from unifeed.runtime.saved import StateSnapshots, load_state
 from unifeed.runtime.seek import find_by_pitr, offset_for_pitr
 from unifeed.runtime.state import RunState
@@ -59,14 +67,27 @@ def merged_snapshot_hook(
     return before_batch
 
 
+def snapshot_deriver(
+    deriver: MappingDeriver, key: str, readers: dict[str, FeedReader], merge: FeedMerge | None
+) -> StateSnapshots:
+    """Snapshots of ``deriver``, taken where it runs: in the thread of the feed's reader
+    (``readers[key]``), or in the merge of the feed's partitions."""
+    snapshots = StateSnapshots()
+    if merge is not None:
+        merge.before_batch = merged_snapshot_hook(snapshots, deriver)
+    else:
+        readers[key].before_batch = snapshot_hook(snapshots, deriver)
+    return snapshots
+
+
 def links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, int], None]:
     """Snapshots of the links an external mappingstream has made so far."""
 
     def before_batch(offset: int, floor: int) -> None:
         if snapshots.due(offset, floor):
-            table = [(s, e[1], "", e[3], e[2]) for s, e in links._links.items()]
             snapshots.add(offset, DeriverState(
-                floor=floor, last_keepalive=0, next_prune=0, access=[], links=table, tracks=[]
+                floor=floor, last_keepalive=0, next_prune=0, access=[], links=links.links(),
+                tracks=[],
             ))
 
     return before_batch
@@ -74,16 +95,16 @@ def links_hook(snapshots: StateSnapshots, links: Annotator) -> Callable[[int, in
 
 def restore_state(
     options: RuntimeOptions,
-    committer: Committer,
+    cp: Checkpoint | None,
     feed: str,
     target: Target,
     partitions: dict[str, Target] | None = None,
-) -> DeriverState | None:
-    """The saved state of the checkpoint resumed from, if it names one built from
+) -> tuple[DeriverState, StateRef] | None:
+    """The saved state of the checkpoint resumed from (``cp``) and its reference (the
+    next commits name it until they save a newer one), if it names one built from
     ``feed`` (read from ``target``, or from the ``partitions`` by key) that can be read
     and whose offsets are still stored; else None (logged), and the restart replays
-    --lookback. The checkpoint's reference is kept for the next commits."""
-    cp = committer.checkpoint
+    --lookback."""
     ref = cp.state if cp is not None else msgspec.UNSET
     if isinstance(ref, msgspec.UnsetType):
         return None
@@ -125,21 +146,21 @@ def restore_state(
         )
         return None
     state = load_state(options, ref)
-    if state is not None:
-        committer.state_ref = ref
-        if ref.partitions is not None and partitions is not None:
-            saved_at = ", ".join(
-                f"{partitions[k]} offset {p.offset}"
-                for k, p in ref.partitions.items()
-                if k in partitions
-            )
-        else:
-            saved_at = f"{target} offset {ref.offset}"
-        log.info(
-            "%s: restored %d links and %d access levels saved at %s",
-            options.instance, len(state.links), len(state.access), saved_at,
+    if state is None:
+        return None
+    if ref.partitions is not None and partitions is not None:
+        saved_at = ", ".join(
+            f"{partitions[k]} offset {p.offset}"
+            for k, p in ref.partitions.items()
+            if k in partitions
         )
-    return state
+    else:
+        saved_at = f"{target} offset {ref.offset}"
+    log.info(
+        "%s: restored %d links and %d access levels saved at %s",
+        options.instance, len(state.links), len(state.access), saved_at,
+    )
+    return state, ref
 
 
 def restart_offset(options: RuntimeOptions, target: Target, pitr: int, hint: int | None) -> int:
@@ -216,16 +237,16 @@ def _check_inputs_exist(options: RuntimeOptions, inputs: dict[str, Target]) -> N
     )
 
 
-def open_committer(
+def open_output(
     options: RuntimeOptions,
     output: Target,
     feeds: tuple[str, ...],
     state: RunState,
     inputs: dict[str, Target],
-) -> Committer:
-    """Check the broker and the inputs, then the output side's start-up: the checkpoint
-    checked against output and inputs, transactions, the instance's claim (checkpoint in
-    ``.checkpoint``), the output tail. Shared by combine and mappings."""
+) -> OpenedOutput:
+    """Check the broker and the inputs, then the output side's start-up
+    (`opening.start_output`): the checkpoint checked against output and inputs, the
+    instance's claim, transactions, the output tail. Shared by every run."""
     ensure_reachable(options.bootstrap, options.connect_timeout_s, options.kafka_extra)
     _check_inputs_exist(options, inputs)
     dead_target = (
@@ -233,7 +254,7 @@ def open_committer(
         if options.dead_letter
         else Target(topic=f"{output.topic}.dead-letter", partition=0)
     )
-    committer = Committer(
+    return start_output(
         options=options,
         output=output,
         dead_target=dead_target,
@@ -242,8 +263,6 @@ def open_committer(
         state=state,
         inputs=inputs,
     )
-    committer.start()
-    return committer
 
 
 def resolve_feeds(

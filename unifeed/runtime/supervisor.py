@@ -21,8 +21,8 @@ from unifeed.core.errors import BrokerUnreachableError, PartitionChangeError
 from unifeed.runtime.health import BrokerHealth
 from unifeed.runtime.limits import JOIN_TIMEOUT_S, SWITCH_INTERVAL_S
 from unifeed.runtime.options import RuntimeOptions
-from unifeed.runtime.output import wrap_kafka_error
 from unifeed.runtime.state import RunState, Worker
+from unifeed.runtime.transactions import wrap_kafka_error
 
 log = logging.getLogger("unifeed")
 

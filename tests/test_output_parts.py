@@ -1,0 +1,285 @@
+"""The parts of the output side, alone: the start checks (unifeed.runtime.startcheck),
+the output tail (.tail), dead letters and oversized records (.deadletters), the
+checkpoint's feed positions (.positions)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from unifeed.checkpoint.store import Checkpoint, FeedCheckpoint, OutputCheckpoint
+from unifeed.core.combine import Emitted
+from unifeed.core.errors import CheckpointError, DeadLetterLimitError, StartRefusedError
+from unifeed.core.records import CONTROLSTREAM, MAPPINGSTREAM, SURFACESTREAM
+from unifeed.core.stages import DeadLetter
+from unifeed.kafka.clients import Target
+from unifeed.runtime.deadletters import DeadLetters, oversized_letter
+from unifeed.runtime.marks import RestartMarks
+from unifeed.runtime.options import RuntimeOptions
+from unifeed.runtime.positions import Positions
+from unifeed.runtime.startcheck import StartCheck, run_kind, sources
+from unifeed.runtime.state import RunState
+from unifeed.runtime.tail import OutputTail
+
+NOW_MS = 1_700_000_000_000
+OUT = Target("out")
+INPUTS = {CONTROLSTREAM: Target("c"), SURFACESTREAM: Target("s")}
+FEEDS = (CONTROLSTREAM, SURFACESTREAM)
+
+
+def _options(**kw: Any) -> RuntimeOptions:
+    return RuntimeOptions(bootstrap="127.0.0.1:1", instance="uf", clock=lambda: NOW_MS, **kw)
+
+
+def _cp(feeds: dict[str, FeedCheckpoint], next_offset: int = 5, topic: str = "out") -> Checkpoint:
+    return Checkpoint(
+        instance="uf",
+        feeds=feeds,
+        output=OutputCheckpoint(topic=topic, partition=0, next_offset=next_offset),
+        generation=1,
+    )
+
+
+def _pos(pitr: int, source: str | None = None, **kw: Any) -> FeedCheckpoint:
+    return FeedCheckpoint(pitr=pitr, skip=0, source=source, **kw)
+
+
+def _never(target: Target, pitr: int) -> bool:
+    raise AssertionError(f"no input search expected ({target} {pitr})")
+
+
+# --- start checks --------------------------------------------------------------
+
+
+def test_a_new_instance_is_refused_a_nonempty_output_unless_allowed() -> None:
+    check = StartCheck(_options(), OUT, FEEDS, INPUTS)
+    with pytest.raises(StartRefusedError, match=r"already holds records \(offsets 2 to 6\)"):
+        check.check(None, 0, (2, 7), _never, output_before=(2, 7))
+    check.check(None, 0, (2, 7), _never, output_before=(7, 7))  # empty: fine
+    check.check(None, 0, (2, 7), _never)  # the check after the claim: no such rule
+    allowed = StartCheck(_options(allow_nonempty_output=True), OUT, FEEDS, INPUTS)
+    allowed.check(None, 0, (2, 7), _never, output_before=(2, 7))
+
+
+def test_a_checkpoint_of_this_run_passes() -> None:
+    check = StartCheck(_options(), OUT, FEEDS, INPUTS)
+    cp = _cp({CONTROLSTREAM: _pos(10, "c:0"), SURFACESTREAM: _pos(12, "s:0")})
+    check.check(cp, 3, (0, 5), _never)
+
+
+@pytest.mark.parametrize(
+    ("cp", "watermarks", "message"),
+    [
+        (_cp({CONTROLSTREAM: _pos(1)}), (0, 5), r"held by a `unifeed mappings` run writing kafka:out:0"),
+        (_cp({CONTROLSTREAM: _pos(1), SURFACESTREAM: _pos(1)}, topic="other"), (0, 5),
+         r"wrote to kafka:other:0, not kafka:out:0"),
+        (_cp({CONTROLSTREAM: _pos(1, "c:0"), SURFACESTREAM: _pos(1, "t:0")}), (0, 5),
+         r"surfacestream was read from kafka:t:0, now from kafka:s:0"),
+        (_cp({CONTROLSTREAM: _pos(1), SURFACESTREAM: _pos(1)}, next_offset=9), (0, 5),
+         r"up to offset 9, but the output ends at offset 5"),
+        (_cp({CONTROLSTREAM: _pos(1), SURFACESTREAM: _pos(1)}, next_offset=2), (4, 9),
+         r"points at output offset 2, below the first stored offset 4"),
+    ],
+)
+def test_a_checkpoint_of_something_else_is_refused(
+    cp: Checkpoint, watermarks: tuple[int, int], message: str
+) -> None:
+    check = StartCheck(_options(), OUT, FEEDS, INPUTS)
+    with pytest.raises(StartRefusedError, match=message):
+        check.check(cp, 3, watermarks, _never)
+
+
+def test_the_reset_command_names_a_checkpoint_topic_other_than_the_default() -> None:
+    cp = _cp({CONTROLSTREAM: _pos(1), SURFACESTREAM: _pos(1)}, next_offset=9)
+    with pytest.raises(StartRefusedError) as default:
+        StartCheck(_options(), OUT, FEEDS, INPUTS).check(cp, 0, (0, 5), _never)
+    assert "`unifeed checkpoint reset --instance uf`" in str(default.value)
+    with pytest.raises(StartRefusedError) as other:
+        StartCheck(_options(checkpoint_topic="cps"), OUT, FEEDS, INPUTS).check(
+            cp, 0, (0, 5), _never
+        )
+    assert "`unifeed checkpoint reset --instance uf --checkpoint-topic cps`" in str(other.value)
+
+
+def test_partitions_changed_since_the_checkpoint_are_refused_unless_accepted() -> None:
+    now = {f"{CONTROLSTREAM}[0]": Target("c", 0), f"{CONTROLSTREAM}[1]": Target("c", 1),
+           SURFACESTREAM: Target("s")}
+    keys = tuple(now)
+    cp = _cp({CONTROLSTREAM: _pos(1, "c:0"), SURFACESTREAM: _pos(1, "s:0")})
+    check = StartCheck(_options(), OUT, keys, now)
+    rekeyed = check.rekeyed(cp)
+    assert rekeyed is not None and set(rekeyed.feeds) == {f"{CONTROLSTREAM}[0]", SURFACESTREAM}
+    with pytest.raises(StartRefusedError, match=r"now also 1.*--accept-partition-change"):
+        check.check(rekeyed, 0, (0, 5), _never)
+    accepting = StartCheck(_options(accept_partition_change=True), OUT, keys, now)
+    accepting.check(accepting.rekeyed(cp), 0, (0, 5), _never)
+
+
+def test_a_position_past_the_clock_must_be_reached_by_its_input() -> None:
+    future = NOW_MS + 3_600_000
+    cp = _cp({CONTROLSTREAM: _pos(future), SURFACESTREAM: _pos(10)})
+    searched: list[tuple[Target, int]] = []
+
+    def reaches(answer: bool) -> Any:
+        def search(target: Target, pitr: int) -> bool:
+            searched.append((target, pitr))
+            return answer
+
+        return search
+
+    check = StartCheck(_options(), OUT, FEEDS, INPUTS)
+    check.check(cp, 0, (0, 5), reaches(True))
+    # (pitr, 0) says everything before pitr is done: the search asks for pitr - 1.
+    assert searched == [(INPUTS[CONTROLSTREAM], future - 1)]
+    with pytest.raises(StartRefusedError, match="later than now and than every record of kafka:c:0"):
+        check.check(cp, 0, (0, 5), reaches(False))
+    # The first checkpoint of a --start in the future is not stale.
+    StartCheck(_options(start=future), OUT, FEEDS, INPUTS).check(cp, 0, (0, 5), _never)
+
+
+def test_run_kind_and_sources() -> None:
+    assert run_kind([f"{SURFACESTREAM}[1]", MAPPINGSTREAM]) == "combine"
+    assert run_kind([f"{CONTROLSTREAM}[0]", f"{CONTROLSTREAM}[1]"]) == "mappings"
+    assert run_kind([CONTROLSTREAM, "radar"]) == "merge"
+    assert sources({"c[1]": "t:10", "c[0]": "t:2", "c[2]": "u:0"}, "c") == "kafka:t:2,10 and kafka:u:0"
+
+
+# --- the output tail -------------------------------------------------------------
+
+
+def _emitted(*values: bytes) -> list[Emitted]:
+    return [Emitted(SURFACESTREAM, i, v) for i, v in enumerate(values)]
+
+
+def test_the_tail_is_compared_across_batches_and_then_done() -> None:
+    tail = OutputTail([(10, b"a"), (11, b"b"), (12, b"c")], OUT, "uf", max_record_bytes=3)
+    assert tail.reconcile(_emitted(b"a", b"b")) == (2, 12)
+    assert tail.pending
+    # An oversized record was never written: it is passed over, not compared.
+    assert tail.reconcile(_emitted(b"toolong", b"c", b"d")) == (2, 13)
+    assert not tail.pending
+    assert tail.reconcile(_emitted(b"e")) == (0, -1)
+
+
+def test_a_tail_record_that_differs_stops_the_run() -> None:
+    tail = OutputTail([(10, b"a"), (11, b"b")], OUT, "uf", max_record_bytes=100)
+    with pytest.raises(CheckpointError, match=r"kafka:out:0 offset 11 .*its 2th message after "
+                       r"the checkpoint's next_offset 10.*--instance uf"):
+        tail.reconcile(_emitted(b"a", b"x"))
+
+
+# --- dead letters ----------------------------------------------------------------
+
+
+class _Producer:
+    """Records what is produced; the first ``full`` calls find the queue full."""
+
+    def __init__(self, full: int = 0) -> None:
+        self.full = full
+        self.produced: list[tuple[str, bytes, int]] = []
+        self.polls = 0
+
+    def produce(self, topic: str, value: bytes, partition: int) -> None:
+        if self.full:
+            self.full -= 1
+            raise BufferError
+        self.produced.append((topic, value, partition))
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def _letter(feed: str, offset: int | None, partition: int | None = None) -> DeadLetter:
+    return DeadLetter(feed=feed, reason="bad", offset=offset, partition=partition, raw="x")
+
+
+def test_dead_letters_are_written_counted_and_marked_per_partition_key() -> None:
+    producer, state = _Producer(full=2), RunState()
+    dead = DeadLetters(producer, Target("dl", 3), state, limit=2, instance="uf")  # type: ignore[arg-type]
+    letters = [_letter(CONTROLSTREAM, 7, 1), _letter(CONTROLSTREAM, 5, 1), _letter(SURFACESTREAM, 9)]
+    assert dead.write(letters)
+    assert [(t, p) for t, _, p in producer.produced] == [("dl", 3)] * 3
+    assert [v for _, v, _ in producer.produced] == [d.encode() for d in letters]
+    assert producer.polls == 2  # waited for room twice
+    assert dead.offsets == {f"{CONTROLSTREAM}[1]": 7, SURFACESTREAM: 9}
+    assert state.counters["dead_letters"] == 3
+    assert state.counters["dead_letters.invalid_field"] == 3
+    error = dead.over_limit()
+    assert isinstance(error, DeadLetterLimitError)
+    assert str(error).startswith("3 dead letters exceed --max-dead-letters 2; the last: surfacestream 9: bad")
+    assert not dead.write([])
+
+
+def test_without_a_sink_dead_letters_are_not_written() -> None:
+    producer = _Producer()
+    dead = DeadLetters(producer, None, RunState(), limit=None, instance="uf")  # type: ignore[arg-type]
+    assert not dead.write([_letter(CONTROLSTREAM, 1)])
+    assert producer.produced == [] and dead.offsets == {} and dead.over_limit() is None
+
+
+def test_an_oversized_record_becomes_a_too_large_dead_letter() -> None:
+    letter = oversized_letter(SURFACESTREAM, 42, b"\xff\x00")
+    assert letter.kind.value == "too_large"
+    assert letter.raw is None and letter.raw_b64 == base64.b64encode(b"\xff\x00").decode()
+    assert "(2 bytes) is larger than the producer's message.max.bytes" in letter.reason
+    producer, state = _Producer(), RunState()
+    dead = DeadLetters(producer, Target("dl"), state, limit=None, instance="uf")  # type: ignore[arg-type]
+    assert dead.oversized(SURFACESTREAM, 42, b"\xff\x00")
+    assert producer.produced == [("dl", letter.encode(), 0)]
+    assert state.counters["dead_letters.too_large"] == 1
+
+
+# --- checkpoint positions ------------------------------------------------------
+
+
+def test_positions_count_the_messages_at_the_last_pitr_of_each_feed() -> None:
+    book = Positions(FEEDS, {}, {}, {CONTROLSTREAM: FeedCheckpoint(pitr=4, skip=2, dead_offset=3)})
+    book.advance([Emitted(CONTROLSTREAM, 4, b""), Emitted(SURFACESTREAM, 5, b""),
+                  Emitted(CONTROLSTREAM, 4, b"")])
+    # Still at pitr 4: the two new ones add to the two done before; the dead mark stays.
+    assert book.current[CONTROLSTREAM] == FeedCheckpoint(pitr=4, skip=4, dead_offset=3)
+    assert book.current[SURFACESTREAM] == FeedCheckpoint(pitr=5, skip=1)
+    book.advance([Emitted(CONTROLSTREAM, 6, b""), Emitted(CONTROLSTREAM, 7, b"")])
+    assert book.current[CONTROLSTREAM] == FeedCheckpoint(pitr=7, skip=1, dead_offset=3)
+
+
+def test_checkpoint_positions_carry_dead_marks_restart_offsets_and_sources() -> None:
+    control_marks, surface_marks = RestartMarks(start=100), RestartMarks(start=200)
+    control_marks.add(100, 50)
+    control_marks.add(6000, 90)
+    surface_marks.add(200, 70)
+    surface_marks.add(9000, 95)
+    inputs = {**INPUTS, MAPPINGSTREAM: Target("m", 2)}
+    book = Positions(
+        FEEDS,
+        inputs,
+        {CONTROLSTREAM: (control_marks, 30), SURFACESTREAM: (surface_marks, None)},
+        {CONTROLSTREAM: _pos(90), SURFACESTREAM: _pos(80)},
+    )
+    out = book.checkpoints({CONTROLSTREAM: 12, MAPPINGSTREAM: 4}, restart_offsets=False)
+    assert out == {
+        CONTROLSTREAM: FeedCheckpoint(pitr=90, skip=0, dead_offset=12, source="c:0"),
+        SURFACESTREAM: FeedCheckpoint(pitr=80, skip=0, source="s:0"),
+        # An external mappingstream keeps only its dead-letter mark.
+        MAPPINGSTREAM: FeedCheckpoint(pitr=0, skip=0, dead_offset=4, source="m:2"),
+    }
+    out = book.checkpoints({})
+    # controlstream restarts a lookback (30) before the lowest position (80): pitr 50 is
+    # in the first mark; surfacestream from its own position (80): the second mark.
+    assert out[CONTROLSTREAM] == FeedCheckpoint(
+        pitr=90, skip=0, dead_offset=12, offset=100, source="c:0"
+    )
+    assert out[SURFACESTREAM] == FeedCheckpoint(pitr=80, skip=0, offset=9000, source="s:0")
+
+
+def test_restart_offsets_wait_until_every_feed_with_marks_has_a_position() -> None:
+    book = Positions(FEEDS, INPUTS, {CONTROLSTREAM: (RestartMarks(1), None),
+                                     SURFACESTREAM: (RestartMarks(2), None)},
+                     {CONTROLSTREAM: _pos(5)})
+    assert book.checkpoints({}) == {
+        CONTROLSTREAM: FeedCheckpoint(pitr=5, skip=0, source="c:0"),
+        SURFACESTREAM: FeedCheckpoint(pitr=0, skip=0, source="s:0"),
+    }

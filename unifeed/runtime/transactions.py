@@ -1,0 +1,185 @@
+"""The output producer and its transactions (`Transactions`): open, commit, abort, and
+the client's errors turned into the run's (a fenced producer, a failed delivery)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Final
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from unifeed.core.errors import InstanceFencedError, KafkaRuntimeError, UnifeedError
+from unifeed.kafka.clients import Target, kafka_error, producer_config
+from unifeed.runtime.options import EXACTLY_ONCE, RuntimeOptions
+from unifeed.runtime.state import RunState
+
+log = logging.getLogger("unifeed")
+
+#: How long a commit waits for the broker: the flush of a transaction's records, the
+#: transaction's commit, ``init_transactions``.
+FLUSH_TIMEOUT_S: Final = 30
+
+
+class Transactions:
+    """Owns the output producer (one for the output, the dead letters, the checkpoints
+    and the saved state): with ``--delivery exactly-once`` everything produced between
+    `begin` and `commit` is one transaction; with at-least-once, `commit` flushes.
+
+    ``error`` is the first delivery or fatal error the client reported: a commit checks
+    it after its flush. A fatal error also fails the run (``state.fail``).
+    """
+
+    def __init__(self, options: RuntimeOptions, output: Target, state: RunState) -> None:
+        self.options = options
+        self.output = output
+        self.state = state
+        self.transactional = options.delivery == EXACTLY_ONCE
+        config = producer_config(
+            options.bootstrap,
+            options.kafka_extra,
+            transactional_id=f"unifeed-{options.instance}" if self.transactional else None,
+        )
+        config.setdefault("queue.buffering.max.messages", 500_000)
+        config.setdefault("queue.buffering.max.kbytes", 262_144)
+        config["error_cb"] = self._on_error
+        #: The largest record value the producer sends (room left for its headers).
+        self.max_record_bytes = int(config.get("message.max.bytes", 1_000_000)) - 1024
+        self.producer = Producer(config)
+        self.error: KafkaError | None = None
+        self._in_txn = False
+
+    def init(self) -> None:
+        """``init_transactions`` (exactly-once only): fences every older producer of
+        this instance name."""
+        if not self.transactional:
+            return
+        try:
+            self.producer.init_transactions(FLUSH_TIMEOUT_S)
+        except KafkaException as exc:
+            raise wrap_kafka_error(
+                "cannot initialise transactions (use --delivery at-least-once "
+                "for brokers without them)",
+                exc,
+            ) from None
+
+    def begin(self) -> None:
+        """Open a transaction unless one is open (exactly-once only)."""
+        if self.transactional and not self._in_txn:
+            self.producer.begin_transaction()
+            self._in_txn = True
+
+    def flush(self) -> int:
+        """Deliver everything produced so far; how many records are still undelivered."""
+        producer = self.producer
+        return self.served(lambda: producer.flush(FLUSH_TIMEOUT_S))
+
+    def commit(self) -> None:
+        """Commit the open transaction; at-least-once: flush (the checkpoint record)."""
+        if self.transactional:
+            try:
+                self.producer.commit_transaction(FLUSH_TIMEOUT_S)
+            except KafkaException as exc:
+                raise wrap_kafka_error(
+                    "committing a transaction failed", exc, self.options.instance
+                ) from None
+            self._in_txn = False
+        elif self.flush():
+            raise KafkaRuntimeError(
+                f"a checkpoint record was not delivered within {FLUSH_TIMEOUT_S} s"
+            )
+
+    def close(self) -> None:
+        """Abort an open transaction (nothing of it becomes visible) and flush."""
+        if self._in_txn:
+            self.state.add("aborts")
+            try:
+                self.producer.abort_transaction(5)
+            except KafkaException as exc:
+                log.warning(
+                    "%s: aborting the open transaction failed: %s", self.options.instance, exc
+                )
+            self._in_txn = False
+        with contextlib.suppress(SystemError):  # a fatal error's reports: see `served`
+            self.producer.flush(5)
+
+    def served(self, call: Callable[[], int]) -> int:
+        """``call()``, a producer call that serves delivery reports (flush, poll).
+
+        After a fatal error (a fenced producer), confluent-kafka hands the purged records'
+        reports to their callbacks with its own exception still pending, so the first
+        client method a callback calls raises SystemError, and the serving call fails
+        with SystemError too. The callbacks take the pending error as the run's failure;
+        here that failure is raised instead of the SystemError.
+        """
+        try:
+            return call()
+        except SystemError:
+            if self.state.failure is not None:
+                raise self.state.failure from None
+            raise
+
+    def delivery_failed(self, error: KafkaError) -> None:
+        """A delivery report's error (the output's last record of a batch): the run's
+        failure."""
+        try:
+            failure = _fenced(self.options.instance, error) or kafka_error(
+                f"writing to {self.output} failed", error
+            )
+        except SystemError as exc:  # called with a fatal error pending: see `served`
+            error = pending_error(exc, error)
+            failure = _fenced(self.options.instance, error) or kafka_error(
+                f"writing to {self.output} failed", error
+            )
+        self.error = error
+        self.state.fail(failure)
+
+    def _on_error(self, error: KafkaError) -> None:
+        try:
+            fatal = error.fatal()
+        except SystemError as exc:  # called with a fatal error pending: see `served`
+            error, fatal = pending_error(exc, error), True
+        if fatal:
+            self.error = error
+            self.state.fail(
+                _fenced(self.options.instance, error)
+                or kafka_error("the output producer failed", error)
+            )
+        else:
+            log.debug("producer: %s", error.str())
+
+
+def wrap_kafka_error(message: str, exc: KafkaException, instance: str = "") -> UnifeedError:
+    """The run's error for a client call's `KafkaException`: `InstanceFencedError` when
+    the broker fenced ``instance``'s producer, else the Kafka error with ``message``."""
+    error = exc.args[0] if exc.args else None
+    if isinstance(error, KafkaError):
+        return _fenced(instance, error) or kafka_error(message, error)
+    return KafkaRuntimeError(f"{message}: {exc}")
+
+
+#: What a broker that fences says to the producer of an older incarnation: another
+#: producer with the same transactional.id (the instance name) has initialised since.
+_FENCED_CODES: Final = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
+
+
+def pending_error(exc: SystemError, fallback: KafkaError) -> KafkaError:
+    """The client's error that was pending when a callback's call raised ``exc``."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, KafkaException) and cause.args and isinstance(cause.args[0], KafkaError):
+        return cause.args[0]
+    return fallback
+
+
+def _fenced(instance: str, error: KafkaError) -> InstanceFencedError | None:
+    """The error a fenced producer of ``instance`` ends the run with, or None."""
+    if not instance or error.code() not in _FENCED_CODES:
+        return None
+    return InstanceFencedError(
+        f"another incarnation of instance {instance!r} took over: the broker fenced this "
+        f"one's transactional producer ({error.name()}); this one stops without committing "
+        "again"
+    )
