@@ -52,6 +52,23 @@ log = logging.getLogger("unifeed")
 # --- readers ---------------------------------------------------------------
 
 
+class ConsumerWorker(Worker):
+    """A thread that owns one consumer (made from ``self.config``) for its whole life and
+    closes it however its loop (``_loop``) ends."""
+
+    config: dict[str, Any]
+
+    def work(self) -> None:
+        consumer = Consumer(self.config)
+        try:
+            self._loop(consumer)
+        finally:
+            consumer.close()
+
+    def _loop(self, consumer: Consumer) -> None:
+        raise NotImplementedError
+
+
 @dataclass
 class ReadPlan:
     """Where a reader starts and which messages it only replays (state, no output)."""
@@ -63,7 +80,7 @@ class ReadPlan:
     floor: int | None = None
 
 
-class FeedReader(Worker):
+class FeedReader(ConsumerWorker):
     """Reads one feed's partition; validates; hands batches on; reports end of log."""
 
     def __init__(
@@ -115,13 +132,6 @@ class FeedReader(Worker):
         self._end = EndOfLogWatch(end_of_log_grace_s)
         self._idle_since = time.monotonic()
         self._warned_missing = 0.0
-
-    def work(self) -> None:
-        consumer = Consumer(self.config)
-        try:
-            self._loop(consumer)
-        finally:
-            consumer.close()
 
     def _loop(self, consumer: Consumer) -> None:
         tp = self.target.topic_partition(self.plan.offset)
@@ -304,7 +314,7 @@ class Delivery:
         return True
 
 
-class PartitionsReader(Worker):
+class PartitionsReader(ConsumerWorker):
     """Reads several partitions with one consumer, in one thread (every partition of one
     feed, or the one-partition feeds of a merge): splits each read by topic partition and
     hands each one's share on as that partition's own `FeedReader` would (its
@@ -330,13 +340,6 @@ class PartitionsReader(Worker):
     def next_offset(self) -> int:
         """Messages read so far, all partitions (for progress reports)."""
         return sum(r.next_offset for r in self.parts.values())
-
-    def work(self) -> None:
-        consumer = Consumer(self.config)
-        try:
-            self._loop(consumer)
-        finally:
-            consumer.close()
 
     def _loop(self, consumer: Consumer) -> None:
         parts = self.parts
