@@ -211,6 +211,20 @@ def test_kafka_settings_from_the_environment_and_x_are_masked_in_config_show() -
     assert '"sasl.username" = "ops"' in out and "UNIFEED_KAFKA__SASL_USERNAME" in out, out
 
 
+def test_passwords_inside_urls_are_masked_in_config_show(tmp_path: Path) -> None:
+    """serve's --redis and --history take URLs that may carry a password: config show
+    prints the URL with its password masked, from the environment and from a file."""
+    config = tmp_path / "unifeed.toml"
+    config.write_text('[serve]\nhistory = "postgresql://ops:s3cr3t-pg@127.0.0.1:5432/fl"\n')
+    env = {"UNIFEED_REDIS": "redis://:s3cr3t-redis@127.0.0.1:6379/0"}
+    result = _unifeed("--config", str(config), "config", "show", "--command", "serve", env=env)
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "s3cr3t" not in out, out
+    assert "postgresql://ops:********@127.0.0.1:5432/fl" in out, out
+    assert "redis://:********@127.0.0.1:6379/0" in out, out
+
+
 @pytest.mark.kafka
 def test_kafka_settings_reach_the_client_from_env_and_x(
     kafka_bootstrap: str, unique_topic: Callable[..., str], tmp_path: Path

@@ -192,12 +192,38 @@ def config_path_from_argv(argv: Sequence[str]) -> str | None:
 
 
 def mask_secrets(key: str, value: Any) -> Any:
-    """``********`` for a key that names a password, secret, token or private key.
+    """``********`` for a key that names a password, secret, token or private key, and for
+    the password inside a URL (``redis://:pw@host``, ``postgresql://user:pw@host/db``)
+    whatever its key.
 
     >>> mask_secrets("sasl.password", "hunter2"), mask_secrets("sasl.username", "ops")
     ('********', 'ops')
+    >>> mask_secrets("history", "postgresql://ops:hunter2@127.0.0.1:5432/flights")
+    'postgresql://ops:********@127.0.0.1:5432/flights'
     """
-    return _MASK if value is not None and _SECRET_KEY.search(key) else value
+    if value is None:
+        return None
+    if _SECRET_KEY.search(key):
+        return _MASK
+    if isinstance(value, str) and "@" in value and "://" in value:
+        return _mask_url_password(value)
+    return value
+
+
+def _mask_url_password(url: str) -> str:
+    """``url`` with the password of its user info masked (unchanged without one)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{_MASK}@{hostport}"))
 
 
 @dataclass(frozen=True)
