@@ -283,3 +283,35 @@ def test_restart_offsets_wait_until_every_feed_with_marks_has_a_position() -> No
         CONTROLSTREAM: FeedCheckpoint(pitr=5, skip=0, source="c:0"),
         SURFACESTREAM: FeedCheckpoint(pitr=0, skip=0, source="s:0"),
     }
+
+
+# --- closing the producer ------------------------------------------------------------
+
+
+class _FencedProducer:
+    """A producer whose fatal error comes back at the last flush, as a fenced one's does."""
+
+    def flush(self, timeout: float) -> int:
+        from confluent_kafka import KafkaError, KafkaException
+
+        raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+
+
+def test_closing_after_a_fatal_error_keeps_the_error_that_ended_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The writer closes its producer in a ``finally``: a fenced producer's last flush
+    raising there would replace the run's own error (the fenced line) with a traceback."""
+    from unifeed.runtime.transactions import Transactions
+
+    txn = Transactions(_options(), OUT, RunState())
+    real, txn.producer = txn.producer, _FencedProducer()  # type: ignore[assignment]
+    try:
+        with pytest.raises(StartRefusedError, match="the run's own error"):
+            try:
+                raise StartRefusedError("the run's own error")
+            finally:
+                txn.close()
+    finally:
+        real.flush(0)
+    assert "flushing the output while closing failed" in caplog.text
