@@ -317,17 +317,17 @@ def test_push_emitted_hands_on_entries_with_the_same_rules() -> None:
     assert items(c.drain_list()) == ["s3", "s5", "s5"]
 
 
-@st.composite
-def operations(draw: st.DrawFn) -> list[tuple[str, int, int]]:
-    """Random pushes, progress markers, caught-up flags, closes, clock moves and drains
-    on two feeds, each feed's pitrs never going backwards."""
+def _draw_operations(
+    draw: st.DrawFn, feeds: int, steps: int, kinds: list[str]
+) -> list[tuple[str, int, int]]:
+    """Up to ``steps`` random operations (drawn from ``kinds``) on ``feeds`` feeds,
+    each feed's pitrs never going backwards and no push or marker after its close."""
     ops: list[tuple[str, int, int]] = []
-    floor = [0, 0]
-    closed = [False, False]
-    for _ in range(draw(st.integers(1, 60))):
-        f = draw(st.integers(0, 1))
-        kind = draw(st.sampled_from(["push", "push", "push", "advance", "caught_up", "close",
-                                     "clock", "drain"]))
+    floor = [0] * feeds
+    closed = [False] * feeds
+    for _ in range(draw(st.integers(1, steps))):
+        f = draw(st.integers(0, feeds - 1))
+        kind = draw(st.sampled_from(kinds))
         if kind in ("push", "advance") and not closed[f]:
             floor[f] += draw(st.integers(0, 3))
             ops.append((kind, f, floor[f]))
@@ -339,84 +339,25 @@ def operations(draw: st.DrawFn) -> list[tuple[str, int, int]]:
     return ops
 
 
-@given(operations(), st.booleans())
-@settings(max_examples=400, deadline=None)
-def test_drain_list_fast_paths_match_popping_one_at_a_time(
-    ops: list[tuple[str, int, int]], strict: bool
-) -> None:
-    """`drain_list` (with its fast paths) and repeated `pop` (the plain rule) emit the same
-    messages and end in the same mode, in real time, catch-up and in between."""
-    now = [0]
-    made = [
-        Combiner([Feed("a"), Feed("b", required_realtime=strict)],
-                 realtime_threshold_ms=30, clock=lambda: now[0])
-        for _ in range(2)
-    ]
-    outs: list[list[tuple[str, int, object]]] = [[], []]
-
-    def drain() -> None:
-        outs[0] += [(e.feed, e.pitr, e.item) for e in made[0].drain_list()]
-        while (e := made[1].pop()) is not None:
-            outs[1].append((e.feed, e.pitr, e.item))
-        for c in made:
-            c._check()
-        assert outs[0] == outs[1]
-        assert made[0].last_mode == made[1].last_mode
-
-    for n, (kind, f, v) in enumerate(ops):
-        feed = "ab"[f]
-        for c in made:
-            if kind == "push":
-                c.push(feed, v, n)
-            elif kind == "advance":
-                c.advance(feed, v)
-            elif kind == "caught_up":
-                c.caught_up(feed, v % 2 == 0)
-            elif kind == "close":
-                c.close(feed)
-        if kind == "clock":
-            now[0] += v
-        elif kind == "drain":
-            drain()
-    drain()
-
-
 @st.composite
-def many_feed_operations(draw: st.DrawFn) -> tuple[list[bool], list[tuple[str, int, int]]]:
-    """As `operations`, on 1 to 6 feeds, each required in real time or not."""
-    n = draw(st.integers(1, 6))
-    required = [draw(st.booleans()) for _ in range(n)]
-    ops: list[tuple[str, int, int]] = []
-    floor = [0] * n
-    closed = [False] * n
-    for _ in range(draw(st.integers(1, 80))):
-        f = draw(st.integers(0, n - 1))
-        kind = draw(st.sampled_from(["push", "push", "push", "push", "advance", "caught_up",
-                                     "close", "clock", "drain"]))
-        if kind in ("push", "advance") and not closed[f]:
-            floor[f] += draw(st.integers(0, 3))
-            ops.append((kind, f, floor[f]))
-        elif kind == "close" and draw(st.integers(0, 4)) == 0:
-            closed[f] = True
-            ops.append((kind, f, 0))
-        elif kind in ("caught_up", "clock", "drain"):
-            ops.append((kind, f, draw(st.integers(0, 80))))
-    return required, ops
+def operations(draw: st.DrawFn) -> list[tuple[str, int, int]]:
+    """Random pushes, progress markers, caught-up flags, closes, clock moves and drains
+    on two feeds."""
+    kinds = ["push", "push", "push", "advance", "caught_up", "close", "clock", "drain"]
+    return _draw_operations(draw, 2, 60, kinds)
 
 
-@given(many_feed_operations())
-@settings(max_examples=500, deadline=None)
-def test_drain_list_of_any_number_of_feeds_matches_popping_one_at_a_time(
-    case: tuple[list[bool], list[tuple[str, int, int]]],
+def _drain_list_matches_pop(
+    feeds: list[tuple[str, bool]], ops: list[tuple[str, int, int]]
 ) -> None:
-    """With other than two feeds `drain_list` takes its general fast path (every entry
-    settled by the lowest marker, merged at once); it emits what repeated `pop` (the
-    plain rule) does, counts the same late messages and ends in the same mode."""
-    required, ops = case
+    """Plays ``ops`` on two Combiners over ``feeds`` (name, required in real time), one
+    drained with `drain_list` (its fast paths), one with repeated `pop` (the plain rule):
+    after every drain both emitted the same messages, counted the same late ones and are
+    in the same mode."""
     now = [0]
-    names = [f"f{i}" for i in range(len(required))]
+    names = [name for name, _ in feeds]
     made = [
-        Combiner([Feed(n, required_realtime=r) for n, r in zip(names, required, strict=True)],
+        Combiner([Feed(n, required_realtime=r) for n, r in feeds],
                  realtime_threshold_ms=30, clock=lambda: now[0])
         for _ in range(2)
     ]
@@ -447,3 +388,34 @@ def test_drain_list_of_any_number_of_feeds_matches_popping_one_at_a_time(
         elif kind == "drain":
             drain()
     drain()
+
+
+@given(operations(), st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_drain_list_fast_paths_match_popping_one_at_a_time(
+    ops: list[tuple[str, int, int]], strict: bool
+) -> None:
+    """`drain_list` (with its fast paths) and repeated `pop` (the plain rule) emit the same
+    messages and end in the same mode, in real time, catch-up and in between."""
+    _drain_list_matches_pop([("a", True), ("b", strict)], ops)
+
+
+@st.composite
+def many_feed_operations(draw: st.DrawFn) -> tuple[list[bool], list[tuple[str, int, int]]]:
+    """As `operations`, on 1 to 6 feeds, each required in real time or not."""
+    n = draw(st.integers(1, 6))
+    required = [draw(st.booleans()) for _ in range(n)]
+    kinds = ["push", "push", "push", "push", "advance", "caught_up", "close", "clock", "drain"]
+    return required, _draw_operations(draw, n, 80, kinds)
+
+
+@given(many_feed_operations())
+@settings(max_examples=500, deadline=None)
+def test_drain_list_of_any_number_of_feeds_matches_popping_one_at_a_time(
+    case: tuple[list[bool], list[tuple[str, int, int]]],
+) -> None:
+    """With other than two feeds `drain_list` takes its general fast path (every entry
+    settled by the lowest marker, merged at once); it emits what repeated `pop` (the
+    plain rule) does, counts the same late messages and ends in the same mode."""
+    required, ops = case
+    _drain_list_matches_pop([(f"f{i}", r) for i, r in enumerate(required)], ops)
