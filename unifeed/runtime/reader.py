@@ -128,6 +128,9 @@ class FeedReader(ConsumerWorker):
         self.before_batch: Callable[[int, int], None] | None = None
         #: The feed has ended here (--stop-at passed, or --exit-at-end at the end).
         self.closed = False
+        #: Read by a `PartitionsReader`: how many of this partition's messages it holds
+        #: while its delivery is full before it pauses the partition.
+        self.hold_limit = READ_BATCH
         self._skip = ResumeSkip(plan.resume_after, count_keepalives=count_keepalives)
         self._end = EndOfLogWatch(end_of_log_grace_s)
         self._idle_since = time.monotonic()
@@ -386,12 +389,12 @@ class PartitionsReader(ConsumerWorker):
                 got = got or []
                 eof = p in ended or p in held_eof
                 if p in pending:
-                    # Held, not stepped: a partition's batches go on in order. Past a
-                    # batch's worth, the partition is paused (memory stays bounded).
+                    # Held, not stepped: a partition's batches go on in order. Past its
+                    # hold limit, the partition is paused (memory stays bounded).
                     held[p] = got
                     if eof:
                         held_eof.add(p)
-                    if len(got) >= READ_BATCH and p not in paused:
+                    if len(got) >= r.hold_limit and p not in paused:
                         paused.add(p)
                         consumer.pause([tps[p]])
                     continue
