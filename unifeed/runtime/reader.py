@@ -416,10 +416,12 @@ class PartitionsReader(ConsumerWorker):
 
 
 def shared_reader_config(config: dict[str, Any], options: Any, partitions: int) -> dict[str, Any]:
-    """``config`` (a `reader_config`, or any consumer's settings) for one consumer that reads ``partitions``
-    partitions: the fetch queue's bound holds a partition each (librdkafka counts it a
-    partition), and a fetch may bring each partition its share, as one consumer each
-    would (unless the run's Kafka settings say otherwise)."""
+    """``config`` (a `reader_config`, or any consumer's settings) for one consumer that
+    reads ``partitions`` partitions. Its fetch queue's bound (``queued.max.messages.kbytes``)
+    stays the consumer's: librdkafka applies it to the consumer's one queue, whatever the
+    partitions assigned to it. A fetch may bring each partition its share, as one
+    consumer each would (unless the run's Kafka settings say otherwise); librdkafka caps
+    each partition's part of a fetch anyway (``fetch.message.max.bytes``)."""
     shared = dict(config)
     share = config.get("fetch.max.bytes")
     if share is not None and "fetch.max.bytes" not in (options.kafka_extra or {}):
@@ -434,6 +436,9 @@ _PENDING_POLL_S: Final = 0.005
 def reader_config(options: Any, consumers: int) -> dict[str, Any]:
     """The consumer settings of a run's readers: ``consumers`` share one read-ahead
     budget (`limits.read_ahead_kb`), so memory does not grow with the partitions read.
+    A consumer reading several partitions counts as one a partition: librdkafka bounds
+    its one queue by ``queued.max.messages.kbytes`` whatever it reads, but it fetches for
+    each of them, and what it holds besides that queue grows with its partitions.
     ``options`` is the run's `RuntimeOptions` (its Kafka settings win)."""
     config = consumer_config(options.bootstrap, options.kafka_extra)
     share = read_ahead_kb(consumers)
