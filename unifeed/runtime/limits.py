@@ -20,7 +20,7 @@ STAGE_BUDGET: Final = 2 * STAGE_CAPACITY
 #: output (records: each partition's messages held by its reader, in its merge's lane and
 #: in its merge's queue), one budget whatever its partition count: each partition gets
 #: its share (`partition_share`), as the feeds of a run share `STAGE_BUDGET`.
-FEED_MERGE_BUDGET: Final = 4 * READ_BATCH
+FEED_MERGE_BUDGET: Final = 2 * READ_BATCH
 MIN_PARTITION_SHARE: Final = READ_BATCH // 10
 #: What a run's consumers buffer ahead together (librdkafka's fetch queue and largest
 #: fetch, KiB): two one-partition feeds get 16 MiB each, more consumers share it.
