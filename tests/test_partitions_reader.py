@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from unifeed.core.errors import KafkaRuntimeError
 from unifeed.core.records import StampedDecoder
@@ -251,3 +251,25 @@ def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
         runner.join(5)
     assert state.failure is None
     assert [a.pitr for r in out for a in r.good] == list(range(20 * size))
+
+
+def test_an_idle_partition_whose_watermarks_get_no_answer_keeps_waiting() -> None:
+    """The broker gone: the watermarks of an idle partition get a transport error; the
+    reader keeps waiting (not at its end, no failure of its own), so that the run's
+    broker watch ends the run as a lost broker (exit 3), not this read (exit 1)."""
+
+    class Silent(ScriptedConsumer):
+        asked = 0
+
+        def get_watermark_offsets(
+            self, tp: Any, timeout: float, cached: bool = False
+        ) -> tuple[int, int]:
+            Silent.asked += 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    state = RunState()
+    inbox: Inbox[ReadBatch] = Inbox(["f[0]"], 8, state.stop)
+    reader = _reader(state, inbox, 0)
+    reader._idle_since = time.monotonic() - 2.0
+    assert reader.step(Silent([]), [], False) is None  # type: ignore[arg-type]
+    assert Silent.asked == 1 and not reader.closed

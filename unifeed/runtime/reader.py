@@ -165,20 +165,26 @@ class FeedReader(ConsumerWorker):
             try:
                 _, high = watermarks(consumer, self.target, 5.0)
             except KafkaRuntimeError as exc:
-                if exc.code not in UNKNOWN_CODES:
+                if exc.code in _TRANSIENT_NAMES:
+                    # No answer now (the broker restarting or gone): not at the end; the
+                    # run's `BrokerHealth` decides when a silent broker ends the run.
+                    log.debug("%s: %s", self.feed, exc)
+                    high = -1
+                elif exc.code not in UNKNOWN_CODES:
                     raise
-                # A feed never seen (no record, no end of its partition) is never
-                # passed: it could still deliver anything.
-                high = -1
-                now = time.monotonic()
-                if now - self._warned_missing >= MISSING_WARN_EVERY_S:
-                    log.warning(
-                        "%s: %s does not exist (yet); waiting for it (its feed is not "
-                        "passed until it exists)",
-                        self.feed,
-                        self.target,
-                    )
-                    self._warned_missing = now
+                else:
+                    # A feed never seen (no record, no end of its partition) is never
+                    # passed: it could still deliver anything.
+                    high = -1
+                    now = time.monotonic()
+                    if now - self._warned_missing >= MISSING_WARN_EVERY_S:
+                        log.warning(
+                            "%s: %s does not exist (yet); waiting for it (its feed is not "
+                            "passed until it exists)",
+                            self.feed,
+                            self.target,
+                        )
+                        self._warned_missing = now
             if high >= 0 and self.next_offset >= high:
                 eof = True
         if records:
@@ -428,6 +434,9 @@ def shared_reader_config(config: dict[str, Any], options: Any, partitions: int) 
         shared["fetch.max.bytes"] = int(share) * max(1, partitions)
     return shared
 
+
+#: The names of the client's errors that mean "no answer now" (`limits.TRANSIENT`).
+_TRANSIENT_NAMES: Final = frozenset(KafkaError(code).name() for code in TRANSIENT)
 
 #: How long a `PartitionsReader` waits for input while a delivery is still pending.
 _PENDING_POLL_S: Final = 0.005
