@@ -447,7 +447,7 @@ def reader_config(options: Any, consumers: int) -> dict[str, Any]:
     budget (`limits.read_ahead_kb`), so memory does not grow with the partitions read.
     A consumer reading several partitions counts as one a partition: librdkafka bounds
     its one queue by ``queued.max.messages.kbytes`` whatever it reads, but it fetches for
-    each of them, and what it holds besides that queue grows with its partitions.
+    each of them; divided by partitions, the budget holds whatever it keeps a partition.
     ``options`` is the run's `RuntimeOptions` (its Kafka settings win)."""
     config = consumer_config(options.bootstrap, options.kafka_extra)
     share = read_ahead_kb(consumers)
