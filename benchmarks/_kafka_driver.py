@@ -223,11 +223,14 @@ def passthrough(bootstrap: str, topics: list[tuple[str, int]], output: str) -> d
                         if err.code() == KafkaError._PARTITION_EOF:
                             continue
                         raise RuntimeError(f"passthrough: {err.str()}")
-                    try:
-                        produce(output, m.value(), partition=0)
-                    except BufferError:
-                        producer.poll(0.05)
-                        produce(output, m.value(), partition=0)
+                    for _attempt in range(600):  # the producer's queue full: 30 s at most
+                        try:
+                            produce(output, m.value(), partition=0)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                    else:
+                        raise RuntimeError("passthrough: the producer's queue stayed full 30 s")
                     records += 1
                 # The inputs are fresh topics without transactions: offsets are contiguous.
                 state[2] += records

@@ -14,6 +14,7 @@ from unifeed.checkpoint.store import PartitionStart
 from unifeed.core.records import StampedDecoder
 from unifeed.core.stages import Accepted, FeedIntake
 from unifeed.runtime.feedmerge import FeedMerge
+from unifeed.runtime.limits import FEED_MERGE_BUDGET, MIN_PARTITION_SHARE, partition_share
 from unifeed.runtime.reader import ReadBatch
 from unifeed.runtime.state import RunState
 
@@ -124,3 +125,52 @@ def test_replay_stays_replay_and_snapshots_see_each_partitions_start() -> None:
     # Before a later batch: each partition from its first message not handed on yet.
     assert starts[1] == (2, 2, {"f[0]": PartitionStart(105, 2), "f[1]": PartitionStart(200, -1)})
     assert starts[2] == (4, 4, {"f[0]": PartitionStart(105, 2), "f[1]": PartitionStart(207, 4)})
+
+
+def test_the_feed_budget_is_divided_among_its_partitions() -> None:
+    for partitions in (1, 2, 4, 8, 16, 40, 100):
+        share = partition_share(partitions)
+        assert share >= MIN_PARTITION_SHARE
+        if share > MIN_PARTITION_SHARE:
+            assert partitions * share <= FEED_MERGE_BUDGET
+    state = RunState()
+    keys = tuple(f"f[{i}]" for i in range(4))
+    merge = FeedMerge(state, "f", keys, {k: i for i, k in enumerate(keys)}, Collector())
+    assert merge.share == FEED_MERGE_BUDGET // 4
+    assert [merge.combiner.room(k) for k in keys] == [merge.share] * 4
+
+
+def test_a_partition_cannot_hand_its_merge_more_than_its_share() -> None:
+    state = RunState()
+    out = Collector()
+    keys = ("f[0]", "f[1]")
+    merge = FeedMerge(state, "f", keys, {"f[0]": 0, "f[1]": 1}, out)
+    merge.share = 100
+    full = merge.reader_delivery("f[0]")
+    a = _accepted("f[0]", 0, list(range(150)))
+    assert full(ReadBatch([], a[:90], [], False, False, list(range(90))))
+    # Below its share: one more batch goes, even past it.
+    assert full(ReadBatch([], a[90:120], [], False, False, list(range(90, 120))))
+    assert merge.holds("f[0]") == 120
+    # At its share: refused (kept, not lost) while the merge holds that many.
+    assert not full(ReadBatch([], a[120:], [], False, False, list(range(120, 150))))
+    assert not full(ReadBatch([], [], [], False, False))
+    assert merge.holds("f[0]") == 120
+    # The other partition's hand-over is its own; a batch without messages always goes.
+    other = merge.reader_delivery("f[1]")
+    assert other(ReadBatch([], _accepted("f[1]", 1, [200]), [], False, False, [0]))
+    _run(merge)
+    try:
+        # The merge hands on what partition 1 settles (below 200): room again.
+        full.wait_s = 10.0
+        assert full(ReadBatch([], [], [], False, False))
+        assert merge.holds("f[0]") < merge.share
+        assert other(ReadBatch([], [], [], False, True, []))
+        assert full(ReadBatch([], [], [], False, True, []))
+        out.wait(lambda: bool(out.reads) and out.reads[-1].closed)
+    finally:
+        state.stop.set()
+        merge.join(5)
+    assert state.failure is None
+    assert [p for k, p in out.items() if k == "f[0]"] == list(range(150))
+    assert merge.holds("f[0]") == merge.holds("f[1]") == 0

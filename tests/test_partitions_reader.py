@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from unifeed.core.errors import KafkaRuntimeError
 from unifeed.core.records import StampedDecoder
 from unifeed.kafka.clients import Target
+from unifeed.runtime.feedmerge import FeedMerge
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import READ_BATCH
 from unifeed.runtime.reader import (
@@ -202,3 +203,73 @@ def test_a_shared_consumer_fetches_each_partition_its_share() -> None:
     fixed.kafka_extra = {"fetch.max.bytes": 1000}
     assert shared_reader_config({"fetch.max.bytes": 1000}, fixed, 4) == {"fetch.max.bytes": 1000}
     assert shared_reader_config({"group.id": "g"}, Options(), 4) == {"group.id": "g"}
+
+
+def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
+    """Partition 1 says nothing (not at its end): its feed's merge can emit nothing, so
+    partition 0 fills its share in the merge, then its reader holds up to the same share
+    and pauses it; nothing read is lost once partition 1 ends."""
+    state = RunState()
+    out: list[ReadBatch] = []
+    keys = ("f[0]", "f[1]")
+    merge = FeedMerge(state, "f", keys, {"f[0]": 0, "f[1]": 1}, lambda r: out.append(r) or True)
+    merge.share = 2000
+    size = 500
+    reads = [[_msg(0, o) for o in range(k * size, (k + 1) * size)] for k in range(20)]
+    consumer = ScriptedConsumer(list(reads))
+    readers = []
+    for p in (0, 1):
+        r = _reader(state, merge.inbox, p)
+        r.deliver = merge.reader_delivery(f"f[{p}]")
+        r.hold_limit = min(READ_BATCH, merge.share)
+        readers.append(r)
+    group = PartitionsReader(state, "f", {}, readers)
+    runner = threading.Thread(target=group._loop, args=(consumer,), daemon=True)
+    merge.start()
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and 0 not in consumer.pauses:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert 0 in consumer.pauses and not out
+        in_merge = merge.holds("f[0]")
+        read = 20 * size - sum(len(r) for r in consumer.reads)
+        # In the merge: below its share before the last batch it took (one read);
+        # held by the reader: the batch the merge refused, and what came after it, below
+        # the hold limit before the read that paused it.
+        assert merge.share <= in_merge < merge.share + size
+        assert read - in_merge < size + readers[0].hold_limit + size
+        assert read < 20 * size
+        # Partition 1 ends; partition 0's reads go on (resumed) until it ends too.
+        consumer.reads += [[_eof(1, 0)], [_eof(0, 20 * size)]]
+        merge.join(10)
+        runner.join(10)
+    finally:
+        state.stop.set()
+        merge.join(5)
+        runner.join(5)
+    assert state.failure is None
+    assert [a.pitr for r in out for a in r.good] == list(range(20 * size))
+
+
+def test_an_idle_partition_whose_watermarks_get_no_answer_keeps_waiting() -> None:
+    """The broker gone: the watermarks of an idle partition get a transport error; the
+    reader keeps waiting (not at its end, no failure of its own), so that the run's
+    broker watch ends the run as a lost broker (exit 3), not this read (exit 1)."""
+
+    class Silent(ScriptedConsumer):
+        asked = 0
+
+        def get_watermark_offsets(
+            self, tp: Any, timeout: float, cached: bool = False
+        ) -> tuple[int, int]:
+            Silent.asked += 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    state = RunState()
+    inbox: Inbox[ReadBatch] = Inbox(["f[0]"], 8, state.stop)
+    reader = _reader(state, inbox, 0)
+    reader._idle_since = time.monotonic() - 2.0
+    assert reader.step(Silent([]), [], False) is None  # type: ignore[arg-type]
+    assert Silent.asked == 1 and not reader.closed

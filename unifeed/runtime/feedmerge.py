@@ -14,13 +14,21 @@ becomes a dead letter (``pitr_backwards``, naming the partition) instead.
 
 The merged messages keep their partition's key as their label (`Accepted.feed`), so
 that the output side keeps each partition's position.
+
+What a feed holds between its reads and its merge's output is one budget whatever its
+partition count (`limits.FEED_MERGE_BUDGET`): each partition may have its share
+(`limits.partition_share`) in the merge (its lane and its queue) before its hand-over
+(`PartitionDelivery`) refuses more; its reader then holds what it reads of it, up to the
+same share, and pauses it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import repeat
 from operator import attrgetter
 from typing import Any, Final
@@ -34,7 +42,7 @@ from unifeed.core.unify import CATCHUP_CLOCK
 from unifeed.kafka.clients import Target
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
-from unifeed.runtime.limits import IDLE_S, READ_BATCH, lane_batches, queue_capacity
+from unifeed.runtime.limits import IDLE_S, READ_BATCH, lane_batches, partition_share
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.reader import (
     Delivery,
@@ -100,20 +108,56 @@ class FeedMerge(Worker):
         self.partitions = partitions
         self.deliver = deliver
         self.inbox: Inbox[ReadBatch] = Inbox(list(keys), lane_batches(len(keys)), state.stop)
+        #: How many messages a partition may have in this merge (its lane and its queue)
+        #: before its hand-over takes no more: its share of the feed's budget.
+        self.share = partition_share(len(keys))
+        # Per partition: messages handed to this merge (written by the reader's thread
+        # only) and messages that left it (handed on or dead letters: this thread only).
+        self._added = dict.fromkeys(keys, 0)
+        self._removed = dict.fromkeys(keys, 0)
+        self._room = threading.Condition()
         # Always the catch-up rule (the clock is far past every pitr): every partition is
         # waited for until it is settled, caught up (end of log) or ended.
         self.combiner = Combiner(
-            [Feed(k, True, True, queue_capacity(len(keys))) for k in keys], clock=CATCHUP_CLOCK
+            [Feed(k, True, True, self.share) for k in keys], clock=CATCHUP_CLOCK
         )
         self._last_pitr = -1
 
-    def reader_delivery(self, key: str) -> Delivery:
+    def reader_delivery(self, key: str) -> PartitionDelivery:
         """What a partition's reader hands its batches to."""
+        return PartitionDelivery(self, key)
 
-        def whole(read: ReadBatch) -> Batch[Any]:
-            return Batch([read])
+    def holds(self, key: str) -> int:
+        """How many of partition ``key``'s messages this merge holds (its lane and its
+        queue)."""
+        return self._added[key] - self._removed[key]
 
-        return Delivery([(self.inbox, key, whole)], wait_s=0.0)
+    def wait_for_room(self, key: str, timeout_s: float) -> bool:
+        """Whether partition ``key`` is below its share, waiting up to ``timeout_s``."""
+        if self.holds(key) < self.share:
+            return True
+        if timeout_s <= 0:
+            return False
+        deadline = time.monotonic() + timeout_s
+        with self._room:
+            while self.holds(key) >= self.share:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.state.stop.is_set():
+                    return False
+                self._room.wait(left)
+        return True
+
+    def _added_to(self, key: str, n: int) -> None:
+        """``n`` messages of ``key`` went into this merge's lane (the reader's thread)."""
+        self._added[key] += n
+
+    def _release(self, counts: Mapping[str, int]) -> None:
+        """These messages a partition left this merge: its hand-over may take more."""
+        removed = self._removed
+        for key, n in counts.items():
+            removed[key] += n
+        with self._room:
+            self._room.notify_all()
 
     def work(self) -> None:
         c = self.combiner
@@ -134,7 +178,10 @@ class FeedMerge(Worker):
                         continue
                     part_at = None if offsets is None else offsets[at : at + len(part)]
                     at += len(part)
-                    part, part_at = self._in_order(key, part, part_at, dead)
+                    placed, part_at = self._in_order(key, part, part_at, dead)
+                    if len(placed) < len(part):
+                        self._release({key: len(part) - len(placed)})
+                    part = placed
                     if part:
                         c.push_emitted(key, part)
                         if part_at is not None:
@@ -184,6 +231,7 @@ class FeedMerge(Worker):
             }
             self.before_batch(self._handed, self._handed_pitr, starts)
         offsets = self._offsets
+        left: Counter[str] = Counter()
         for part in (read.replay, read.good):
             if not part:
                 continue
@@ -192,6 +240,7 @@ class FeedMerge(Worker):
             # and the pitr of its last one (its floor: found from the end, where every
             # partition of a merged batch usually shows up within a few messages).
             counts = Counter(map(_FEED, part))
+            left.update(counts)
             for key, n in counts.items():
                 q = offsets[key]
                 if q:
@@ -206,6 +255,7 @@ class FeedMerge(Worker):
                         break
             self._handed += len(part)
         self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
+        self._release(left)
 
     def _close_idle(self, caught: dict[str, bool]) -> None:
         """With --stop-at: once a partition has passed it, one that stays at the end of
@@ -258,6 +308,37 @@ class FeedMerge(Worker):
             if self.state.stop.is_set():
                 return False
             read = ReadBatch([], [], [], read.caught_up, read.closed)
+        return True
+
+
+class PartitionDelivery(Delivery):
+    """A partition reader's hand-over to its feed's merge: it takes a batch only while
+    the merge holds fewer than the partition's share (`FeedMerge.share`) of its messages,
+    so that what a feed holds does not grow with its partitions. A batch taken may bring
+    the partition past its share by that batch; nothing more until it is below again.
+    A batch with no messages (dead letters, the end of the log, the end of the feed)
+    always goes on."""
+
+    def __init__(self, merge: FeedMerge, key: str) -> None:
+        super().__init__([], wait_s=0.0)
+        self.merge = merge
+        self.key = key
+        self._size = 0
+
+    def __call__(self, read: ReadBatch) -> bool:
+        merge = self.merge
+        if not self.pending:
+            if not (read.replay or read.good or read.dead or read.caught_up or read.closed):
+                return True
+            self.pending.append((merge.inbox, self.key, Batch([read])))
+            self._size = len(read.replay) + len(read.good)
+        if self._size and not merge.wait_for_room(self.key, self.wait_s):
+            return False
+        inbox, lane, batch = self.pending[0]
+        if not inbox.put(lane, batch, self.wait_s):
+            return False
+        self.pending.clear()
+        merge._added_to(self.key, self._size)
         return True
 
 
@@ -340,6 +421,9 @@ def read_feed(
     # One consumer and one thread read all the feed's partitions (`PartitionsReader`),
     # each partition through its own reader's step (its checks, skip, marks and end).
     readers = {k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()}
+    for r in readers.values():
+        # Held by the reader while its hand-over is full: at most the partition's share.
+        r.hold_limit = min(READ_BATCH, merge.share)
     group = PartitionsReader(
         state,
         feed.name,

@@ -16,6 +16,12 @@ STAGE_CAPACITY: Final = 50_000
 #: What the queues of one merge stage hold together (records): two feeds get
 #: STAGE_CAPACITY each, more share it, never below two read batches a queue.
 STAGE_BUDGET: Final = 2 * STAGE_CAPACITY
+#: What a feed read from several partitions holds between its reads and its merge's
+#: output (records: each partition's messages held by its reader, in its merge's lane and
+#: in its merge's queue), one budget whatever its partition count: each partition gets
+#: its share (`partition_share`), as the feeds of a run share `STAGE_BUDGET`.
+FEED_MERGE_BUDGET: Final = 2 * READ_BATCH
+MIN_PARTITION_SHARE: Final = READ_BATCH // 10
 #: What a run's consumers buffer ahead together (librdkafka's fetch queue and largest
 #: fetch, KiB): two one-partition feeds get 16 MiB each, more consumers share it.
 READ_AHEAD_BUDGET_KB: Final = 32_768
@@ -31,6 +37,13 @@ def lane_batches(lanes: int) -> int:
 def queue_capacity(queues: int) -> int:
     """Each queue's share of `STAGE_BUDGET` among ``queues``."""
     return max(2 * READ_BATCH, STAGE_BUDGET // max(1, queues))
+
+
+def partition_share(partitions: int) -> int:
+    """Each partition's share of `FEED_MERGE_BUDGET` among its feed's ``partitions``
+    (never below `MIN_PARTITION_SHARE`, so that a merge of many partitions still moves
+    batches, not single records)."""
+    return max(MIN_PARTITION_SHARE, FEED_MERGE_BUDGET // max(1, partitions))
 
 
 def read_ahead_kb(consumers: int) -> int:

@@ -128,6 +128,9 @@ class FeedReader(ConsumerWorker):
         self.before_batch: Callable[[int, int], None] | None = None
         #: The feed has ended here (--stop-at passed, or --exit-at-end at the end).
         self.closed = False
+        #: Read by a `PartitionsReader`: how many of this partition's messages it holds
+        #: while its delivery is full before it pauses the partition.
+        self.hold_limit = READ_BATCH
         self._skip = ResumeSkip(plan.resume_after, count_keepalives=count_keepalives)
         self._end = EndOfLogWatch(end_of_log_grace_s)
         self._idle_since = time.monotonic()
@@ -162,20 +165,26 @@ class FeedReader(ConsumerWorker):
             try:
                 _, high = watermarks(consumer, self.target, 5.0)
             except KafkaRuntimeError as exc:
-                if exc.code not in UNKNOWN_CODES:
+                if exc.code in _TRANSIENT_NAMES:
+                    # No answer now (the broker restarting or gone): not at the end; the
+                    # run's `BrokerHealth` decides when a silent broker ends the run.
+                    log.debug("%s: %s", self.feed, exc)
+                    high = -1
+                elif exc.code not in UNKNOWN_CODES:
                     raise
-                # A feed never seen (no record, no end of its partition) is never
-                # passed: it could still deliver anything.
-                high = -1
-                now = time.monotonic()
-                if now - self._warned_missing >= MISSING_WARN_EVERY_S:
-                    log.warning(
-                        "%s: %s does not exist (yet); waiting for it (its feed is not "
-                        "passed until it exists)",
-                        self.feed,
-                        self.target,
-                    )
-                    self._warned_missing = now
+                else:
+                    # A feed never seen (no record, no end of its partition) is never
+                    # passed: it could still deliver anything.
+                    high = -1
+                    now = time.monotonic()
+                    if now - self._warned_missing >= MISSING_WARN_EVERY_S:
+                        log.warning(
+                            "%s: %s does not exist (yet); waiting for it (its feed is not "
+                            "passed until it exists)",
+                            self.feed,
+                            self.target,
+                        )
+                        self._warned_missing = now
             if high >= 0 and self.next_offset >= high:
                 eof = True
         if records:
@@ -386,12 +395,12 @@ class PartitionsReader(ConsumerWorker):
                 got = got or []
                 eof = p in ended or p in held_eof
                 if p in pending:
-                    # Held, not stepped: a partition's batches go on in order. Past a
-                    # batch's worth, the partition is paused (memory stays bounded).
+                    # Held, not stepped: a partition's batches go on in order. Past its
+                    # hold limit, the partition is paused (memory stays bounded).
                     held[p] = got
                     if eof:
                         held_eof.add(p)
-                    if len(got) >= READ_BATCH and p not in paused:
+                    if len(got) >= r.hold_limit and p not in paused:
                         paused.add(p)
                         consumer.pause([tps[p]])
                     continue
@@ -413,16 +422,21 @@ class PartitionsReader(ConsumerWorker):
 
 
 def shared_reader_config(config: dict[str, Any], options: Any, partitions: int) -> dict[str, Any]:
-    """``config`` (a `reader_config`, or any consumer's settings) for one consumer that reads ``partitions``
-    partitions: the fetch queue's bound holds a partition each (librdkafka counts it a
-    partition), and a fetch may bring each partition its share, as one consumer each
-    would (unless the run's Kafka settings say otherwise)."""
+    """``config`` (a `reader_config`, or any consumer's settings) for one consumer that
+    reads ``partitions`` partitions. Its fetch queue's bound (``queued.max.messages.kbytes``)
+    stays the consumer's: librdkafka applies it to the consumer's one queue, whatever the
+    partitions assigned to it. A fetch may bring each partition its share, as one
+    consumer each would (unless the run's Kafka settings say otherwise); librdkafka caps
+    each partition's part of a fetch anyway (``fetch.message.max.bytes``)."""
     shared = dict(config)
     share = config.get("fetch.max.bytes")
     if share is not None and "fetch.max.bytes" not in (options.kafka_extra or {}):
         shared["fetch.max.bytes"] = int(share) * max(1, partitions)
     return shared
 
+
+#: The names of the client's errors that mean "no answer now" (`limits.TRANSIENT`).
+_TRANSIENT_NAMES: Final = frozenset(KafkaError(code).name() for code in TRANSIENT)
 
 #: How long a `PartitionsReader` waits for input while a delivery is still pending.
 _PENDING_POLL_S: Final = 0.005
@@ -431,6 +445,9 @@ _PENDING_POLL_S: Final = 0.005
 def reader_config(options: Any, consumers: int) -> dict[str, Any]:
     """The consumer settings of a run's readers: ``consumers`` share one read-ahead
     budget (`limits.read_ahead_kb`), so memory does not grow with the partitions read.
+    A consumer reading several partitions counts as one a partition: librdkafka bounds
+    its one queue by ``queued.max.messages.kbytes`` whatever it reads, but it fetches for
+    each of them; divided by partitions, the budget holds whatever it keeps a partition.
     ``options`` is the run's `RuntimeOptions` (its Kafka settings win)."""
     config = consumer_config(options.bootstrap, options.kafka_extra)
     share = read_ahead_kb(consumers)
