@@ -315,3 +315,37 @@ def test_closing_after_a_fatal_error_keeps_the_error_that_ended_the_run(
     finally:
         real.flush(0)
     assert "flushing the output while closing failed" in caplog.text
+
+
+class _RefusingProducer:
+    """A producer that went fatal: it refuses records with ``_FATAL``; its error callback
+    (the reason) is served by the next poll."""
+
+    def __init__(self, on_error: Any) -> None:
+        self.on_error = on_error
+
+    def poll(self, timeout: float) -> int:
+        from confluent_kafka import KafkaError
+
+        self.on_error(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+        return 0
+
+
+def test_a_refused_record_ends_the_run_with_the_fatal_error_behind_it() -> None:
+    """The client refuses records with ``_FATAL`` before it has served the error callback
+    that says why: the run's error is that reason (the fenced line), not the refusal."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from unifeed.core.errors import InstanceFencedError
+    from unifeed.runtime.transactions import Transactions
+
+    state = RunState()
+    txn = Transactions(_options(), OUT, state)
+    real, txn.producer = txn.producer, _RefusingProducer(txn._on_error)  # type: ignore[assignment]
+    try:
+        refused = KafkaException(KafkaError(KafkaError._FATAL, "Unable to produce message"))
+        error = txn.produce_refused(refused)
+    finally:
+        real.flush(0)
+    assert isinstance(error, InstanceFencedError), error
+    assert "took over" in str(error)

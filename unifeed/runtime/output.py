@@ -11,7 +11,7 @@ import logging
 import time
 
 import msgspec
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from unifeed.checkpoint.store import (
     Checkpoint,
@@ -139,21 +139,25 @@ class Committer:
         # Timestamp = pitr, at most TIMESTAMP_AHEAD_MAX_MS ahead of the clock (a broker
         # refuses records stamped further ahead; `record_timestamp`).
         cap = int(time.time() * 1000) + TIMESTAMP_AHEAD_MAX_MS
-        for e in items[start:]:
-            value = e.item
-            if len(value) > max_bytes:
-                if self.dead.oversized(e.feed, e.pitr, value):
-                    self._dirty = True
-                continue
-            callback = self._on_last_delivery if e is last else None
-            stamp = e.pitr if e.pitr <= cap else cap
-            try:
-                # Positional (topic, value, key, partition, callback, on_delivery,
-                # timestamp): a positional on_delivery is ignored, so the callback goes in
-                # `callback`; positional arguments skip the keyword parsing per record.
-                produce(topic, value, None, partition, callback, None, stamp)
-            except BufferError:
-                self._produce_when_room(topic, value, partition, stamp, e is last)
+        try:
+            for e in items[start:]:
+                value = e.item
+                if len(value) > max_bytes:
+                    if self.dead.oversized(e.feed, e.pitr, value):
+                        self._dirty = True
+                    continue
+                callback = self._on_last_delivery if e is last else None
+                stamp = e.pitr if e.pitr <= cap else cap
+                try:
+                    # Positional (topic, value, key, partition, callback, on_delivery,
+                    # timestamp): a positional on_delivery is ignored, so the callback goes
+                    # in `callback`; positional arguments skip the keyword parsing per
+                    # record.
+                    produce(topic, value, None, partition, callback, None, stamp)
+                except BufferError:
+                    self._produce_when_room(topic, value, partition, stamp, e is last)
+        except KafkaException as exc:
+            raise self.txn.produce_refused(exc) from None
         if positions is None:
             self.positions.advance(items)
         # Delivery reports and errors are served here at most every POLL_EVERY_S (and by

@@ -3,6 +3,7 @@ the client's errors turned into the run's (a fenced producer, a failed delivery)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final
@@ -112,6 +113,19 @@ class Transactions:
             log.warning(
                 "%s: flushing the output while closing failed: %s", self.options.instance, exc
             )
+
+    def produce_refused(self, exc: KafkaException) -> BaseException:
+        """The run's error for a record the client refused to produce.
+
+        After a fatal error (a fenced producer) the client refuses every record with
+        ``_FATAL`` and says why only through its error callback, which a poll serves: it
+        is served here first, so that the run ends with that reason (the fenced line)."""
+        # A fatal error's reports may raise here too: see `served`.
+        with contextlib.suppress(SystemError, KafkaException):
+            self.producer.poll(0)
+        if self.state.failure is not None:
+            return self.state.failure
+        return wrap_kafka_error(f"writing to {self.output} failed", exc, self.options.instance)
 
     def served(self, call: Callable[[], int]) -> int:
         """``call()``, a producer call that serves delivery reports (flush, poll).
