@@ -38,7 +38,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks._kafka_driver import Reporter, _peak_rss_kb, passthrough
-from benchmarks._kafka_harness import _cpu_jiffies, _process_cpu_s, serve_run
+from benchmarks._kafka_harness import Profiler, _cpu_jiffies, _process_cpu_s, serve_run
 from unifeed.kafka.clients import Target, TopicSelection, producer_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +235,7 @@ def run_prefilled(
     stop_at: int,
     timeout_s: float,
     broker_pid: int | None = None,
+    profiler: Profiler | None = None,
 ) -> PrefilledResult:
     """Fresh topics holding ``inputs`` (every record produced before the process starts),
     then one run of ``kind`` (``combine``, ``merge`` or ``passthrough``) over them."""
@@ -281,6 +282,8 @@ def run_prefilled(
             "--checkpoint-topic",
             f"bench-{run_id}-checkpoints",
         ]
+    if profiler is not None:
+        cmd = [*profiler.command(kind, run_id), *cmd]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryFile() as stderr:

@@ -25,6 +25,7 @@ import msgspec
 import pytest
 
 from benchmarks._data import KafkaTraffic, keepalive
+from benchmarks._kafka_harness import Profiler
 from benchmarks._kafka_prefilled import Inputs, PrefilledResult, run_prefilled
 from benchmarks._peers import SUMMARY
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
@@ -114,6 +115,7 @@ def _compare(
     stop_at: int,
     rounds: int,
     label: str,
+    profiler: Profiler | None = None,
 ) -> None:
     total = sum(len(p) for parts in inputs.values() for p in parts)
     timeout = 120.0 + total / 10_000
@@ -141,6 +143,7 @@ def _compare(
             stop_at=stop_at,
             timeout_s=timeout,
             broker_pid=kafka.pid,
+            profiler=profiler,
         )
         subject.append(result)
         return result
@@ -225,6 +228,7 @@ def test_combine_over_partitions_vs_passthrough(
         kafka_traffic.end_ms,
         bench_options.kafka_rounds,
         f"combine, {partitions} partition{'s' if partitions > 1 else ''} a feed",
+        bench_options.profiler,
     )
 
 
@@ -241,4 +245,5 @@ def test_merge_of_eight_feeds_vs_passthrough(
         kafka_traffic.end_ms,
         bench_options.kafka_rounds,
         f"merge of {MERGE_FEEDS} feeds",
+        bench_options.profiler,
     )
