@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 from unifeed.kafka.clients import Target, consumer_config, producer_config
 from unifeed.runtime import CombineRun, RuntimeOptions
-from unifeed.runtime.reader import FeedReader
+from unifeed.runtime.runloop import RunLoop
 
 _REPORT_S = 0.005  # as REPORT_S in benchmarks._kafka_harness
 _CPU_SAMPLE_S = 0.25
@@ -127,15 +127,16 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
     )
     started = time.perf_counter()
     run.setup()
-    readers = {t.feed: t for t in run.threads if isinstance(t, FeedReader)}
+    loop = run.main
+    assert isinstance(loop, RunLoop)
+    readers = {r.feed: r for r in loop.reading.parts.values()}
     control, surface = readers[CONTROLSTREAM], readers[SURFACESTREAM]
     counters = run.state.counters
 
     def progress() -> tuple[int, int, int]:
         return control.next_offset, surface.next_offset, counters.get("out", 0)
 
-    writer = run.writer
-    assert writer is not None
+    writer = loop
     # The run's work ends when the writer has made its last commit and returned; stopping
     # the other threads and closing their clients afterwards is not part of it.
     reporter = Reporter(progress, done=lambda: writer.ident is not None and not writer.is_alive())

@@ -63,6 +63,7 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
     from unifeed.runtime import CombineRun, RuntimeOptions
     from unifeed.runtime.merge import MergeRun
     from unifeed.runtime.reader import FeedReader, PartitionsReader
+    from unifeed.runtime.runloop import RunLoop
 
     options = RuntimeOptions(
         bootstrap=args.bootstrap,
@@ -86,13 +87,13 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
         run = MergeRun(options, {name: TopicSelection(topic) for name, topic, _ in inputs}, output)
     started = time.perf_counter()
     run.setup()
-    readers = [t for t in run.threads if isinstance(t, (FeedReader, PartitionsReader))]
+    readers = [t for t in run.threads if isinstance(t, (FeedReader, PartitionsReader, RunLoop))]
     counters = run.state.counters
 
     def progress() -> tuple[int, int, int]:
         return sum(r.next_offset for r in readers), 0, counters.get("out", 0)
 
-    writer = run.writer
+    writer = run.main
     assert writer is not None
     reporter = Reporter(progress, done=lambda: writer.ident is not None and not writer.is_alive())
     reporter.start()
@@ -208,6 +209,7 @@ class PrefilledResult:
             "broker_peak_rss_mb": self.broker_peak_rss_mb,
             "late": self.counters.get("late", 0),
             "dead_letters": self.counters.get("dead_letters", 0),
+            "counters": self.counters,
             "threads_cpu_and_runqueue_s": self.cpu_by_thread,
         }
 

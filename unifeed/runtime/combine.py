@@ -40,7 +40,9 @@ from unifeed.runtime.reader import (
     ReadBatch,
     ReadPlan,
     reader_config,
+    run_reader_config,
 )
+from unifeed.runtime.runloop import RunLoop
 from unifeed.runtime.saved import StateSaver, StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
 from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
@@ -244,10 +246,10 @@ class CombineRun(Supervisor):
             )
 
         control, surface = self.feeds[CONTROLSTREAM], self.feeds[SURFACESTREAM]
-        control_threads, control_readers, control_merge = read_feed(
+        _, control_readers, control_merge = read_feed(
             st, control, plans, Delivery(control_steps), rconf, o
         )
-        surface_threads, surface_readers, _ = read_feed(
+        _, surface_readers, surface_merge = read_feed(
             st,
             surface,
             plans,
@@ -255,7 +257,7 @@ class CombineRun(Supervisor):
             rconf,
             o,
         )
-        self.threads += control_threads + surface_threads
+        parts = [*control_readers.values(), *surface_readers.values()]
         saver: StateSaver | None = None
         if deriver is not None:
             # The deriver's state travels with the checkpoints (a restart needs it whatever
@@ -316,7 +318,7 @@ class CombineRun(Supervisor):
             saver = StateSaver(
                 snapshots, feed=MAPPINGSTREAM, ref=ref, lag_ms=DEFAULT_LATE_WINDOW_MS
             )
-            self.threads.append(mapping_reader)
+            parts.append(mapping_reader)
         committer = Committer(opened, marks, saver)
         if first is not None:
             committer.first_checkpoint(first)
@@ -324,11 +326,11 @@ class CombineRun(Supervisor):
         annotator = AnnotatorThread(st, annot_inbox, writer_inbox, o)
         if restored is not None:
             annotator.stage.annotator.seed(restored.links, restored.floor)
-        self.threads.append(annotator)
         self.writer = WriterThread(st, writer_inbox, committer, o)
-        self.threads.append(self.writer)
-        self.main = self.writer
-        self.threads.append(ClaimWatcher(st, o, opened.claim))
+        merges = [m for m in (control_merge, surface_merge) if m is not None]
+        loop = RunLoop(st, run_reader_config(o), parts, merges, self.writer, annotator)
+        self.threads += [loop, ClaimWatcher(st, o, opened.claim)]
+        self.main = loop
         self.annot_inbox = annot_inbox
         self.writer_inbox = writer_inbox
 

@@ -122,6 +122,16 @@ class FeedMerge(Worker):
             [Feed(k, True, True, self.share) for k in keys], clock=CATCHUP_CLOCK
         )
         self._last_pitr = -1
+        self._caught = dict.fromkeys(keys, False)
+        self._replay_ids: set[int] = set()
+        self._sent_caught_up = False
+        # Merged batches the next stage has not taken yet (`_flush`), the end flags of
+        # one its delivery holds, and whether the last of them ends the feed.
+        self._waiting: list[ReadBatch] = []
+        self._retry: ReadBatch | None = None
+        self._ending = False
+        #: Every partition has ended and the merged feed has been handed on.
+        self.finished = False
 
     def reader_delivery(self, key: str) -> PartitionDelivery:
         """What a partition's reader hands its batches to."""
@@ -160,66 +170,97 @@ class FeedMerge(Worker):
             self._room.notify_all()
 
     def work(self) -> None:
+        while not self.state.stop.is_set() and not self.finished:
+            self.step(IDLE_S)
+
+    def step(self, wait_s: float) -> bool:
+        """One round: hand on what the next stage could not take yet, else merge what
+        the partitions' readers delivered (waiting up to ``wait_s`` for it) and hand it
+        on. Whether messages or dead letters moved (end flags alone move nothing).
+        Nothing new is taken while merged batches wait."""
+        flushed = False
+        if self._waiting or self._retry is not None:
+            if not self._flush():
+                return False
+            flushed = True
+        if self.finished:
+            return flushed
         c = self.combiner
         keys = self.keys
-        caught = dict.fromkeys(keys, False)
-        replay_ids: set[int] = set()
-        sent_caught_up = False
-        while not self.state.stop.is_set():
-            dead: list[DeadLetter] = []
-            lanes = [k for k in keys if c.room(k) > 0]
-            for key, batch in self.inbox.take(lanes, IDLE_S):
-                read: ReadBatch = batch.records[0]
-                dead.extend(read.dead)
-                offsets = read.offsets
-                at = 0
-                for part, is_replay in ((read.replay, True), (read.good, False)):
-                    if not part:
-                        continue
-                    part_at = None if offsets is None else offsets[at : at + len(part)]
-                    at += len(part)
-                    placed, part_at = self._in_order(key, part, part_at, dead)
-                    if len(placed) < len(part):
-                        self._release({key: len(part) - len(placed)})
-                    part = placed
-                    if part:
-                        c.push_emitted(key, part)
-                        if part_at is not None:
-                            self._offsets[key].extend(part_at)
-                        if is_replay:
-                            replay_ids.update(map(id, part))
-                caught[key] = read.caught_up
-                c.caught_up(key, read.caught_up)
-                if read.closed:
-                    c.close(key)
-            if self.stop_at is not None:
-                self._close_idle(caught)
-            out = c.drain_list()
-            finished = c.exhausted()
-            caught_up = all(caught[k] or c.is_closed(k) for k in keys) and not any(
-                c.queued(k) for k in keys
-            )
-            batches = _runs(out, replay_ids) if out else []
-            if not batches and (dead or finished or (caught_up and not sent_caught_up)):
-                batches = [ReadBatch([], [], [], False, False)]
-            for i, read in enumerate(batches):
-                if i == 0:
-                    read.dead = dead
-                if i == len(batches) - 1:
-                    read.caught_up = caught_up
-                    read.closed = finished
-                if read.replay or read.good:
-                    self._handed_over(read)
-                if not self._hand_on(read):
-                    return
-            if out:
-                self._last_pitr = out[-1].pitr
-                # The feed's lag is its merge's (each partition's reader keeps its own).
-                self.state.lag_pitr[self.feed] = self._last_pitr
-            if batches:
-                sent_caught_up = caught_up
-            if finished:
-                return
+        caught = self._caught
+        dead: list[DeadLetter] = []
+        lanes = [k for k in keys if c.room(k) > 0]
+        taken = self.inbox.take(lanes, wait_s)
+        for key, batch in taken:
+            read: ReadBatch = batch.records[0]
+            dead.extend(read.dead)
+            offsets = read.offsets
+            at = 0
+            for part, is_replay in ((read.replay, True), (read.good, False)):
+                if not part:
+                    continue
+                part_at = None if offsets is None else offsets[at : at + len(part)]
+                at += len(part)
+                placed, part_at = self._in_order(key, part, part_at, dead)
+                if len(placed) < len(part):
+                    self._release({key: len(part) - len(placed)})
+                part = placed
+                if part:
+                    c.push_emitted(key, part)
+                    if part_at is not None:
+                        self._offsets[key].extend(part_at)
+                    if is_replay:
+                        self._replay_ids.update(map(id, part))
+            caught[key] = read.caught_up
+            c.caught_up(key, read.caught_up)
+            if read.closed:
+                c.close(key)
+        if self.stop_at is not None:
+            self._close_idle(caught)
+        out = c.drain_list()
+        finished = c.exhausted()
+        caught_up = all(caught[k] or c.is_closed(k) for k in keys) and not any(
+            c.queued(k) for k in keys
+        )
+        batches = _runs(out, self._replay_ids) if out else []
+        if not batches and (dead or finished or (caught_up and not self._sent_caught_up)):
+            batches = [ReadBatch([], [], [], False, False)]
+        for i, read in enumerate(batches):
+            if i == 0:
+                read.dead = dead
+            if i == len(batches) - 1:
+                read.caught_up = caught_up
+                read.closed = finished
+        if out:
+            self._last_pitr = out[-1].pitr
+            # The feed's lag is its merge's (each partition's reader keeps its own).
+            self.state.lag_pitr[self.feed] = self._last_pitr
+        if batches:
+            self._sent_caught_up = caught_up
+        self._waiting = batches
+        self._ending = finished
+        self._flush()
+        return flushed or bool(out or dead)
+
+    def _flush(self) -> bool:
+        """Hand on the merged batches still waiting, in order; whether all went."""
+        if self._retry is not None:
+            if not self.deliver(self._retry):
+                return False
+            self._retry = None
+        waiting = self._waiting
+        while waiting:
+            read = waiting.pop(0)
+            if read.replay or read.good:
+                self._handed_over(read)
+            if not self.deliver(read):
+                # The delivery keeps what it could not hand on; it is retried with an
+                # empty batch carrying the same end flags.
+                self._retry = ReadBatch([], [], [], read.caught_up, read.closed)
+                return False
+        if self._ending:
+            self.finished = True
+        return True
 
     def _handed_over(self, read: ReadBatch) -> None:
         """Before ``read`` is handed on: offer a snapshot of where each partition stands,
@@ -302,13 +343,6 @@ class FeedMerge(Worker):
                 if at is not None:
                     kept_at.append(at[i])
         return kept, None if at is None else kept_at
-
-    def _hand_on(self, read: ReadBatch) -> bool:
-        while not self.deliver(read):
-            if self.state.stop.is_set():
-                return False
-            read = ReadBatch([], [], [], read.caught_up, read.closed)
-        return True
 
 
 class PartitionDelivery(Delivery):

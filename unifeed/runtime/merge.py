@@ -20,7 +20,7 @@ from unifeed.core.records import StampedDecoder
 from unifeed.core.stages import Accepted, MergeStage
 from unifeed.kafka.clients import Target, TopicSelection
 from unifeed.runtime.claim import ClaimWatcher
-from unifeed.runtime.feedmerge import read_feed
+from unifeed.runtime.feedmerge import FeedMerge, read_feed
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.layout import FeedInput
 from unifeed.runtime.limits import lane_batches, queue_capacity
@@ -32,12 +32,12 @@ from unifeed.runtime.partwatch import PartitionWatch
 from unifeed.runtime.reader import (
     Delivery,
     FeedReader,
-    PartitionsReader,
     ReadBatch,
     ReadPlan,
     reader_config,
-    shared_reader_config,
+    run_reader_config,
 )
+from unifeed.runtime.runloop import RunLoop
 from unifeed.runtime.stages import Push, WriterInbox, WriterThread
 from unifeed.runtime.startup import (
     inputs_of,
@@ -131,9 +131,10 @@ class MergeRun(Supervisor):
             return Batch(good, read.dead, marker, read.caught_up, read.closed)
 
         marks: dict[str, tuple[RestartMarks, int | None]] = {}
-        singles: list[FeedReader] = []
+        parts: list[FeedReader] = []
+        merges: list[FeedMerge] = []
         for name, feed in feeds.items():
-            threads, readers, merge = read_feed(
+            _, readers, merge = read_feed(
                 st,
                 feed,
                 plans,
@@ -142,26 +143,20 @@ class MergeRun(Supervisor):
                 o,
                 decoder=StampedDecoder(name),
             )
-            if merge is None:
-                singles += readers.values()
-            else:
-                self.threads += threads
+            parts += readers.values()
+            if merge is not None:
+                merges.append(merge)
             marks.update({k: (r.marks, None) for k, r in readers.items()})
-        if len(singles) > 1:
-            # The feeds of one partition share one consumer and one thread (the writer's
-            # merge needs them all; one of them held does not hold up the others' reads).
-            config = shared_reader_config(rconf, o, len(singles))
-            self.threads.append(PartitionsReader(st, "inputs", config, singles))
-        else:
-            self.threads += singles
         committer = Committer(opened, marks)
         if first is not None:
             committer.first_checkpoint(first)
         committer.begin()
         self.writer = WriterThread(st, inbox, committer, o, stage=stage, pushes=pushes)
         self.writer_inbox = inbox
-        self.threads += [self.writer, ClaimWatcher(st, o, opened.claim)]
-        self.main = self.writer
+        # Every input partition on one consumer, every stage in one thread (`RunLoop`).
+        loop = RunLoop(st, run_reader_config(o), parts, merges, self.writer)
+        self.threads += [loop, ClaimWatcher(st, o, opened.claim)]
+        self.main = loop
 
     def depths(self) -> dict[str, int]:
         inbox = self.writer_inbox

@@ -344,6 +344,13 @@ class PartitionsReader(ConsumerWorker):
         self.parts = {(r.target.topic, r.target.partition): r for r in parts}
         if len(self.parts) != len(parts):
             raise ValueError("a PartitionsReader reads distinct partitions")
+        self._consumer: Consumer | None = None
+        self._tps: dict[tuple[str, int], TopicPartition] = {}
+        self._where = ""
+        self._held: dict[tuple[str, int], list[Message]] = {p: [] for p in self.parts}
+        self._held_eof: set[tuple[str, int]] = set()
+        self._paused: set[tuple[str, int]] = set()
+        self._pending: dict[tuple[str, int], ReadBatch] = {}
 
     @property
     def next_offset(self) -> int:
@@ -351,66 +358,88 @@ class PartitionsReader(ConsumerWorker):
         return sum(r.next_offset for r in self.parts.values())
 
     def _loop(self, consumer: Consumer) -> None:
+        self.begin(consumer)
+        stop = self.state.stop
+        while not stop.is_set() and not self.finished:
+            self.step(_PENDING_POLL_S if self._pending else 0.1, wait_for_room=True)
+
+    def begin(self, consumer: Consumer) -> None:
+        """Read the partitions with ``consumer`` (assigned here) from now on."""
+        self._consumer = consumer
+        self._tps = {p: r.target.topic_partition(r.plan.offset) for p, r in self.parts.items()}
+        consumer.assign(list(self._tps.values()))
+        self._where = ", ".join(str(r.target) for r in self.parts.values())
+
+    @property
+    def finished(self) -> bool:
+        """Every partition has ended and everything read of them has been handed on."""
+        return all(r.closed for r in self.parts.values()) and not self._pending
+
+    def step(self, timeout_s: float, *, wait_for_room: bool) -> bool:
+        """One round: retry what is still undelivered, read what is there (waiting up to
+        ``timeout_s`` for a first message) and hand each partition's share on. With
+        ``wait_for_room``, when nothing else can go on, wait for room (once a round); in
+        a thread that also runs the next stages (`unifeed.runtime.runloop`), never.
+        Whether it read messages or handed on what was held (an idle partition's "still
+        at the end of the log" moves nothing)."""
         parts = self.parts
-        tps = {p: r.target.topic_partition(r.plan.offset) for p, r in parts.items()}
-        consumer.assign(list(tps.values()))
-        where = ", ".join(str(r.target) for r in parts.values())
+        consumer = self._consumer
+        assert consumer is not None, "begin() first"
+        tps = self._tps
         # Per partition: what was read but not stepped yet (its delivery was full), and
         # whether the end of its log came with it; the partitions paused meanwhile.
-        held: dict[tuple[str, int], list[Message]] = {p: [] for p in parts}
-        held_eof: set[tuple[str, int]] = set()
-        paused: set[tuple[str, int]] = set()
-        pending: dict[tuple[str, int], ReadBatch] = {}
-        stop = self.state.stop
-        while not stop.is_set():
-            if all(r.closed for r in parts.values()) and not pending:
-                return
-            # Retry what is still undelivered; when nothing else can go on, wait for room
-            # (once a round).
-            wait = all(p in pending or r.closed for p, r in parts.items())
-            for p in list(pending):
-                r = parts[p]
-                left = pending[p]
-                if self._deliver(r, left, wait):
-                    del pending[p]
-                    if p in paused and not r.closed:
-                        paused.discard(p)
-                        consumer.resume([tps[p]])
-                else:
-                    pending[p] = ReadBatch([], [], [], left.caught_up, left.closed)
-                wait = False
-            messages = consume_batch(consumer, READ_BATCH, _PENDING_POLL_S if pending else 0.1)
-            records, ended = split_errors(messages, self.feed, where)
-            mine: dict[tuple[str, int], list[Message]] = {}
-            for topic, of_topic in groupby(records, MESSAGE_TOPIC):
-                for at, run in groupby(of_topic, MESSAGE_PARTITION):
-                    mine.setdefault((topic or "", at or 0), []).extend(run)
-            for p, r in parts.items():
-                if r.closed:
-                    continue
-                got = mine.get(p)
-                if held[p]:
-                    got = held[p] + got if got else held[p]
-                    held[p] = []
-                got = got or []
-                eof = p in ended or p in held_eof
-                if p in pending:
-                    # Held, not stepped: a partition's batches go on in order. Past its
-                    # hold limit, the partition is paused (memory stays bounded).
-                    held[p] = got
-                    if eof:
-                        held_eof.add(p)
-                    if len(got) >= r.hold_limit and p not in paused:
-                        paused.add(p)
-                        consumer.pause([tps[p]])
-                    continue
-                held_eof.discard(p)
-                out = r.step(consumer, got, eof)
-                if r.closed and p not in paused:
+        held = self._held
+        held_eof = self._held_eof
+        paused = self._paused
+        pending = self._pending
+        moved = False
+        wait = wait_for_room and all(p in pending or r.closed for p, r in parts.items())
+        for p in list(pending):
+            r = parts[p]
+            left = pending[p]
+            if self._deliver(r, left, wait):
+                moved = True
+                del pending[p]
+                if p in paused and not r.closed:
+                    paused.discard(p)
+                    consumer.resume([tps[p]])
+            else:
+                pending[p] = ReadBatch([], [], [], left.caught_up, left.closed)
+            wait = False
+        messages = consume_batch(consumer, READ_BATCH, timeout_s)
+        records, ended = split_errors(messages, self.feed, self._where)
+        moved = moved or bool(records)
+        mine: dict[tuple[str, int], list[Message]] = {}
+        for topic, of_topic in groupby(records, MESSAGE_TOPIC):
+            for at, run in groupby(of_topic, MESSAGE_PARTITION):
+                mine.setdefault((topic or "", at or 0), []).extend(run)
+        for p, r in parts.items():
+            if r.closed:
+                continue
+            got = mine.get(p)
+            if held[p]:
+                got = held[p] + got if got else held[p]
+                held[p] = []
+            got = got or []
+            eof = p in ended or p in held_eof
+            if p in pending:
+                # Held, not stepped: a partition's batches go on in order. Past its
+                # hold limit, the partition is paused (memory stays bounded).
+                held[p] = got
+                if eof:
+                    held_eof.add(p)
+                if len(got) >= r.hold_limit and p not in paused:
                     paused.add(p)
                     consumer.pause([tps[p]])
-                if out is not None and not self._deliver(r, out, False):
-                    pending[p] = ReadBatch([], [], [], out.caught_up, out.closed)
+                continue
+            held_eof.discard(p)
+            out = r.step(consumer, got, eof)
+            if r.closed and p not in paused:
+                paused.add(p)
+                consumer.pause([tps[p]])
+            if out is not None and not self._deliver(r, out, False):
+                pending[p] = ReadBatch([], [], [], out.caught_up, out.closed)
+        return moved
 
     @staticmethod
     def _deliver(reader: FeedReader, read: ReadBatch, wait: bool) -> bool:
@@ -454,3 +483,11 @@ def reader_config(options: Any, consumers: int) -> dict[str, Any]:
     config.setdefault("queued.max.messages.kbytes", share)
     config.setdefault("fetch.max.bytes", share * 1024)
     return config
+
+
+def run_reader_config(options: Any) -> dict[str, Any]:
+    """The settings of the one consumer that reads every input partition of a run
+    (`unifeed.runtime.runloop`): the whole read-ahead budget, whatever the partitions
+    (librdkafka bounds its one fetch queue by ``queued.max.messages.kbytes``), and a
+    fetch that may bring every partition its share."""
+    return reader_config(options, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from unifeed.runtime.limits import IDLE_S, STAGE_CAPACITY
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.output import Committer
 from unifeed.runtime.state import RunState, Worker
+from unifeed.runtime.transactions import FLUSH_TIMEOUT_S
 
 log = logging.getLogger("unifeed")
 
@@ -51,59 +53,86 @@ class AnnotatorThread(Worker):
         self.surface_caught_up = False
         self._sent_marker: int | None = None
         self._sent_caught_up = False
+        self._closed_sent = False
+        #: A batch the writer's lane had no room for (`step`).
+        self._unsent: Batch[Accepted | Emitted] | None = None
+        #: Wait for room in the writer's lane (a thread of its own); False when one
+        #: thread runs every stage in turn (`unifeed.runtime.runloop`).
+        self.blocking = True
 
     def work(self) -> None:
+        while not self.state.stop.is_set():
+            self.step(IDLE_S)
+
+    def step(self, wait_s: float) -> bool:
+        """One round: take what came in (waiting up to ``wait_s``), annotate, hand on to
+        the writer. Whether records moved (end flags alone move nothing). While the writer's lane is full, what is
+        ready waits here (nothing new is taken); in a thread of its own it waits for
+        room (`blocking`)."""
+        sent_before = False
+        if self._unsent is not None:
+            if not self._send(self._unsent):
+                return False
+            self._unsent = None
+            sent_before = True
+        if self._closed_sent:
+            # The annotated feed has ended; keep emptying the inbox so that the control
+            # reader (which also feeds mappings here) never waits on it.
+            return any(
+                b.records for _, b in self.inbox.take([MAPPINGSTREAM, SURFACESTREAM], wait_s)
+            )
         stage = self.stage
         c = stage.combiner
-        closed_sent = False
-        while not self.state.stop.is_set():
-            lanes = [lane for lane in (MAPPINGSTREAM, SURFACESTREAM) if c.room(lane) > 0]
-            dead: list[DeadLetter] = []
-            for lane, batch in self.inbox.take(lanes, IDLE_S):
-                dead.extend(batch.dead)
-                if lane == MAPPINGSTREAM:
-                    stage.push_mappings(cast("list[Mapping]", batch.records))
-                    if batch.marker is not None:
-                        c.advance(MAPPINGSTREAM, batch.marker)
-                    c.caught_up(MAPPINGSTREAM, batch.caught_up)
-                    if batch.closed:
-                        c.close(MAPPINGSTREAM)
-                else:
-                    stage.push_surface(cast("list[Accepted]", batch.records))
-                    if batch.records or batch.caught_up:
-                        self.surface_caught_up = batch.caught_up
-                    c.caught_up(SURFACESTREAM, batch.caught_up)
-                    if batch.closed:
-                        c.close(SURFACESTREAM)
-            out = stage.drain()
-            if stage.dead:
-                dead.extend(stage.dead)
-                stage.dead.clear()
-            marker = stage.progress()
-            finished = stage.finished()
-            caught_up = self.surface_caught_up and c.queued(SURFACESTREAM) == 0
-            if (
-                out
-                or dead
-                or marker != self._sent_marker
-                or finished
-                or caught_up != self._sent_caught_up
-            ):
-                sent: Batch[Accepted | Emitted] = Batch(out, dead, marker, caught_up, finished)
-                if not self.writer_inbox.put_blocking(SURFACESTREAM, sent):
-                    return
-                self._sent_marker = marker
-                self._sent_caught_up = caught_up
-                self.state.counters["annotated"] = stage.annotator.annotated
-                self.state.counters["unmapped"] = stage.annotator.unmapped
-                if finished:
-                    closed_sent = True
-            if closed_sent:
-                # The annotated feed has ended; keep emptying the inbox so that the
-                # control reader (which also feeds mappings here) never blocks on it.
-                while not self.state.stop.is_set():
-                    self.inbox.take([MAPPINGSTREAM, SURFACESTREAM], IDLE_S)
-                return
+        lanes = [lane for lane in (MAPPINGSTREAM, SURFACESTREAM) if c.room(lane) > 0]
+        dead: list[DeadLetter] = []
+        taken = self.inbox.take(lanes, wait_s)
+        for lane, batch in taken:
+            dead.extend(batch.dead)
+            if lane == MAPPINGSTREAM:
+                stage.push_mappings(cast("list[Mapping]", batch.records))
+                if batch.marker is not None:
+                    c.advance(MAPPINGSTREAM, batch.marker)
+                c.caught_up(MAPPINGSTREAM, batch.caught_up)
+                if batch.closed:
+                    c.close(MAPPINGSTREAM)
+            else:
+                stage.push_surface(cast("list[Accepted]", batch.records))
+                if batch.records or batch.caught_up:
+                    self.surface_caught_up = batch.caught_up
+                c.caught_up(SURFACESTREAM, batch.caught_up)
+                if batch.closed:
+                    c.close(SURFACESTREAM)
+        out = stage.drain()
+        if stage.dead:
+            dead.extend(stage.dead)
+            stage.dead.clear()
+        marker = stage.progress()
+        finished = stage.finished()
+        caught_up = self.surface_caught_up and c.queued(SURFACESTREAM) == 0
+        if not (
+            out
+            or dead
+            or marker != self._sent_marker
+            or finished
+            or caught_up != self._sent_caught_up
+        ):
+            return sent_before or any(b.records for _, b in taken)
+        sent: Batch[Accepted | Emitted] = Batch(out, dead, marker, caught_up, finished)
+        self._sent_marker = marker
+        self._sent_caught_up = caught_up
+        self.state.counters["annotated"] = stage.annotator.annotated
+        self.state.counters["unmapped"] = stage.annotator.unmapped
+        if finished:
+            self._closed_sent = True
+        if not self._send(sent):
+            self._unsent = sent
+        return sent_before or bool(out or dead) or any(b.records for _, b in taken)
+
+    def _send(self, batch: Batch[Accepted | Emitted]) -> bool:
+        lane = SURFACESTREAM
+        if self.blocking:
+            return self.writer_inbox.put_blocking(lane, batch)
+        return self.writer_inbox.put(lane, batch, 0.0)
 
 
 def _stage_options(options: RuntimeOptions) -> dict[str, Any]:
@@ -163,37 +192,108 @@ class WriterThread(Worker):
             }
         self.stage = stage
         self.pushes = pushes
+        #: The feeds are exhausted and all of them committed.
         self.finished = False
+        #: The writing is over (finished, or the run stopped).
+        self.done = False
+        #: Periodic commits run in a thread of their own while this writer's caller runs
+        #: the other stages (`unifeed.runtime.runloop`); the writer waits for one to end
+        #: before it produces again. The last commit is always made in its own round.
+        self.background_commits = False
+        self._commit: _Commit | None = None
 
     def work(self) -> None:
+        try:
+            while not self.done:
+                self.step(IDLE_S)
+        finally:
+            self.close()
+
+    @property
+    def committing(self) -> bool:
+        """A periodic commit is under way (`background_commits`)."""
+        return self._commit is not None and self._commit.is_alive()
+
+    def wait_for_commit(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the commit under way to end."""
+        if self._commit is not None:
+            self._commit.join(timeout_s)
+
+    def close(self) -> None:
+        """After the last round, or a failure: a commit under way ends first, then the
+        open transaction is aborted (`Committer.close`)."""
+        if self._commit is not None:
+            self._commit.join(2 * FLUSH_TIMEOUT_S + 5)  # its flush, then its commit
+        self.committer.close()
+
+    def step(self, wait_s: float) -> bool:
+        """One round: take what came in (waiting up to ``wait_s``; not at all once the
+        run is stopping), merge, write, commit when due. Whether records moved. Sets
+        ``done`` at the end: the feeds exhausted (``finished``), or the run stopping
+        (its open transaction committed unless it failed)."""
+        stopping = self.state.stop.is_set()
+        if self._commit is not None:
+            # Nothing is produced while the transaction commits.
+            if self._commit.is_alive() and not stopping:
+                return False
+            self._commit.finish()
+            self._commit = None
         stage = self.stage
         c = stage.combiner
         committer = self.committer
         pushes = self.pushes
+        lanes = [lane for lane in pushes if c.room(lane) > 0]
+        taken = self.inbox.take(lanes, 0 if stopping else wait_s)
+        for lane, batch in taken:
+            committer.write_dead(batch.dead)
+            pushes[lane](batch.records)
+            if batch.marker is not None:
+                c.advance(lane, batch.marker)
+            c.caught_up(lane, batch.caught_up)
+            if batch.closed:
+                c.close(lane)
+        out = stage.drain()
+        if out:
+            committer.write(out)
+            self.state.counters["late"] = c.late
+        if c.last_mode is not None:
+            self.state.mode = c.last_mode.value
+        committer.stop_if_over_dead_letter_limit()
+        if c.exhausted():
+            committer.commit(reopen=False)
+            self.finished = True
+            self.done = True
+            return True
+        if stopping:
+            end_round(committer, self.state, True)
+            self.done = True
+        elif committer.due():
+            if self.background_commits:
+                self._commit = _Commit(committer)
+                self._commit.start()
+            else:
+                committer.commit()
+        return bool(out) or any(b.records for _, b in taken)
+
+
+class _Commit(threading.Thread):
+    """One periodic commit (`Committer.commit`) in a thread of its own: it waits for the
+    broker (every record delivered, then the transaction committed), and the stages
+    before the writer keep working meanwhile (`WriterThread.background_commits`)."""
+
+    def __init__(self, committer: Committer) -> None:
+        super().__init__(name="commit", daemon=True)
+        self.committer = committer
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
         try:
-            while True:
-                stopping = self.state.stop.is_set()
-                lanes = [lane for lane in pushes if c.room(lane) > 0]
-                for lane, batch in self.inbox.take(lanes, 0 if stopping else IDLE_S):
-                    committer.write_dead(batch.dead)
-                    pushes[lane](batch.records)
-                    if batch.marker is not None:
-                        c.advance(lane, batch.marker)
-                    c.caught_up(lane, batch.caught_up)
-                    if batch.closed:
-                        c.close(lane)
-                out = stage.drain()
-                if out:
-                    committer.write(out)
-                    self.state.counters["late"] = c.late
-                if c.last_mode is not None:
-                    self.state.mode = c.last_mode.value
-                committer.stop_if_over_dead_letter_limit()
-                if c.exhausted():
-                    committer.commit(reopen=False)
-                    self.finished = True
-                    return
-                if end_round(committer, self.state, stopping):
-                    return
-        finally:
-            committer.close()
+            self.committer.commit()
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        """Wait for the commit to end; its error, if any, is raised here."""
+        self.join()
+        if self.error is not None:
+            raise self.error
