@@ -108,7 +108,6 @@ class RunLoop(ConsumerWorker):
                 if not moved:
                     stop.wait(IDLE_S)
                 moved = False
-            self.state.add("rounds")
             for step in stages:
                 moved = step(0) or moved
             moved = writer.step(0) or moved
