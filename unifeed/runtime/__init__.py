@@ -1,4 +1,4 @@
-"""The Kafka runtime: threads between Kafka and the core (readers, annotator, writer),
+"""The Kafka runtime: the stages between Kafka and the core (readers, annotator, writer),
 bounded channels, start planning, output transactions and tail reconciliation, the
 instance claim, metrics. May import `unifeed.core`, `unifeed.kafka`,
 `unifeed.checkpoint`; never `unifeed.cli`.
@@ -18,9 +18,9 @@ threads planned) and `run` it (returns 0 when it has finished, raises the run's
     run.run()
 
 Modules, by job: `options` (RuntimeOptions), `state` (shared run state, the worker
-thread), `reader` (one feed's reader thread) with its pure parts `resume` (the resume
-skip), `endwatch` (end-of-log watch) and `marks` (restart marks), `stages` (annotator
-and writer threads), `opening` (the output side's start-up) with `startcheck` (the
+thread), `reader` (a partition's reader, several partitions on one consumer) with its pure parts `resume` (the resume
+skip), `endwatch` (end-of-log watch) and `marks` (restart marks), `stages` (the annotator's
+and the writer's rounds), `opening` (the output side's start-up) with `startcheck` (the
 start's refusals), `output` (the Committer: produce and commit) with its parts
 `transactions` (the producer), `tail` (the output tail after a restart), `deadletters`
 (dead letters, oversized records) and `positions` (checkpoint positions), `claim` (the
@@ -30,7 +30,7 @@ planning), `saved` (deriver snapshots, their saving and the state topic), `super
 `layout` (which partitions a feed is read from, their keys), `feedmerge` (a feed read
 from several partitions: their merge into the feed's order), `partwatch` (partitions
 added while running), `inbox` (bounded channels), `metrics` (Prometheus text and its
-server).
+server), `runloop` (every stage of a `combine` or `merge` run in one thread, in turn).
 
 A feed given as a `TopicSelection` (``kafka:TOPIC``: every partition) is read from each
 of its partitions, each its own queue; a `Target` is that one partition.

@@ -45,7 +45,7 @@ from unifeed.runtime.reader import (
 from unifeed.runtime.runloop import RunLoop
 from unifeed.runtime.saved import StateSaver, StateSnapshots
 from unifeed.runtime.seek import offset_for_pitr
-from unifeed.runtime.stages import AnnotatorInbox, AnnotatorThread, WriterInbox, WriterThread
+from unifeed.runtime.stages import AnnotatorInbox, AnnotatorStep, WriterInbox, WriterStep
 from unifeed.runtime.startup import (
     inputs_of,
     links_hook,
@@ -84,7 +84,7 @@ class CombineRun(Supervisor):
         self.surface = surface
         self.mapping = mapping
         self.output = output
-        self.writer: WriterThread | None = None
+        self.writer: WriterStep | None = None
         self.feeds: dict[str, FeedInput] = {}
 
     def setup(self) -> None:
@@ -323,10 +323,10 @@ class CombineRun(Supervisor):
         if first is not None:
             committer.first_checkpoint(first)
         committer.begin()
-        annotator = AnnotatorThread(st, annot_inbox, writer_inbox, o)
+        annotator = AnnotatorStep(st, annot_inbox, writer_inbox, o)
         if restored is not None:
             annotator.stage.annotator.seed(restored.links, restored.floor)
-        self.writer = WriterThread(st, writer_inbox, committer, o)
+        self.writer = WriterStep(st, writer_inbox, committer, o)
         merges = [m for m in (control_merge, surface_merge) if m is not None]
         loop = RunLoop(st, run_reader_config(o), parts, merges, self.writer, annotator)
         self.threads += [loop, ClaimWatcher(st, o, opened.claim)]

@@ -38,7 +38,7 @@ from unifeed.runtime.reader import (
     run_reader_config,
 )
 from unifeed.runtime.runloop import RunLoop
-from unifeed.runtime.stages import Push, WriterInbox, WriterThread
+from unifeed.runtime.stages import Push, WriterInbox, WriterStep
 from unifeed.runtime.startup import (
     inputs_of,
     open_output,
@@ -78,7 +78,7 @@ class MergeRun(Supervisor):
         self.inputs = dict(inputs)
         self.output = output
         self.live_required = set(inputs) if live_required is None else set(live_required)
-        self.writer: WriterThread | None = None
+        self.writer: WriterStep | None = None
         self.feeds: dict[str, FeedInput] = {}
         self.writer_inbox: WriterInbox | None = None
 
@@ -151,7 +151,7 @@ class MergeRun(Supervisor):
         if first is not None:
             committer.first_checkpoint(first)
         committer.begin()
-        self.writer = WriterThread(st, inbox, committer, o, stage=stage, pushes=pushes)
+        self.writer = WriterStep(st, inbox, committer, o, stage=stage, pushes=pushes)
         self.writer_inbox = inbox
         # Every input partition on one consumer, every stage in one thread (`RunLoop`).
         loop = RunLoop(st, run_reader_config(o), parts, merges, self.writer)

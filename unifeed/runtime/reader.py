@@ -431,6 +431,7 @@ class PartitionsReader(ConsumerWorker):
                 if len(got) >= r.hold_limit and p not in paused:
                     paused.add(p)
                     consumer.pause([tps[p]])
+                    self.state.add("partition_pauses")
                 continue
             held_eof.discard(p)
             out = r.step(consumer, got, eof)

@@ -29,7 +29,7 @@ from confluent_kafka import Consumer
 from unifeed.runtime.feedmerge import FeedMerge
 from unifeed.runtime.limits import IDLE_S
 from unifeed.runtime.reader import ConsumerWorker, Delivery, FeedReader, PartitionsReader
-from unifeed.runtime.stages import AnnotatorThread, WriterThread
+from unifeed.runtime.stages import AnnotatorStep, WriterStep
 from unifeed.runtime.state import RunState
 
 #: One stage's round: whether it moved anything (its argument: how long it may wait for
@@ -54,8 +54,8 @@ class RunLoop(ConsumerWorker):
         config: dict[str, Any],
         parts: Sequence[FeedReader],
         merges: Sequence[FeedMerge],
-        writer: WriterThread,
-        annotator: AnnotatorThread | None = None,
+        writer: WriterStep,
+        annotator: AnnotatorStep | None = None,
     ) -> None:
         super().__init__("run", state)
         self.config = config
@@ -67,10 +67,8 @@ class RunLoop(ConsumerWorker):
             _never_wait(m.deliver)
             stages.append(m.step)
         if annotator is not None:
-            annotator.blocking = False
             stages.append(annotator.step)
         self.stages = stages
-        writer.background_commits = True
         self.writer = writer
 
     @property

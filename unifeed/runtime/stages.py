@@ -22,10 +22,10 @@ from unifeed.core.stages import (
     WriterStage,
 )
 from unifeed.runtime.inbox import Batch, Inbox
-from unifeed.runtime.limits import IDLE_S, STAGE_CAPACITY
+from unifeed.runtime.limits import STAGE_CAPACITY
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.output import Committer
-from unifeed.runtime.state import RunState, Worker
+from unifeed.runtime.state import RunState
 from unifeed.runtime.transactions import FLUSH_TIMEOUT_S
 
 log = logging.getLogger("unifeed")
@@ -38,7 +38,11 @@ WriterInbox = Inbox[Accepted | Emitted]
 AnnotatorInbox = Inbox[Mapping | Accepted]
 
 
-class AnnotatorThread(Worker):
+class AnnotatorStep:
+    """The annotator's rounds (`step`): mappings and surfacestream in, the annotated
+    surfacestream out to the writer's lane. Run by the run's loop
+    (`unifeed.runtime.runloop`)."""
+
     def __init__(
         self,
         state: RunState,
@@ -46,7 +50,7 @@ class AnnotatorThread(Worker):
         writer_inbox: WriterInbox,
         options: RuntimeOptions,
     ) -> None:
-        super().__init__("annotator", state)
+        self.state = state
         self.inbox = inbox
         self.writer_inbox = writer_inbox
         self.stage = AnnotateStage(**_stage_options(options))
@@ -56,19 +60,11 @@ class AnnotatorThread(Worker):
         self._closed_sent = False
         #: A batch the writer's lane had no room for (`step`).
         self._unsent: Batch[Accepted | Emitted] | None = None
-        #: Wait for room in the writer's lane (a thread of its own); False when one
-        #: thread runs every stage in turn (`unifeed.runtime.runloop`).
-        self.blocking = True
-
-    def work(self) -> None:
-        while not self.state.stop.is_set():
-            self.step(IDLE_S)
 
     def step(self, wait_s: float) -> bool:
         """One round: take what came in (waiting up to ``wait_s``), annotate, hand on to
-        the writer. Whether records moved (end flags alone move nothing). While the writer's lane is full, what is
-        ready waits here (nothing new is taken); in a thread of its own it waits for
-        room (`blocking`)."""
+        the writer. Whether records moved (end flags alone move nothing). While the
+        writer's lane is full, what is ready waits here and nothing new is taken."""
         sent_before = False
         if self._unsent is not None:
             if not self._send(self._unsent):
@@ -129,10 +125,7 @@ class AnnotatorThread(Worker):
         return sent_before or bool(out or dead) or any(b.records for _, b in taken)
 
     def _send(self, batch: Batch[Accepted | Emitted]) -> bool:
-        lane = SURFACESTREAM
-        if self.blocking:
-            return self.writer_inbox.put_blocking(lane, batch)
-        return self.writer_inbox.put(lane, batch, 0.0)
+        return self.writer_inbox.put(SURFACESTREAM, batch, 0.0)
 
 
 def _stage_options(options: RuntimeOptions) -> dict[str, Any]:
@@ -162,9 +155,10 @@ def end_round(committer: Committer, state: RunState, ending: bool) -> bool:
 Push = Callable[[list[Any]], bool]
 
 
-class WriterThread(Worker):
+class WriterStep:
     """The merge of the output's feeds (a `MergeStage`, one lane each), written and
-    committed by the `Committer`.
+    committed by the `Committer`, a round at a time (`step`, run by the run's loop:
+    `unifeed.runtime.runloop`).
 
     By default the unified feed's (`WriterStage`: controlstream's accepted messages and
     the annotated surfacestream); `unifeed merge` gives its own stage over its inputs
@@ -180,7 +174,7 @@ class WriterThread(Worker):
         stage: MergeStage | None = None,
         pushes: dict[str, Push] | None = None,
     ) -> None:
-        super().__init__("writer", state)
+        self.state = state
         self.inbox = inbox
         self.committer = committer
         if stage is None or pushes is None:
@@ -196,22 +190,14 @@ class WriterThread(Worker):
         self.finished = False
         #: The writing is over (finished, or the run stopped).
         self.done = False
-        #: Periodic commits run in a thread of their own while this writer's caller runs
-        #: the other stages (`unifeed.runtime.runloop`); the writer waits for one to end
-        #: before it produces again. The last commit is always made in its own round.
-        self.background_commits = False
+        #: A periodic commit runs in a thread of its own (`_Commit`) while the run's loop
+        #: runs the other stages; the writer waits for it to end before it produces
+        #: again. The last commit is made in the last round.
         self._commit: _Commit | None = None
-
-    def work(self) -> None:
-        try:
-            while not self.done:
-                self.step(IDLE_S)
-        finally:
-            self.close()
 
     @property
     def committing(self) -> bool:
-        """A periodic commit is under way (`background_commits`)."""
+        """A periodic commit is under way."""
         return self._commit is not None and self._commit.is_alive()
 
     def wait_for_commit(self, timeout_s: float) -> None:
@@ -268,18 +254,15 @@ class WriterThread(Worker):
             end_round(committer, self.state, True)
             self.done = True
         elif committer.due():
-            if self.background_commits:
-                self._commit = _Commit(committer)
-                self._commit.start()
-            else:
-                committer.commit()
+            self._commit = _Commit(committer)
+            self._commit.start()
         return bool(out) or any(b.records for _, b in taken)
 
 
 class _Commit(threading.Thread):
     """One periodic commit (`Committer.commit`) in a thread of its own: it waits for the
     broker (every record delivered, then the transaction committed), and the stages
-    before the writer keep working meanwhile (`WriterThread.background_commits`)."""
+    before the writer keep working meanwhile."""
 
     def __init__(self, committer: Committer) -> None:
         super().__init__(name="commit", daemon=True)
