@@ -240,7 +240,7 @@ def test_sigkill_at_seeded_moments_then_restart_gives_exact_output(
     way); the last one runs to the end. The committed output is exactly the reference."""
     ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 120)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"kill-{out}", "--exit-at-end",
-                        "--commit-interval", "20ms")
+                        "--commit-interval", "20ms", "--catchup-commit-interval", "20ms")
     kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(20261122), 6)
     assert kills >= 5, "combine finished before it could be killed: make the scenario longer"
     done = run_cli(args)
@@ -411,7 +411,8 @@ def test_sigkill_of_mappings_then_restart_gives_exact_mappingstream(
     args = ["mappings", "--control", f"kafka:{ctl}", "--output", f"kafka:{mp}",
             "--bootstrap-servers", kafka_bootstrap, "--instance", f"m-{mp}",
             "--checkpoint-topic", f"{mp}.checkpoints", "--exit-at-end", "-q",
-            "--commit-interval", "10ms"]
+            "--commit-interval", "10ms",
+            "--catchup-commit-interval", "10ms"]
     rng = random.Random(7)
     kills = 0
     for point in sorted(rng.sample(range(200, len(expected) - 200), 4)):
@@ -477,7 +478,7 @@ def test_at_least_once_delivery_sigkill_and_restart_gives_exact_output(
     what a killed run wrote after its checkpoint is found and not written again."""
     ctl, srf, out, expected = loaded_long_scenario(kafka_bootstrap, unique_topic, 120)
     args = combine_args(kafka_bootstrap, ctl, srf, out, f"alo-{out}", "--exit-at-end",
-                        "--delivery", "at-least-once", "--commit-interval", "20ms")
+                        "--delivery", "at-least-once", "--commit-interval", "20ms", "--catchup-commit-interval", "20ms")
     kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(20261129), 4)
     assert kills >= 2, "combine finished before it could be killed: make the scenario longer"
     done = run_cli(args)

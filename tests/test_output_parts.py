@@ -5,7 +5,9 @@ checkpoint's feed positions (.positions)."""
 from __future__ import annotations
 
 import base64
-from typing import Any
+import time
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -18,6 +20,7 @@ from unifeed.kafka.clients import Target
 from unifeed.runtime.deadletters import DeadLetters, oversized_letter
 from unifeed.runtime.marks import RestartMarks
 from unifeed.runtime.options import RuntimeOptions
+from unifeed.runtime.output import Committer
 from unifeed.runtime.positions import Positions
 from unifeed.runtime.startcheck import StartCheck, run_kind, sources
 from unifeed.runtime.state import RunState
@@ -349,3 +352,21 @@ def test_a_refused_record_ends_the_run_with_the_fatal_error_behind_it() -> None:
         real.flush(0)
     assert isinstance(error, InstanceFencedError), error
     assert "took over" in str(error)
+
+
+def test_a_backlog_is_committed_less_often_than_live_output() -> None:
+    """`Committer.due`: live, the --commit-interval (100 ms) or 10,000 records; catching
+    up, the longer catch-up bounds (1 s, 100,000 records), unless the live ones are
+    longer."""
+    options = RuntimeOptions(bootstrap="127.0.0.1:9")
+    now = time.monotonic()
+
+    def due(uncommitted: int, since_s: float, catching_up: bool, o: RuntimeOptions = options) -> bool:
+        state = SimpleNamespace(_dirty=True, uncommitted=uncommitted, last_commit=now - since_s, options=o)
+        return Committer.due(cast(Committer, state), catching_up)
+
+    assert due(20_000, 0.0, catching_up=False) and not due(20_000, 0.0, catching_up=True)
+    assert due(10, 0.5, catching_up=False) and not due(10, 0.5, catching_up=True)
+    assert due(100_000, 0.0, catching_up=True) and due(10, 1.5, catching_up=True)
+    slow = RuntimeOptions(bootstrap="127.0.0.1:9", commit_interval_ms=3_600_000)
+    assert not due(10, 1.5, catching_up=True, o=slow), "a longer --commit-interval wins"

@@ -193,7 +193,7 @@ def test_merge_killed_at_seeded_moments_resumes_to_exactly_the_file_merge(
     radar = merged_by_partition(partitions_of(kafka_bootstrap, topics["radar"], 4))
     expected, _ = merge_lines({"radar": radar, "adsb": feeds["adsb"], "mlat": feeds["mlat"]})
     args = _merge_args(kafka_bootstrap, topics, out, f"kill-{out}", "--exit-at-end",
-                       "--commit-interval", "20ms")
+                       "--commit-interval", "20ms", "--catchup-commit-interval", "20ms")
     kills = _kill_while_writing(kafka_bootstrap, out, args, random.Random(7), 8)
     assert kills >= 5, "merge finished before it could be killed: make the feeds longer"
     done = run_cli(args, timeout_s=300)

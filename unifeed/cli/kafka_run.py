@@ -53,6 +53,7 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         strict_order=getattr(args, "strict_order", False),
         lookback_ms=args.lookback,
         commit_interval_ms=args.commit_interval,
+        catchup_commit_interval_ms=args.catchup_commit_interval,
         dead_letter=args.dead_letter,
         max_dead_letters=getattr(args, "max_dead_letters", None),
         kafka_extra=extra,

@@ -349,6 +349,14 @@ def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> 
         help="how often output and checkpoint are committed (default 100ms)",
     )
     g.add_argument(
+        "--catchup-commit-interval",
+        type=duration_arg,
+        default=1000,
+        metavar="DURATION",
+        help="how often they are committed while the output catches up on a backlog, "
+        "if longer than --commit-interval (default 1s; each commit waits for the broker)",
+    )
+    g.add_argument(
         "--end-of-log-grace",
         type=duration_arg,
         default=2000,

@@ -173,6 +173,8 @@ class MappingsWriter(Worker):
     def work(self) -> None:
         committer = self.committer
         state = self.state
+        options = committer.options
+        catching_up = False
         try:
             while True:
                 stopping = state.stop.is_set()
@@ -180,10 +182,14 @@ class MappingsWriter(Worker):
                 for _, batch in self.inbox.take([CONTROLSTREAM], 0 if stopping else IDLE_S):
                     committer.write_dead(batch.dead)
                     committer.write(batch.records, batch.positions)
+                    if batch.records:
+                        # A backlog: its last mapping older than the real-time threshold.
+                        age = options.clock() - batch.records[-1].pitr
+                        catching_up = age > options.realtime_threshold_ms
                     if batch.closed:
                         finished = True
                 committer.stop_if_over_dead_letter_limit()
-                if end_round(committer, state, finished or stopping):
+                if end_round(committer, state, finished or stopping, catching_up):
                     return
         finally:
             committer.close()

@@ -44,6 +44,12 @@ class RuntimeOptions:
     lookback_ms: int = DEFAULT_LOOKBACK_MS
     commit_interval_ms: int = 100
     commit_max_records: int = 10_000
+    #: While the output is catching up (a backlog older than the real-time threshold):
+    #: a commit waits for the broker and holds up the writing, and a backlog's reader
+    #: gains nothing from seeing it in 100 ms steps. The longer of these and the live
+    #: bounds above applies (`Committer.due`).
+    catchup_commit_interval_ms: int = 1000
+    catchup_commit_max_records: int = 100_000
     dead_letter: str | None = None
     max_dead_letters: int | None = None
     kafka_extra: dict[str, Any] = field(default_factory=dict)

@@ -205,12 +205,19 @@ class Committer:
         self.commit(reopen=False)
         raise error
 
-    def due(self) -> bool:
+    def due(self, catching_up: bool = False) -> bool:
         """Asked after each merge step; a catch-up step can be bigger than
-        `commit_max_records`, and is committed whole (docs/guarantees.md says why)."""
+        `commit_max_records`, and is committed whole (docs/guarantees.md says why).
+        ``catching_up``: the output is a backlog (its last record was written in
+        catch-up): the catch-up bounds apply where they are longer."""
+        o = self.options
+        interval, records = o.commit_interval_ms, o.commit_max_records
+        if catching_up:
+            interval = max(interval, o.catchup_commit_interval_ms)
+            records = max(records, o.catchup_commit_max_records)
         return self._dirty and (
-            self.uncommitted >= self.options.commit_max_records
-            or (time.monotonic() - self.last_commit) * 1000 >= self.options.commit_interval_ms
+            self.uncommitted >= records
+            or (time.monotonic() - self.last_commit) * 1000 >= interval
         )
 
     def commit(

@@ -375,12 +375,17 @@ class PartitionsReader(ConsumerWorker):
         """Every partition has ended and everything read of them has been handed on."""
         return all(r.closed for r in self.parts.values()) and not self._pending
 
-    def step(self, timeout_s: float, *, wait_for_room: bool) -> bool:
+    @property
+    def refused(self) -> bool:
+        """Some partition's hand-over is full (what was read of it waits here)."""
+        return bool(self._pending)
+
+    def step(self, timeout_s: float, *, wait_for_room: bool, read: bool = True) -> bool:
         """One round: retry what is still undelivered, read what is there (waiting up to
         ``timeout_s`` for a first message) and hand each partition's share on. With
         ``wait_for_room``, when nothing else can go on, wait for room (once a round); in
         a thread that also runs the next stages (`unifeed.runtime.runloop`), never.
-        Whether it read messages or handed on what was held (an idle partition's "still
+        Without ``read``, only the retries (nothing is read). Whether it read messages or handed on what was held (an idle partition's "still
         at the end of the log" moves nothing)."""
         parts = self.parts
         consumer = self._consumer
@@ -406,6 +411,8 @@ class PartitionsReader(ConsumerWorker):
             else:
                 pending[p] = ReadBatch([], [], [], left.caught_up, left.closed)
             wait = False
+        if not read:
+            return moved
         messages = consume_batch(consumer, READ_BATCH, timeout_s)
         records, ended = split_errors(messages, self.feed, self._where)
         moved = moved or bool(records)

@@ -101,7 +101,16 @@ class RunLoop(ConsumerWorker):
                 writer.wait_for_commit(IDLE_S)
                 moved = True
             if not reading.finished:
-                moved = reading.step(0 if moved else IDLE_S, wait_for_room=False)
+                # While a hand-over is full and the next stages are still moving (or the
+                # writer commits), they catch up before anything more is read: reading
+                # on would hold that partition's messages, then pause it, and the Kafka
+                # client drops what it has fetched ahead of a paused partition (fetched
+                # again on resume). Once they stop moving, reading goes on: the stage a
+                # partition waits for may need another partition's messages.
+                catch_up = reading.refused and (moved or writer.committing)
+                moved = reading.step(
+                    0 if moved else IDLE_S, wait_for_room=False, read=not catch_up
+                )
             else:
                 if not moved:
                     stop.wait(IDLE_S)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
-from unifeed.core.combine import Emitted
+from unifeed.core.combine import Emitted, Mode
 from unifeed.core.records import (
     CONTROLSTREAM,
     MAPPINGSTREAM,
@@ -138,15 +138,18 @@ def _stage_options(options: RuntimeOptions) -> dict[str, Any]:
     }
 
 
-def end_round(committer: Committer, state: RunState, ending: bool) -> bool:
+def end_round(
+    committer: Committer, state: RunState, ending: bool, catching_up: bool = False
+) -> bool:
     """A writing thread's end of a round: when ``ending`` (returns True), the open
     transaction is committed, unless the run failed: then it is aborted, not committed,
-    and the restart redoes it from the last checkpoint; else a commit that is due."""
+    and the restart redoes it from the last checkpoint; else a commit that is due
+    (``catching_up``: `Committer.due`)."""
     if ending:
         if state.failure is None:
             committer.commit(reopen=False)
         return True
-    if committer.due():
+    if committer.due(catching_up):
         committer.commit()
     return False
 
@@ -253,7 +256,7 @@ class WriterStep:
         if stopping:
             end_round(committer, self.state, True)
             self.done = True
-        elif committer.due():
+        elif committer.due(catching_up=c.last_mode is Mode.CATCHUP):
             self._commit = _Commit(committer)
             self._commit.start()
         return bool(out) or any(b.records for _, b in taken)
