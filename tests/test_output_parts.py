@@ -370,3 +370,26 @@ def test_a_backlog_is_committed_less_often_than_live_output() -> None:
     assert due(100_000, 0.0, catching_up=True) and due(10, 1.5, catching_up=True)
     slow = RuntimeOptions(bootstrap="127.0.0.1:9", commit_interval_ms=3_600_000)
     assert not due(10, 1.5, catching_up=True, o=slow), "a longer --commit-interval wins"
+
+
+def test_a_failed_call_after_a_fatal_report_ends_the_run_with_that_report() -> None:
+    """A report served in another call (a saved-state part's, in the commit's flush) may
+    leave confluent-kafka's call failing with a bare SystemError: the run's error is
+    the report's (a fenced producer: the fenced line), not the SystemError."""
+    from confluent_kafka import KafkaError
+
+    from unifeed.core.errors import InstanceFencedError
+    from unifeed.runtime.transactions import Transactions
+
+    state = RunState()
+    txn = Transactions(_options(), OUT, state)
+    try:
+        txn.error = KafkaError(KafkaError._FENCED, "fenced", fatal=True)
+
+        def flush() -> int:
+            raise SystemError("<method 'flush'> returned NULL without setting an exception")
+
+        with pytest.raises(InstanceFencedError, match="took over"):
+            txn.served(flush)
+    finally:
+        txn.producer.flush(0)

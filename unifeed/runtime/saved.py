@@ -39,7 +39,7 @@ from unifeed.runtime.limits import (
 )
 from unifeed.runtime.options import RuntimeOptions
 from unifeed.runtime.state import RunState
-from unifeed.runtime.transactions import Transactions
+from unifeed.runtime.transactions import Transactions, pending_error
 
 log = logging.getLogger("unifeed")
 
@@ -151,8 +151,15 @@ class StateSaver:
             def delivered(error: KafkaError | None, message: Message, i: int = i) -> None:
                 if error is None:
                     offsets[i] = message.offset()
-                else:
-                    txn.error = error
+                    return
+                # As the output's report (`Committer._on_last_delivery`): after a fatal
+                # error the first client call raises SystemError with the client's
+                # pending error, which ends the run (a fenced producer: its one line).
+                try:
+                    error.code()
+                except SystemError as exc:
+                    error = pending_error(exc, error)
+                txn.delivery_failed(error)
 
             head = part_encode(StatePart(options.instance, token, i, len(chunks)))
             while True:

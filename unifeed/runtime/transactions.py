@@ -141,6 +141,10 @@ class Transactions:
         except SystemError:
             if self.state.failure is not None:
                 raise self.state.failure from None
+            if self.error is not None:
+                raise _fenced(self.options.instance, self.error) or kafka_error(
+                    f"writing to {self.output} failed", self.error
+                ) from None
             raise
 
     def delivery_failed(self, error: KafkaError) -> None:
