@@ -4,8 +4,9 @@ The stages of a run (its partitions' readers, each partitioned feed's merge, the
 annotator, the writer) are Python, and Python runs one thread at a time (the GIL): given
 a thread each, they take turns anyway, and every turn hands the GIL, the batches and the
 records' memory from one CPU to another. Measured on Apache Kafka (1,000,000 pre-filled
-records, `benchmarks/test_bench_partitions.py`), the same stages run in turn by one
-thread read 30-50% more records a second than in a thread each (benchmarks/README.md).
+records, `benchmarks/test_bench_partitions.py`, with the commit beside the loop as below),
+the same stages run in turn by one thread read 5-35% more records a second than in a
+thread each, with less memory (benchmarks/README.md).
 The Kafka client's own threads (fetching, compressing, sending) still run beside it, in
 C, without the GIL.
 
@@ -14,9 +15,11 @@ of what is there, waiting only when the previous round moved nothing), then each
 stage takes what came in, in the order the records flow (merges, annotator, writer).
 Nothing waits for room in a queue: a stage whose next queue is full keeps its output
 and takes nothing new until the next stage has taken it, a round later; a partition
-whose reader's hand-over is full is held and paused, as in a thread of its own. The
-queues, their bounds and the order of everything written are those of the threaded
-stages: only who runs them changes.
+whose reader's hand-over is full is held, and nothing more is read while the next stages
+still move (then read on, and paused past a batch). A periodic commit waits for the
+broker in a thread of its own (`WriterStep`); the loop goes on meanwhile. The queues,
+their bounds and the order of everything written are those of the threaded stages: only
+who runs them changes.
 """
 
 from __future__ import annotations
