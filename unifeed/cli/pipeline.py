@@ -353,8 +353,9 @@ def _add_kafka_options(p: argparse.ArgumentParser, *, default_instance: str) -> 
         type=duration_arg,
         default=1000,
         metavar="DURATION",
-        help="how often they are committed while the output catches up on a backlog, "
-        "if longer than --commit-interval (default 1s; each commit waits for the broker)",
+        help="how often output and checkpoint are committed while catching up on a "
+        "backlog, if longer than --commit-interval (default 1s; each commit waits for "
+        "the broker)",
     )
     g.add_argument(
         "--end-of-log-grace",
