@@ -260,7 +260,7 @@ class CheckpointStore(Closing):
 
     Creates its consumer and producer lazily and closes them in `close` (or ``with``).
     Not thread-safe: one thread owns a store (the runtime uses it at start-up, and the
-    writer thread produces its checkpoints inside its own transaction via `encode_record`).
+    writer produces its checkpoints inside its own transaction via `encode_record`).
     """
 
     partition: Final = CHECKPOINT_PARTITION

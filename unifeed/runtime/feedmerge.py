@@ -1,6 +1,7 @@
 """A feed read from several partitions (`FeedMerge`): one reader a partition (all stepped
-by one `PartitionsReader` thread over one consumer), and one thread that merges them
-into the feed's order before anything else sees the feed.
+by one `PartitionsReader` over one consumer), and their merge into the feed's order
+before anything else sees the feed, a round at a time (`FeedMerge.step`: in the run's
+loop, `unifeed.runtime.runloop`; `unifeed mappings` gives it a thread of its own).
 
 Each partition is its own FIFO queue (``pitr`` never decreases within a partition, not
 across them); the merge emits by ``(pitr, partition)`` once every partition is settled
@@ -416,10 +417,11 @@ def read_feed(
     decoder: StampedDecoder | None = None,
     count_keepalives: bool = False,
 ) -> tuple[list[Worker], dict[str, FeedReader], FeedMerge | None]:
-    """The threads that read one feed and hand it to ``deliver`` in its order: one
-    reader for a feed of one partition; for a feed of several, a reader a partition (all
-    stepped by one `PartitionsReader`) and their `FeedMerge`. Also the readers by key
-    (their restart marks) and the merge."""
+    """What reads one feed and hands it to ``deliver`` in its order: one reader for a
+    feed of one partition; for a feed of several, a reader a partition (all stepped by
+    one `PartitionsReader`) and their `FeedMerge`: the threads that run them on their own
+    (`unifeed mappings`; a run's loop steps the readers and the merge itself), the
+    readers by key (their restart marks) and the merge."""
 
     def reader(key: str, target: Target, hand_to: Delivery, partition: int | None) -> FeedReader:
         return FeedReader(
@@ -452,7 +454,7 @@ def read_feed(
         options.stop_at,
         {k: PartitionStart(plans[k].offset, _floor(plans[k])) for k in feed.keys},
     )
-    # One consumer and one thread read all the feed's partitions (`PartitionsReader`),
+    # One consumer reads all the feed's partitions (`PartitionsReader`),
     # each partition through its own reader's step (its checks, skip, marks and end).
     readers = {k: reader(k, t, merge.reader_delivery(k), t.partition) for k, t in by_key.items()}
     for r in readers.values():

@@ -161,8 +161,7 @@ class Committer:
         if positions is None:
             self.positions.advance(items)
         # Delivery reports and errors are served here at most every POLL_EVERY_S (and by
-        # every commit's flush): each poll lets go of the GIL, and the writer, the busiest
-        # thread, can then wait a whole switch interval to get it back.
+        # every commit's flush): each serves every record's report, one callback at most.
         now = time.monotonic()
         if now - self._last_poll >= POLL_EVERY_S:
             self._last_poll = now

@@ -324,11 +324,11 @@ class Delivery:
 
 
 class PartitionsReader(ConsumerWorker):
-    """Reads several partitions with one consumer, in one thread (every partition of one
-    feed, or the one-partition feeds of a merge): splits each read by topic partition and
+    """Reads several partitions with one consumer (every input partition of a run,
+    stepped by its loop, `unifeed.runtime.runloop`; or, in a thread of its own, every
+    partition of one feed of `unifeed mappings`): splits each read by topic partition and
     hands each one's share on as that partition's own `FeedReader` would (its
-    `FeedReader.step`, its delivery), so that they cost one client and one thread, not
-    one each.
+    `FeedReader.step`, its delivery), so that they cost one client, not one each.
 
     A partition whose delivery is full is held (what was already read of it kept, the
     partition paused past a batch) while the others go on: the merge it feeds may be

@@ -70,7 +70,7 @@ def merged_snapshot_hook(
 def snapshot_deriver(
     deriver: MappingDeriver, key: str, readers: dict[str, FeedReader], merge: FeedMerge | None
 ) -> StateSnapshots:
-    """Snapshots of ``deriver``, taken where it runs: in the thread of the feed's reader
+    """Snapshots of ``deriver``, taken where it runs: in the feed's reader's hand-over
     (``readers[key]``), or in the merge of the feed's partitions."""
     snapshots = StateSnapshots()
     if merge is not None:
