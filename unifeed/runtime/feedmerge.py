@@ -174,10 +174,10 @@ class FeedMerge(Worker):
         while not self.state.stop.is_set() and not self.finished:
             self.step(IDLE_S)
 
-    def step(self, wait_s: float) -> bool:
+    def step(self, wait_s: float = 0.0) -> bool:
         """One round: hand on what the next stage could not take yet, else merge what
-        the partitions' readers delivered (waiting up to ``wait_s`` for it) and hand it
-        on. Whether messages or dead letters moved (end flags alone move nothing).
+        the partitions' readers delivered (waiting up to ``wait_s`` for it: in a thread
+        of its own) and hand it on. Whether messages or dead letters moved (end flags alone move nothing).
         Nothing new is taken while merged batches wait."""
         flushed = False
         if self._waiting or self._retry is not None:

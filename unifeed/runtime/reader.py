@@ -385,8 +385,9 @@ class PartitionsReader(ConsumerWorker):
         ``timeout_s`` for a first message) and hand each partition's share on. With
         ``wait_for_room``, when nothing else can go on, wait for room (once a round); in
         a thread that also runs the next stages (`unifeed.runtime.runloop`), never.
-        Without ``read``, only the retries (nothing is read). Whether it read messages or handed on what was held (an idle partition's "still
-        at the end of the log" moves nothing)."""
+        Without ``read``, only the retries (nothing is read). Whether it read messages
+        or handed on what was held (an idle partition's "still at the end of the log"
+        moves nothing)."""
         parts = self.parts
         consumer = self._consumer
         assert consumer is not None, "begin() first"

@@ -35,14 +35,9 @@ from unifeed.runtime.reader import ConsumerWorker, Delivery, FeedReader, Partiti
 from unifeed.runtime.stages import AnnotatorStep, WriterStep
 from unifeed.runtime.state import RunState
 
-#: One stage's round: whether it moved anything (its argument: how long it may wait for
-#: input; always 0 here, the loop waits in the consumer).
-Step = Callable[[float], bool]
-
-
-def _never_wait(deliver: object) -> None:
-    if isinstance(deliver, Delivery):
-        deliver.wait_s = 0.0
+#: One stage's round: whether it moved anything (it never waits: the loop waits in the
+#: consumer).
+Step = Callable[[], bool]
 
 
 class RunLoop(ConsumerWorker):
@@ -62,12 +57,13 @@ class RunLoop(ConsumerWorker):
     ) -> None:
         super().__init__("run", state)
         self.config = config
+        # The partitions' hand-overs never wait: `PartitionsReader.step` without
+        # ``wait_for_room``. The merges' are told here.
         self.reading = PartitionsReader(state, "inputs", config, list(parts))
-        for r in parts:
-            _never_wait(r.deliver)
         stages: list[Step] = []
         for m in merges:
-            _never_wait(m.deliver)
+            if isinstance(m.deliver, Delivery):
+                m.deliver.wait_s = 0.0
             stages.append(m.step)
         if annotator is not None:
             stages.append(annotator.step)
@@ -97,7 +93,7 @@ class RunLoop(ConsumerWorker):
                 # The writer's last round: what it holds is written and committed
                 # (unless the run failed); the other stages' input is read again on
                 # restart.
-                writer.step(0)
+                writer.step()
                 continue
             if not moved and writer.committing:
                 # Nothing can move until the commit ends (the next stages are full).
@@ -119,5 +115,5 @@ class RunLoop(ConsumerWorker):
                     stop.wait(IDLE_S)
                 moved = False
             for step in stages:
-                moved = step(0) or moved
-            moved = writer.step(0) or moved
+                moved = step() or moved
+            moved = writer.step() or moved

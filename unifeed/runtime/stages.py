@@ -61,10 +61,10 @@ class AnnotatorStep:
         #: A batch the writer's lane had no room for (`step`).
         self._unsent: Batch[Accepted | Emitted] | None = None
 
-    def step(self, wait_s: float) -> bool:
-        """One round: take what came in (waiting up to ``wait_s``), annotate, hand on to
-        the writer. Whether records moved (end flags alone move nothing). While the
-        writer's lane is full, what is ready waits here and nothing new is taken."""
+    def step(self) -> bool:
+        """One round: take what came in, annotate, hand on to the writer. Whether
+        records moved (end flags alone move nothing). While the writer's lane is full,
+        what is ready waits here and nothing new is taken."""
         sent_before = False
         if self._unsent is not None:
             if not self._send(self._unsent):
@@ -75,13 +75,13 @@ class AnnotatorStep:
             # The annotated feed has ended; keep emptying the inbox so that the control
             # reader (which also feeds mappings here) never waits on it.
             return any(
-                b.records for _, b in self.inbox.take([MAPPINGSTREAM, SURFACESTREAM], wait_s)
+                b.records for _, b in self.inbox.take([MAPPINGSTREAM, SURFACESTREAM], 0)
             )
         stage = self.stage
         c = stage.combiner
         lanes = [lane for lane in (MAPPINGSTREAM, SURFACESTREAM) if c.room(lane) > 0]
         dead: list[DeadLetter] = []
-        taken = self.inbox.take(lanes, wait_s)
+        taken = self.inbox.take(lanes, 0)
         for lane, batch in taken:
             dead.extend(batch.dead)
             if lane == MAPPINGSTREAM:
@@ -215,11 +215,10 @@ class WriterStep:
             self._commit.join(2 * FLUSH_TIMEOUT_S + 5)  # its flush, then its commit
         self.committer.close()
 
-    def step(self, wait_s: float) -> bool:
-        """One round: take what came in (waiting up to ``wait_s``; not at all once the
-        run is stopping), merge, write, commit when due. Whether records moved. Sets
-        ``done`` at the end: the feeds exhausted (``finished``), or the run stopping
-        (its open transaction committed unless it failed)."""
+    def step(self) -> bool:
+        """One round: take what came in, merge, write, commit when due. Whether records
+        moved. Sets ``done`` at the end: the feeds exhausted (``finished``), or the run
+        stopping (its open transaction committed unless it failed)."""
         stopping = self.state.stop.is_set()
         if self._commit is not None:
             # Nothing is produced while the transaction commits.
@@ -232,7 +231,7 @@ class WriterStep:
         committer = self.committer
         pushes = self.pushes
         lanes = [lane for lane in pushes if c.room(lane) > 0]
-        taken = self.inbox.take(lanes, 0 if stopping else wait_s)
+        taken = self.inbox.take(lanes, 0)
         for lane, batch in taken:
             committer.write_dead(batch.dead)
             pushes[lane](batch.records)
