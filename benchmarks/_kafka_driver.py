@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from benchmarks._kafka_harness import BROKER_PID_ENV, _cpu_jiffies, _process_cpu_s
 from unifeed.core.records import CONTROLSTREAM, SURFACESTREAM
 from unifeed.kafka.clients import Target, consumer_config, producer_config
 from unifeed.runtime import CombineRun, RuntimeOptions
@@ -59,10 +60,22 @@ class Reporter(threading.Thread):
         #: Seconds between two reports in which no input advanced before the work was done
         #: (reading stood still: starved by the broker, or held back by the stages after it).
         self.stalled_s = 0.0
+        # The run's window, from this thread's start to `done`: each thread's CPU and the
+        # machine's busy jiffies at both ends (setup before it is not counted).
+        self.cpu_at_start: dict[int, tuple[str, float, float]] = {}
+        self.jiffies: list[tuple[int, int]] = []
+        # The broker's CPU over the same window, when the parent names its process.
+        pid = os.environ.get(BROKER_PID_ENV)
+        self.broker_pid = int(pid) if pid else None
+        self.broker_cpu: list[float | None] = []
 
     def run(self) -> None:
         next_cpu = 0.0
         last: tuple[int, int] | None = None
+        self.sample_cpu()
+        self.cpu_at_start = dict(self.cpu)
+        self.jiffies = [_cpu_jiffies()]
+        self.broker_cpu = [_process_cpu_s(self.broker_pid)]
         last_at = time.perf_counter()
         while not self.stop.wait(_REPORT_S):
             c, s, out = self.progress()
@@ -70,6 +83,9 @@ class Reporter(threading.Thread):
             now_pc = time.perf_counter()
             if self.done_at is None and self.done():
                 self.done_at = now_pc
+                self.jiffies.append(_cpu_jiffies())
+                self.broker_cpu.append(_process_cpu_s(self.broker_pid))
+                self.sample_cpu()
             if self.done_at is None and last == (c, s):
                 self.stalled_s += now_pc - last_at
             last, last_at = (c, s), now_pc
@@ -92,12 +108,32 @@ class Reporter(threading.Thread):
             name = names.get(tid) or self.cpu.get(tid, (comm, 0.0, 0.0))[0]
             self.cpu[tid] = (name, on_cpu_ns / 1e9, runqueue_ns / 1e9)
 
+    def machine_busy(self) -> float | None:
+        """The share of all CPUs busy (every process) from this thread's start to the
+        moment the work was seen done; None when it was not seen done."""
+        if len(self.jiffies) < 2:
+            return None
+        (busy0, total0), (busy1, total1) = self.jiffies[0], self.jiffies[1]
+        return (busy1 - busy0) / max(1, total1 - total0)
+
+    def broker_cpu_s(self) -> float | None:
+        """The broker's CPU seconds over the run's window (None: not known)."""
+        if len(self.broker_cpu) < 2 or None in self.broker_cpu:
+            return None
+        start, end = self.broker_cpu
+        assert start is not None and end is not None
+        return end - start
+
     def cpu_by_thread(self) -> dict[str, list[float]]:
-        """``[CPU seconds, seconds runnable but waiting for a CPU]`` by thread name;
+        """``[CPU seconds, seconds runnable but waiting for a CPU]`` by thread name over
+        the run's window (from this thread's start to the work's end, as last sampled);
         librdkafka's threads (``rdk:*``) are summed by name."""
-        self.sample_cpu()
+        if self.done_at is None:
+            self.sample_cpu()
         out: dict[str, list[float]] = {}
-        for name, on_cpu, waiting in self.cpu.values():
+        for tid, (name, on_cpu, waiting) in self.cpu.items():
+            _, on_cpu0, waiting0 = self.cpu_at_start.get(tid, (name, 0.0, 0.0))
+            on_cpu, waiting = on_cpu - on_cpu0, waiting - waiting0
             cpu, runqueue = out.get(name, [0.0, 0.0])
             out[name] = [round(cpu + on_cpu, 2), round(runqueue + waiting, 2)]
         return dict(sorted(out.items(), key=lambda kv: -kv[1][0]))
@@ -156,6 +192,8 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
         "out": counters.get("out", 0),
         "counters": dict(counters),
         "cpu_by_thread": reporter.cpu_by_thread(),
+        "run_busy": reporter.machine_busy(),
+        "run_broker_cpu_s": reporter.broker_cpu_s(),
         "stalled_s": reporter.stalled_s,
         "starved_s": None,
     }
@@ -267,6 +305,8 @@ def passthrough(bootstrap: str, topics: list[tuple[str, int]], output: str) -> d
         "out": out,
         "counters": {},
         "cpu_by_thread": reporter.cpu_by_thread(),
+        "run_busy": reporter.machine_busy(),
+        "run_broker_cpu_s": reporter.broker_cpu_s(),
         "stalled_s": reporter.stalled_s,
         "starved_s": starved_s,
         "first_record_s": first_record_s,

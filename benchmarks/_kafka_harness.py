@@ -106,7 +106,7 @@ class RunResult:
     wall_s: float
     loader_cpu_s: float  # the loader's own thread (Python: produce_batch, bookkeeping)
     test_process_cpu_s: float  # the whole test process: the loader, librdkafka, the broker
-    machine_busy: float  # share of all CPUs busy during the run (every process)
+    machine_busy: float  # share of all CPUs busy during the run's window (every process)
     prefill_s: float = 0.0  # loading the whole input before the run (pre-filled runs)
     broker_cpu_s: float | None = None  # the broker JVM's CPU during the run
     broker_peak_rss_mb: float | None = None  # the broker JVM's largest RSS sample
@@ -234,6 +234,11 @@ def _self_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+#: The broker's process id, for the measured process to sample its CPU over the run's
+#: window (`benchmarks._kafka_driver.Reporter`).
+BROKER_PID_ENV = "UNIFEED_BENCH_BROKER_PID"
+
+
 def _process_cpu_s(pid: int | None) -> float | None:
     """User + system CPU seconds of another process so far (``/proc/PID/stat``)."""
     if pid is None:
@@ -313,6 +318,8 @@ def run_measured(
         cmd = [*profiler.command(kind, run_id), *cmd]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    if broker_pid is not None:
+        env[BROKER_PID_ENV] = str(broker_pid)
     with tempfile.TemporaryFile() as stderr:
         busy0, total0 = _cpu_jiffies()
         cpu0 = _self_cpu_s()
@@ -362,10 +369,17 @@ def run_measured(
         wall_s=wall,
         loader_cpu_s=loader_cpu,
         test_process_cpu_s=process_cpu,
-        machine_busy=(busy1 - busy0) / max(1, total1 - total0),
+        # The run's window when the process saw it end (its setup not counted), else the
+        # process's whole life.
+        machine_busy=result.get("run_busy") or (busy1 - busy0) / max(1, total1 - total0),
         prefill_s=prefill_s,
+        # Over the run's window as the process measured it, else its whole life.
         broker_cpu_s=(
-            None if broker_cpu0 is None or broker_cpu1 is None else broker_cpu1 - broker_cpu0
+            result["run_broker_cpu_s"]
+            if result.get("run_broker_cpu_s") is not None
+            else None
+            if broker_cpu0 is None or broker_cpu1 is None
+            else broker_cpu1 - broker_cpu0
         ),
         broker_peak_rss_mb=max(broker_rss) if broker_rss else None,
     )

@@ -38,7 +38,13 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks._kafka_driver import Reporter, _peak_rss_kb, passthrough
-from benchmarks._kafka_harness import Profiler, _cpu_jiffies, _process_cpu_s, serve_run
+from benchmarks._kafka_harness import (
+    BROKER_PID_ENV,
+    Profiler,
+    _cpu_jiffies,
+    _process_cpu_s,
+    serve_run,
+)
 from unifeed.kafka.clients import Target, TopicSelection, producer_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +119,8 @@ def run_unifeed(args: argparse.Namespace) -> dict[str, Any]:
         "out": counters.get("out", 0),
         "counters": dict(counters),
         "cpu_by_thread": reporter.cpu_by_thread(),
+        "run_busy": reporter.machine_busy(),
+        "run_broker_cpu_s": reporter.broker_cpu_s(),
         "stalled_s": reporter.stalled_s,
         "starved_s": None,
         "first_record_s": None,
@@ -185,6 +193,10 @@ class PrefilledResult:
         return self.messages / self.run_s
 
     @property
+    def run_cpu_s(self) -> float:
+        return sum(cpu for cpu, _runqueue in self.cpu_by_thread.values())
+
+    @property
     def starved_share(self) -> float:
         return (self.starved_s or 0.0) / self.run_s
 
@@ -199,7 +211,9 @@ class PrefilledResult:
             "setup_s": round(self.setup_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "cpu_s": round(self.cpu_s, 2),
-            "cpu_per_msg_us": round(self.cpu_s / self.messages * 1e6, 2),
+            # The run's window: every thread's CPU from the run's start to its end (the
+            # process's setup and shutdown not counted).
+            "run_cpu_per_msg_us": round(self.run_cpu_s / self.messages * 1e6, 2),
             "machine_busy": round(self.machine_busy, 3),
             "stalled_s": round(self.stalled_s, 3),
             "starved_s": None if self.starved_s is None else round(self.starved_s, 3),
@@ -212,6 +226,14 @@ class PrefilledResult:
             "counters": self.counters,
             "threads_cpu_and_runqueue_s": self.cpu_by_thread,
         }
+
+
+def _run_broker_cpu(result: dict[str, Any], start: float | None, end: float | None) -> float | None:
+    """The broker's CPU seconds over the run's window as the process measured it, else
+    over the process's whole life (its setup included)."""
+    if result.get("run_broker_cpu_s") is not None:
+        return round(float(result["run_broker_cpu_s"]), 2)
+    return None if start is None or end is None else round(end - start, 2)
 
 
 #: One input: its name and its records, a list per partition (in each, pitr order).
@@ -288,6 +310,8 @@ def run_prefilled(
         cmd = [*profiler.command(kind, run_id), *cmd]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    if broker_pid is not None:
+        env[BROKER_PID_ENV] = str(broker_pid)
     with tempfile.TemporaryFile() as stderr:
         busy0, total0 = _cpu_jiffies()
         broker0 = _process_cpu_s(broker_pid)
@@ -295,9 +319,7 @@ def run_prefilled(
             cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
         )
         try:
-            result, _samples, rss = serve_run(
-                proc, None, time.monotonic(), timeout_s, broker_pid
-            )
+            result, _samples, rss = serve_run(proc, None, time.monotonic(), timeout_s, broker_pid)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -317,12 +339,14 @@ def run_prefilled(
         setup_s=result["setup_s"],
         peak_rss_mb=result["peak_rss_kb"] / 1024,
         cpu_s=result["cpu_user_s"] + result["cpu_sys_s"],
-        machine_busy=(busy1 - busy0) / max(1, total1 - total0),
+        # The run's window when the process saw it end (its setup not counted), else the
+        # process's whole life.
+        machine_busy=result.get("run_busy") or (busy1 - busy0) / max(1, total1 - total0),
         stalled_s=result["stalled_s"],
         starved_s=result["starved_s"],
         first_record_s=result["first_record_s"],
         prefill_s=prefill_s,
-        broker_cpu_s=None if broker0 is None or broker1 is None else round(broker1 - broker0, 2),
+        broker_cpu_s=_run_broker_cpu(result, broker0, broker1),
         broker_peak_rss_mb=round(max(rss), 1) if rss else None,
         counters=result["counters"],
         cpu_by_thread=result["cpu_by_thread"],
