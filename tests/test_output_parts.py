@@ -393,3 +393,77 @@ def test_a_failed_call_after_a_fatal_report_ends_the_run_with_that_report() -> N
             txn.served(flush)
     finally:
         txn.producer.flush(0)
+
+
+# --- producing a batch ------------------------------------------------------------
+
+
+class _BatchProducer:
+    """Records each produced record; the calls numbered in ``full`` (0-based, counting
+    refused ones) find the queue full."""
+
+    def __init__(self, full: set[int]) -> None:
+        self.full = full
+        self.calls = 0
+        self.produced: list[tuple[bytes, int, bool]] = []  # value, timestamp, has callback
+
+    def produce(
+        self, topic: str, value: bytes, key: None, partition: int, callback: Any, on_delivery: None,
+        timestamp: int,
+    ) -> None:
+        assert (topic, key, partition, on_delivery) == ("out", None, 0, None)
+        call = self.calls
+        self.calls += 1
+        if call in self.full:
+            raise BufferError
+        self.produced.append((value, timestamp, callback is not None))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def _committer(producer: _BatchProducer, max_record_bytes: int = 100) -> tuple[Committer, list[Any]]:
+    """A `Committer` with only what producing uses; the oversized records it passes to
+    its dead letters are listed."""
+    oversized: list[Any] = []
+    c = object.__new__(Committer)
+    c.producer = producer  # type: ignore[assignment]
+    c.max_record_bytes = max_record_bytes
+    c.txn = SimpleNamespace(served=lambda call: call())  # type: ignore[assignment]
+    c.dead = SimpleNamespace(oversized=lambda *a: oversized.append(a) or True)  # type: ignore[assignment]
+    c._dirty = False
+    return c, oversized
+
+
+@pytest.mark.parametrize(
+    "full",
+    [set(), {0}, {3}, {3, 4, 5}, {8}, {9}, {2, 9, 10}],
+    ids=["room", "first", "middle", "three-in-a-row", "before-last", "last", "spread"],
+)
+def test_a_batch_is_produced_once_in_order_whichever_records_find_the_queue_full(
+    full: set[int],
+) -> None:
+    items = _emitted(*(b"r%d" % i for i in range(10)))
+    producer = _BatchProducer(full)
+    c, oversized = _committer(producer)
+    c._produce(items, 0, "out", 0)
+    assert [v for v, _, _ in producer.produced] == [e.item for e in items]
+    assert [t for _, t, _ in producer.produced] == [e.pitr for e in items]
+    # Only the last record asks for its delivery report.
+    assert [cb for _, _, cb in producer.produced] == [False] * 9 + [True]
+    assert producer.calls == 10 + len(full) and oversized == []
+
+
+def test_a_batch_with_an_oversized_record_or_a_future_pitr_is_produced_record_by_record() -> None:
+    items = _emitted(b"a", b"x" * 101, b"c", b"d")
+    producer = _BatchProducer({2})
+    c, oversized = _committer(producer)
+    c._produce(items, 1, "out", 0)  # the first one was already in the output (tail)
+    assert [v for v, _, _ in producer.produced] == [b"c", b"d"]
+    assert [(feed, pitr) for feed, pitr, _ in oversized] == [(items[1].feed, items[1].pitr)]
+    future = int(time.time() * 1000) + 10 * 86_400_000
+    producer = _BatchProducer(set())
+    c, _ = _committer(producer)
+    c._produce([Emitted(SURFACESTREAM, future, b"f"), Emitted(SURFACESTREAM, future, b"g")], 0, "out", 0)
+    stamps = [t for _, t, _ in producer.produced]
+    assert stamps[0] == stamps[1] < future  # capped at the broker's limit ahead of the clock

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import repeat
+from operator import attrgetter, length_hint
 
 import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -31,6 +35,16 @@ from unifeed.runtime.saved import StateSaver
 from unifeed.runtime.transactions import FLUSH_TIMEOUT_S, pending_error
 
 log = logging.getLogger("unifeed")
+
+_ITEM = attrgetter("item")
+_PITR = attrgetter("pitr")
+#: Runs an iterator to its end, keeping nothing (a loop in C).
+_drain: Callable[[Iterable[object]], None] = deque[object](maxlen=0).extend
+
+
+def _remaining(it: Iterator[object]) -> int:
+    """How many items a list's iterator has left (without taking any)."""
+    return length_hint(it)
 
 
 class Committer:
@@ -119,7 +133,6 @@ class Committer:
             self._dirty = True
         if not items:
             return
-        produce = self.producer.produce
         topic = self.output.topic
         partition = self.output.partition
         start = 0
@@ -132,30 +145,8 @@ class Committer:
                 self.tail = None  # every tail record compared: nothing more to check
             self.state.add("reconciled", start)
         n = len(items)
-        max_bytes = self.max_record_bytes
-        # Only the last record has a callback: its delivery report tells how far the
-        # output got.
-        last = items[-1]
-        # Timestamp = pitr, at most TIMESTAMP_AHEAD_MAX_MS ahead of the clock (a broker
-        # refuses records stamped further ahead; `record_timestamp`).
-        cap = int(time.time() * 1000) + TIMESTAMP_AHEAD_MAX_MS
         try:
-            for e in items[start:]:
-                value = e.item
-                if len(value) > max_bytes:
-                    if self.dead.oversized(e.feed, e.pitr, value):
-                        self._dirty = True
-                    continue
-                callback = self._on_last_delivery if e is last else None
-                stamp = e.pitr if e.pitr <= cap else cap
-                try:
-                    # Positional (topic, value, key, partition, callback, on_delivery,
-                    # timestamp): a positional on_delivery is ignored, so the callback goes
-                    # in `callback`; positional arguments skip the keyword parsing per
-                    # record.
-                    produce(topic, value, None, partition, callback, None, stamp)
-                except BufferError:
-                    self._produce_when_room(topic, value, partition, stamp, e is last)
+            self._produce(items, start, topic, partition)
         except KafkaException as exc:
             raise self.txn.produce_refused(exc) from None
         if positions is None:
@@ -169,6 +160,75 @@ class Committer:
         self.uncommitted += n - start
         self._dirty = True
         self.state.add("out", n)
+
+    def _produce(self, items: list[Emitted], start: int, topic: str, partition: int) -> None:
+        """Produce ``items[start:]`` in order (timestamp = pitr, at most
+        TIMESTAMP_AHEAD_MAX_MS ahead of the clock: a broker refuses records stamped
+        further ahead, `record_timestamp`). Only the last record has a callback: its
+        delivery report tells how far the output got. An oversized record is a dead
+        letter instead."""
+        todo = items[start:] if start else items
+        if not todo:
+            return
+        produce = self.producer.produce
+        last = todo[-1]
+        body = todo[:-1]
+        values = list(map(_ITEM, body))
+        stamps = list(map(_PITR, body))
+        cap = int(time.time() * 1000) + TIMESTAMP_AHEAD_MAX_MS
+        if values and (max(map(len, values)) > self.max_record_bytes or max(stamps) > cap):
+            # The unusual batch (an oversized record, a pitr ahead of the clock): one
+            # record at a time.
+            for e in body:
+                self._produce_one(e, topic, partition, cap, None)
+        elif values:
+            # The usual batch: every call made from C (`map`), no Python frame per record.
+            # Positional (topic, value, key, partition, callback, on_delivery, timestamp):
+            # a positional on_delivery is ignored; positional arguments skip the keyword
+            # parsing per record. When the producer's queue is full, the iterators tell
+            # exactly which record was refused (`map` had taken it) and what is left.
+            value_it, stamp_it = iter(values), iter(stamps)
+            while True:
+                try:
+                    _drain(
+                        map(
+                            produce,
+                            repeat(topic),
+                            value_it,
+                            repeat(None),
+                            repeat(partition),
+                            repeat(None),
+                            repeat(None),
+                            stamp_it,
+                        )
+                    )
+                    break
+                except BufferError:
+                    left = len(values) - _remaining(value_it)
+                    refused = left - 1  # the index of the record `map` had just taken
+                    self._produce_when_room(
+                        topic, values[refused], partition, stamps[refused], False
+                    )
+        self._produce_one(last, topic, partition, cap, self._on_last_delivery)
+
+    def _produce_one(
+        self,
+        e: Emitted,
+        topic: str,
+        partition: int,
+        cap: int,
+        callback: Callable[[KafkaError | None, Message], None] | None,
+    ) -> None:
+        value = e.item
+        if len(value) > self.max_record_bytes:
+            if self.dead.oversized(e.feed, e.pitr, value):
+                self._dirty = True
+            return
+        stamp = e.pitr if e.pitr <= cap else cap
+        try:
+            self.producer.produce(topic, value, None, partition, callback, None, stamp)
+        except BufferError:
+            self._produce_when_room(topic, value, partition, stamp, callback is not None)
 
     def _produce_when_room(
         self, topic: str, value: bytes, partition: int, stamp: int, is_last: bool
@@ -215,8 +275,7 @@ class Committer:
             interval = max(interval, o.catchup_commit_interval_ms)
             records = max(records, o.catchup_commit_max_records)
         return self._dirty and (
-            self.uncommitted >= records
-            or (time.monotonic() - self.last_commit) * 1000 >= interval
+            self.uncommitted >= records or (time.monotonic() - self.last_commit) * 1000 >= interval
         )
 
     def commit(
