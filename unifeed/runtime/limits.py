@@ -19,8 +19,12 @@ STAGE_BUDGET: Final = 2 * STAGE_CAPACITY
 #: What a feed read from several partitions holds between its reads and its merge's
 #: output (records: each partition's messages held by its reader, in its merge's lane and
 #: in its merge's queue), one budget whatever its partition count: each partition gets
-#: its share (`partition_share`), as the feeds of a run share `STAGE_BUDGET`.
-FEED_MERGE_BUDGET: Final = 2 * READ_BATCH
+#: its share (`partition_share`), as the feeds of a run share `STAGE_BUDGET`. Four
+#: partitions get 10,000 records each, about one fetch of a partition
+#: (``max.partition.fetch.bytes``, 1 MiB): a share below one fetch made the reader pause
+#: a partition ~45 times a run, and the Kafka client drops and fetches again what it had
+#: fetched ahead of a paused partition (benchmarks/README.md, "The merge budget").
+FEED_MERGE_BUDGET: Final = 8 * READ_BATCH
 MIN_PARTITION_SHARE: Final = READ_BATCH // 10
 #: What a run's consumers buffer ahead together (librdkafka's fetch queue and largest
 #: fetch, KiB): two one-partition feeds get 16 MiB each, more consumers share it.
