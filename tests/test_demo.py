@@ -235,3 +235,79 @@ def _serve_answers(bootstrap: str, feed: list[bytes]) -> None:
         process.wait(20)
         if process.stderr is not None:
             process.stderr.close()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (from /proc: each task's parent)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads child processes from /proc")
+@pytest.mark.parametrize(
+    ("signum", "ignore_sigint"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigterm", "ctrl-c-when-started-with-sigint-ignored"],
+)
+def test_demo_stopped_mid_run_stops_everything_it_started(
+    tmp_path: Path, signum: int, ignore_sigint: bool
+) -> None:
+    """SIGTERM, or Ctrl-C even when the demo was started with SIGINT ignored (as a
+    background job of a script is), stops the demo during its run: the broker, the
+    commands and serve it started all stop with it, and it says it was interrupted."""
+    stderr_path = tmp_path / "demo.err"
+    with stderr_path.open("wb") as stderr:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "unifeed", "demo", "--serve", "--serve-port", "0",
+             "--minutes", "4"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            env=_environment(),
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if ignore_sigint else None,
+        )  # fmt: skip
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while "live map:" not in stderr_path.read_text(errors="replace"):
+            assert demo.poll() is None, stderr_path.read_text()
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.2)
+        started = _descendants(demo.pid)
+        assert len(started) >= 4, "broker, mappings, combine and serve are running"
+        demo.send_signal(signum)
+        assert demo.wait(timeout=90) == 130, stderr_path.read_text()
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in started if _alive(p)], "a process the demo started outlived it"
+        assert "unifeed demo: interrupted" in stderr_path.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -43,13 +43,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import IO, Final
 
 from unifeed.core.errors import ConfigError, KafkaRuntimeError, UnifeedError
@@ -692,10 +694,51 @@ def format_summary(options: DemoOptions, report: DemoReport, broker_pid: int | N
     return "\n".join(lines) + "\n"
 
 
+class _Interrupt:
+    """The demo's handler of SIGINT and SIGTERM: the first raises KeyboardInterrupt, so
+    that everything the demo started is stopped on the way out (`_Run.execute`'s and
+    `run_and_report`'s ``finally``); later ones are ignored while that cleanup runs (it
+    is bounded: `commands.STOP_S` a step)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the demo and everything it started (broker, commands,
+    serve): without this, SIGTERM would end the demo alone and leave its children running.
+    SIGINT is handled even when the demo was started with it ignored (a background job of
+    a non-interactive shell is): the demo promises that Ctrl-C stops it, as `unifeed
+    serve` does. The previous handlers come back at the end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = _Interrupt()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, handler) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
 def run_and_report(options: DemoOptions) -> int:
     """Run the demo, print its summary on stdout, keep the live map up (``serve_port``)
-    until Ctrl-C; the exit code (0: every check passed)."""
+    until Ctrl-C or SIGTERM; the exit code (0: every check passed). Stopped by either
+    before the verdict, it stops what it started and is interrupted (exit code 130)."""
     options.check()
+    with _stopped_by_signals():
+        return _run_and_report(options)
+
+
+def _run_and_report(options: DemoOptions) -> int:
     run = _Run(options, sys.stdout, sys.stderr)
     try:
         report = run.execute()
@@ -704,11 +747,11 @@ def run_and_report(options: DemoOptions) -> int:
         if run.serving():
             sys.stdout.write(
                 f"\nThe live map stays up at {run.serve_url} (unifeed serve on "
-                f"kafka:{OUTPUT_TOPIC}); Ctrl-C stops it and the broker.\n"
+                f"kafka:{OUTPUT_TOPIC}); Ctrl-C (or SIGTERM) stops it and the broker.\n"
             )
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
-            # Waits for the user's Ctrl-C (SIGINT), or for serve to end by itself.
+            # Waits for Ctrl-C or SIGTERM (`_stopped_by_signals`), or for serve to end by itself.
             while run.serving():
                 time.sleep(0.5)
     finally:
