@@ -43,13 +43,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Final
@@ -77,6 +76,7 @@ from unifeed.demo.traffic import (
 )
 from unifeed.demo.verify import AccessReport, Verdict, verify_access, verify_audience, verify_output
 from unifeed.kafka.embedded import spawn_broker_process
+from unifeed.kafka.foreground import stop_signals
 
 __all__ = ["DemoOptions", "run_and_report", "run_demo"]
 
@@ -695,10 +695,13 @@ def format_summary(options: DemoOptions, report: DemoReport, broker_pid: int | N
 
 
 class _Interrupt:
-    """The demo's handler of SIGINT and SIGTERM: the first raises KeyboardInterrupt, so
-    that everything the demo started is stopped on the way out (`_Run.execute`'s and
-    `run_and_report`'s ``finally``); later ones are ignored while that cleanup runs (it
-    is bounded: `commands.STOP_S` a step)."""
+    """The demo's handler of Ctrl-C and SIGTERM (`stop_signals`): the first raises
+    KeyboardInterrupt, so that everything the demo started (broker, commands, serve) is
+    stopped on the way out (`_Run.execute`'s and `_run_and_report`'s ``finally``);
+    without it SIGTERM would end the demo alone and leave its children running. Later
+    signals are ignored while that cleanup runs (it is bounded: `commands.STOP_S` a
+    step). Ctrl-C works even when the demo started with SIGINT ignored: the demo
+    promises that Ctrl-C stops it, as `unifeed serve` and `unifeed broker` do."""
 
     def __init__(self) -> None:
         self.seen = 0
@@ -709,32 +712,14 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def _stopped_by_signals() -> Iterator[None]:
-    """Ctrl-C and SIGTERM stop the demo and everything it started (broker, commands,
-    serve): without this, SIGTERM would end the demo alone and leave its children running.
-    SIGINT is handled even when the demo was started with it ignored (a background job of
-    a non-interactive shell is): the demo promises that Ctrl-C stops it, as `unifeed
-    serve` does. The previous handlers come back at the end."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handler = _Interrupt()
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, handler) for sig in handled}
-    try:
-        yield
-    finally:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
-
-
 def run_and_report(options: DemoOptions) -> int:
     """Run the demo, print its summary on stdout, keep the live map up (``serve_port``)
     until Ctrl-C or SIGTERM; the exit code (0: every check passed). Stopped by either
     before the verdict, it stops what it started and is interrupted (exit code 130)."""
     options.check()
-    with _stopped_by_signals():
+    if threading.current_thread() is not threading.main_thread():
+        return _run_and_report(options)
+    with stop_signals(_Interrupt()):
         return _run_and_report(options)
 
 
@@ -751,7 +736,7 @@ def _run_and_report(options: DemoOptions) -> int:
             )
         sys.stdout.flush()
         with contextlib.suppress(KeyboardInterrupt):
-            # Waits for Ctrl-C or SIGTERM (`_stopped_by_signals`), or for serve to end by itself.
+            # Waits for Ctrl-C or SIGTERM (`_Interrupt`), or for serve to end by itself.
             while run.serving():
                 time.sleep(0.5)
     finally:

@@ -1,17 +1,35 @@
-"""``unifeed broker``'s foreground run, the same for the embedded broker and Apache Kafka."""
+"""``unifeed broker``'s foreground run, the same for the embedded broker and Apache Kafka,
+and the stop signals' handling it shares with ``unifeed demo`` (`stop_signals`)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import IO, TypeVar
+from typing import IO, Final, TypeVar
 
 from unifeed.core.closing import Closing
 
 B = TypeVar("B", bound=Closing)
+
+#: What stops a foreground command: Ctrl-C and SIGTERM.
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` takes SIGINT and SIGTERM inside the block (SIGINT even when the process
+    started with it ignored, as a background job of a script does); the previous handlers
+    come back on the way out. Main thread only, as `signal.signal`."""
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def run_until_signal(
@@ -34,20 +52,13 @@ def run_until_signal(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {
-        signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
     code: int | None = None
-    try:
-        with open_broker() as broker:
-            address, note = describe(broker)
-            stream.write(address + "\n")
-            stream.flush()
-            print(note, file=sys.stderr, flush=True)
-            while code is None and not stop.wait(0.5):
-                code = check(broker)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with stop_signals(on_signal), open_broker() as broker:
+        address, note = describe(broker)
+        stream.write(address + "\n")
+        stream.flush()
+        print(note, file=sys.stderr, flush=True)
+        while code is None and not stop.wait(0.5):
+            code = check(broker)
     print("unifeed broker: stopped", file=sys.stderr, flush=True)
     return code or 0
