@@ -5,6 +5,7 @@ checkpoint's feed positions (.positions)."""
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -467,3 +468,139 @@ def test_a_batch_with_an_oversized_record_or_a_future_pitr_is_produced_record_by
     c._produce([Emitted(SURFACESTREAM, future, b"f"), Emitted(SURFACESTREAM, future, b"g")], 0, "out", 0)
     stamps = [t for _, t, _ in producer.produced]
     assert stamps[0] == stamps[1] < future  # capped at the broker's limit ahead of the clock
+
+
+# --- a run that failed while its commit waits for the broker ----------------------
+
+
+class _SilentBroker:
+    """A producer whose broker never answers: every record stays undelivered, a commit
+    times out (retriable, as librdkafka's does), an abort too; ``calls`` records them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def flush(self, timeout: float = -1) -> int:
+        self.calls.append(("flush", timeout))
+        time.sleep(timeout)
+        return 7
+
+    def commit_transaction(self, timeout: float = -1) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls.append(("commit", timeout))
+        time.sleep(timeout)
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        self.calls.append(("abort", timeout))
+        time.sleep(timeout)
+
+    def purge(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(("purge", 0.0))
+
+
+def _fail_later(state: RunState, error: BaseException, after_s: float) -> threading.Timer:
+    timer = threading.Timer(after_s, state.fail, (error,))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("waiting_in", ["flush", "commit"])
+def test_a_commit_waiting_for_a_silent_broker_ends_once_the_run_has_failed(
+    waiting_in: str,
+) -> None:
+    """The run's broker watch declares the broker lost while a commit waits for it (its
+    flush, or the transaction's commit): the commit ends with that failure within a wait
+    slice, not after its own 30 s; the records it waited for are never committed."""
+    from unifeed.core.errors import BrokerUnreachableError
+    from unifeed.runtime.transactions import FLUSH_TIMEOUT_S, WAIT_SLICE_S, Transactions
+
+    state = RunState()
+    txn = Transactions(_options(), OUT, state)
+    real, silent = txn.producer, _SilentBroker()
+    txn.producer = silent  # type: ignore[assignment]
+    lost = BrokerUnreachableError("lost the broker")
+    timer = _fail_later(state, lost, 0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrokerUnreachableError, match="lost the broker"):
+            if waiting_in == "flush":
+                txn.flush()
+            else:
+                txn.transactional = True
+                txn.commit()
+        took = time.monotonic() - started
+    finally:
+        timer.cancel()
+        real.flush(0)
+    assert 0.5 <= took < 0.5 + 10 * WAIT_SLICE_S < FLUSH_TIMEOUT_S, took
+    assert {name for name, _ in silent.calls} == {waiting_in}
+    assert all(0 < t <= WAIT_SLICE_S for _, t in silent.calls), silent.calls
+
+
+def test_without_a_failure_a_commit_waits_its_whole_timeout_in_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No failure meanwhile: the flush waits until its timeout (shortened here), slice
+    by slice, and says how many records are still undelivered."""
+    from unifeed.runtime import transactions
+
+    monkeypatch.setattr(transactions, "FLUSH_TIMEOUT_S", 1.0)
+    txn = transactions.Transactions(_options(), OUT, RunState())
+    real, silent = txn.producer, _SilentBroker()
+    txn.producer = silent  # type: ignore[assignment]
+    started = time.monotonic()
+    try:
+        assert txn.flush() == 7
+    finally:
+        real.flush(0)
+    assert 1.0 <= time.monotonic() - started < 2.0
+    assert len(silent.calls) >= 1.0 / transactions.WAIT_SLICE_S
+
+
+def test_closing_a_run_that_lost_its_broker_does_not_wait_for_it() -> None:
+    """After a lost broker, closing drops the open transaction and the queued records at
+    once (the broker, or the restart's init, aborts the transaction); any other failure
+    still aborts it and flushes, waiting up to `CLOSE_TIMEOUT_S`."""
+    from unifeed.core.errors import BrokerUnreachableError
+    from unifeed.runtime.transactions import CLOSE_TIMEOUT_S, Transactions
+
+    state = RunState()
+    state.fail(BrokerUnreachableError("lost the broker"))
+    txn = Transactions(_options(), OUT, state)
+    real, silent = txn.producer, _SilentBroker()
+    txn.producer = silent  # type: ignore[assignment]
+    txn._in_txn = True
+    started = time.monotonic()
+    try:
+        txn.close()
+    finally:
+        real.flush(0)
+    assert time.monotonic() - started < 0.5
+    assert [name for name, _ in silent.calls] == ["purge", "flush"]
+    assert silent.calls[-1] == ("flush", 0)
+    assert state.counters["aborts"] == 1 and not txn._in_txn
+
+    other = RunState()
+    other.fail(StartRefusedError("refused"))
+    txn = Transactions(_options(), OUT, other)
+    real, answering = txn.producer, _AnsweringBroker()
+    txn.producer = answering  # type: ignore[assignment]
+    txn._in_txn = True
+    try:
+        txn.close()
+    finally:
+        real.flush(0)
+    assert answering.calls == [("abort", CLOSE_TIMEOUT_S), ("flush", CLOSE_TIMEOUT_S)]
+
+
+class _AnsweringBroker(_SilentBroker):
+    """A producer whose broker answers at once."""
+
+    def flush(self, timeout: float = -1) -> int:
+        self.calls.append(("flush", timeout))
+        return 0
+
+    def abort_transaction(self, timeout: float = -1) -> None:
+        self.calls.append(("abort", timeout))

@@ -273,3 +273,57 @@ def test_an_idle_partition_whose_watermarks_get_no_answer_keeps_waiting() -> Non
     reader._idle_since = time.monotonic() - 2.0
     assert reader.step(Silent([]), [], False) is None  # type: ignore[arg-type]
     assert Silent.asked == 1 and not reader.closed
+
+
+def test_an_idle_partition_s_end_is_asked_beside_the_loop_and_stale_answers_are_ignored() -> None:
+    """With an `EndProbe`, a reader never waits for the broker's answer about its idle
+    partition's end (1 s a question here, 5 s allowed): its steps return at once, the
+    answer comes on a later step and makes it caught up; an answer asked for before the
+    reader's last read does not count."""
+    from unifeed.runtime.endprobe import EndProbe
+
+    class SlowEnds(ScriptedConsumer):
+        asked = 0
+
+        def get_watermark_offsets(
+            self, tp: Any, timeout: float, cached: bool = False
+        ) -> tuple[int, int]:
+            SlowEnds.asked += 1
+            time.sleep(1.0)
+            return 0, 3  # the partition holds offsets 0..2
+
+    state = RunState()
+    inbox: Inbox[ReadBatch] = Inbox(["f[0]"], 8, state.stop)
+    reader = _reader(state, inbox, 0)
+    reader.exit_at_end = False
+    probe = EndProbe({}, client=lambda: SlowEnds([]))
+    reader.probe = probe
+    loop = ScriptedConsumer([])
+    try:
+        # Two records, then idle for a second: the question goes out, the step returns.
+        assert reader.step(loop, [_msg(0, 0), _msg(0, 1)], False) is not None  # type: ignore[arg-type]
+        reader._idle_since = time.monotonic() - 2.0
+        started = time.monotonic()
+        assert reader.step(loop, [], False) is None  # type: ignore[arg-type]
+        # The third record comes while the question is under way: its answer (end 3,
+        # the reader at 3) is stale, since it was asked before that read.
+        assert reader.step(loop, [_msg(0, 2)], False) is not None  # type: ignore[arg-type]
+        assert time.monotonic() - started < 0.5, "the loop waited for the answer"
+        deadline = time.monotonic() + 10
+        while SlowEnds.asked < 1 or probe._asked:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert reader.step(loop, [], False) is None  # type: ignore[arg-type]
+        assert not reader._end.at_end, "a stale answer counted"
+        # A fresh question, answered a second later: at the end, caught up.
+        reader._idle_since = time.monotonic() - 2.0
+        caught: ReadBatch | None = None
+        while caught is None:
+            assert time.monotonic() < deadline, "never caught up"
+            step_at = time.monotonic()
+            caught = reader.step(loop, [], False)  # type: ignore[arg-type]
+            assert time.monotonic() - step_at < 0.2
+            time.sleep(0.05)
+        assert caught.caught_up and SlowEnds.asked >= 2
+    finally:
+        probe.close()

@@ -27,6 +27,9 @@ class BrokerHealth:
         self.last_ok = time.monotonic()
         self.last_check = 0.0
         self.last_error = ""
+        #: The broker answered the last question (the run's other watchers ask it only
+        #: then: their questions would wait for nothing, delaying the next check).
+        self.answering = True
         self._client = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
 
     def check(self) -> None:
@@ -41,7 +44,9 @@ class BrokerHealth:
                 self.options.checkpoint_topic, timeout=min(2.0, self.options.broker_timeout_s)
             )
             self.last_ok = time.monotonic()
+            self.answering = True
         except KafkaException as exc:
+            self.answering = False
             self.last_error = str(exc.args[0] if exc.args else exc)
             silent = time.monotonic() - self.last_ok
             log.warning(

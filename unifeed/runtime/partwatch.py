@@ -49,8 +49,10 @@ class PartitionWatch:
             try:
                 count = partition_count(self._client, f.topic, 2.0)
             except KafkaRuntimeError as exc:
+                # The broker's health is BrokerHealth's to judge; the other topics wait
+                # for the next check (each question would wait as long for no answer).
                 log.debug("%s: partition watch: %s", self.options.instance, exc)
-                continue  # the broker's health is BrokerHealth's to judge
+                return
             if count is None or count <= len(f.targets):
                 continue
             read = len(f.targets)

@@ -29,6 +29,7 @@ from unifeed.kafka.clients import (
     kafka_error,
     watermarks,
 )
+from unifeed.runtime.endprobe import EndProbe
 from unifeed.runtime.endwatch import EndOfLogWatch
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import (
@@ -134,7 +135,12 @@ class FeedReader(ConsumerWorker):
         self._skip = ResumeSkip(plan.resume_after, count_keepalives=count_keepalives)
         self._end = EndOfLogWatch(end_of_log_grace_s)
         self._idle_since = time.monotonic()
+        #: When this reader last read a record (an end asked for before it is stale).
+        self._read_at = 0.0
         self._warned_missing = 0.0
+        #: Asks for this partition's end beside the loop (set by a `PartitionsReader`);
+        #: without one, the reader asks itself, waiting for the answer.
+        self.probe: EndProbe | None = None
 
     def _loop(self, consumer: Consumer) -> None:
         tp = self.target.topic_partition(self.plan.offset)
@@ -157,35 +163,28 @@ class FeedReader(ConsumerWorker):
             # Never twice: a message already read (a client that re-delivers after a pause).
             records = [m for m in records if (m.offset() or 0) >= self.next_offset]
         if records:
-            self._idle_since = time.monotonic()
-        elif not self._end.at_end and time.monotonic() - self._idle_since >= 1.0:
-            # librdkafka reports no end of log for an empty or missing partition:
-            # ask for the watermarks instead.
-            self._idle_since = time.monotonic()
-            try:
-                _, high = watermarks(consumer, self.target, 5.0)
-            except KafkaRuntimeError as exc:
-                if exc.code in _TRANSIENT_NAMES:
-                    # No answer now (the broker restarting or gone): not at the end; the
-                    # run's `BrokerHealth` decides when a silent broker ends the run.
-                    log.debug("%s: %s", self.feed, exc)
-                    high = -1
-                elif exc.code not in UNKNOWN_CODES:
-                    raise
-                else:
-                    # A feed never seen (no record, no end of its partition) is never
-                    # passed: it could still deliver anything.
-                    high = -1
-                    now = time.monotonic()
-                    if now - self._warned_missing >= MISSING_WARN_EVERY_S:
-                        log.warning(
-                            "%s: %s does not exist (yet); waiting for it (its feed is not "
-                            "passed until it exists)",
-                            self.feed,
-                            self.target,
-                        )
-                        self._warned_missing = now
-            if high >= 0 and self.next_offset >= high:
+            self._idle_since = self._read_at = time.monotonic()
+        elif not self._end.at_end:
+            # librdkafka reports no end of log for an empty or missing partition: ask
+            # for its end (the high watermark) once it has been idle for a second; by
+            # the `EndProbe` when there is one (its answer comes on a later round).
+            high: int | None = None
+            probe = self.probe
+            now = time.monotonic()
+            if probe is not None:
+                got = probe.answer(self.target, self._read_at)
+                if got is not None:
+                    high = self._end_from(got)
+                if now - self._idle_since >= 1.0:
+                    self._idle_since = now
+                    probe.ask(self.target)
+            elif now - self._idle_since >= 1.0:
+                self._idle_since = now
+                try:
+                    high = watermarks(consumer, self.target, 5.0)[1]
+                except KafkaRuntimeError as exc:
+                    high = self._end_from(exc)
+            if high is not None and high >= 0 and self.next_offset >= high:
                 eof = True
         if records:
             self.next_offset = (records[-1].offset() or 0) + 1
@@ -230,6 +229,34 @@ class FeedReader(ConsumerWorker):
         if accepted_at is not None:
             del accepted_at[len(replay) + len(good) :]
         return ReadBatch(replay, good, dead, caught_up, closed, accepted_at)
+
+    def _end_from(self, answer: int | Exception) -> int:
+        """The end of this partition from a question's answer: -1 when not known (no
+        answer now, or the partition does not exist yet); raises what ends the run."""
+        if isinstance(answer, int):
+            return answer
+        if not isinstance(answer, KafkaRuntimeError):
+            raise answer
+        exc = answer
+        if exc.code in _TRANSIENT_NAMES:
+            # No answer now (the broker restarting or gone): not at the end; the run's
+            # `BrokerHealth` decides when a silent broker ends the run.
+            log.debug("%s: %s", self.feed, exc)
+            return -1
+        if exc.code not in UNKNOWN_CODES:
+            raise exc
+        # A feed never seen (no record, no end of its partition) is never passed: it
+        # could still deliver anything.
+        now = time.monotonic()
+        if now - self._warned_missing >= MISSING_WARN_EVERY_S:
+            log.warning(
+                "%s: %s does not exist (yet); waiting for it (its feed is not passed "
+                "until it exists)",
+                self.feed,
+                self.target,
+            )
+            self._warned_missing = now
+        return -1
 
     def _hand_on(self, consumer: Consumer, tp: TopicPartition, read: ReadBatch) -> bool:
         """Deliver, pausing the partition while the next stage is full."""
@@ -351,6 +378,7 @@ class PartitionsReader(ConsumerWorker):
         self._held_eof: set[tuple[str, int]] = set()
         self._paused: set[tuple[str, int]] = set()
         self._pending: dict[tuple[str, int], ReadBatch] = {}
+        self._probe: EndProbe | None = None
 
     @property
     def next_offset(self) -> int:
@@ -359,16 +387,28 @@ class PartitionsReader(ConsumerWorker):
 
     def _loop(self, consumer: Consumer) -> None:
         self.begin(consumer)
-        stop = self.state.stop
-        while not stop.is_set() and not self.finished:
-            self.step(_PENDING_POLL_S if self._pending else 0.1, wait_for_room=True)
+        try:
+            stop = self.state.stop
+            while not stop.is_set() and not self.finished:
+                self.step(_PENDING_POLL_S if self._pending else 0.1, wait_for_room=True)
+        finally:
+            self.end()
 
     def begin(self, consumer: Consumer) -> None:
-        """Read the partitions with ``consumer`` (assigned here) from now on."""
+        """Read the partitions with ``consumer`` (assigned here) from now on; the ends of
+        idle partitions are asked for beside the reading (an `EndProbe`, until `end`)."""
+        self._probe = EndProbe(self.config, f"end-probe-{self.feed}")
+        for r in self.parts.values():
+            r.probe = self._probe
         self._consumer = consumer
         self._tps = {p: r.target.topic_partition(r.plan.offset) for p, r in self.parts.items()}
         consumer.assign(list(self._tps.values()))
         self._where = ", ".join(str(r.target) for r in self.parts.values())
+
+    def end(self) -> None:
+        """The reading is over: no more questions of the partitions' ends."""
+        if self._probe is not None:
+            self._probe.close()
 
     @property
     def finished(self) -> bool:

@@ -78,7 +78,14 @@ class RunLoop(ConsumerWorker):
     def work(self) -> None:
         try:
             super().work()
+        except BaseException as exc:
+            # The run's failure is this error, recorded before closing: closing a failed
+            # producer serves the reports of the records it purged, which would otherwise
+            # be taken for the cause.
+            self.state.fail(exc)
+            raise
         finally:
+            self.reading.end()
             self.writer.close()
 
     def _loop(self, consumer: Consumer) -> None:

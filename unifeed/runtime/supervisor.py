@@ -107,10 +107,13 @@ class Supervisor:
                 main.join(_WATCH_S)
                 if progress is not None:
                     progress(False)
+                if self.state.stop.is_set():
+                    continue  # ending: nothing left to watch for
                 try:
                     health.check()
-                    for watcher in self.watchers:
-                        watcher.check()
+                    if health.answering:
+                        for watcher in self.watchers:
+                            watcher.check()
                 except (BrokerUnreachableError, PartitionChangeError) as exc:
                     self.state.fail(exc)
         finally:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from unifeed.core.errors import InstanceFencedError, KafkaRuntimeError, UnifeedError
+from unifeed.core.errors import (
+    BrokerUnreachableError,
+    InstanceFencedError,
+    KafkaRuntimeError,
+    UnifeedError,
+)
 from unifeed.kafka.clients import Target, kafka_error, producer_config
 from unifeed.runtime.options import EXACTLY_ONCE, RuntimeOptions
 from unifeed.runtime.state import RunState
@@ -20,6 +26,14 @@ log = logging.getLogger("unifeed")
 #: How long a commit waits for the broker: the flush of a transaction's records, the
 #: transaction's commit, ``init_transactions``.
 FLUSH_TIMEOUT_S: Final = 30
+#: A flush and a transaction's commit wait in slices this long, so that a run that has
+#: failed meanwhile (the broker lost: `unifeed.runtime.health`) stops waiting for them
+#: at once instead of at `FLUSH_TIMEOUT_S`.
+WAIT_SLICE_S: Final = 0.2
+#: How long closing a failed run waits to abort its transaction and flush (a lost
+#: broker is not waited for: its transaction times out there, and the restart's
+#: ``init_transactions`` aborts it anyway).
+CLOSE_TIMEOUT_S: Final = 5.0
 
 
 class Transactions:
@@ -71,19 +85,49 @@ class Transactions:
             self._in_txn = True
 
     def flush(self) -> int:
-        """Deliver everything produced so far; how many records are still undelivered."""
+        """Deliver everything produced so far; how many records are still undelivered:
+        some when `FLUSH_TIMEOUT_S` passed, or when the run failed meanwhile (then its
+        failure is what it ends with)."""
         producer = self.producer
-        return self.served(lambda: producer.flush(FLUSH_TIMEOUT_S))
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            wait_s = min(WAIT_SLICE_S, left)
+            remaining = self.served(lambda: producer.flush(wait_s))  # noqa: B023 (called here)
+            if not remaining or left <= 0:
+                return remaining
+            self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        """The run has failed meanwhile (another thread saw the broker lost, ...): its
+        failure, instead of waiting on for a broker that may never answer."""
+        failure = self.state.failure
+        if failure is not None:
+            raise failure
 
     def commit(self) -> None:
         """Commit the open transaction; at-least-once: flush (the checkpoint record)."""
         if self.transactional:
-            try:
-                self.producer.commit_transaction(FLUSH_TIMEOUT_S)
-            except KafkaException as exc:
-                raise wrap_kafka_error(
-                    "committing a transaction failed", exc, self.options.instance
-                ) from None
+            deadline = time.monotonic() + FLUSH_TIMEOUT_S
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    self.producer.commit_transaction(max(0.0, min(WAIT_SLICE_S, left)))
+                    break
+                except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    # A commit that timed out resumes where it was when called again
+                    # (librdkafka: retriable); any other error ends the run.
+                    if not (
+                        isinstance(error, KafkaError)
+                        and error.code() == KafkaError._TIMED_OUT
+                        and error.retriable()
+                        and left > 0
+                    ):
+                        raise wrap_kafka_error(
+                            "committing a transaction failed", exc, self.options.instance
+                        ) from None
+                self._raise_if_failed()
             self._in_txn = False
         elif self.flush():
             raise KafkaRuntimeError(
@@ -91,18 +135,32 @@ class Transactions:
             )
 
     def close(self) -> None:
-        """Abort an open transaction (nothing of it becomes visible) and flush."""
+        """Abort an open transaction (nothing of it becomes visible) and flush.
+
+        When the run ended because the broker was lost, neither is waited for: what was
+        not committed never becomes visible (the broker aborts the transaction when it
+        times out, or when the restart initialises), and the records still queued are
+        dropped (a restart writes them again from the last checkpoint)."""
+        if isinstance(self.state.failure, BrokerUnreachableError):
+            if self._in_txn:
+                self.state.add("aborts")
+                self._in_txn = False
+            with contextlib.suppress(KafkaException, SystemError, NotImplementedError):
+                self.producer.purge()
+            with contextlib.suppress(KafkaException, SystemError):
+                self.producer.flush(0)
+            return
         if self._in_txn:
             self.state.add("aborts")
             try:
-                self.producer.abort_transaction(5)
+                self.producer.abort_transaction(CLOSE_TIMEOUT_S)
             except KafkaException as exc:
                 log.warning(
                     "%s: aborting the open transaction failed: %s", self.options.instance, exc
                 )
             self._in_txn = False
         try:
-            self.producer.flush(5)
+            self.producer.flush(CLOSE_TIMEOUT_S)
         except SystemError:  # a fatal error's reports: see `served`
             pass
         except KafkaException as exc:
@@ -138,6 +196,14 @@ class Transactions:
         """
         try:
             return call()
+        except KafkaException as exc:
+            # A fatal error raised by the call itself (a fenced producer's flush), maybe
+            # before its error callback was served: the run's error, named as that is.
+            if self.state.failure is not None:
+                raise self.state.failure from None
+            raise wrap_kafka_error(
+                f"writing to {self.output} failed", exc, self.options.instance
+            ) from None
         except SystemError:
             if self.state.failure is not None:
                 raise self.state.failure from None
