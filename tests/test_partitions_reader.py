@@ -327,3 +327,29 @@ def test_an_idle_partition_s_end_is_asked_beside_the_loop_and_stale_answers_are_
         assert caught.caught_up and SlowEnds.asked >= 2
     finally:
         probe.close()
+
+
+def test_a_probe_that_cannot_make_its_client_fails_the_read_instead_of_waiting_for_ever() -> None:
+    """The probe's client cannot be made: every question is answered with that error,
+    and the reader raises it (the run ends with it) instead of waiting for an answer."""
+    from unifeed.core.errors import ConfigError
+    from unifeed.runtime.endprobe import EndProbe
+
+    def broken() -> Any:
+        raise ConfigError("no client for you")
+
+    state = RunState()
+    inbox: Inbox[ReadBatch] = Inbox(["f[0]"], 8, state.stop)
+    reader = _reader(state, inbox, 0)
+    probe = EndProbe({}, client=broken)
+    reader.probe = probe
+    reader._idle_since = time.monotonic() - 2.0
+    try:
+        assert reader.step(ScriptedConsumer([]), [], False) is None  # type: ignore[arg-type]
+        deadline = time.monotonic() + 5
+        with pytest.raises(ConfigError, match="no client for you"):
+            while time.monotonic() < deadline:
+                reader.step(ScriptedConsumer([]), [], False)  # type: ignore[arg-type]
+                time.sleep(0.02)
+    finally:
+        probe.close()

@@ -84,7 +84,7 @@ class EndProbe:
             self._cv.notify_all()
 
     def _work(self) -> None:
-        consumer = self._client() if self._client is not None else Consumer(self._config)
+        consumer: Any = None
         try:
             while True:
                 with self._cv:
@@ -95,6 +95,10 @@ class EndProbe:
                     target, asked_at = next(iter(self._asked.items()))
                 answer: Answer
                 try:
+                    if consumer is None:
+                        consumer = (
+                            self._client() if self._client is not None else Consumer(self._config)
+                        )
                     answer = watermarks(consumer, target, ASK_TIMEOUT_S)[1]
                 except Exception as exc:  # handed to the reader, which decides
                     answer = exc
@@ -103,4 +107,5 @@ class EndProbe:
                     if not self._closed:
                         self._answers[target] = (asked_at, answer)
         finally:
-            consumer.close()
+            if consumer is not None:
+                consumer.close()
