@@ -566,32 +566,28 @@ def test_closing_a_run_that_lost_its_broker_does_not_wait_for_it() -> None:
     from unifeed.core.errors import BrokerUnreachableError
     from unifeed.runtime.transactions import CLOSE_TIMEOUT_S, Transactions
 
-    state = RunState()
-    state.fail(BrokerUnreachableError("lost the broker"))
-    txn = Transactions(_options(), OUT, state)
-    real, silent = txn.producer, _SilentBroker()
-    txn.producer = silent  # type: ignore[assignment]
-    txn._in_txn = True
-    started = time.monotonic()
-    try:
-        txn.close()
-    finally:
-        real.flush(0)
-    assert time.monotonic() - started < 0.5
-    assert [name for name, _ in silent.calls] == ["purge", "flush"]
-    assert silent.calls[-1] == ("flush", 0)
-    assert state.counters["aborts"] == 1 and not txn._in_txn
+    def close_after(failure: BaseException, producer: _SilentBroker) -> tuple[RunState, float]:
+        state = RunState()
+        state.fail(failure)
+        txn = Transactions(_options(), OUT, state)
+        real, txn.producer = txn.producer, producer  # type: ignore[assignment]
+        txn._in_txn = True
+        started = time.monotonic()
+        try:
+            txn.close()
+        finally:
+            real.flush(0)
+        assert not txn._in_txn
+        return state, time.monotonic() - started
 
-    other = RunState()
-    other.fail(StartRefusedError("refused"))
-    txn = Transactions(_options(), OUT, other)
-    real, answering = txn.producer, _AnsweringBroker()
-    txn.producer = answering  # type: ignore[assignment]
-    txn._in_txn = True
-    try:
-        txn.close()
-    finally:
-        real.flush(0)
+    silent = _SilentBroker()
+    state, took = close_after(BrokerUnreachableError("lost the broker"), silent)
+    assert took < 0.5
+    assert silent.calls == [("purge", 0.0), ("flush", 0)]
+    assert state.counters["aborts"] == 1
+
+    answering = _AnsweringBroker()
+    close_after(StartRefusedError("refused"), answering)
     assert answering.calls == [("abort", CLOSE_TIMEOUT_S), ("flush", CLOSE_TIMEOUT_S)]
 
 
