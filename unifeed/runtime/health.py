@@ -27,10 +27,13 @@ class BrokerHealth:
         self.last_ok = time.monotonic()
         self.last_check = 0.0
         self.last_error = ""
-        #: The broker answered the last question (the run's other watchers ask it only
-        #: then: their questions would wait for nothing, delaying the next check).
-        self.answering = True
         self._client = Consumer(consumer_config(options.bootstrap, options.kafka_extra))
+
+    @property
+    def answering(self) -> bool:
+        """The broker answered the last question (the run's other watchers ask it only
+        then: their questions would wait for nothing, delaying the next check)."""
+        return self.last_ok >= self.last_check
 
     def check(self) -> None:
         now = time.monotonic()
@@ -44,9 +47,7 @@ class BrokerHealth:
                 self.options.checkpoint_topic, timeout=min(2.0, self.options.broker_timeout_s)
             )
             self.last_ok = time.monotonic()
-            self.answering = True
         except KafkaException as exc:
-            self.answering = False
             self.last_error = str(exc.args[0] if exc.args else exc)
             silent = time.monotonic() - self.last_ok
             log.warning(

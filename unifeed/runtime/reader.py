@@ -29,7 +29,7 @@ from unifeed.kafka.clients import (
     kafka_error,
     watermarks,
 )
-from unifeed.runtime.endprobe import EndProbe
+from unifeed.runtime.endprobe import ASK_TIMEOUT_S, EndProbe
 from unifeed.runtime.endwatch import EndOfLogWatch
 from unifeed.runtime.inbox import Batch, Inbox
 from unifeed.runtime.limits import (
@@ -181,7 +181,7 @@ class FeedReader(ConsumerWorker):
             elif now - self._idle_since >= 1.0:
                 self._idle_since = now
                 try:
-                    high = watermarks(consumer, self.target, 5.0)[1]
+                    high = watermarks(consumer, self.target, ASK_TIMEOUT_S)[1]
                 except KafkaRuntimeError as exc:
                     high = self._end_from(exc)
             if high is not None and high >= 0 and self.next_offset >= high:

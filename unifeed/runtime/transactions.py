@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -89,13 +89,23 @@ class Transactions:
         some when `FLUSH_TIMEOUT_S` passed, or when the run failed meanwhile (then its
         failure is what it ends with)."""
         producer = self.producer
+        remaining = 0
+        for wait_s in self._waits():
+            remaining = self.served(lambda: producer.flush(wait_s))  # noqa: B023 (called here)
+            if not remaining:
+                break
+        return remaining
+
+    def _waits(self) -> Iterator[float]:
+        """The waits of one call to the broker that is repeated until it is done: slices
+        of `WAIT_SLICE_S` until `FLUSH_TIMEOUT_S` has passed, the last one 0. Between two,
+        the run's failure, if it has failed meanwhile, is raised (`_raise_if_failed`)."""
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
         while True:
-            left = max(0.0, deadline - time.monotonic())
-            wait_s = min(WAIT_SLICE_S, left)
-            remaining = self.served(lambda: producer.flush(wait_s))  # noqa: B023 (called here)
-            if not remaining or left <= 0:
-                return remaining
+            wait_s = min(WAIT_SLICE_S, max(0.0, deadline - time.monotonic()))
+            yield wait_s
+            if wait_s <= 0:
+                return
             self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
@@ -108,26 +118,24 @@ class Transactions:
     def commit(self) -> None:
         """Commit the open transaction; at-least-once: flush (the checkpoint record)."""
         if self.transactional:
-            deadline = time.monotonic() + FLUSH_TIMEOUT_S
-            while True:
-                left = deadline - time.monotonic()
+            for wait_s in self._waits():
                 try:
-                    self.producer.commit_transaction(max(0.0, min(WAIT_SLICE_S, left)))
+                    self.producer.commit_transaction(wait_s)
                     break
                 except KafkaException as exc:
                     error = exc.args[0] if exc.args else None
                     # A commit that timed out resumes where it was when called again
-                    # (librdkafka: retriable); any other error ends the run.
+                    # (librdkafka: retriable); any other error, or the last wait's
+                    # time-out, ends the run.
                     if not (
                         isinstance(error, KafkaError)
                         and error.code() == KafkaError._TIMED_OUT
                         and error.retriable()
-                        and left > 0
+                        and wait_s > 0
                     ):
                         raise wrap_kafka_error(
                             "committing a transaction failed", exc, self.options.instance
                         ) from None
-                self._raise_if_failed()
             self._in_txn = False
         elif self.flush():
             raise KafkaRuntimeError(
