@@ -214,7 +214,7 @@ def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
     keys = ("f[0]", "f[1]")
     merge = FeedMerge(state, "f", keys, {"f[0]": 0, "f[1]": 1}, lambda r: out.append(r) or True)
     merge.share = 2000
-    size = 500
+    size = 700
     reads = [[_msg(0, o) for o in range(k * size, (k + 1) * size)] for k in range(20)]
     consumer = ScriptedConsumer(list(reads))
     readers = []
@@ -235,11 +235,10 @@ def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
         assert 0 in consumer.pauses and not out
         in_merge = merge.holds("f[0]")
         read = 20 * size - sum(len(r) for r in consumer.reads)
-        # In the merge: below its share before the last batch it took (one read);
-        # held by the reader: the batch the merge refused, and what came after it, below
-        # the hold limit before the read that paused it.
-        assert merge.share <= in_merge < merge.share + size
-        assert read - in_merge < size + readers[0].hold_limit + size
+        # In the merge: its share (a read is cut to what is left of it); held by the
+        # reader: below the hold limit before the read that paused it.
+        assert in_merge == merge.share  # filled to its share, not past it
+        assert read - in_merge < readers[0].hold_limit + size
         assert read < 20 * size
         # Partition 1 ends; partition 0's reads go on (resumed) until it ends too.
         consumer.reads += [[_eof(1, 0)], [_eof(0, 20 * size)]]
@@ -251,6 +250,64 @@ def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
         runner.join(5)
     assert state.failure is None
     assert [a.pitr for r in out for a in r.good] == list(range(20 * size))
+
+
+def test_what_a_feed_of_many_partitions_holds_is_bounded_by_its_shares() -> None:
+    """Six partitions read in chunks larger than their share of the merge, one more that
+    says nothing yet (the merge can emit nothing): each partition has at most its share
+    in the merge (a chunk is cut to what is left of it, not taken past it), its reader
+    holds at most its hold limit and one read (undecoded, nothing waits decoded in a
+    hand-over), and it is paused; once the silent partition ends, every message comes
+    out in (pitr, partition) order."""
+    state = RunState()
+    out: list[ReadBatch] = []
+    n, chunk, chunks = 6, 700, 12
+    keys = tuple(f"f[{p}]" for p in range(n + 1))
+    merge = FeedMerge(
+        state, "f", keys, {k: p for p, k in enumerate(keys)}, lambda r: out.append(r) or True
+    )
+    merge.share = 2000
+
+    def msg(p: int, o: int) -> Message:
+        return Message(topic=TOPIC, partition=p, offset=o, value=b'{"pitr":%d}' % (o * 10 + p))
+
+    reads = [
+        [msg(p, o) for o in range(k * chunk, (k + 1) * chunk)]
+        for k in range(chunks)
+        for p in range(n)
+    ]
+    consumer = ScriptedConsumer(list(reads))
+    readers = []
+    for p in range(n + 1):
+        r = _reader(state, merge.inbox, p)
+        r.deliver = merge.reader_delivery(f"f[{p}]")
+        r.hold_limit = merge.share
+        readers.append(r)
+    group = PartitionsReader(state, "f", {}, readers)
+    runner = threading.Thread(target=group._loop, args=(consumer,), daemon=True)
+    merge.start()
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(set(consumer.pauses)) < n:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        assert set(consumer.pauses) == set(range(n)) and not out
+        for p in range(n):
+            key = (TOPIC, p)
+            assert merge.holds(f"f[{p}]") <= merge.share
+            assert len(group._held[key]) < readers[p].hold_limit + chunk
+            assert not group._pending
+        consumer.reads += [[_eof(n, 0)]] + [[_eof(p, chunks * chunk)] for p in range(n)]
+        merge.join(10)
+        runner.join(10)
+    finally:
+        state.stop.set()
+        merge.join(5)
+        runner.join(5)
+    assert state.failure is None
+    got = [a.pitr for r in out for a in r.good]
+    assert got == sorted(o * 10 + p for p in range(n) for o in range(chunks * chunk))
 
 
 def test_an_idle_partition_whose_watermarks_get_no_answer_keeps_waiting() -> None:

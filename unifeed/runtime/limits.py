@@ -16,10 +16,10 @@ STAGE_CAPACITY: Final = 50_000
 #: What the queues of one merge stage hold together (records): two feeds get
 #: STAGE_CAPACITY each, more share it, never below two read batches a queue.
 STAGE_BUDGET: Final = 2 * STAGE_CAPACITY
-#: What a feed read from several partitions holds between its reads and its merge's
-#: output (records: each partition's messages held by its reader, in its merge's lane and
-#: in its merge's queue), one budget whatever its partition count: each partition gets
-#: its share (`partition_share`), as the feeds of a run share `STAGE_BUDGET`. Four
+#: What a feed read from several partitions has in its merge (records: each partition's
+#: messages in its merge's lane and queue), one budget whatever its partition count:
+#: each partition gets its share (`partition_share`), as the feeds of a run share
+#: `STAGE_BUDGET`; its reader holds at most as many more, undecoded, then pauses it. Four
 #: partitions get 10,000 records each, about one fetch of a partition
 #: (``max.partition.fetch.bytes``, 1 MiB): a share below one fetch made the reader pause
 #: a partition ~45 times a run, and the Kafka client drops and fetches again what it had

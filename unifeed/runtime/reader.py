@@ -130,7 +130,7 @@ class FeedReader(ConsumerWorker):
         #: The feed has ended here (--stop-at passed, or --exit-at-end at the end).
         self.closed = False
         #: Read by a `PartitionsReader`: how many of this partition's messages it holds
-        #: while its delivery is full before it pauses the partition.
+        #: (read, not taken by its delivery yet) before it pauses the partition.
         self.hold_limit = READ_BATCH
         self._skip = ResumeSkip(plan.resume_after, count_keepalives=count_keepalives)
         self._end = EndOfLogWatch(end_of_log_grace_s)
@@ -141,6 +141,11 @@ class FeedReader(ConsumerWorker):
         #: Asks for this partition's end beside the loop (set by a `PartitionsReader`);
         #: without one, the reader asks itself, waiting for the answer.
         self.probe: EndProbe | None = None
+
+    def deliver_room(self) -> int | None:
+        """How many messages its hand-over takes now (None: no bound by count)."""
+        room = getattr(self.deliver, "room", None)
+        return None if room is None else cast("int | None", room())
 
     def _loop(self, consumer: Consumer) -> None:
         tp = self.target.topic_partition(self.plan.offset)
@@ -334,6 +339,11 @@ class Delivery:
         self.wait_s = wait_s
         self.pending: list[tuple[Inbox[Any], str, Batch[Any]]] = []
 
+    def room(self) -> int | None:
+        """How many messages this delivery takes now; None: no bound by count (a full
+        lane refuses a batch instead)."""
+        return None
+
     def __call__(self, read: ReadBatch) -> bool:
         if not self.pending and (
             read.replay or read.good or read.dead or read.caught_up or read.closed
@@ -357,9 +367,13 @@ class PartitionsReader(ConsumerWorker):
     hands each one's share on as that partition's own `FeedReader` would (its
     `FeedReader.step`, its delivery), so that they cost one client, not one each.
 
-    A partition whose delivery is full is held (what was already read of it kept, the
-    partition paused past a batch) while the others go on: the merge it feeds may be
-    waiting for one of them.
+    A partition whose hand-over is full, or takes fewer messages than were read of it
+    (`Delivery.room`: a partitioned feed's merge takes each partition's share), is held:
+    what was read of it and not handed on waits here undecoded, and the partition is
+    paused once that reaches its hold limit (`FeedReader.hold_limit`), resumed once all
+    of it has gone on. The others go on meanwhile: the merge it feeds may be waiting for
+    one of them. So what a partition holds is bounded by its hold limit and one read,
+    and what it has in its merge by its share, whatever the number of partitions.
     """
 
     def __init__(
@@ -376,6 +390,8 @@ class PartitionsReader(ConsumerWorker):
         self._where = ""
         self._held: dict[tuple[str, int], list[Message]] = {p: [] for p in self.parts}
         self._held_eof: set[tuple[str, int]] = set()
+        #: The partitions with messages held (read, not handed on yet).
+        self._holding: set[tuple[str, int]] = set()
         self._paused: set[tuple[str, int]] = set()
         self._pending: dict[tuple[str, int], ReadBatch] = {}
         self._probe: EndProbe | None = None
@@ -390,7 +406,7 @@ class PartitionsReader(ConsumerWorker):
         try:
             stop = self.state.stop
             while not stop.is_set() and not self.finished:
-                self.step(_PENDING_POLL_S if self._pending else 0.1, wait_for_room=True)
+                self.step(_PENDING_POLL_S if self.refused else 0.1, wait_for_room=True)
         finally:
             self.end()
 
@@ -417,78 +433,94 @@ class PartitionsReader(ConsumerWorker):
 
     @property
     def refused(self) -> bool:
-        """Some partition's hand-over is full (what was read of it waits here)."""
-        return bool(self._pending)
+        """Some partition's hand-over is full, or took only part of what was read of it
+        (the rest waits here)."""
+        return bool(self._pending or self._holding)
 
     def step(self, timeout_s: float, *, wait_for_room: bool, read: bool = True) -> bool:
         """One round: retry what is still undelivered, read what is there (waiting up to
         ``timeout_s`` for a first message) and hand each partition's share on. With
         ``wait_for_room``, when nothing else can go on, wait for room (once a round); in
         a thread that also runs the next stages (`unifeed.runtime.runloop`), never.
-        Without ``read``, only the retries (nothing is read). Whether it read messages
-        or handed on what was held (an idle partition's "still at the end of the log"
-        moves nothing)."""
+        Without ``read``, only the retries and what is held (nothing is read). Whether
+        it read messages or handed on what was held (an idle partition's "still at the
+        end of the log" moves nothing)."""
         parts = self.parts
         consumer = self._consumer
         assert consumer is not None, "begin() first"
-        tps = self._tps
-        # Per partition: what was read but not stepped yet (its delivery was full), and
-        # whether the end of its log came with it; the partitions paused meanwhile.
+        # Per partition: what was read but not handed on yet (its hand-over was full or
+        # took part of it), and whether the end of its log came with it.
         held = self._held
         held_eof = self._held_eof
-        paused = self._paused
+        holding = self._holding
         pending = self._pending
         moved = False
         wait = wait_for_room and all(p in pending or r.closed for p, r in parts.items())
         for p in list(pending):
-            r = parts[p]
             left = pending[p]
-            if self._deliver(r, left, wait):
+            if self._deliver(parts[p], left, wait):
                 moved = True
                 del pending[p]
-                if p in paused and not r.closed:
-                    paused.discard(p)
-                    consumer.resume([tps[p]])
             else:
                 pending[p] = ReadBatch([], [], [], left.caught_up, left.closed)
             wait = False
-        if not read:
-            return moved
-        messages = consume_batch(consumer, READ_BATCH, timeout_s)
-        records, ended = split_errors(messages, self.feed, self._where)
-        moved = moved or bool(records)
         mine: dict[tuple[str, int], list[Message]] = {}
-        for topic, of_topic in groupby(records, MESSAGE_TOPIC):
-            for at, run in groupby(of_topic, MESSAGE_PARTITION):
-                mine.setdefault((topic or "", at or 0), []).extend(run)
+        ended: set[tuple[str, int]] = set()
+        if read:
+            messages = consume_batch(consumer, READ_BATCH, timeout_s)
+            records, ended = split_errors(messages, self.feed, self._where)
+            moved = moved or bool(records)
+            for topic, of_topic in groupby(records, MESSAGE_TOPIC):
+                for at, run in groupby(of_topic, MESSAGE_PARTITION):
+                    mine.setdefault((topic or "", at or 0), []).extend(run)
+        elif not holding:
+            return moved
         for p, r in parts.items():
             if r.closed:
                 continue
             got = mine.get(p)
-            if held[p]:
-                got = held[p] + got if got else held[p]
+            if p in holding:
+                got = _after(held[p], got) if got else held[p]
                 held[p] = []
+                holding.discard(p)
+            elif not read:
+                continue
             got = got or []
             eof = p in ended or p in held_eof
-            if p in pending:
-                # Held, not stepped: a partition's batches go on in order. Past its
-                # hold limit, the partition is paused (memory stays bounded).
+            held_eof.discard(p)
+            if p not in pending:
+                room = r.deliver_room()
+                take = got if room is None or len(got) <= room else got[:room]
+                if take or not got:
+                    rest = got[len(take) :]
+                    out = r.step(consumer, take, eof and not rest)
+                    moved = moved or bool(take)
+                    if out is not None and not self._deliver(r, out, False):
+                        pending[p] = ReadBatch([], [], [], out.caught_up, out.closed)
+                    got = rest
+            if got and not r.closed:
                 held[p] = got
+                holding.add(p)
                 if eof:
                     held_eof.add(p)
-                if len(got) >= r.hold_limit and p not in paused:
-                    paused.add(p)
-                    consumer.pause([tps[p]])
-                    self.state.add("partition_pauses")
-                continue
-            held_eof.discard(p)
-            out = r.step(consumer, got, eof)
-            if r.closed and p not in paused:
-                paused.add(p)
-                consumer.pause([tps[p]])
-            if out is not None and not self._deliver(r, out, False):
-                pending[p] = ReadBatch([], [], [], out.caught_up, out.closed)
+            self._pause_or_resume(p, r, len(got))
         return moved
+
+    def _pause_or_resume(self, p: tuple[str, int], r: FeedReader, held: int) -> None:
+        """Pause partition ``p`` once it has ended or holds ``r.hold_limit`` messages;
+        resume it once everything read of it has gone on."""
+        consumer = self._consumer
+        assert consumer is not None
+        paused = self._paused
+        if p not in paused:
+            if r.closed or held >= r.hold_limit:
+                paused.add(p)
+                consumer.pause([self._tps[p]])
+                if not r.closed:
+                    self.state.add("partition_pauses")
+        elif not r.closed and not held and p not in self._pending:
+            paused.discard(p)
+            consumer.resume([self._tps[p]])
 
     @staticmethod
     def _deliver(reader: FeedReader, read: ReadBatch, wait: bool) -> bool:
@@ -515,6 +547,16 @@ def shared_reader_config(config: dict[str, Any], options: Any, partitions: int) 
 
 #: The names of the client's errors that mean "no answer now" (`limits.TRANSIENT`).
 _TRANSIENT_NAMES: Final = frozenset(KafkaError(code).name() for code in TRANSIENT)
+
+
+def _after(held: list[Message], got: list[Message]) -> list[Message]:
+    """``got`` after ``held`` (a partition's messages in offset order), without any
+    message of ``got`` already held (a client that delivers again after a pause)."""
+    last = held[-1].offset() or 0
+    if (got[0].offset() or 0) <= last:
+        got = [m for m in got if (m.offset() or 0) > last]
+    return held + got
+
 
 #: How long a `PartitionsReader` waits for input while a delivery is still pending.
 _PENDING_POLL_S: Final = 0.005
