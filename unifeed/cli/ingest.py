@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import queue
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -19,6 +19,7 @@ from unifeed.cli.pipeline import (
     duration_arg,
 )
 from unifeed.core.errors import ConfigError
+from unifeed.kafka.foreground import stop_signals
 
 log = logging.getLogger("unifeed.ingest")
 
@@ -242,10 +243,13 @@ def _ingest(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    with open_outputs(args.control, args.surface, args.dead_letter, kafka=kafka) as outputs:
+    with contextlib.ExitStack() as scope:
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM and SIGINT end the run; the handlers from before come back after.
+            scope.enter_context(stop_signals(on_signal))
+        outputs = scope.enter_context(
+            open_outputs(args.control, args.surface, args.dead_letter, kafka=kafka)
+        )
         run = IngestRun(
             tracker=tracker,
             outputs=outputs,

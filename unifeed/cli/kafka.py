@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import datetime as dt
 import itertools
-import signal
 import sys
 import tempfile
 import threading
@@ -81,6 +80,7 @@ from unifeed.kafka.clients import (
     watermarks,
 )
 from unifeed.kafka.embedded import run_broker_foreground
+from unifeed.kafka.foreground import stop_signals
 from unifeed.kafka.partitioner import partition_for_key
 
 __all__ = [
@@ -825,20 +825,21 @@ def _dump(args: argparse.Namespace) -> int:
         start_offset(args.offset, 0, 0)  # checked before the broker is asked
     bootstrap, extra = _checkpoint.kafka_settings(args)
     stop = threading.Event()
-    if args.follow and threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda _signum, _frame: stop.set())
-    dump_partition(
-        target,
-        bootstrap,
-        stdout_bytes(),
-        extra_config=extra,
-        from_ms=from_ms,
-        to_ms=to_ms,
-        audience=args.audience,
-        offset=args.offset,
-        count=args.count,
-        follow=args.follow,
-        stop=stop,
-    )
+    with contextlib.ExitStack() as scope:
+        if args.follow and threading.current_thread() is threading.main_thread():
+            # SIGINT and SIGTERM end the follow; the handlers from before come back after.
+            scope.enter_context(stop_signals(lambda _signum, _frame: stop.set()))
+        dump_partition(
+            target,
+            bootstrap,
+            stdout_bytes(),
+            extra_config=extra,
+            from_ms=from_ms,
+            to_ms=to_ms,
+            audience=args.audience,
+            offset=args.offset,
+            count=args.count,
+            follow=args.follow,
+            stop=stop,
+        )
     return 0

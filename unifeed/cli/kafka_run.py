@@ -22,7 +22,7 @@ from unifeed.kafka.clients import (
 )
 from unifeed.runtime import CombineRun, MappingsRun, MergeRun, RuntimeOptions
 from unifeed.runtime.options import START_EARLIEST, START_LATEST, Start
-from unifeed.runtime.supervisor import install_signals
+from unifeed.runtime.supervisor import signals_stop
 
 __all__ = ["combine_command", "mappings_command", "merge_command", "runtime_options"]
 
@@ -86,10 +86,10 @@ def combine_command(args: argparse.Namespace) -> int:
         output=parse_target(args.output),
         mapping=parse_target(args.mapping) if args.mapping else None,
     )
-    install_signals(run)
-    run.start()
-    status = StatusLine(run, options.status_interval_s)
-    return run.run(status.maybe_print if status.interval > 0 else None)
+    with signals_stop(run):
+        run.start()
+        status = StatusLine(run, options.status_interval_s)
+        return run.run(status.maybe_print if status.interval > 0 else None)
 
 
 def merge_command(
@@ -104,10 +104,10 @@ def merge_command(
         parse_target(args.output),
         live_required,
     )
-    install_signals(run)
-    run.start()
-    status = StatusLine(run, options.status_interval_s)
-    return run.run(status.maybe_print if status.interval > 0 else None)
+    with signals_stop(run):
+        run.start()
+        status = StatusLine(run, options.status_interval_s)
+        return run.run(status.maybe_print if status.interval > 0 else None)
 
 
 def mappings_command(args: argparse.Namespace) -> int:
@@ -115,9 +115,9 @@ def mappings_command(args: argparse.Namespace) -> int:
     run = MappingsRun(
         options, control=parse_selection(args.control), output=parse_target(args.output)
     )
-    install_signals(run)
-    run.start()
-    code = run.run()
+    with signals_stop(run):
+        run.start()
+        code = run.run()
     if not args.quiet:
         s = run.stats()
         dead = run.state.counters.get("dead_letters", 0)

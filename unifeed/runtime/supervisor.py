@@ -6,18 +6,19 @@ end; a failure in any thread ends the run with that failure. `CombineRun` and
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
-import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
 from confluent_kafka import KafkaException
 
 from unifeed.core.errors import BrokerUnreachableError, PartitionChangeError
+from unifeed.kafka.foreground import stop_signals
 from unifeed.runtime.health import BrokerHealth
 from unifeed.runtime.limits import JOIN_TIMEOUT_S, SWITCH_INTERVAL_S
 from unifeed.runtime.options import RuntimeOptions
@@ -164,13 +165,19 @@ def start_metrics_server(
     return server
 
 
-def install_signals(run: Supervisor) -> None:
-    """SIGTERM and SIGINT finish the open transaction and end the run (main thread only)."""
+@contextlib.contextmanager
+def signals_stop(run: Supervisor) -> Iterator[None]:
+    """Inside the block SIGTERM and SIGINT finish the open transaction and end the run;
+    the handlers from before come back on the way out (a program that runs unifeed in
+    its main thread keeps its own). Elsewhere than the main thread, where Python takes
+    no signal, nothing changes."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: finishing the open transaction", signum)
         run.stop()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with stop_signals(on_signal):
+        yield
