@@ -247,3 +247,84 @@ def test_merge_of_eight_feeds_vs_passthrough(
         f"merge of {MERGE_FEEDS} feeds",
         bench_options.profiler,
     )
+
+
+MANY_PARTITIONS = 16
+#: Peak RSS of unifeed over that of the passthrough (which holds no records of its own)
+#: with 16 partitions a feed. Before a partition's hand-over was cut to its share and
+#: the fetch to a share of one budget it was 1.6 (560-587 MB against 353-360 MB).
+MANY_PARTITIONS_RSS_RATIO = 1.5
+
+
+@pytest.mark.benchmark(group="kafka-partitions")
+def test_memory_with_many_partitions_vs_passthrough(
+    benchmark: Any, apache_kafka: LocalKafka, kafka_traffic: KafkaTraffic, bench_options: Any
+) -> None:
+    """`combine` over 16 partitions a feed: what unifeed holds must not grow with its
+    partitions (each one's share of its feed's merge, one fetch budget), so its peak RSS
+    stays within `MANY_PARTITIONS_RSS_RATIO` of the passthrough's over the same
+    partitions, whose growth is the Kafka client's alone. Throughput is reported."""
+    inputs = combine_inputs(kafka_traffic, MANY_PARTITIONS)
+    total = sum(len(p) for parts in inputs.values() for p in parts)
+    timeout = 120.0 + total / 10_000
+    peer: list[PrefilledResult] = []
+    subject: list[PrefilledResult] = []
+
+    def run(kind: str) -> PrefilledResult:
+        return run_prefilled(
+            kind,
+            apache_kafka.bootstrap_servers,
+            inputs,
+            stop_at=kafka_traffic.end_ms,
+            timeout_s=timeout,
+            broker_pid=apache_kafka.pid,
+            profiler=None if kind == "passthrough" else bench_options.profiler,
+        )
+
+    def passthrough_round() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        peer.append(run("passthrough"))
+        return (), {}
+
+    def unifeed_round() -> PrefilledResult:
+        subject.append(run("combine"))
+        return subject[-1]
+
+    benchmark.pedantic(
+        unifeed_round, setup=passthrough_round, rounds=bench_options.kafka_rounds, warmup_rounds=0
+    )
+    expected = _written(inputs)
+    for r in subject:
+        assert r.out == expected and r.messages == total
+    for r in peer:
+        assert r.out == r.messages == total
+    rss = statistics.median(r.peak_rss_mb for r in subject)
+    peer_rss = statistics.median(r.peak_rss_mb for r in peer)
+    rate = statistics.median(r.msgs_per_s for r in subject)
+    peer_rate = statistics.median(r.msgs_per_s for r in peer)
+    pauses = [r.counters.get("partition_pauses", 0) for r in subject]
+    benchmark.extra_info.update(
+        broker="apache-kafka",
+        partitions_a_feed=MANY_PARTITIONS,
+        peak_rss_mb=round(rss, 1),
+        peer_peak_rss_mb=round(peer_rss, 1),
+        rss_ratio=round(rss / peer_rss, 3),
+        rss_ratio_target=MANY_PARTITIONS_RSS_RATIO,
+        msgs_per_s=round(rate),
+        peer_msgs_per_s=round(peer_rate),
+        ratio=round(rate / peer_rate, 3),
+        partition_pauses=pauses,
+        unifeed_runs=[r.summary() for r in subject],
+        passthrough_runs=[r.summary() for r in peer],
+    )
+    SUMMARY.append(
+        f"combine, {MANY_PARTITIONS} partitions a feed on Apache Kafka 4.4 ({total:,} records, "
+        f"pre-filled, {len(subject)} rounds): peak RSS {rss:.0f} MB vs passthrough "
+        f"{peer_rss:.0f} MB: ratio {rss / peer_rss:.2f} (target <= {MANY_PARTITIONS_RSS_RATIO}); "
+        f"{rate:,.0f} vs {peer_rate:,.0f} msgs/s (ratio {rate / peer_rate:.3f}, reported); "
+        f"partition pauses {pauses}"
+    )
+    assert rss <= MANY_PARTITIONS_RSS_RATIO * peer_rss, (
+        f"combine over {MANY_PARTITIONS} partitions a feed peaked at {rss:.0f} MB, "
+        f"{rss / peer_rss:.2f}x the passthrough's {peer_rss:.0f} MB "
+        f"(target <= {MANY_PARTITIONS_RSS_RATIO}x)"
+    )

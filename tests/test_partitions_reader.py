@@ -18,13 +18,14 @@ from unifeed.core.records import StampedDecoder
 from unifeed.kafka.clients import Target
 from unifeed.runtime.feedmerge import FeedMerge
 from unifeed.runtime.inbox import Batch, Inbox
-from unifeed.runtime.limits import READ_BATCH
+from unifeed.runtime.limits import FETCH_BUDGET_KB, READ_BATCH, partition_fetch_kb
 from unifeed.runtime.reader import (
     Delivery,
     FeedReader,
     PartitionsReader,
     ReadBatch,
     ReadPlan,
+    run_reader_config,
     shared_reader_config,
     split_errors,
 )
@@ -203,6 +204,28 @@ def test_a_shared_consumer_fetches_each_partition_its_share() -> None:
     fixed.kafka_extra = {"fetch.max.bytes": 1000}
     assert shared_reader_config({"fetch.max.bytes": 1000}, fixed, 4) == {"fetch.max.bytes": 1000}
     assert shared_reader_config({"group.id": "g"}, Options(), 4) == {"group.id": "g"}
+
+
+def test_the_run_consumer_fetches_each_partition_its_share_of_one_budget() -> None:
+    """One fetch brings each partition at most its share of `FETCH_BUDGET_KB` (1 MiB,
+    librdkafka's default, up to 8 partitions; less beyond; never below 64 KiB), unless the
+    run's Kafka settings name the bound under either of its names."""
+
+    class Options:
+        bootstrap = "127.0.0.1:9"
+        kafka_extra: dict[str, object] | None = None
+
+    def fetch(partitions: int, extra: dict[str, object] | None = None) -> object:
+        o = Options()
+        o.kafka_extra = extra
+        return run_reader_config(o, partitions).get("max.partition.fetch.bytes")
+
+    assert fetch(3) == fetch(8) == 1024 * 1024
+    assert fetch(32) == FETCH_BUDGET_KB * 1024 // 32 == 256 * 1024
+    assert fetch(10_000) == 64 * 1024
+    assert fetch(32, {"max.partition.fetch.bytes": 5000}) == 5000
+    assert fetch(32, {"fetch.message.max.bytes": 5000}) is None  # the alias decides
+    assert partition_fetch_kb(0) == 1024
 
 
 def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:

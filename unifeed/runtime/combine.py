@@ -328,7 +328,7 @@ class CombineRun(Supervisor):
             annotator.stage.annotator.seed(restored.links, restored.floor)
         self.writer = WriterStep(st, writer_inbox, committer, o)
         merges = [m for m in (control_merge, surface_merge) if m is not None]
-        loop = RunLoop(st, run_reader_config(o), parts, merges, self.writer, annotator)
+        loop = RunLoop(st, run_reader_config(o, len(parts)), parts, merges, self.writer, annotator)
         self.threads += [loop, ClaimWatcher(st, o, opened.claim)]
         self.main = loop
         self.annot_inbox = annot_inbox

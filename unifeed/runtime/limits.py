@@ -30,6 +30,13 @@ MIN_PARTITION_SHARE: Final = READ_BATCH // 10
 #: fetch, KiB): two one-partition feeds get 16 MiB each, more consumers share it.
 READ_AHEAD_BUDGET_KB: Final = 32_768
 MIN_READ_AHEAD_KB: Final = 2_048
+#: What one fetch of a run's consumer may bring all its partitions together (KiB): each
+#: partition gets its share (``max.partition.fetch.bytes``), at most librdkafka's
+#: default of 1 MiB (up to 8 partitions), never below 64 KiB (librdkafka grows it for a
+#: record larger than that).
+FETCH_BUDGET_KB: Final = 8_192
+MAX_PARTITION_FETCH_KB: Final = 1_024
+MIN_PARTITION_FETCH_KB: Final = 64
 
 
 def lane_batches(lanes: int) -> int:
@@ -48,6 +55,14 @@ def partition_share(partitions: int) -> int:
     (never below `MIN_PARTITION_SHARE`, so that a merge of many partitions still moves
     batches, not single records)."""
     return max(MIN_PARTITION_SHARE, FEED_MERGE_BUDGET // max(1, partitions))
+
+
+def partition_fetch_kb(partitions: int) -> int:
+    """Each partition's share of `FETCH_BUDGET_KB` among ``partitions``."""
+    return max(
+        MIN_PARTITION_FETCH_KB,
+        min(MAX_PARTITION_FETCH_KB, FETCH_BUDGET_KB // max(1, partitions)),
+    )
 
 
 def read_ahead_kb(consumers: int) -> int:

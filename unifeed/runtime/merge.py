@@ -154,7 +154,7 @@ class MergeRun(Supervisor):
         self.writer = WriterStep(st, inbox, committer, o, stage=stage, pushes=pushes)
         self.writer_inbox = inbox
         # Every input partition on one consumer, every stage in one thread (`RunLoop`).
-        loop = RunLoop(st, run_reader_config(o), parts, merges, self.writer)
+        loop = RunLoop(st, run_reader_config(o, len(parts)), parts, merges, self.writer)
         self.threads += [loop, ClaimWatcher(st, o, opened.claim)]
         self.main = loop
 

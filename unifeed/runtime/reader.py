@@ -42,6 +42,7 @@ from unifeed.runtime.limits import (
     READ_BATCH,
     TRANSIENT,
     UNKNOWN_CODES,
+    partition_fetch_kb,
     read_ahead_kb,
 )
 from unifeed.runtime.marks import RestartMarks
@@ -558,6 +559,9 @@ def _after(held: list[Message], got: list[Message]) -> list[Message]:
     return held + got
 
 
+#: librdkafka's names of a fetch's bound a partition (aliases).
+PARTITION_FETCH_KEYS: Final = frozenset({"max.partition.fetch.bytes", "fetch.message.max.bytes"})
+
 #: How long a `PartitionsReader` waits for input while a delivery is still pending.
 _PENDING_POLL_S: Final = 0.005
 
@@ -576,9 +580,18 @@ def reader_config(options: Any, consumers: int) -> dict[str, Any]:
     return config
 
 
-def run_reader_config(options: Any) -> dict[str, Any]:
+def run_reader_config(options: Any, partitions: int) -> dict[str, Any]:
     """The settings of the one consumer that reads every input partition of a run
-    (`unifeed.runtime.runloop`): the whole read-ahead budget, whatever the partitions
-    (librdkafka bounds its one fetch queue by ``queued.max.messages.kbytes``), and a
-    fetch that may bring every partition its share."""
-    return reader_config(options, 1)
+    (`unifeed.runtime.runloop`), ``partitions`` of them: the whole read-ahead budget,
+    whatever the partitions (librdkafka bounds its one fetch queue by
+    ``queued.max.messages.kbytes``), and a fetch that brings each partition its share of
+    `limits.FETCH_BUDGET_KB` (``max.partition.fetch.bytes``; unless the run's Kafka
+    settings name it). librdkafka keeps a fetch's whole response while any record of it
+    is queued, so at 1 MiB a partition, the default, what it holds grew with the
+    partitions: 16 partitions a feed peaked at 381-384 MB, at 256 KiB 256-299 MB, with
+    the same throughput (benchmarks/README.md, "Sixteen partitions a feed")."""
+    config = reader_config(options, 1)
+    extra = options.kafka_extra or {}
+    if not PARTITION_FETCH_KEYS & set(extra):
+        config["max.partition.fetch.bytes"] = partition_fetch_kb(partitions) * 1024
+    return config
