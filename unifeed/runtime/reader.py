@@ -391,8 +391,6 @@ class PartitionsReader(ConsumerWorker):
         self._where = ""
         self._held: dict[tuple[str, int], list[Message]] = {p: [] for p in self.parts}
         self._held_eof: set[tuple[str, int]] = set()
-        #: The partitions with messages held (read, not handed on yet).
-        self._holding: set[tuple[str, int]] = set()
         self._paused: set[tuple[str, int]] = set()
         self._pending: dict[tuple[str, int], ReadBatch] = {}
         self._probe: EndProbe | None = None
@@ -436,7 +434,7 @@ class PartitionsReader(ConsumerWorker):
     def refused(self) -> bool:
         """Some partition's hand-over is full, or took only part of what was read of it
         (the rest waits here)."""
-        return bool(self._pending or self._holding)
+        return bool(self._pending) or any(self._held.values())
 
     def step(self, timeout_s: float, *, wait_for_room: bool, read: bool = True) -> bool:
         """One round: retry what is still undelivered, read what is there (waiting up to
@@ -453,7 +451,6 @@ class PartitionsReader(ConsumerWorker):
         # took part of it), and whether the end of its log came with it.
         held = self._held
         held_eof = self._held_eof
-        holding = self._holding
         pending = self._pending
         moved = False
         wait = wait_for_room and all(p in pending or r.closed for p, r in parts.items())
@@ -474,16 +471,15 @@ class PartitionsReader(ConsumerWorker):
             for topic, of_topic in groupby(records, MESSAGE_TOPIC):
                 for at, run in groupby(of_topic, MESSAGE_PARTITION):
                     mine.setdefault((topic or "", at or 0), []).extend(run)
-        elif not holding:
+        elif not any(held.values()):
             return moved
         for p, r in parts.items():
             if r.closed:
                 continue
             got = mine.get(p)
-            if p in holding:
+            if held[p]:
                 got = _after(held[p], got) if got else held[p]
                 held[p] = []
-                holding.discard(p)
             elif not read:
                 continue
             got = got or []
@@ -501,7 +497,6 @@ class PartitionsReader(ConsumerWorker):
                     got = rest
             if got and not r.closed:
                 held[p] = got
-                holding.add(p)
                 if eof:
                     held_eof.add(p)
             self._pause_or_resume(p, r, len(got))
