@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import queue
 import sys
@@ -243,13 +242,11 @@ def _ingest(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    with contextlib.ExitStack() as scope:
-        if threading.current_thread() is threading.main_thread():
-            # SIGTERM and SIGINT end the run; the handlers from before come back after.
-            scope.enter_context(stop_signals(on_signal))
-        outputs = scope.enter_context(
-            open_outputs(args.control, args.surface, args.dead_letter, kafka=kafka)
-        )
+    # SIGTERM and SIGINT end the run; the handlers from before come back after.
+    with (
+        stop_signals(on_signal),
+        open_outputs(args.control, args.surface, args.dead_letter, kafka=kafka) as outputs,
+    ):
         run = IngestRun(
             tracker=tracker,
             outputs=outputs,

@@ -825,10 +825,9 @@ def _dump(args: argparse.Namespace) -> int:
         start_offset(args.offset, 0, 0)  # checked before the broker is asked
     bootstrap, extra = _checkpoint.kafka_settings(args)
     stop = threading.Event()
-    with contextlib.ExitStack() as scope:
-        if args.follow and threading.current_thread() is threading.main_thread():
-            # SIGINT and SIGTERM end the follow; the handlers from before come back after.
-            scope.enter_context(stop_signals(lambda _signum, _frame: stop.set()))
+    # With --follow, SIGINT and SIGTERM end the follow; the handlers from before come back.
+    ending = stop_signals(lambda _signum, _frame: stop.set())
+    with ending if args.follow else contextlib.nullcontext():
         dump_partition(
             target,
             bootstrap,

@@ -23,7 +23,11 @@ STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 def stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
     """``handler`` takes SIGINT and SIGTERM inside the block (SIGINT even when the process
     started with it ignored, as a background job of a script does); the previous handlers
-    come back on the way out. Main thread only, as `signal.signal`."""
+    come back on the way out. Outside the main thread, where Python takes no signal (and
+    `signal.signal` refuses), nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
         yield

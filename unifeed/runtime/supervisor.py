@@ -10,7 +10,6 @@ import contextlib
 import gc
 import logging
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -169,15 +168,11 @@ def start_metrics_server(
 def signals_stop(run: Supervisor) -> Iterator[None]:
     """Inside the block SIGTERM and SIGINT finish the open transaction and end the run;
     the handlers from before come back on the way out (a program that runs unifeed in
-    its main thread keeps its own). Elsewhere than the main thread, where Python takes
-    no signal, nothing changes."""
+    its main thread keeps its own; `stop_signals`)."""
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: finishing the open transaction", signum)
         run.stop()
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     with stop_signals(on_signal):
         yield
