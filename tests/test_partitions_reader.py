@@ -228,6 +228,25 @@ def test_the_run_consumer_fetches_each_partition_its_share_of_one_budget() -> No
     assert partition_fetch_kb(0) == 1024
 
 
+def _merged(
+    state: RunState, merge: FeedMerge, partitions: int, consumer: ScriptedConsumer
+) -> tuple[list[FeedReader], PartitionsReader, threading.Thread]:
+    """The readers of ``partitions`` partitions of feed ``f`` handing to ``merge`` (hold
+    limit: the partition's share, as `read_feed` sets it), their `PartitionsReader` over
+    ``consumer`` and its thread; the merge and the thread are started."""
+    readers = []
+    for p in range(partitions):
+        r = _reader(state, merge.inbox, p)
+        r.deliver = merge.reader_delivery(f"f[{p}]")
+        r.hold_limit = merge.share
+        readers.append(r)
+    group = PartitionsReader(state, "f", {}, readers)
+    runner = threading.Thread(target=group._loop, args=(consumer,), daemon=True)
+    merge.start()
+    runner.start()
+    return readers, group, runner
+
+
 def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
     """Partition 1 says nothing (not at its end): its feed's merge can emit nothing, so
     partition 0 fills its share in the merge, then its reader holds up to the same share
@@ -240,16 +259,7 @@ def test_a_partition_its_merge_waits_on_holds_no_more_than_its_share() -> None:
     size = 700
     reads = [[_msg(0, o) for o in range(k * size, (k + 1) * size)] for k in range(20)]
     consumer = ScriptedConsumer(list(reads))
-    readers = []
-    for p in (0, 1):
-        r = _reader(state, merge.inbox, p)
-        r.deliver = merge.reader_delivery(f"f[{p}]")
-        r.hold_limit = min(READ_BATCH, merge.share)
-        readers.append(r)
-    group = PartitionsReader(state, "f", {}, readers)
-    runner = threading.Thread(target=group._loop, args=(consumer,), daemon=True)
-    merge.start()
-    runner.start()
+    readers, _group, runner = _merged(state, merge, 2, consumer)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and 0 not in consumer.pauses:
@@ -300,16 +310,7 @@ def test_what_a_feed_of_many_partitions_holds_is_bounded_by_its_shares() -> None
         for p in range(n)
     ]
     consumer = ScriptedConsumer(list(reads))
-    readers = []
-    for p in range(n + 1):
-        r = _reader(state, merge.inbox, p)
-        r.deliver = merge.reader_delivery(f"f[{p}]")
-        r.hold_limit = merge.share
-        readers.append(r)
-    group = PartitionsReader(state, "f", {}, readers)
-    runner = threading.Thread(target=group._loop, args=(consumer,), daemon=True)
-    merge.start()
-    runner.start()
+    readers, group, runner = _merged(state, merge, n + 1, consumer)
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(set(consumer.pauses)) < n:
