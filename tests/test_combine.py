@@ -312,9 +312,18 @@ def test_push_emitted_hands_on_entries_with_the_same_rules() -> None:
         c.push_emitted("surfacestream", [Emitted("surfacestream", 4, "x")])
     with pytest.raises(ValueError, match="cannot be pushed"):
         c.push_emitted("surfacestream", [Emitted("controlstream", 9, "x")])
+    # A labelled batch (its caller vouches for every label) is checked at its ends, and
+    # its order always.
+    other = [Emitted("surfacestream", 9, "x"), Emitted("controlstream", 9, "x")]
+    with pytest.raises(ValueError, match="cannot be pushed"):
+        c.push_emitted("surfacestream", other, labelled=True)
+    with pytest.raises(FeedOrderError):
+        c.push_emitted("surfacestream", [Emitted("surfacestream", p, "x") for p in (9, 8, 9)],
+                       labelled=True)
+    assert c.push_emitted("surfacestream", [Emitted("surfacestream[2]", 6, "s6")], labelled=True)
     c._check()
     c.close("controlstream")
-    assert items(c.drain_list()) == ["s3", "s5", "s5"]
+    assert items(c.drain_list()) == ["s3", "s5", "s5", "s6"]
 
 
 def _draw_operations(

@@ -10,9 +10,12 @@ import threading
 import time
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from unifeed.checkpoint.store import PartitionStart
-from unifeed.core.records import StampedDecoder
-from unifeed.core.stages import Accepted, FeedIntake
+from unifeed.core.records import Keepalive, StampedDecoder
+from unifeed.core.stages import Accepted, FeedIntake, Intake
 from unifeed.runtime.feedmerge import FeedMerge
 from unifeed.runtime.limits import FEED_MERGE_BUDGET, MIN_PARTITION_SHARE, partition_share
 from unifeed.runtime.reader import ReadBatch
@@ -174,3 +177,114 @@ def test_a_partition_cannot_hand_its_merge_more_than_its_share() -> None:
     assert state.failure is None
     assert [p for k, p in out.items() if k == "f[0]"] == list(range(150))
     assert merge.holds("f[0]") == merge.holds("f[1]") == 0
+
+
+def _lines(partition: int, history: list[tuple[int, bool]]) -> list[bytes]:
+    return [
+        b'{"type":"keepalive","pitr":%d}' % p if ka else b'{"pitr":%d,"p":%d,"i":%d}' % (p, partition, i)
+        for i, (p, ka) in enumerate(history)
+    ]
+
+
+def _merge_in_turn(
+    histories: list[list[tuple[int, bool]]], chunk: int, order: list[int]
+) -> tuple[list[ReadBatch], list[tuple[int, int, dict[str, PartitionStart]]]]:
+    """Feed each partition's history to a `FeedMerge` as its reader would (``chunk``
+    records a read, partitions in the turns of ``order``), stepped as a run's loop steps
+    it (no thread of its own); every batch it hands on and every snapshot it offers."""
+    keys = tuple(f"f[{i}]" for i in range(len(histories)))
+    out = Collector()
+    snapshots: list[tuple[int, int, dict[str, PartitionStart]]] = []
+    merge = FeedMerge(RunState(), "f", keys, {k: i for i, k in enumerate(keys)}, out,
+                      starts={k: PartitionStart(0, -1) for k in keys})
+    merge.before_batch = lambda handed, floor, at: snapshots.append((handed, floor, dict(at)))
+    intakes = [FeedIntake("f", where="offset", decoder=StampedDecoder("f"), partition=i, queue=k)
+               for i, k in enumerate(keys)]
+    lines = [_lines(i, h) for i, h in enumerate(histories)]
+    at = [0] * len(keys)
+    turns = iter(order)
+    for _ in range(10 * sum(map(len, lines)) + 100):
+        if all(at[i] > len(lines[i]) for i in range(len(keys))):
+            break
+        i = next(turns, None)
+        if i is None or at[i] > len(lines[i]):
+            i = next(j for j in range(len(keys)) if at[j] <= len(lines[j]))
+        values = lines[i][at[i] : at[i] + chunk]
+        ended = at[i] + chunk >= len(lines[i])
+        good, dead = intakes[i].process_values(values, int)
+        assert not dead
+        read = ReadBatch([], good, [], ended, ended, list(range(at[i], at[i] + len(values))))
+        deliver = merge.reader_delivery(keys[i])
+        for _ in range(100):
+            if deliver(read):
+                break
+            merge.step()
+        else:
+            raise AssertionError("the merge never took a batch")
+        at[i] += chunk if values else 1
+        merge.step()
+    for _ in range(100):
+        if merge.finished:
+            break
+        merge.step()
+    assert merge.finished
+    assert [merge.holds(k) for k in keys] == [0] * len(keys)
+    return out.reads, snapshots
+
+
+def _reference(histories: list[list[tuple[int, bool]]]) -> list[tuple[int, int, int]]:
+    """(pitr, partition, index) of every record, keepalives too, merged by (pitr, partition)."""
+    return sorted((p, part, i) for part, h in enumerate(histories) for i, (p, _) in enumerate(h))
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> list[list[tuple[int, bool]]]:
+    partitions = draw(st.integers(1, 5))
+    out = []
+    for _ in range(partitions):
+        steps = draw(st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=40))
+        pitr = draw(st.integers(0, 5))
+        history = []
+        for step, keepalive in steps:
+            pitr += step
+            history.append((pitr, keepalive and step % 2 == 1))
+        out.append(history)
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories=_histories(), chunk=st.integers(1, 12), order=st.lists(st.integers(0, 4)))
+def test_merged_batches_say_where_their_keepalives_are(
+    histories: list[list[tuple[int, bool]]], chunk: int, order: list[int]
+) -> None:
+    order = [i % len(histories) for i in order]
+    reads, _ = _merge_in_turn(histories, chunk, order)
+    merged = []
+    for read in reads:
+        assert not read.replay
+        if read.good:
+            # The next stage trusts these indexes: a wrong one would forward a keepalive
+            # or drop a message.
+            assert type(read.good) is Intake
+            assert read.good.keepalive_at == [
+                i for i, a in enumerate(read.good) if type(a.rec) is Keepalive
+            ]
+        merged.extend((a.pitr, int(a.feed[2:-1])) for a in read.good)
+    assert merged == [(p, part) for p, part, _ in _reference(histories)]
+
+
+def test_each_snapshot_starts_every_partition_at_its_first_record_not_handed_on() -> None:
+    # Large enough that the merge's offset lists are cut many times over.
+    histories = [[(3 * i + part, i % 97 == 5) for i in range(9000 + 1000 * part)]
+                 for part in range(3)]
+    reads, snapshots = _merge_in_turn(histories, 700, [0, 1, 2, 2, 0, 1, 1])
+    reference = _reference(histories)
+    assert [(a.pitr, int(a.feed[2:-1])) for r in reads for a in r.good] == [
+        (p, part) for p, part, _ in reference]
+    assert len(snapshots) > 10
+    for handed, floor, starts in snapshots:
+        for part in range(3):
+            # Offsets are the records' indexes: the start is how many were handed on.
+            expected = sum(1 for _, q, _ in reference[:handed] if q == part)
+            assert starts[f"f[{part}]"].offset == expected, (handed, part)
+        assert floor == (reference[handed - 1][0] if handed else -1)

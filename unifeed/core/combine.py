@@ -223,19 +223,28 @@ class Combiner:
             raise ValueError("pitrs and items must have the same length")
         return self._enqueue(feed, pitrs, map(Emitted, repeat(feed, len(pitrs)), pitrs, items))
 
-    def push_emitted(self, feed: str, entries: Sequence[Emitted]) -> bool:
+    def push_emitted(
+        self, feed: str, entries: Sequence[Emitted], *, labelled: bool = False
+    ) -> bool:
         """Queue ready-made `Emitted` entries of ``feed`` (all or nothing), without copying
         them: the one way messages enter a combiner (`push` and `push_many` build entries
         and come here). Same rules and return value as `push`.
+
+        Each entry's label (``Emitted.feed``) must be ``feed`` or one of its partitions
+        (``feed[N]``); with ``labelled``, the caller vouches for that (the batch was made
+        for this queue: `unifeed.core.stages.FeedIntake`'s, a feed's merge of its
+        partitions) and only the batch's two ends are checked. Their order is always
+        checked.
 
         Runtime complexity: O(len(batch)).
         """
         if entries and (
             entries[0].feed != feed
             or entries[-1].feed != feed
-            or (len(entries) > 2 and set(map(_FEED, entries)) != {feed})
+            or (not labelled and len(entries) > 2 and set(map(_FEED, entries)) != {feed})
         ):
-            other = [f for f in set(map(_FEED, entries)) if not _belongs(f, feed)]
+            labels = {entries[0].feed, entries[-1].feed} if labelled else set(map(_FEED, entries))
+            other = [f for f in labels if not _belongs(f, feed)]
             if other:
                 raise ValueError(f"an entry of feed {other[0]!r} cannot be pushed to {feed!r}")
         return self._enqueue(feed, list(map(_PITR, entries)), entries)

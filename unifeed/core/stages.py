@@ -126,13 +126,19 @@ class Accepted(Emitted, frozen=True, gc=False):
 
 class Intake(list[Accepted]):
     """The accepted messages of a batch, in order, with the indexes of its keepalives:
-    a consumer pushes the runs between them without looking at every record."""
+    a consumer pushes the runs between them without looking at every record. Its
+    messages are labelled for one feed's queue (`FeedIntake`'s), or for its partitions
+    (a feed's merge, `unifeed.runtime.feedmerge`): they are not checked one by one."""
 
     __slots__ = ("keepalive_at",)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.keepalive_at: list[int] = []
+    def __init__(
+        self, items: Iterable[Accepted] = (), keepalive_at: list[int] | None = None
+    ) -> None:
+        """``keepalive_at``: the indexes of the keepalives among ``items`` (none by
+        default)."""
+        super().__init__(items)
+        self.keepalive_at: list[int] = [] if keepalive_at is None else keepalive_at
 
 
 def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
@@ -140,23 +146,26 @@ def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
 
     Pushing the runs between keepalives and advancing after each is exactly pushing and
     advancing one message at a time (nothing is drained in between). An `Intake` knows
-    where its keepalives are; any other batch is searched for them.
+    where its keepalives are, and its messages are labelled for the feed's queue; any
+    other batch is searched for both.
     """
     if type(batch) is Intake:
+        labelled = True
         keepalive_at = batch.keepalive_at
     else:
+        labelled = False
         batch = list(batch)
         keepalive_at = [i for i, a in enumerate(batch) if type(a.rec) is Keepalive]
     if not keepalive_at:
-        return c.push_emitted(feed, batch)
+        return c.push_emitted(feed, batch, labelled=labelled)
     start = 0
     for i in keepalive_at:
         if i > start:
-            c.push_emitted(feed, batch[start:i])
+            c.push_emitted(feed, batch[start:i], labelled=labelled)
         c.advance(feed, batch[i].pitr)
         start = i + 1
     if start < len(batch):
-        c.push_emitted(feed, batch[start:])
+        c.push_emitted(feed, batch[start:], labelled=labelled)
     return c.room(feed) > 0
 
 

@@ -30,17 +30,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Mapping
-from itertools import repeat
 from operator import attrgetter
 from typing import Any, Final
 
 from unifeed.checkpoint.store import PartitionStart
-from unifeed.core.combine import Combiner, Feed
+from unifeed.core.combine import Combiner, Emitted, Feed
 from unifeed.core.errors import DeadLetterReason
-from unifeed.core.records import StampedDecoder, dead_letter_raw
-from unifeed.core.stages import Accepted, DeadLetter
+from unifeed.core.records import Keepalive, StampedDecoder, dead_letter_raw
+from unifeed.core.stages import Accepted, DeadLetter, Intake
 from unifeed.core.unify import CATCHUP_CLOCK
 from unifeed.kafka.clients import Target
 from unifeed.runtime.inbox import Batch, Inbox
@@ -60,17 +60,47 @@ from unifeed.runtime.state import RunState, Worker
 log = logging.getLogger("unifeed")
 
 _FEED: Final = attrgetter("feed")
-_POPLEFT: Final = deque.popleft
+_PITR: Final = attrgetter("pitr")
 
 
-def _take_offsets(q: deque[int], n: int) -> int:
-    """Remove the first ``n`` offsets of ``q`` (all of them if it holds fewer) and return
-    the last one removed; ``q`` is not empty."""
-    if n >= len(q):
-        last = q[-1]
-        q.clear()
+class _Offsets:
+    """The offsets of one partition's messages in a merge, in order: a list read from
+    ``head``, so that taking any number of them is one step (the list is cut once most
+    of it has been taken)."""
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[int] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.items) - self.head
+
+    def first(self) -> int:
+        """The first offset left; there is one."""
+        return self.items[self.head]
+
+    def take(self, n: int) -> int:
+        """Remove the first ``n`` offsets (all of them if fewer are left) and return the
+        last one removed; one is left."""
+        items = self.items
+        head = self.head + n
+        if head >= len(items):
+            last = items[-1]
+            items.clear()
+            self.head = 0
+            return last
+        last = items[head - 1]
+        if head >= _CUT_AT and 2 * head >= len(items):
+            del items[:head]
+            head = 0
+        self.head = head
         return last
-    return list(map(_POPLEFT, repeat(q, n)))[-1]
+
+
+#: How many offsets taken from the front of `_Offsets` it keeps before it cuts them.
+_CUT_AT: Final = 4096
 
 
 class FeedMerge(Worker):
@@ -97,7 +127,7 @@ class FeedMerge(Worker):
         begin = starts or {}
         # Per partition: the offsets of its queued messages (in order), where a restart
         # reads it from once they are handed on, and its highest pitr handed on.
-        self._offsets: dict[str, deque[int]] = {k: deque() for k in keys}
+        self._offsets = {k: _Offsets() for k in keys}
         self._next = {k: begin[k].offset if k in begin else 0 for k in keys}
         self._floor = {k: begin[k].floor if k in begin else -1 for k in keys}
         self._handed = 0  # messages handed on (spaces the snapshots)
@@ -127,10 +157,16 @@ class FeedMerge(Worker):
         self._last_pitr = -1
         self._caught = dict.fromkeys(keys, False)
         self._replay_ids: set[int] = set()
+        # The keepalives pushed and not merged yet: each merged batch says where its own
+        # are (an `Intake`), so that the next stage does not look at every message.
+        self._keepalives: list[Accepted] = []
         self._sent_caught_up = False
         # Merged batches the next stage has not taken yet (`_flush`), the end flags of
         # one its delivery holds, and whether the last of them ends the feed.
         self._waiting: list[ReadBatch] = []
+        # Per waiting batch: how many messages of each partition it holds, when known
+        # from the merge (else counted when it goes).
+        self._waiting_counts: list[dict[str, int] | None] = []
         self._retry: ReadBatch | None = None
         self._ending = False
         #: Every partition has ended and the merged feed has been handed on.
@@ -209,23 +245,29 @@ class FeedMerge(Worker):
                     self._release({key: len(part) - len(placed)})
                 part = placed
                 if part:
-                    c.push_emitted(key, part)
+                    # The partition's intake labelled them for its queue.
+                    c.push_emitted(key, part, labelled=True)
                     if part_at is not None:
-                        self._offsets[key].extend(part_at)
+                        self._offsets[key].items.extend(part_at)
                     if is_replay:
                         self._replay_ids.update(map(id, part))
+                    if type(part) is Intake:
+                        self._keepalives.extend(part[i] for i in part.keepalive_at)
+                    else:
+                        self._keepalives.extend(a for a in part if type(a.rec) is Keepalive)
             caught[key] = read.caught_up
             c.caught_up(key, read.caught_up)
             if read.closed:
                 c.close(key)
         if self.stop_at is not None:
             self._close_idle(caught)
+        queued = [c.queued(k) for k in keys]
         out = c.drain_list()
         finished = c.exhausted()
         caught_up = all(caught[k] or c.is_closed(k) for k in keys) and not any(
             c.queued(k) for k in keys
         )
-        batches = _runs(out, self._replay_ids) if out else []
+        batches = _runs(out, self._replay_ids, self._placed_keepalives(out)) if out else []
         if not batches and (dead or finished or (caught_up and not self._sent_caught_up)):
             batches = [ReadBatch([], [], [], False, False)]
         for i, read in enumerate(batches):
@@ -241,6 +283,13 @@ class FeedMerge(Worker):
         if batches:
             self._sent_caught_up = caught_up
         self._waiting = batches
+        self._waiting_counts = [None] * len(batches)
+        if len(batches) == 1 and out and not batches[0].replay:
+            # One batch of the merge's output: each partition's count in it is what
+            # left the partition's queue.
+            self._waiting_counts[0] = {
+                k: n - left for k, n in zip(keys, queued, strict=True) if n != (left := c.queued(k))
+            }
         self._ending = finished
         self._flush()
         return flushed or bool(out or dead)
@@ -254,8 +303,9 @@ class FeedMerge(Worker):
         waiting = self._waiting
         while waiting:
             read = waiting.pop(0)
+            counts = self._waiting_counts.pop(0)
             if read.replay or read.good:
-                self._handed_over(read)
+                self._handed_over(read, counts)
             if not self.deliver(read):
                 # The delivery keeps what it could not hand on; it is retried with an
                 # empty batch carrying the same end flags.
@@ -265,12 +315,13 @@ class FeedMerge(Worker):
             self.finished = True
         return True
 
-    def _handed_over(self, read: ReadBatch) -> None:
+    def _handed_over(self, read: ReadBatch, known: dict[str, int] | None) -> None:
         """Before ``read`` is handed on: offer a snapshot of where each partition stands,
-        then move past its messages."""
+        then move past its messages (``known``: how many of each partition it holds,
+        if known; else they are counted)."""
         if self.before_batch is not None:
             starts = {
-                k: PartitionStart(q[0] if q else self._next[k], self._floor[k])
+                k: PartitionStart(q.first() if q else self._next[k], self._floor[k])
                 for k, q in self._offsets.items()
             }
             self.before_batch(self._handed, self._handed_pitr, starts)
@@ -283,13 +334,12 @@ class FeedMerge(Worker):
             # offsets leave its queue, the last one sets where a restart reads it from)
             # and the pitr of its last one (its floor: found from the end, where every
             # partition of a merged batch usually shows up within a few messages).
-            counts = Counter(map(_FEED, part))
+            counts = Counter(map(_FEED, part)) if known is None else known
             left.update(counts)
             for key, n in counts.items():
                 q = offsets[key]
                 if q:
-                    taken = _take_offsets(q, n)
-                    self._next[key] = taken + 1
+                    self._next[key] = q.take(n) + 1
             need = set(counts)
             for e in reversed(part):
                 if e.feed in need:
@@ -300,6 +350,29 @@ class FeedMerge(Worker):
             self._handed += len(part)
         self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
         self._release(left)
+
+    def _placed_keepalives(self, out: list[Emitted]) -> list[int]:
+        """Where the keepalives among ``out`` (merged messages, in order) are, in order;
+        found by their pitr, then among the messages of that pitr. They are no longer
+        waited for; those not merged yet (behind a tie) still are."""
+        if not self._keepalives:
+            return []
+        last = out[-1].pitr
+        n = len(out)
+        found: list[int] = []
+        waiting: list[Accepted] = []
+        for k in self._keepalives:
+            if k.pitr <= last:
+                i = bisect_left(out, k.pitr, key=_PITR)
+                while i < n and out[i] is not k and out[i].pitr == k.pitr:
+                    i += 1
+                if i < n and out[i] is k:
+                    found.append(i)
+                    continue
+            waiting.append(k)
+        self._keepalives = waiting
+        found.sort()
+        return found
 
     def _close_idle(self, caught: dict[str, bool]) -> None:
         """With --stop-at: once a partition has passed it, one that stays at the end of
@@ -389,13 +462,25 @@ class PartitionDelivery(Delivery):
         return True
 
 
-def _runs(out: list[Any], replay_ids: set[int]) -> list[ReadBatch]:
+def _runs(out: list[Any], replay_ids: set[int], keepalive_at: list[int]) -> list[ReadBatch]:
     """The merged messages as batches of at most a reader's batch (`READ_BATCH`: the
     deriver's snapshots are taken between batches): each a run of replay, then a run of
-    the rest."""
+    the rest. Without replay, each batch is an `Intake` that knows where its keepalives
+    are (``keepalive_at``: their indexes in ``out``)."""
     if not replay_ids:
+        if len(out) <= READ_BATCH:
+            return [ReadBatch([], Intake(out, keepalive_at), [], False, False)]
         return [
-            ReadBatch([], out[i : i + READ_BATCH], [], False, False)
+            ReadBatch(
+                [],
+                Intake(
+                    out[i : i + READ_BATCH],
+                    [k - i for k in keepalive_at if i <= k < i + READ_BATCH],
+                ),
+                [],
+                False,
+                False,
+            )
             for i in range(0, len(out), READ_BATCH)
         ]
     batches: list[ReadBatch] = []
