@@ -135,6 +135,7 @@ class FeedMerge(Worker):
         #: Called in this thread before a batch with messages is handed on, with the
         #: messages handed on so far, the highest pitr among them and where a restart
         #: would read each partition from: the deriver's snapshots (`merged_snapshot_hook`).
+        #: Set before the first step: without it, where each partition stands is not kept.
         self.before_batch: Callable[[int, int, dict[str, PartitionStart]], None] | None = None
         self.feed = feed
         self.keys = keys
@@ -164,9 +165,10 @@ class FeedMerge(Worker):
         # Merged batches the next stage has not taken yet (`_flush`), the end flags of
         # one its delivery holds, and whether the last of them ends the feed.
         self._waiting: list[ReadBatch] = []
-        # Per waiting batch: how many messages of each partition it holds, when known
-        # from the merge (else counted when it goes).
-        self._waiting_counts: list[dict[str, int] | None] = []
+        # How many messages of each partition the waiting batches hold together (what
+        # left its queue), and whether they are one batch without replay.
+        self._taken: dict[str, int] = {}
+        self._one_batch = False
         self._retry: ReadBatch | None = None
         self._ending = False
         #: Every partition has ended and the merged feed has been handed on.
@@ -247,7 +249,7 @@ class FeedMerge(Worker):
                 if part:
                     # The partition's intake labelled them for its queue.
                     c.push_emitted(key, part, labelled=True)
-                    if part_at is not None:
+                    if part_at is not None and self.before_batch is not None:
                         self._offsets[key].items.extend(part_at)
                     if is_replay:
                         self._replay_ids.update(map(id, part))
@@ -283,13 +285,11 @@ class FeedMerge(Worker):
         if batches:
             self._sent_caught_up = caught_up
         self._waiting = batches
-        self._waiting_counts = [None] * len(batches)
-        if len(batches) == 1 and out and not batches[0].replay:
-            # One batch of the merge's output: each partition's count in it is what
-            # left the partition's queue.
-            self._waiting_counts[0] = {
+        if out:
+            self._taken = {
                 k: n - left for k, n in zip(keys, queued, strict=True) if n != (left := c.queued(k))
             }
+            self._one_batch = len(batches) == 1 and not batches[0].replay
         self._ending = finished
         self._flush()
         return flushed or bool(out or dead)
@@ -303,9 +303,8 @@ class FeedMerge(Worker):
         waiting = self._waiting
         while waiting:
             read = waiting.pop(0)
-            counts = self._waiting_counts.pop(0)
             if read.replay or read.good:
-                self._handed_over(read, counts)
+                self._handed_over(read, last=not waiting)
             if not self.deliver(read):
                 # The delivery keeps what it could not hand on; it is retried with an
                 # empty batch carrying the same end flags.
@@ -315,16 +314,24 @@ class FeedMerge(Worker):
             self.finished = True
         return True
 
-    def _handed_over(self, read: ReadBatch, known: dict[str, int] | None) -> None:
-        """Before ``read`` is handed on: offer a snapshot of where each partition stands,
-        then move past its messages (``known``: how many of each partition it holds,
-        if known; else they are counted)."""
-        if self.before_batch is not None:
-            starts = {
-                k: PartitionStart(q.first() if q else self._next[k], self._floor[k])
-                for k, q in self._offsets.items()
-            }
-            self.before_batch(self._handed, self._handed_pitr, starts)
+    def _handed_over(self, read: ReadBatch, *, last: bool) -> None:
+        """Before ``read`` is handed on (``last``: the last batch of a round): offer a
+        snapshot of where each partition stands, then move past its messages. Without a
+        snapshot hook, nobody asks where each partition stands: what left the merge is
+        counted once a round (its last batch), not batch by batch."""
+        handed_pitr = (read.good or read.replay)[-1].pitr
+        if self.before_batch is None:
+            self._handed += len(read.replay) + len(read.good)
+            self._handed_pitr = max(self._handed_pitr, handed_pitr)
+            if last:
+                self._release(self._taken)
+            return
+        known = self._taken if self._one_batch else None
+        starts = {
+            k: PartitionStart(q.first() if q else self._next[k], self._floor[k])
+            for k, q in self._offsets.items()
+        }
+        self.before_batch(self._handed, self._handed_pitr, starts)
         offsets = self._offsets
         left: Counter[str] = Counter()
         for part in (read.replay, read.good):
@@ -348,7 +355,7 @@ class FeedMerge(Worker):
                     if not need:
                         break
             self._handed += len(part)
-        self._handed_pitr = max(self._handed_pitr, (read.good or read.replay)[-1].pitr)
+        self._handed_pitr = max(self._handed_pitr, handed_pitr)
         self._release(left)
 
     def _placed_keepalives(self, out: list[Emitted]) -> list[int]:
