@@ -11,6 +11,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unifeed.checkpoint.store import Checkpoint, FeedCheckpoint, OutputCheckpoint
 from unifeed.core.combine import Emitted
@@ -248,6 +250,30 @@ def test_positions_count_the_messages_at_the_last_pitr_of_each_feed() -> None:
     assert book.current[SURFACESTREAM] == FeedCheckpoint(pitr=5, skip=1)
     book.advance([Emitted(CONTROLSTREAM, 6, b""), Emitted(CONTROLSTREAM, 7, b"")])
     assert book.current[CONTROLSTREAM] == FeedCheckpoint(pitr=7, skip=1, dead_offset=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches=st.lists(st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 3)),
+                                 max_size=30), max_size=4))
+def test_positions_equal_a_count_over_every_message_whatever_feeds_a_batch_lacks(
+    batches: list[list[tuple[str, int]]]
+) -> None:
+    # Five feeds, one of them never written (an idle partition): the scan that stops
+    # early must give what a count over every message gives.
+    book = Positions(("a", "b", "c", "d", "idle"), {}, {})
+    expected: dict[str, FeedCheckpoint] = {}
+    last: dict[str, int] = {}
+    for batch in batches:
+        items = []
+        for feed, step in batch:
+            last[feed] = last.get(feed, 0) + step
+            items.append(Emitted(feed, last[feed], b""))
+        book.advance(items)
+        for e in items:
+            prev = expected.get(e.feed)
+            same = prev is not None and prev.pitr == e.pitr
+            expected[e.feed] = FeedCheckpoint(pitr=e.pitr, skip=prev.skip + 1 if same else 1)
+        assert book.current == expected
 
 
 def test_checkpoint_positions_carry_dead_marks_restart_offsets_and_sources() -> None:

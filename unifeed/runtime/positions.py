@@ -4,7 +4,8 @@ next checkpoint records it, with each feed's dead-letter mark, restart offset an
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from operator import attrgetter
+from typing import Any, Final
 
 import msgspec
 
@@ -13,6 +14,8 @@ from unifeed.core.combine import Emitted
 from unifeed.kafka.clients import Target
 from unifeed.runtime.layout import lowest_position
 from unifeed.runtime.marks import RestartMarks
+
+_FEED: Final = attrgetter("feed")
 
 #: Per input feed key: its reader's restart marks and how far before the feeds' lowest
 #: position a restart must read it (the lookback that rebuilds state), or None: from the
@@ -53,10 +56,15 @@ class Positions:
 
     def advance(self, items: list[Emitted]) -> None:
         """Per feed: the last pitr written and how many of its messages had it (one
-        backward scan that stops as soon as every feed's last run has ended)."""
+        backward scan that stops as soon as the last run of every feed in ``items`` has
+        ended: once those seen so far have, whether any other feed is among the rest is
+        asked once, in C, so that a feed absent from the batch (an idle partition) does
+        not cost a scan of all of it)."""
         runs: dict[str, list[Any]] = {}  # feed -> [pitr, count, ended]
         open_runs = 0
-        for e in reversed(items):
+        present: set[str] | None = None  # the feeds in ``items``, once asked
+        last = len(items) - 1
+        for back, e in enumerate(reversed(items)):
             run = runs.get(e.feed)
             if run is None:
                 runs[e.feed] = [e.pitr, 1, False]
@@ -67,8 +75,13 @@ class Positions:
                 else:
                     run[2] = True
                     open_runs -= 1
-                    if open_runs == 0 and len(runs) == len(self.feeds):
-                        break
+                    if open_runs == 0:
+                        if len(runs) == len(self.feeds):
+                            break
+                        if present is None:
+                            present = set(map(_FEED, items[: last - back]))
+                        if present <= runs.keys():
+                            break
         positions = self.current
         for feed, (pitr, count, ended) in runs.items():
             if not ended:
