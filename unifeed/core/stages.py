@@ -141,6 +141,14 @@ class Intake(list[Accepted]):
         self.keepalive_at: list[int] = [] if keepalive_at is None else keepalive_at
 
 
+def keepalives_at(batch: Sequence[Accepted]) -> list[int]:
+    """The indexes of the keepalives in ``batch``: an `Intake` knows them, any other
+    batch is searched."""
+    if type(batch) is Intake:
+        return batch.keepalive_at
+    return [i for i, a in enumerate(batch) if type(a.rec) is Keepalive]
+
+
 def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
     """Queue a feed's accepted messages; a keepalive advances the feed instead.
 
@@ -149,23 +157,19 @@ def _push_runs(c: Combiner, feed: str, batch: Iterable[Accepted]) -> bool:
     where its keepalives are, and its messages are labelled for the feed's queue; any
     other batch is searched for both.
     """
-    if type(batch) is Intake:
-        labelled = True
-        keepalive_at = batch.keepalive_at
-    else:
-        labelled = False
-        batch = list(batch)
-        keepalive_at = [i for i, a in enumerate(batch) if type(a.rec) is Keepalive]
+    labelled = type(batch) is Intake
+    items = batch if isinstance(batch, list) else list(batch)
+    keepalive_at = keepalives_at(items)
     if not keepalive_at:
-        return c.push_emitted(feed, batch, labelled=labelled)
+        return c.push_emitted(feed, items, labelled=labelled)
     start = 0
     for i in keepalive_at:
         if i > start:
-            c.push_emitted(feed, batch[start:i], labelled=labelled)
-        c.advance(feed, batch[i].pitr)
+            c.push_emitted(feed, items[start:i], labelled=labelled)
+        c.advance(feed, items[i].pitr)
         start = i + 1
-    if start < len(batch):
-        c.push_emitted(feed, batch[start:], labelled=labelled)
+    if start < len(items):
+        c.push_emitted(feed, items[start:], labelled=labelled)
     return c.room(feed) > 0
 
 

@@ -39,8 +39,8 @@ from typing import Any, Final
 from unifeed.checkpoint.store import PartitionStart
 from unifeed.core.combine import Combiner, Emitted, Feed
 from unifeed.core.errors import DeadLetterReason
-from unifeed.core.records import Keepalive, StampedDecoder, dead_letter_raw
-from unifeed.core.stages import Accepted, DeadLetter, Intake
+from unifeed.core.records import StampedDecoder, dead_letter_raw
+from unifeed.core.stages import Accepted, DeadLetter, Intake, keepalives_at
 from unifeed.core.unify import CATCHUP_CLOCK
 from unifeed.kafka.clients import Target
 from unifeed.runtime.inbox import Batch, Inbox
@@ -253,10 +253,7 @@ class FeedMerge(Worker):
                         self._offsets[key].items.extend(part_at)
                     if is_replay:
                         self._replay_ids.update(map(id, part))
-                    if type(part) is Intake:
-                        self._keepalives.extend(part[i] for i in part.keepalive_at)
-                    else:
-                        self._keepalives.extend(a for a in part if type(a.rec) is Keepalive)
+                    self._keepalives.extend(part[i] for i in keepalives_at(part))
             caught[key] = read.caught_up
             c.caught_up(key, read.caught_up)
             if read.closed:
@@ -475,8 +472,6 @@ def _runs(out: list[Any], replay_ids: set[int], keepalive_at: list[int]) -> list
     the rest. Without replay, each batch is an `Intake` that knows where its keepalives
     are (``keepalive_at``: their indexes in ``out``)."""
     if not replay_ids:
-        if len(out) <= READ_BATCH:
-            return [ReadBatch([], Intake(out, keepalive_at), [], False, False)]
         return [
             ReadBatch(
                 [],
