@@ -399,6 +399,25 @@ def test_a_backlog_is_committed_less_often_than_live_output() -> None:
     assert not due(10, 1.5, catching_up=True, o=slow), "a longer --commit-interval wins"
 
 
+def test_the_exactly_once_producer_lingers_up_to_the_commit_interval() -> None:
+    """Exactly-once: nothing is visible before the commit, which sends every waiting
+    record, so the producer lingers up to the commit interval (at most 100 ms);
+    at-least-once keeps producer_config's 5 ms; the run's Kafka settings win."""
+    from unifeed.runtime.transactions import OUTPUT_LINGER_MAX_MS, output_producer_config
+
+    def linger(txn_id: str | None = "t", **kw: Any) -> object:
+        return output_producer_config(RuntimeOptions(bootstrap="127.0.0.1:9", **kw), txn_id)["linger.ms"]
+
+    assert linger() == OUTPUT_LINGER_MAX_MS == 100
+    assert linger(commit_interval_ms=20) == 20
+    assert linger(commit_interval_ms=60_000) == OUTPUT_LINGER_MAX_MS
+    assert linger(None) == 5
+    assert linger(kafka_extra={"linger.ms": 7}) == 7
+    assert linger(None, kafka_extra={"linger.ms": 7}) == 7
+    config = output_producer_config(RuntimeOptions(bootstrap="127.0.0.1:9"), "unifeed-x")
+    assert config["transactional.id"] == "unifeed-x" and config["enable.idempotence"] is True
+
+
 def test_a_failed_call_after_a_fatal_report_ends_the_run_with_that_report() -> None:
     """A report served in another call (a saved-state part's, in the commit's flush) may
     leave confluent-kafka's call failing with a bare SystemError: the run's error is
