@@ -420,6 +420,9 @@ def consumer_config(
 
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 COMPRESSIONS: Final[tuple[str, ...]] = ("none", "gzip", "snappy", "lz4", "zstd")
+#: How long a producer lets a record wait for more to send with it (``linger.ms``)
+#: unless told otherwise: records are visible as they reach the broker.
+DEFAULT_LINGER_MS: Final = 5
 
 
 def producer_config(
@@ -428,7 +431,7 @@ def producer_config(
     *,
     compression: str = "lz4",
     transactional_id: str | None = None,
-    linger_ms: int = 5,
+    linger_ms: int = DEFAULT_LINGER_MS,
 ) -> dict[str, Any]:
     """Settings of a producer: idempotent, compressed (lz4 by default), optionally transactional."""
     if compression not in COMPRESSIONS:

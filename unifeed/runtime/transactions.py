@@ -17,7 +17,7 @@ from unifeed.core.errors import (
     KafkaRuntimeError,
     UnifeedError,
 )
-from unifeed.kafka.clients import Target, kafka_error, producer_config
+from unifeed.kafka.clients import DEFAULT_LINGER_MS, Target, kafka_error, producer_config
 from unifeed.runtime.options import EXACTLY_ONCE, RuntimeOptions
 from unifeed.runtime.state import RunState
 
@@ -43,7 +43,7 @@ CLOSE_TIMEOUT_S: Final = 5.0
 #: CPU in the clients' threads at 100 ms than at 5 ms, left the run thread waiting less
 #: for a CPU and ran 9-11% faster (benchmarks/README.md, "The output producer's
 #: linger"). With at-least-once, records are visible as they arrive at the broker: the
-#: producer keeps 5 ms.
+#: producer keeps `DEFAULT_LINGER_MS` (5 ms).
 OUTPUT_LINGER_MAX_MS: Final = 100
 
 
@@ -51,9 +51,11 @@ def output_producer_config(options: RuntimeOptions, transactional_id: str | None
     """The output producer's settings: `producer_config`, lingering up to the commit
     interval (`OUTPUT_LINGER_MAX_MS`) when it is transactional; the run's Kafka
     settings (``-X``, ``[kafka]``) override it, ``linger.ms`` included."""
-    if transactional_id is None:
-        return producer_config(options.bootstrap, options.kafka_extra)
-    linger_ms = max(0, min(options.commit_interval_ms, OUTPUT_LINGER_MAX_MS))
+    linger_ms = (
+        DEFAULT_LINGER_MS
+        if transactional_id is None
+        else max(0, min(options.commit_interval_ms, OUTPUT_LINGER_MAX_MS))
+    )
     return producer_config(
         options.bootstrap,
         options.kafka_extra,
